@@ -1,0 +1,36 @@
+"""User-facing errors.
+
+Every error that reaches a person is a :class:`HashViewError` whose ``str()`` is one line naming
+the file and the reason, e.g. ``slide.svs: not a slide or image (unrecognised format)``. The CLI
+prints that line without a traceback; the app shows it in a message box; batches record it and go
+on with the next file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class HashViewError(Exception):
+    """Base class: a problem with the user's input, explained in one line."""
+
+    def __init__(self, path: str | Path | None, reason: str):
+        self.path = None if path is None else str(path)
+        self.reason = reason.strip().splitlines()[0] if reason.strip() else "unknown error"
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        return f"{self.path}: {self.reason}" if self.path else self.reason
+
+
+class SourceError(HashViewError):
+    """A slide, image or patch folder that cannot be opened or read."""
+
+
+class LibraryError(HashViewError):
+    """A library file that is missing, not a library, or made by another model."""
+
+
+class ModelError(HashViewError):
+    """A model name or model file that cannot be loaded."""
