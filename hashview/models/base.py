@@ -1,0 +1,45 @@
+"""Base class shared by every hashing architecture."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class HashingNet(nn.Module):
+    """A network mapping ``(B, 3, S, S)`` images to ``(B, bits)`` relaxed codes in (-1, 1).
+
+    Subclasses set ``arch``, ``bits``, ``input_size`` and implement :meth:`hash_logits` (the
+    pre-tanh hash-layer activation). Binary codes are ``sign(forward(x))`` with sign(0) = -1,
+    which equals ``sign(hash_logits(x))`` because tanh preserves sign and zero.
+    """
+
+    arch: str = ""
+
+    def __init__(self, bits: int, input_size: int):
+        super().__init__()
+        self.bits = int(bits)
+        self.input_size = int(input_size)
+
+    def hash_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-activation of the hash layer, ``(B, bits)``."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.hash_logits(x))
+
+    def forward_with_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(relaxed codes, pre-tanh logits)`` from one pass (for losses needing both)."""
+        logits = self.hash_logits(x)
+        return torch.tanh(logits), logits
+
+    def feature_layer(self) -> nn.Module:
+        """The module whose output a Grad-CAM hook should capture (a 4-D feature map)."""
+        raise NotImplementedError
+
+    def arch_kwargs(self) -> dict:
+        """Keyword arguments that, with ``arch`` and ``bits``, rebuild this net exactly."""
+        return {}
+
+    def extra_repr(self) -> str:
+        return f"arch={self.arch!r}, bits={self.bits}, input_size={self.input_size}"

@@ -1,0 +1,282 @@
+"""Saving, finding and loading models: ``NAME.safetensors`` (weights) + ``NAME.json`` (card).
+
+Weights are read only through safetensors (never pickle), after checking their SHA-256 against
+the card. Models are looked up by name in the bundled directory (``resources/models`` next to the
+package, or ``hashview/_resources/models`` in an installed copy) and then in the user directory
+(``$HASHVIEW_HOME/models``, else ``$XDG_DATA_HOME/hashview/models``, else
+``~/.local/share/hashview/models``).
+
+Until trained weights are shipped, ``DEFAULT_MODEL`` ("hatdh-64") with no file on disk is built
+from a fixed seed (``torch.manual_seed(0)``); its card says ``trained: false``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+
+import hashview
+from hashview import __version__
+from hashview.errors import ModelError
+from hashview.models.base import HashingNet
+from hashview.models.cards import ModelCard
+from hashview.models.registry import build_model
+
+DEFAULT_MODEL = "hatdh-64"
+DEFAULT_SEED = 0
+WEIGHTS_SUFFIX = ".safetensors"
+CARD_SUFFIX = ".json"
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".tar")
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class LoadedModel:
+    net: HashingNet  # in eval mode, fp32
+    card: ModelCard
+    weights_path: Optional[Path] = None  # None for the built-in seeded default model
+
+
+def bundled_models_dirs() -> list[Path]:
+    package_dir = Path(hashview.__file__).resolve().parent
+    candidates = [package_dir.parent / "resources" / "models", package_dir / "_resources" / "models"]
+    return [d for d in candidates if d.is_dir()]
+
+
+def user_models_dir() -> Path:
+    if os.environ.get("HASHVIEW_HOME"):
+        return Path(os.environ["HASHVIEW_HOME"]) / "models"
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home) / "hashview" / "models"
+
+
+# ---------------------------------------------------------------- serialisation
+
+def state_dict_bytes(net: HashingNet, fp16: bool = True) -> bytes:
+    """Deterministic safetensors bytes of ``net``'s state dict.
+
+    With ``fp16`` the parameters are stored in float16 (half the size; loaded back into fp32);
+    buffers (BatchNorm running statistics) stay float32 since they are few and precision-sensitive.
+    """
+    buffer_names = {name for name, _ in net.named_buffers()}
+    tensors = {}
+    for name, tensor in net.state_dict().items():
+        tensor = tensor.detach().to("cpu")
+        if fp16 and tensor.is_floating_point() and name not in buffer_names:
+            tensor = tensor.to(torch.float16)
+        tensors[name] = tensor.contiguous()
+    # A single metadata entry: safetensors writes the metadata map in hash-map order, which
+    # varies between calls, so several entries would make the bytes (and sha256) unstable.
+    return save_safetensors_bytes(tensors, metadata={"format": "pt"})
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _stem(path: PathLike) -> Path:
+    path = Path(path)
+    return path.with_suffix("") if path.suffix in (WEIGHTS_SUFFIX, CARD_SUFFIX) else path
+
+
+def save_model(net: HashingNet, card: ModelCard, path_stem: PathLike,
+               fp16: bool = True) -> ModelCard:
+    """Write ``STEM.safetensors`` then ``STEM.json`` atomically; return the card as written.
+
+    The written card takes ``name`` from the file stem (so name look-ups find it), the
+    architecture fields from ``net``, and ``sha256`` of the weights file bytes.
+    """
+    stem = _stem(path_stem)
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        data = state_dict_bytes(net, fp16=fp16)
+        card = dataclasses.replace(
+            card, name=stem.name, arch=net.arch, bits=net.bits, input_size=net.input_size,
+            arch_kwargs=net.arch_kwargs(), sha256=hashlib.sha256(data).hexdigest(),
+            created=card.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            hashview_version=__version__, source=str(_files(stem)[0]))
+        card_path, weights_path = _files(stem)
+        _atomic_write(weights_path, data)
+        _atomic_write(card_path, card.to_json().encode("utf-8"))
+    except OSError as exc:
+        raise ModelError(stem, f"cannot save model ({exc.strerror or exc})") from exc
+    return card
+
+
+# ---------------------------------------------------------------- loading
+
+def _load_state_into(net: HashingNet, data: bytes, weights_path: PathLike) -> None:
+    try:
+        state = load_safetensors_bytes(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise ModelError(weights_path, f"not a valid safetensors file ({exc})") from exc
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing tensor(s) (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensor(s) (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} shape mismatch(es) (e.g. {k}: file "
+                         f"{tuple(state[k].shape)} vs model {tuple(expected[k].shape)})")
+        raise ModelError(weights_path, f"weights do not fit {net.arch}-{net.bits}: "
+                         + "; ".join(parts))
+    # load_state_dict copies into the fp32 parameters, so fp16 storage is upcast here.
+    net.load_state_dict(state, strict=True)
+
+
+def _build_for_card(card: ModelCard, where: PathLike) -> HashingNet:
+    try:
+        # The random init is overwritten by the weights; fork_rng keeps it from advancing
+        # the caller's RNG (loading a model must not change a seeded experiment).
+        with torch.random.fork_rng(devices=[]):
+            return build_model(card.arch, card.bits, input_size=card.input_size,
+                               **card.arch_kwargs)
+    except ModelError as exc:
+        raise ModelError(where, exc.reason) from exc
+
+
+def _files(stem: Path) -> tuple[Path, Path]:
+    """(card, weights) paths of a model stem; appends suffixes so dotted names survive."""
+    return stem.with_name(stem.name + CARD_SUFFIX), stem.with_name(stem.name + WEIGHTS_SUFFIX)
+
+
+def _load_files(stem: Path, source: str) -> LoadedModel:
+    card_path, weights_path = _files(stem)
+    if not card_path.is_file():
+        raise ModelError(card_path, "model card not found (a model is NAME.safetensors + NAME.json)")
+    if not weights_path.is_file():
+        raise ModelError(weights_path, "weights file not found")
+    card = ModelCard.read(card_path)
+    card.source = source
+    try:
+        data = weights_path.read_bytes()
+    except OSError as exc:
+        raise ModelError(weights_path, f"cannot read weights ({exc.strerror or exc})") from exc
+    # Hash and load the very same bytes, so the file cannot change between check and use.
+    digest = hashlib.sha256(data).hexdigest()
+    if not card.sha256:
+        raise ModelError(card_path, "model card has no sha256; cannot verify the weights")
+    if digest != card.sha256.lower():
+        raise ModelError(weights_path, f"SHA-256 mismatch with its card {card_path.name} "
+                         f"(file {digest[:12]}..., card {card.sha256[:12]}...): corrupt or modified")
+    net = _build_for_card(card, card_path)
+    _load_state_into(net, data, weights_path)
+    return LoadedModel(net.eval(), card, weights_path)
+
+
+@functools.lru_cache(maxsize=1)
+def _default_model_bytes() -> bytes:
+    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG state untouched
+        torch.manual_seed(DEFAULT_SEED)
+        net = build_model("hatdh", 64)
+    return state_dict_bytes(net, fp16=True)
+
+
+def default_model_card() -> ModelCard:
+    arch, bits = DEFAULT_MODEL.split("-")
+    return ModelCard(
+        name=DEFAULT_MODEL, arch=arch, bits=int(bits), input_size=224,
+        arch_kwargs={"width_mult": 0.5, "attention": True},
+        description=("UNTRAINED placeholder: HATDH (MobileNetV1-0.5 + HCAM), 64 bits, weights "
+                     f"from torch.manual_seed({DEFAULT_SEED}). Codes reflect random features, "
+                     "not learned tissue similarity; replace with a trained model."),
+        training={"seed": DEFAULT_SEED, "epochs": 0},
+        sha256=hashlib.sha256(_default_model_bytes()).hexdigest(),
+        trained=False, source="builtin")
+
+
+def _load_default_model() -> LoadedModel:
+    card = default_model_card()
+    net = _build_for_card(card, DEFAULT_MODEL)
+    # Load the fp16-rounded bytes, so this net equals one saved and reloaded with save_model.
+    _load_state_into(net, _default_model_bytes(), DEFAULT_MODEL)
+    return LoadedModel(net.eval(), card, None)
+
+
+def _find_named(name: str) -> Optional[tuple[Path, str]]:
+    dirs = [(d, "bundled") for d in bundled_models_dirs()] + [(user_models_dir(), "user")]
+    for directory, source in dirs:
+        if _files(directory / name)[0].is_file():
+            return directory / name, source
+    return None
+
+
+def load_model(name_or_path: PathLike, device: Union[str, torch.device, None] = None) -> LoadedModel:
+    """Load a model by name (bundled or user directory) or by a .safetensors / .json path.
+
+    ``device`` None keeps the net on the CPU; "auto", "cpu", "cuda" are resolved by
+    :func:`hashview.encode.pick_device`.
+    """
+    text = os.fspath(name_or_path)
+    path = Path(text)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ModelError(path, "pickle-based model files are not accepted; use .safetensors")
+    if path.suffix in (WEIGHTS_SUFFIX, CARD_SUFFIX):
+        loaded = _load_files(_stem(path), source=str(path))
+    elif os.sep in text or "/" in text or path.is_file():
+        if not _files(path)[0].is_file():
+            raise ModelError(path, "not a model file (expected NAME.safetensors with NAME.json)")
+        loaded = _load_files(path, source=str(path))
+    else:
+        found = _find_named(text)
+        if found is not None:
+            loaded = _load_files(*found)
+        elif text == DEFAULT_MODEL:
+            loaded = _load_default_model()
+        else:
+            names = ", ".join(sorted({c.name for c in list_models()})) or "none"
+            raise ModelError(None, f"unknown model {text!r} (available: {names})")
+    if device is not None:
+        from hashview.encode import pick_device
+        loaded.net.to(pick_device(device))
+    return loaded
+
+
+def list_models() -> list[ModelCard]:
+    """Cards of all bundled and user models (bundled first; unreadable cards are skipped),
+    plus the untrained built-in default when no file provides it."""
+    cards: dict[str, ModelCard] = {}
+    dirs = [(d, "bundled") for d in bundled_models_dirs()] + [(user_models_dir(), "user")]
+    for directory, source in dirs:
+        if not directory.is_dir():
+            continue
+        for card_path in sorted(directory.glob("*" + CARD_SUFFIX)):
+            if card_path.stem in cards or not _files(card_path.with_suffix(""))[1].is_file():
+                continue
+            try:
+                card = ModelCard.read(card_path)
+            except ModelError:
+                continue
+            card.name, card.source = card_path.stem, source
+            cards[card.name] = card
+    if DEFAULT_MODEL not in cards:
+        cards[DEFAULT_MODEL] = default_model_card()
+    return list(cards.values())

@@ -1,0 +1,285 @@
+"""Architectures, registry, model cards and model files (hashview.models)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from hashview.errors import ModelError
+from hashview.models import (DEFAULT_MODEL, HashingNet, ModelCard, available_architectures,
+                             build_model, list_models, load_model, save_model, user_models_dir)
+from hashview.models.dch import paper_param_count
+from hashview.models.hatdh import HCAM, eca_kernel_size
+
+
+def _small_batch(net: HashingNet, n: int = 2) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1)
+    return torch.rand(n, 3, net.input_size, net.input_size, generator=gen) * 2 - 1
+
+
+# ---------------------------------------------------------------- registry and architectures
+
+def test_registry_knows_both_architectures():
+    assert {"hatdh", "dch"} <= set(available_architectures())
+
+
+def test_unknown_architecture_lists_known_ones():
+    with pytest.raises(ModelError) as err:
+        build_model("resnet", 64)
+    assert "hatdh" in str(err.value) and "dch" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bits_must_fill_bytes():
+    with pytest.raises(ModelError):
+        build_model("dch", 12)
+
+
+@pytest.mark.parametrize("arch,bits", [("hatdh", 32), ("hatdh", 64), ("hatdh", 128),
+                                       ("dch", 16), ("dch", 32), ("dch", 64)])
+def test_forward_shape_and_range(arch, bits):
+    net = build_model(arch, bits).eval()
+    assert (net.arch, net.bits) == (arch, bits)
+    assert net.input_size == {"hatdh": 224, "dch": 128}[arch]
+    with torch.inference_mode():
+        codes, logits = net.forward_with_logits(_small_batch(net))
+    assert codes.shape == (2, bits)
+    assert torch.all(codes.abs() < 1)
+    assert torch.equal(torch.sign(codes), torch.sign(logits))
+
+
+def test_hcam_keeps_shape_and_omega_is_a_convex_weight():
+    hcam = HCAM(512)
+    assert hcam.k1 == 5 and hcam.k2 == 7
+    assert [eca_kernel_size(c) for c in (32, 64, 128, 256, 1024)] == [3, 3, 5, 5, 5]
+    x = torch.randn(2, 512, 7, 9)
+    assert hcam(x).shape == x.shape
+    for logit in (-50.0, 0.0, 3.0, 50.0):
+        hcam.omega_logit.data.fill_(logit)
+        w1, w2 = hcam.omega
+        assert 0 <= w1.item() <= 1 and 0 <= w2.item() <= 1
+        assert w1.item() + w2.item() == pytest.approx(1.0)
+
+
+def test_hatdh_feature_is_512d_and_attention_can_be_ablated():
+    net = build_model("hatdh", 32).eval()
+    assert net.hash_layer.in_features == 512
+    plain = build_model("hatdh", 32, attention=False).eval()
+    assert not any(isinstance(m, HCAM) for m in plain.modules())
+    with torch.inference_mode():
+        assert plain(_small_batch(plain)).shape == (2, 32)
+
+
+@pytest.mark.parametrize("arch", ["hatdh", "dch"])
+def test_feature_layer_yields_a_feature_map(arch):
+    net = build_model(arch, 32).eval()
+    seen = []
+    handle = net.feature_layer().register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.inference_mode():
+        net(_small_batch(net, 1))
+    handle.remove()
+    assert len(seen) == 1 and len(seen[0]) == 4 and seen[0][-1] > 1
+
+
+def test_backward_reaches_backbone_attention_and_hash_layer():
+    net = build_model("hatdh", 32).train()
+    net(_small_batch(net)).pow(2).sum().backward()
+    for p in (net.backbone.features[0][0].weight, net.attention.omega_logit,
+              net.attention.h_conv1.weight, net.hash_layer.weight):
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+    assert net.backbone.features[0][0].weight.grad.abs().sum() > 0
+
+
+def test_dch_classifier_trains_and_codes_skip_it():
+    net = build_model("dch", 16, n_classes=4).train()
+    codes, logits = net.codes_and_class_logits(_small_batch(net, 4))
+    assert codes.shape == (4, 16) and logits.shape == (4, 4)
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+    for p in (net.features[0][0].weight, net.lbe.weight, net.classifier.weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    assert net.classify(_small_batch(net, 2)).shape == (2, 4)
+
+
+def test_dch_variant_parameter_count_and_file_size(tmp_path):
+    net = build_model("dch", 64)
+    n_params = sum(p.numel() for p in net.parameters())
+    # convs 65,376 + BN 384 + FC 1024x2048 + BN 4,096 + LBE 2048x64 + BN 128 + classifier 520
+    assert n_params == 2_298_728
+    assert net.fc[1].in_features == 64 * 4 * 4
+    assert paper_param_count(64, padding="same") == 134_421_348  # the printed "~130M"
+    card = save_model(net, ModelCard("dch-64", "dch", 64, 128), tmp_path / "dch-64")
+    size = (tmp_path / "dch-64.safetensors").stat().st_size
+    assert size < 5_000_000 and card.sha256
+
+
+# ---------------------------------------------------------------- cards
+
+def test_card_json_roundtrip_ignores_unknown_keys():
+    card = ModelCard("m", "hatdh", 64, 224, training={"epochs": 3}, class_names=["a", "b"])
+    data = json.loads(card.to_json())
+    data["added_by_a_future_version"] = 1
+    back = ModelCard.from_json(json.dumps(data))
+    assert back == card and back.mean == (0.5, 0.5, 0.5)
+
+
+@pytest.mark.parametrize("patch", [{"bits": None}, {"bits": 12}, {"input_size": "x"},
+                                   {"std": [0.5, 0.5]}, {"std": [0.5, 0.0, 0.5]}])
+def test_card_rejects_missing_or_bad_values(patch):
+    data = ModelCard("m", "hatdh", 64, 224).to_dict()
+    data.update(patch)
+    if patch.get("bits", 0) is None:
+        del data["bits"]
+    with pytest.raises(ModelError) as err:
+        ModelCard.from_dict(data, "m.json")
+    assert str(err.value).startswith("m.json: ")
+
+
+def test_card_rejects_invalid_json():
+    with pytest.raises(ModelError):
+        ModelCard.from_json("{not json", "x.json")
+
+
+# ---------------------------------------------------------------- model files
+
+def _fp16_rounded(net: HashingNet) -> HashingNet:
+    rounded = copy.deepcopy(net)
+    for p in rounded.parameters():
+        p.data = p.data.half().float()
+    return rounded
+
+
+def _trained_like(arch: str, bits: int) -> HashingNet:
+    torch.manual_seed(3)
+    net = build_model(arch, bits)
+    with torch.no_grad():  # non-trivial BN statistics, as after training
+        for m in net.modules():
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def test_save_load_roundtrip_matches_fp16_rounded_weights(tmp_path):
+    net = _trained_like("hatdh", 32)
+    card = save_model(net, ModelCard("x", "hatdh", 32, 224, trained=True), tmp_path / "mine")
+    assert card.name == "mine" and len(card.sha256) == 64 and card.created
+    first = load_model(tmp_path / "mine.safetensors")
+    second = load_model(tmp_path / "mine.json")
+    assert first.card.sha256 == card.sha256 and first.card.trained
+    x = _small_batch(net, 3)
+    with torch.inference_mode():
+        expected = _fp16_rounded(net)(x)
+        a, b = first.net(x), second.net(x)
+    assert torch.equal(a, b)
+    assert torch.allclose(a, expected, atol=1e-6)
+    assert torch.equal(torch.sign(a), torch.sign(expected))
+
+
+def test_dch_roundtrip_keeps_arch_kwargs(tmp_path):
+    net = build_model("dch", 16, n_classes=3, lbe_batchnorm=False).eval()
+    save_model(net, ModelCard("d", "dch", 16, 128, class_names=["a", "b", "c"]), tmp_path / "d")
+    loaded = load_model(tmp_path / "d.json")
+    assert loaded.net.n_classes == 3 and not loaded.net.lbe_batchnorm
+    assert loaded.card.class_names == ["a", "b", "c"]
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    save_model(build_model("dch", 16), ModelCard("t", "dch", 16, 128), tmp_path / "t")
+    weights = tmp_path / "t.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelError) as err:
+        load_model(weights)
+    assert "t.safetensors" in str(err.value) and "SHA-256" in str(err.value)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('unpickled')",)
+
+
+def test_pickle_files_are_refused_without_unpickling(tmp_path):
+    marker = tmp_path / "marker"
+    payload = pickle.dumps(_Payload(marker))
+    pickle.loads(payload)  # the payload is live: unpickling it does write the marker
+    assert marker.exists()
+    marker.unlink()
+    for name in ("evil.pt", "evil.pth", "evil.ckpt"):
+        (tmp_path / name).write_bytes(payload)
+        with pytest.raises(ModelError) as err:
+            load_model(tmp_path / name)
+        assert "pickle-based model files are not accepted; use .safetensors" in str(err.value)
+    # A pickle disguised as .safetensors (with a matching card) fails to parse, never unpickles.
+    import hashlib
+    (tmp_path / "evil.safetensors").write_bytes(payload)
+    card = ModelCard("evil", "dch", 16, 128, sha256=hashlib.sha256(payload).hexdigest())
+    (tmp_path / "evil.json").write_text(card.to_json())
+    with pytest.raises(ModelError):
+        load_model(tmp_path / "evil.safetensors")
+    assert not marker.exists()
+
+
+def test_wrong_shapes_give_one_line_error(tmp_path):
+    save_model(build_model("dch", 16), ModelCard("w", "dch", 16, 128), tmp_path / "w")
+    card_path = tmp_path / "w.json"
+    data = json.loads(card_path.read_text())
+    data["bits"] = 32
+    card_path.write_text(json.dumps(data))
+    with pytest.raises(ModelError) as err:
+        load_model(card_path)
+    message = str(err.value)
+    assert "\n" not in message and "shape mismatch" in message and "w.safetensors" in message
+
+
+def test_missing_card_or_weights(tmp_path):
+    with pytest.raises(ModelError):
+        load_model(tmp_path / "absent.safetensors")
+    with pytest.raises(ModelError) as err:
+        load_model("no-such-model")
+    assert DEFAULT_MODEL in str(err.value)
+
+
+def test_user_models_are_found_by_name_and_listed():
+    net = build_model("dch", 16).eval()
+    save_model(net, ModelCard("u", "dch", 16, 128, trained=True), user_models_dir() / "dch-user")
+    loaded = load_model("dch-user")
+    assert loaded.card.source == "user" and loaded.net.bits == 16
+    names = {c.name: c for c in list_models()}
+    assert "dch-user" in names and names["dch-user"].trained
+    assert not names[DEFAULT_MODEL].trained
+
+
+def test_default_model_is_deterministic_and_untrained(tmp_path):
+    torch.manual_seed(123)
+    rng_before = torch.get_rng_state()
+    first, second = load_model(DEFAULT_MODEL), load_model(DEFAULT_MODEL)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # caller's RNG untouched
+    assert first.card.sha256 == second.card.sha256 and not first.card.trained
+    assert "untrained" in first.card.description.lower()
+    x = _small_batch(first.net, 2)
+    with torch.inference_mode():
+        assert torch.equal(first.net(x), second.net(x))
+    # Saving the built-in model reproduces the same weights file hash.
+    saved = save_model(first.net, first.card, tmp_path / DEFAULT_MODEL)
+    assert saved.sha256 == first.card.sha256
+    reloaded = load_model(tmp_path / f"{DEFAULT_MODEL}.json")
+    with torch.inference_mode():
+        assert np.array_equal(reloaded.net(x).numpy(), first.net(x).numpy())
+
+
+def test_default_model_hash_is_stable_across_processes():
+    import subprocess
+    import sys
+    code = "from hashview.models import load_model; print(load_model('hatdh-64').card.sha256)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == load_model(DEFAULT_MODEL).card.sha256
