@@ -1,0 +1,181 @@
+"""Search: FAISS equals a brute-force Hamming ranking (ties by tile index); filters; votes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from hashview.errors import LibraryError
+from hashview.library import Library
+from hashview.search import (Hit, Searcher, SourceSummary, Vote, aggregate_by_source, exact_topk,
+                             hits_to_dict, vote)
+
+LABELS = ["tumor", "stroma", None, "fat"]
+N_SOURCES, PER_SOURCE = 10, 500  # 16-bit codes, 5000 tiles: every distance has long tie runs
+
+
+def popcount_distances(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
+    return np.unpackbits(np.bitwise_xor(codes, query), axis=1).sum(axis=1).astype(np.int64)
+
+
+def brute_force(codes: np.ndarray, query: np.ndarray, k: int, allowed: np.ndarray | None = None):
+    """Reference ranking: (distance, tile index) over the allowed tile ids."""
+    ids = np.arange(len(codes)) if allowed is None else np.flatnonzero(allowed)
+    d = popcount_distances(codes[ids], query)
+    order = np.lexsort((ids, d))[:k]
+    return d[order].tolist(), ids[order].tolist()
+
+
+@pytest.fixture(scope="module")
+def library_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("search") / "lib.h5"
+    rng = np.random.default_rng(42)
+    with Library.create(path, "m16", "hatdh", 16, "c" * 64) as lib:
+        for s in range(N_SOURCES):
+            n = PER_SOURCE
+            tile_labels = [LABELS[(s + i) % len(LABELS)] for i in range(n)]
+            lib.add_source({"path": f"/slides/s{s}.svs", "fingerprint": f"fp{s}"},
+                           rng.integers(0, 256, (n, 2), dtype=np.uint8),
+                           np.arange(n) * 10, np.full(n, s), np.full(n, 224),
+                           tile_labels=tile_labels)
+        lib.add_source({"path": "/slides/empty.svs", "fingerprint": "fp-empty"},
+                       np.zeros((0, 2), np.uint8), [], [], [])
+    return path
+
+
+@pytest.fixture(scope="module")
+def searcher(library_path) -> Searcher:
+    with Library.open(library_path) as lib:
+        return Searcher(lib)  # holds everything in memory; the file can be closed
+
+
+@pytest.fixture(scope="module")
+def data(library_path):
+    with Library.open(library_path) as lib:
+        return lib.codes(), lib.tile_table(), lib.label_names()
+
+
+@pytest.fixture(scope="module")
+def queries(data) -> np.ndarray:
+    codes = data[0]
+    rng = np.random.default_rng(7)
+    return np.concatenate([rng.integers(0, 256, (40, 2), dtype=np.uint8), codes[[0, 17, 4999]]])
+
+
+def assert_matches(results, codes, queries, k, allowed=None):
+    assert len(results) == len(queries)
+    for hits, q in zip(results, queries):
+        want_d, want_i = brute_force(codes, q, k, allowed)
+        assert [h.distance for h in hits] == want_d
+        assert [h.tile_index for h in hits] == want_i
+        assert [h.rank for h in hits] == list(range(len(hits)))
+
+
+@pytest.mark.parametrize("k", [1, 5, 10, 37, 200, 4999, 5000, 6000])
+def test_search_equals_brute_force_with_ties(searcher, data, queries, k):
+    assert_matches(searcher.search(queries, k=k), data[0], queries, k)
+
+
+def test_boundary_ties_are_actually_exercised(searcher, data, queries):
+    # Guard for the test above: the k-th and (k+1)-th distances tie for most queries.
+    codes = data[0]
+    tied = sum(np.sort(popcount_distances(codes, q))[9] == np.sort(popcount_distances(codes, q))[10]
+               for q in queries)
+    assert tied > len(queries) // 2
+
+
+def test_filtered_searches_are_exact(searcher, data, queries):
+    codes, table, names = data
+    sid, lid = table["source_id"], table["label_id"]
+    label_id = {n: i for i, n in enumerate(names)}
+    cases = [
+        (dict(exclude_sources={0, 3}), ~np.isin(sid, [0, 3])),
+        (dict(sources={1, 2}), np.isin(sid, [1, 2])),
+        (dict(labels={"tumor"}), lid == label_id["tumor"]),
+        (dict(labels={"tumor", None}), np.isin(lid, [label_id["tumor"], -1])),
+        (dict(sources={4, 5, 6}, exclude_sources={5}, labels={"fat", "stroma"}),
+         np.isin(sid, [4, 6]) & np.isin(lid, [label_id["fat"], label_id["stroma"]])),
+        (dict(labels={"no-such-label"}), np.zeros(len(codes), bool)),
+        (dict(sources=set()), np.zeros(len(codes), bool)),
+        (dict(exclude_sources=set()), None),
+    ]
+    for kwargs, allowed in cases:
+        for k in (1, 10, 300):
+            assert_matches(searcher.search(queries, k=k, **kwargs), codes, queries, k, allowed)
+        # Cached subset index gives the same answer the second time.
+        assert_matches(searcher.search(queries, k=10, **kwargs), codes, queries, 10, allowed)
+
+
+def test_hit_fields_describe_the_tile(searcher, library_path, queries):
+    hits = searcher.search(queries[0], k=20)
+    assert len(hits) == 1 and len(hits[0]) == 20
+    with Library.open(library_path) as lib:
+        for hit in hits[0]:
+            tile = lib.tile(hit.tile_index)
+            src = lib.source(hit.source_id)
+            assert (hit.source_id, hit.x, hit.y, hit.size, hit.label) == (
+                tile.source_id, tile.x, tile.y, tile.size, tile.label)
+            assert (hit.source_name, hit.source_path) == (src.name, src.path)
+    assert json.loads(json.dumps(hits_to_dict(hits)))[0][0]["tile_index"] == hits[0][0].tile_index
+
+
+def test_exact_topk_on_pure_ties():
+    index = faiss.IndexBinaryFlat(16)
+    index.add(np.zeros((1000, 2), np.uint8))
+    D, I = exact_topk(index, np.zeros((3, 2), np.uint8), 7)
+    assert I.tolist() == [list(range(7))] * 3 and (D == 0).all()
+
+
+def test_bad_queries(searcher, library_path):
+    with pytest.raises(LibraryError) as e:
+        searcher.search(np.zeros((2, 8), np.uint8))
+    msg = str(e.value)
+    assert msg.startswith(str(library_path)) and "64-bit" in msg and "16-bit" in msg
+    with pytest.raises(ValueError, match="uint8"):
+        searcher.search(np.zeros((2, 2), np.int64))
+    with pytest.raises(ValueError, match="k must be"):
+        searcher.search(np.zeros((1, 2), np.uint8), k=0)
+    assert searcher.search(np.zeros((0, 2), np.uint8)) == []
+
+
+def test_empty_library(tmp_path):
+    with Library.create(tmp_path / "empty.h5", "m", "hatdh", 64, "d" * 64) as lib:
+        searcher = Searcher(lib)
+    assert searcher.n_tiles == 0
+    assert searcher.search(np.zeros((2, 8), np.uint8), k=5) == [[], []]
+    assert searcher.search(np.zeros(8, np.uint8), k=5, labels={"x"}) == [[]]
+
+
+def _hit(rank, source_id, distance, label):
+    return Hit(rank=rank, tile_index=100 + rank, distance=distance, source_id=source_id,
+               source_name=f"s{source_id}", source_path=f"/s{source_id}", x=0, y=0, size=224,
+               label=label)
+
+
+def test_vote():
+    hits = [_hit(0, 1, 2, "a"), _hit(1, 2, 3, None), _hit(2, 1, 3, "b"), _hit(3, 3, 4, "b"),
+            _hit(4, 2, 5, "a"), _hit(5, 2, 6, "c")]
+    # a and b both have 2 hits; a's ranks sum to 4, b's to 5: a wins. The unlabelled hit is ignored.
+    assert vote(hits) == Vote("a", 2, 5, 0.4)
+    assert vote(hits + [_hit(6, 1, 6, "b")]) == Vote("b", 3, 6, 0.5)
+    # Equal counts and rank sums: first occurrence wins.
+    tied = [_hit(1, 1, 1, "x"), _hit(0, 1, 1, "y"), _hit(0, 1, 1, "x"), _hit(1, 1, 1, "y")]
+    assert vote(tied).label == "x"
+    assert vote([_hit(0, 1, 1, None)]) is None and vote([]) is None
+    assert vote([hits[:3], hits[3:]]) == vote(hits)  # per-query lists are flattened
+
+
+def test_aggregate_by_source():
+    hits = [_hit(0, 1, 2, "a"), _hit(1, 2, 3, None), _hit(2, 1, 3, "b"), _hit(3, 3, 1, "b"),
+            _hit(4, 2, 5, "a"), _hit(5, 4, 1, "c")]
+    assert aggregate_by_source(hits) == [
+        SourceSummary(1, "s1", 2, 2, 0),
+        SourceSummary(2, "s2", 2, 3, 1),
+        SourceSummary(3, "s3", 1, 1, 3),  # same n_hits and distance as s4: better rank first
+        SourceSummary(4, "s4", 1, 1, 5),
+    ]
+    assert aggregate_by_source([]) == []
