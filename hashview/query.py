@@ -1,0 +1,148 @@
+"""Turn what the user points at (a patch image, a slide region) into hits from a library.
+
+Shared by ``hashview search`` and the app. A region larger than one library tile is cut into
+library-sized tiles; each tile is searched and the hits are merged: every library tile keeps its
+best distance over the query tiles, ties broken by tile index, and the vote counts every query
+tile's top-k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional, Sequence
+
+from PIL import Image
+
+from hashview.encode import Encoder
+from hashview.errors import SourceError
+from hashview.search import Hit, Searcher, Vote, vote
+from hashview.slides import Source, open_source
+from hashview.tiling import Tile, TilingParams, load_patch, plan_geometry, read_tile
+
+# A region more than this many library tiles wide or high is refused: it would take minutes on a CPU.
+MAX_REGION_TILES = 64
+
+
+@dataclass
+class QueryResult:
+    hits: list[Hit]
+    vote: Optional[Vote]
+    query_tiles: int
+    per_tile: list[list[Hit]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        from hashview.search import hits_to_dict
+
+        return {
+            "query_tiles": self.query_tiles,
+            "vote": None if self.vote is None else self.vote.__dict__,
+            "hits": hits_to_dict(self.hits),
+        }
+
+    def to_text(self) -> str:
+        """A plain table for the terminal."""
+        lines = [f"{'rank':>4} {'dist':>4}  {'label':<12} {'x':>7} {'y':>7} {'size':>5}  source"]
+        for hit in self.hits:
+            lines.append(f"{hit.rank + 1:>4} {hit.distance:>4}  {(hit.label or '-'):<12} "
+                         f"{hit.x:>7} {hit.y:>7} {hit.size:>5}  {hit.source_name}")
+        if not self.hits:
+            lines.append("  (no hits: the library is empty or the filters exclude every tile)")
+        if self.vote is not None:
+            v = self.vote
+            lines.append(f"vote: {v.count}/{v.total} {v.label} ({v.share:.0%})")
+        return "\n".join(lines)
+
+
+def open_search(library_path: str | Path, device: str = "auto",
+                model: Optional[str | Path] = None) -> tuple[Searcher, Encoder]:
+    """Load a library into memory and its model, ready to search.
+
+    The library file is closed again at once (the searcher holds a copy), so an indexing job may
+    append to it meanwhile. ``model`` defaults to the library's own model; any other must have the
+    same weights (sha256) and bits, or ``LibraryError`` says why.
+    """
+    from hashview.library import Library
+    from hashview.models import load_model
+
+    with Library.open(library_path, mode="r") as library:
+        loaded = load_model(model or library.model_name)
+        library.check_model(loaded.card)
+        searcher = Searcher(library)
+    return searcher, Encoder(loaded, device=device)
+
+
+def parse_region(text: str) -> tuple[int, int, int, int]:
+    """``"x,y,w,h"`` in level-0 pixels -> a tuple; a clear error otherwise."""
+    try:
+        x, y, w, h = (int(float(v)) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"region must be x,y,w,h in level-0 pixels, got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise ValueError(f"region width and height must be positive, got {text!r}")
+    return x, y, w, h
+
+
+def region_tiles(source: Source, region: tuple[int, int, int, int],
+                 params: TilingParams) -> list[Image.Image]:
+    """Read a level-0 region as library-sized tiles at the library's resolution.
+
+    A region no bigger than one tile (in either direction) is read as one tile centred on the
+    region, so a right-click anywhere gives the tile under the cursor.
+    """
+    x, y, w, h = region
+    width, height = source.dimensions
+    if x < 0 or y < 0 or x >= width or y >= height:
+        raise SourceError(source.path, f"region {x},{y},{w},{h} lies outside the slide "
+                                       f"({width}x{height})")
+    geometry = plan_geometry(source, params)
+    side = geometry.tile_level0
+    cols, rows = max(1, round(w / side)), max(1, round(h / side))
+    if cols * rows > MAX_REGION_TILES:
+        raise SourceError(source.path, f"region {w}x{h} px spans {cols * rows} tiles; "
+                                       f"the limit is {MAX_REGION_TILES}")
+    # centre the grid of tiles on the region, then keep it inside the slide
+    x0 = x + (w - cols * side) // 2
+    y0 = y + (h - rows * side) // 2
+    x0 = min(max(0, x0), max(0, width - cols * side))
+    y0 = min(max(0, y0), max(0, height - rows * side))
+    return [read_tile(source, Tile(x0 + c * side, y0 + r * side, side), geometry)
+            for r in range(rows) for c in range(cols)]
+
+
+def search_images(searcher: Searcher, encoder: Encoder, images: Sequence[Image.Image],
+                  k: int = 10, **filters) -> QueryResult:
+    """Search the library for each image and merge the hits (see the module docstring)."""
+    codes = encoder.encode(list(images))
+    per_tile = searcher.search(codes, k=k, **filters)
+    if len(per_tile) == 1:
+        merged = per_tile[0]
+    else:
+        best: dict[int, Hit] = {}
+        for hits in per_tile:
+            for hit in hits:
+                kept = best.get(hit.tile_index)
+                if kept is None or hit.distance < kept.distance:
+                    best[hit.tile_index] = hit
+        ranked = sorted(best.values(), key=lambda h: (h.distance, h.tile_index))[:k]
+        merged = [replace(hit, rank=rank) for rank, hit in enumerate(ranked)]
+    all_hits = [hit for hits in per_tile for hit in hits]
+    return QueryResult(hits=merged, vote=vote(all_hits), query_tiles=len(images),
+                       per_tile=per_tile)
+
+
+def search_file(searcher: Searcher, encoder: Encoder, path: str | Path,
+                region: Optional[tuple[int, int, int, int]] = None, k: int = 10,
+                exclude_source: bool = False, **filters) -> QueryResult:
+    """A patch image (whole image = one query tile) or, with ``region``, a slide region."""
+    params = TilingParams(tile_size=searcher.tile_size, target_mpp=searcher.target_mpp)
+    if region is None:
+        images = [load_patch(path, encoder.input_size)]
+    else:
+        with open_source(path) as source:
+            images = region_tiles(source, region, params)
+    if exclude_source:
+        own = searcher.source_id_for_path(str(Path(path).resolve()))
+        if own is not None:
+            filters["exclude_sources"] = set(filters.get("exclude_sources") or ()) | {own}
+    return search_images(searcher, encoder, images, k=k, **filters)

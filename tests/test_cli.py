@@ -1,0 +1,89 @@
+"""The hashview command: real runs in a subprocess-free way (main() with argv)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import KATHER, SLIDE
+from hashview.cli import main
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_search_by_patch_returns_hits_with_slide_coordinates(slide_library, capsys):
+    path, _ = slide_library
+    query = sorted((KATHER / "04_LYMPHO").iterdir())[0]
+    code, out, err = run(capsys, "search", path, query, "--json", "--top-k", "5")
+    assert code == 0, err
+    result = json.loads(out)
+    assert len(result["hits"]) == 5
+    top = result["hits"][0]
+    assert top["distance"] == 0 and top["source_path"] == str(query.resolve())
+    for hit in result["hits"]:
+        assert {"x", "y", "size", "distance", "label", "source_path"} <= set(hit)
+    distances = [h["distance"] for h in result["hits"]]
+    assert distances == sorted(distances)
+
+
+def test_search_by_slide_region_and_exclude_source(slide_library, capsys):
+    path, _ = slide_library
+    code, out, err = run(capsys, "search", path, SLIDE, "--region", "1000,1000,224,224",
+                         "--json", "--exclude-source", "-k", "3")
+    assert code == 0, err
+    hits = json.loads(out)["hits"]
+    assert hits and all(h["source_name"] != SLIDE.name for h in hits)
+
+    code, out, err = run(capsys, "search", path, SLIDE, "--region", "1000,1000,448,448", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["query_tiles"] == 4 and len(result["hits"]) == 10
+
+
+def test_info_and_models(slide_library, capsys):
+    path, _ = slide_library
+    code, out, _ = run(capsys, "info", path, "--json")
+    assert code == 0
+    stats = json.loads(out)
+    assert stats["bits"] == 64 and stats["n_tiles"] > 20
+    code, out, _ = run(capsys, "models", "--json")
+    assert code == 0
+    names = {m["name"] for m in json.loads(out)}
+    assert "hatdh-64" in names
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["search", "{missing}", "{query}"], "missing.h5"),
+    (["search", "{textfile}", "{query}"], "notes.h5"),
+    (["info", "{textfile}"], "notes.h5"),
+    (["index", "{missing_slide}", "--library", "{out}"], "nothing.svs"),
+])
+def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, capsys, argv, fragment):
+    textfile = tmp_path / "notes.h5"
+    textfile.write_text("hello")
+    names = {"missing": tmp_path / "missing.h5", "textfile": textfile,
+             "query": sorted((KATHER / "01_TUMOR").iterdir())[0],
+             "missing_slide": tmp_path / "nothing.svs", "out": tmp_path / "out.h5"}
+    code, out, err = run(capsys, *[a.format(**names) for a in argv])
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in err
+
+
+def test_bad_region_is_a_usage_error(slide_library, capsys):
+    path, _ = slide_library
+    code, _, err = run(capsys, "search", path, SLIDE, "--region", "1,2,3")
+    assert code == 2 and "x,y,w,h" in err
+
+
+def test_no_arguments_prints_help(capsys, monkeypatch):
+    import hashview.cli as cli
+
+    monkeypatch.setattr(cli, "_open_app", lambda paths: None)
+    code, out, _ = run(capsys)
+    assert code == 0 and "index" in out and "search" in out
