@@ -72,6 +72,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the bundled and user models")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("train", help="train a hashing model on a labelled patch folder")
+    p.add_argument("data", metavar="DATA", help="patch folder: class subfolders or labels.csv")
+    p.add_argument("--arch", required=True, help="architecture (hatdh, dch)")
+    p.add_argument("--bits", type=int, required=True, help="code length, a multiple of 8")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for the model, its split and checkpoints")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", metavar="FILE", default=None,
+                   help="split JSON to train on (default: made from --protocol and --seed)")
+    p.add_argument("--protocol", default="hatdh", choices=["hatdh", "patient"],
+                   help="hatdh: 70/30 per class; patient: no patient on both sides")
+    p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="further training option (e.g. triplet_mode=batch-hard), repeatable")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("eval", help="retrieval metrics of a model on a labelled patch folder")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--model", "-m", default=None, help="model name or .safetensors path")
+    p.add_argument("--split", metavar="FILE", default=None,
+                   help="split JSON (default: the model's own split for this folder, "
+                        "else --protocol over --seeds)")
+    p.add_argument("--protocol", default="hatdh", choices=["hatdh", "patient"])
+    p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated split seeds")
+    p.add_argument("--baseline", default=None, help="evaluate a baseline instead (lsh-pixels)")
+    p.add_argument("--bits", type=int, default=64, help="code length of the baseline")
+    p.add_argument("--plot", metavar="PNG", default=None, help="write P@k and P-R curves")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("demo", help="index the bundled sample slide and patches, run a sample query")
     p.add_argument("--library", default=None, metavar="LIB.h5",
                    help="where to build the demo library (default: the user data folder)")
@@ -166,6 +201,77 @@ def cmd_models(args) -> int:
     return EXIT_OK
 
 
+def _parse_options(pairs: Sequence[str]) -> dict:
+    """``KEY=VALUE`` pairs; values parsed as JSON when they can be (numbers, booleans)."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--option must be KEY=VALUE, got {pair!r}")
+        try:
+            options[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.replace("-", "_")] = value
+    return options
+
+
+def cmd_train(args) -> int:
+    from hashview.training import train_from_folder
+
+    try:
+        options = _parse_options(args.option)
+    except ValueError as exc:
+        print(f"hashview: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.input_size:
+        options["input_size"] = args.input_size
+    bar = _progress_bar(not args.json)
+    result = train_from_folder(args.data, args.arch, args.bits, args.out, epochs=args.epochs,
+                               batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                               split_file=args.split, protocol=args.protocol, progress=bar,
+                               resume=args.resume, device=args.device, **options)
+    bar.close()
+    summary = {"model": str(result.model_path), "seconds": round(result.seconds, 1),
+               "final_loss": result.history[-1] if result.history else None}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"model written to {result.model_path} ({result.seconds:.0f} s)")
+    return EXIT_OK
+
+
+def cmd_eval(args) -> int:
+    from hashview.evaluation import evaluate_baseline, evaluate_model, plot_curves
+
+    seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+    bar = _progress_bar(not args.json)
+    if args.baseline:
+        result = evaluate_baseline(args.baseline, args.data, bits=args.bits, split=args.split,
+                                   protocol=args.protocol, seeds=seeds, progress=bar)
+    else:
+        from hashview.models import DEFAULT_MODEL
+
+        result = evaluate_model(args.model or DEFAULT_MODEL, args.data, split=args.split,
+                                protocol=args.protocol, seeds=seeds, device=args.device,
+                                progress=bar)
+    bar.close()
+    if args.plot:
+        plot_curves(result, args.plot)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return EXIT_OK
+    for warning in result.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    mean, std = result["mean"], result["std"]
+    n = len(result.get("splits", [])) or 1
+    print(f"{result.get('model', args.baseline)} on {args.data} ({n} split(s), "
+          f"{result.get('split_source', args.protocol)})")
+    for key in sorted(mean):
+        if isinstance(mean[key], (int, float)):
+            print(f"  {key:<28} {mean[key]:.4f} ± {std.get(key, 0.0):.4f}")
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
     from hashview.demo import run_demo
 
@@ -178,7 +284,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"index": cmd_index, "search": cmd_search, "info": cmd_info, "models": cmd_models,
-            "demo": cmd_demo}
+            "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo}
 
 
 def _open_app(paths: Sequence[str]) -> Optional[int]:
