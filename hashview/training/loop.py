@@ -1,0 +1,381 @@
+"""The training loop for HATDH and DCH: seeded, checkpointed every epoch, resumable, cancellable.
+
+Reproducibility: the model is initialised under ``torch.manual_seed(seed)``; every later random
+choice (batch plan, augmentation, random triplets, DCH's softmax re-initialisation) comes from a
+CPU ``torch.Generator`` seeded from ``(seed, epoch, purpose)``. A resumed run rebuilds those
+generators (or restores their saved state mid-epoch), so it ends with the same weights as an
+uninterrupted run (tested to 1e-6 on CPU). The library never changes ``torch.set_num_threads``.
+
+CUDA: fp16 autocast + GradScaler, channels_last, pinned uint8 batches copied ``non_blocking``
+and augmented/normalised on the GPU; losses are computed in fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hashview.encode import pack_codes, pick_device
+from hashview.errors import ModelError
+from hashview.metrics import hamming_ranking, mean_average_precision, relevance_matrix
+from hashview.models import ModelCard, build_model, save_model
+from hashview.models.cards import DEFAULT_MEAN, DEFAULT_STD
+from hashview.progress import Cancelled, ProgressCallback, report
+from hashview.training import checkpoint as ckpt
+from hashview.training.config import TrainConfig
+from hashview.training.data import (AugmentConfig, BalancedBatchSampler, PatchDataset,
+                                    ShuffleBatchSampler, augment, epoch_generator,
+                                    images_to_input, make_loader)
+from hashview.training.losses import DCHLoss, HATDHLoss, hatdh_params
+
+# Generator streams (purposes) derived from (seed, epoch).
+_SAMPLER, _AUGMENT, _TRIPLETS, _REINIT = 0, 1, 2, 3
+
+
+@dataclass
+class TrainResult:
+    model_path: Path          # out_dir / NAME.safetensors (+ NAME.json)
+    card: ModelCard
+    history: list[float]      # mean training loss per epoch
+    seconds: float            # wall time of all sessions of this run (resumes included)
+    log: list[dict] = field(default_factory=list)  # per epoch: loss, stage, lr, val_map, seconds
+    net: Optional[nn.Module] = None  # the trained net (CPU, eval), equal to the saved file
+
+
+class _Run:
+    """Mutable training state; everything a checkpoint must capture lives here."""
+
+    def __init__(self, cfg: TrainConfig, data: PatchDataset, device: torch.device):
+        self.cfg, self.data, self.device = cfg, data, device
+        self.is_cuda = device.type == "cuda"
+        n_classes = data.n_classes
+        torch.manual_seed(cfg.seed)
+        kw = dict(cfg.arch_kwargs)
+        if cfg.arch == "dch":
+            kw["n_classes"] = n_classes  # the softmax always matches the training classes
+        self.net = build_model(cfg.arch, cfg.bits, input_size=cfg.input_size, **kw)
+        if cfg.arch == "dch":
+            # Stage-1 head (paper: conv -> FC2048 -> softmax, before the LBE is inserted).
+            self.head: Optional[nn.Module] = nn.Linear(2048, n_classes)
+            self.hatdh_loss, self.dch_loss = None, DCHLoss(cfg.gamma)
+        else:
+            # Our addition, off by default: a linear classifier on the tanh codes (aux CE).
+            self.head = nn.Linear(cfg.bits, n_classes) if cfg.aux_ce_weight > 0 else None
+            p = hatdh_params(cfg.dataset)
+            self.hatdh_loss = HATDHLoss(
+                p.lambda1 if cfg.lambda1 is None else cfg.lambda1,
+                p.lambda2 if cfg.lambda2 is None else cfg.lambda2,
+                p.lambda3 if cfg.lambda3 is None else cfg.lambda3,
+                p.beta if cfg.beta is None else cfg.beta,
+                normalise_by_bits=cfg.normalise_by_bits, mode=cfg.triplet_mode)
+            self.dch_loss = None
+        self.net.to(device, memory_format=torch.channels_last)
+        if self.head is not None:
+            self.head.to(device)
+        self.use_amp = self.is_cuda and cfg.amp
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.steps_per_epoch = len(self._sampler(0))
+        self.epoch, self.batch = 0, 0          # next batch to run
+        self.stage = self.stage_of(0)
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.history: list[float] = []
+        self.log: list[dict] = []
+        self.seconds = 0.0
+        self.gen_augment = self.gen_triplets = None
+        self._saved_gens: dict[str, torch.Tensor] = {}  # mid-epoch generator states (resume)
+        self._build_optimizer(self.stage)
+        mean = torch.tensor(DEFAULT_MEAN, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(DEFAULT_STD, device=device).view(1, 3, 1, 1)
+        self.mean, self.std = mean, std
+
+    # -- structure
+    def stage_of(self, epoch: int) -> str:
+        if self.cfg.arch != "dch":
+            return "hash"
+        return "pretrain" if epoch < self.cfg.pretrain_epochs else "finetune"
+
+    def _stage_epochs(self, stage: str) -> int:
+        if stage == "pretrain":
+            return self.cfg.pretrain_epochs
+        if stage == "finetune":
+            return self.cfg.epochs - self.cfg.pretrain_epochs
+        return self.cfg.epochs
+
+    def _sampler(self, epoch: int):
+        cls = ShuffleBatchSampler if self.cfg.sampler == "shuffle" else BalancedBatchSampler
+        return cls(self.data.labels, self.cfg.batch_size,
+                   epoch_generator(self.cfg.seed, epoch, _SAMPLER), self.cfg.steps_per_epoch)
+
+    def _params(self, stage: str) -> list[nn.Parameter]:
+        if stage == "pretrain":  # LBE and softmax are not in the stage-1 graph
+            mods = [self.net.features, self.net.fc, self.head]
+            return [p for m in mods for p in m.parameters()]
+        params = list(self.net.parameters())
+        if stage == "hash" and self.head is not None:
+            params += list(self.head.parameters())
+        return params
+
+    def _build_optimizer(self, stage: str) -> None:
+        cfg, params = self.cfg, self._params(stage)
+        if cfg.optimizer == "adadelta":
+            self.optimizer = torch.optim.Adadelta(params, lr=cfg.lr, rho=0.95, eps=1e-7,
+                                                  weight_decay=cfg.weight_decay)
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        total = max(1, self.steps_per_epoch * self._stage_epochs(stage))
+        if cfg.schedule == "cosine":
+            def factor(step: int) -> float:  # cosine decay to 0 over the stage's steps
+                return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+        else:
+            def factor(step: int) -> float:
+                return 1.0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.stage = stage
+
+    def _start_finetune(self) -> None:
+        """DCH stage 2: the LBE is now in the graph; re-initialise the softmax (seeded)."""
+        g = epoch_generator(self.cfg.seed, self.cfg.pretrain_epochs, _REINIT)
+        layer = self.net.classifier
+        bound = math.sqrt(6.0 / layer.in_features)  # kaiming-uniform (ReLU gain), as DCH init
+        weight = (torch.rand(layer.weight.shape, generator=g) * 2 - 1) * bound
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+            layer.bias.zero_()
+        self._build_optimizer("finetune")
+
+    # -- one step
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        if self.stage == "pretrain":
+            feats = self.net.fc(self.net.pool(self.net.features(x)))
+            return F.cross_entropy(self.head(feats).float(), y), {}
+        if self.stage == "finetune":
+            codes, logits = self.net.codes_and_class_logits(x)
+            return self.dch_loss(logits, codes, y)
+        codes = self.net(x)
+        loss, parts = self.hatdh_loss(codes, y, self.gen_triplets)
+        if self.head is not None:
+            ce = F.cross_entropy(self.head(codes.float()), y)
+            loss = loss + self.cfg.aux_ce_weight * ce
+            parts["aux_ce"] = float(ce.detach())
+        return loss, parts
+
+    def prepare(self, pixels: torch.Tensor, do_augment: bool) -> torch.Tensor:
+        x = images_to_input(pixels, self.device)
+        if do_augment:
+            x = augment(x, self.gen_augment, AugmentConfig())
+        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+
+    def step(self, pixels: torch.Tensor, labels: torch.Tensor) -> float:
+        self.net.train()
+        x = self.prepare(pixels, self.cfg.augment)
+        y = labels.to(self.device, non_blocking=True)
+        autocast = torch.autocast("cuda", dtype=torch.float16) if self.use_amp \
+            else contextlib.nullcontext()
+        with autocast:
+            loss, _ = self._loss(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def batch_loss(self, pixels: torch.Tensor, labels: torch.Tensor) -> float:
+        """The training loss on a batch without augmentation or update (for diagnostics/tests):
+        train-mode BatchNorm as in a step, running statistics and RNG left untouched."""
+        modules = [m for m in (self.net, self.head) if m is not None]
+        saved = [{k: v.clone() for k, v in m.named_buffers()} for m in modules]
+        gen, self.gen_triplets = self.gen_triplets, epoch_generator(self.cfg.seed, 0, _TRIPLETS)
+        try:
+            for m in modules:
+                m.train()
+            return float(self._loss(self.prepare(pixels, False), labels.to(self.device))[0])
+        finally:
+            self.gen_triplets = gen
+            for m, buffers in zip(modules, saved):
+                for k, v in m.named_buffers():
+                    v.copy_(buffers[k])
+
+    @torch.no_grad()
+    def encode(self, images: np.ndarray, batch: int = 128) -> np.ndarray:
+        self.net.eval()
+        out = []
+        for i in range(0, len(images), batch):
+            pixels = torch.from_numpy(images[i:i + batch])
+            if self.is_cuda:
+                pixels = pixels.pin_memory()
+            autocast = torch.autocast("cuda", dtype=torch.float16) if self.use_amp \
+                else contextlib.nullcontext()
+            with autocast:
+                out.append(self.net(self.prepare(pixels, False)).float().cpu().numpy())
+        return np.concatenate(out)
+
+    # -- checkpoints
+    def tensors(self) -> dict[str, torch.Tensor]:
+        t = {f"net.{k}": v for k, v in self.net.state_dict().items()}
+        if self.head is not None:
+            t.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+        t["rng.torch"] = torch.get_rng_state()
+        if self.is_cuda:
+            t["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        for name in ("augment", "triplets"):
+            gen = getattr(self, f"gen_{name}")
+            if gen is not None:
+                t[f"gen.{name}"] = gen.get_state()
+        return t
+
+    def save(self, out_dir: Path, class_names: list[str]) -> None:
+        optim = {"optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+        meta = {"epoch": self.epoch, "batch": self.batch, "stage": self.stage,
+                "config": self.cfg.to_dict(), "class_names": class_names,
+                "loss_sum": self.loss_sum, "loss_count": self.loss_count,
+                "history": self.history, "log": self.log, "seconds": self.seconds}
+        ckpt.save_checkpoint(out_dir, self.tensors(), optim, meta)
+
+    def restore(self, out_dir: Path) -> None:
+        tensors, optim, meta = ckpt.load_checkpoint(out_dir)
+        self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        if self.head is not None:
+            self.head.load_state_dict({k[5:]: v for k, v in tensors.items()
+                                       if k.startswith("head.")})
+        torch.set_rng_state(tensors["rng.torch"])
+        if self.is_cuda and "rng.cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        self.epoch, self.batch = int(meta["epoch"]), int(meta["batch"])
+        self.loss_sum, self.loss_count = float(meta["loss_sum"]), int(meta["loss_count"])
+        self.history, self.log = list(meta["history"]), list(meta["log"])
+        self.seconds = float(meta["seconds"])
+        self._build_optimizer(meta["stage"])
+        self.optimizer.load_state_dict(optim["optimizer"])
+        self.scheduler.load_state_dict(optim["scheduler"])
+        self.scaler.load_state_dict(optim["scaler"])
+        self._saved_gens = {k[4:]: v for k, v in tensors.items() if k.startswith("gen.")}
+
+
+def _check_resumable(meta: dict, cfg: TrainConfig, class_names: list[str], out_dir: Path) -> None:
+    saved = dict(meta.get("config", {}))
+    current = cfg.to_dict()
+    ignore = {"device", "name", "amp"}
+    diff = sorted(k for k in set(saved) | set(current)
+                  if k not in ignore and saved.get(k) != current.get(k))
+    if diff:
+        k = diff[0]
+        raise ModelError(out_dir, f"cannot resume: the checkpoint was made with a different "
+                                  f"config ({k}: {saved.get(k)!r} vs {current.get(k)!r})")
+    if meta.get("class_names") != class_names:
+        raise ModelError(out_dir, "cannot resume: the training classes differ from the checkpoint")
+
+
+def _mean_average_precision(db: np.ndarray, db_labels: np.ndarray, q: np.ndarray,
+                            q_labels: np.ndarray) -> float:
+    """mAP over the full Hamming ranking of sign codes (hashview.metrics conventions)."""
+    order, _ = hamming_ranking(pack_codes(q), pack_codes(db))
+    return mean_average_precision(relevance_matrix(q_labels, db_labels, order))
+
+
+def train(config: TrainConfig, train_entries: Sequence, out_dir, progress: Optional[
+        ProgressCallback] = None, resume: bool = False, val_entries: Optional[Sequence] = None,
+          split: Optional[dict] = None) -> TrainResult:
+    """Train ``config.arch`` on ``train_entries`` (PatchEntry-like: ``.path``, ``.label``).
+
+    Writes ``out_dir/checkpoint.*`` after every epoch (and when cancelled) and finally
+    ``out_dir/NAME.safetensors`` + ``NAME.json`` (``NAME`` = ``config.name`` or
+    ``ARCH-BITS-DATASET``). ``resume`` continues from the checkpoint in ``out_dir`` (which must
+    come from the same config and classes); without a checkpoint it starts afresh. ``Cancelled``
+    raised by ``progress`` writes a checkpoint and is re-raised. ``val_entries`` adds a per-epoch
+    mAP (database = training set, queries = val) to the log. ``split`` (a Split's JSON dict) is
+    recorded in the model card.
+    """
+    cfg = config.resolved()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    started = time.perf_counter()
+    data = PatchDataset(train_entries, cfg.input_size)
+    val = PatchDataset(val_entries, cfg.input_size, data.class_names) if val_entries else None
+    run = _Run(cfg, data, device)
+    if resume and ckpt.checkpoint_exists(out_dir):
+        _, _, meta = ckpt.load_checkpoint(out_dir)
+        _check_resumable(meta, cfg, data.class_names, out_dir)
+        run.restore(out_dir)
+    session_start = run.seconds
+    loader_pin = run.is_cuda
+    try:
+        report(progress, "training", run.epoch, cfg.epochs, f"{cfg.arch}-{cfg.bits}")
+        while run.epoch < cfg.epochs:
+            epoch = run.epoch
+            stage = run.stage_of(epoch)
+            if stage != run.stage:  # DCH: pretrain -> finetune boundary
+                run._start_finetune()
+            run.gen_augment = epoch_generator(cfg.seed, epoch, _AUGMENT)
+            run.gen_triplets = epoch_generator(cfg.seed, epoch, _TRIPLETS)
+            if run.batch > 0:  # resuming mid-epoch: generators continue where they stopped
+                for name, state in run._saved_gens.items():
+                    getattr(run, f"gen_{name}").set_state(state)
+            run._saved_gens = {}
+            sampler = run._sampler(epoch)
+            sampler.batches = sampler.batches[run.batch:]
+            t0 = time.perf_counter()
+            for pixels, labels in make_loader(data, sampler, loader_pin):
+                loss = run.step(pixels, labels)
+                run.batch += 1
+                run.loss_sum += loss
+                run.loss_count += 1
+                run.seconds = session_start + time.perf_counter() - started
+                report(progress, "training", epoch, cfg.epochs,
+                       f"epoch {epoch + 1}/{cfg.epochs} batch {run.batch}/"
+                       f"{run.steps_per_epoch} loss {loss:.4f}")
+            mean_loss = run.loss_sum / max(1, run.loss_count)
+            entry = {"epoch": epoch + 1, "stage": stage, "loss": mean_loss,
+                     "lr": run.scheduler.get_last_lr()[0],
+                     "epoch_seconds": round(time.perf_counter() - t0, 3)}
+            if val is not None:
+                entry["val_map"] = _mean_average_precision(
+                    run.encode(data.images), data.labels, run.encode(val.images), val.labels)
+            run.history.append(mean_loss)
+            run.log.append(entry)
+            run.epoch, run.batch, run.loss_sum, run.loss_count = epoch + 1, 0, 0.0, 0
+            run.seconds = session_start + time.perf_counter() - started
+            run.save(out_dir, data.class_names)
+            report(progress, "training", epoch + 1, cfg.epochs,
+                   f"epoch {epoch + 1}/{cfg.epochs} loss {mean_loss:.4f}")
+    except Cancelled:
+        run.seconds = session_start + time.perf_counter() - started
+        run.save(out_dir, data.class_names)
+        raise
+    return _finish(run, cfg, data, device, out_dir, split)
+
+
+def _finish(run: _Run, cfg: TrainConfig, data: PatchDataset, device: torch.device,
+            out_dir: Path, split: Optional[dict]) -> TrainResult:
+    run.net.eval()
+    training = {"config": cfg.to_dict(), "epochs": cfg.epochs, "seconds": round(run.seconds, 2),
+                "device": str(device), "torch_threads": torch.get_num_threads(),
+                "torch_version": torch.__version__, "data": data.describe(),
+                "history": run.history, "log": run.log}
+    card = ModelCard(
+        name=cfg.model_name(), arch=cfg.arch, bits=cfg.bits, input_size=cfg.input_size,
+        description=f"{cfg.arch.upper()} {cfg.bits}-bit, trained by HashView on "
+                    f"{cfg.dataset} ({len(data)} images, {data.n_classes} classes)",
+        training=training, split=split, metrics={}, trained=True,
+        n_classes=data.n_classes, class_names=list(data.class_names))
+    stem = out_dir / cfg.model_name()
+    net = run.net.to("cpu", memory_format=torch.contiguous_format)
+    with torch.no_grad():  # the file stores fp16 parameters: make the returned net equal it
+        for param in net.parameters():
+            param.copy_(param.half().float())
+    card = save_model(net, card, stem)
+    return TrainResult(stem.with_name(stem.name + ".safetensors"), card, list(run.history),
+                       run.seconds, list(run.log), net)
+

@@ -1,0 +1,259 @@
+"""Training: losses by hand, HED colour space, seeded augmentation, the loop (loss goes down,
+checkpoint/resume reproduces a straight run, cancel, save/reload)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from hashview.encode import Encoder
+from hashview.errors import ModelError
+from hashview.models import LoadedModel, load_model
+from hashview.progress import Cancelled
+from hashview.slides.folders import scan_patch_folder
+from hashview.training import TrainConfig, train, train_from_folder
+from hashview.training.data import (RGB_FROM_HED, AugmentConfig, BalancedBatchSampler,
+                                    PatchDataset, augment, epoch_generator, hed_to_rgb,
+                                    rgb_to_hed)
+from hashview.training.losses import (DCHLoss, HATDHLoss, form_triplets, quantization_error,
+                                      squared_distances)
+from hashview.training.loop import _Run
+
+KATHER = Path(__file__).resolve().parent / "data" / "kather"
+
+SIZE = 64  # tiny input keeps every test fast on 2 CPU cores
+
+
+@pytest.fixture(scope="module")
+def entries():
+    return scan_patch_folder(KATHER)  # 4 classes x 3 real Kather tiles
+
+
+@pytest.fixture(scope="module")
+def dataset(entries):
+    return PatchDataset(entries, SIZE)
+
+
+def tiny_config(**kw) -> TrainConfig:
+    base = dict(bits=16, epochs=2, batch_size=8, input_size=SIZE, steps_per_epoch=2, seed=3,
+                device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# ---------------------------------------------------------------- losses by hand
+
+CODES = torch.tensor([[0.5, -0.5], [0.3, 0.1], [-0.2, 0.4]])
+LABELS = torch.tensor([0, 0, 1])
+
+
+def test_quantization_error_sign_zero_is_minus_one_and_stop_gradient():
+    h = torch.tensor([[0.0, 0.5]], requires_grad=True)
+    q = quantization_error(h)
+    assert q.item() == pytest.approx(1.0 + 0.25)  # sign(0) = -1: (-1 - 0)^2
+    q.sum().backward()
+    # d/dh (s - h)^2 with s constant = -2 (s - h)
+    assert h.grad[0].tolist() == pytest.approx([2.0, -1.0])
+
+
+def test_hatdh_loss_two_bit_codes_by_hand():
+    # batch-hard picks (0, 1, 2) and (1, 0, 2); sample 2 has no positive. Squared distances:
+    d01, d02, d12 = 0.2**2 + 0.6**2, 0.7**2 + 0.9**2, 0.5**2 + 0.3**2  # 0.40, 1.30, 0.34
+    q0, q1, q2 = 0.5**2 + 0.5**2, 0.7**2 + 0.9**2, 0.8**2 + 0.6**2     # 0.50, 1.30, 1.00
+    l1, l2, l3, beta = 0.3, 0.2, 0.5, 0.1
+    loss = HATDHLoss(l1, l2, l3, beta, mode="batch-hard")
+    t1 = max(d01 - d02 + l1, 0) + max(d01 - l2, 0) + max(l3 - d02, 0) + beta * (q0 + q1 + q2)
+    t2 = max(d01 - d12 + l1, 0) + max(d01 - l2, 0) + max(l3 - d12, 0) + beta * (q1 + q0 + q2)
+    value, parts = loss(CODES, LABELS)
+    assert parts["triplets"] == 2
+    assert value.item() == pytest.approx((t1 + t2) / 2, abs=1e-6)  # = 0.74
+    assert value.item() == pytest.approx(0.74, abs=1e-6)
+    # normalise_by_bits: every squared norm divided by L = 2
+    norm = HATDHLoss(l1, l2, l3, beta, mode="batch-hard", normalise_by_bits=True)
+    n1 = max(d01 / 2 - d02 / 2 + l1, 0) + max(d01 / 2 - l2, 0) + max(l3 - d02 / 2, 0) \
+        + beta * (q0 + q1 + q2) / 2
+    n2 = max(d01 / 2 - d12 / 2 + l1, 0) + max(d01 / 2 - l2, 0) + max(l3 - d12 / 2, 0) \
+        + beta * (q0 + q1 + q2) / 2
+    assert norm(CODES, LABELS)[0].item() == pytest.approx((n1 + n2) / 2, abs=1e-6)  # = 0.47
+
+
+def test_hatdh_paper_params_per_dataset():
+    kather = HATDHLoss.for_dataset("kather")
+    assert (kather.lambda1, kather.lambda2, kather.lambda3, kather.beta) == (0.3, 0.2, 0.2, 0.01)
+    idc = HATDHLoss.for_dataset("idc_breast")
+    assert (idc.lambda1, idc.lambda2, idc.lambda3, idc.beta) == (0.4, 0.3, 0.4, 0.1)
+
+
+def test_triplet_mining_modes():
+    x = torch.tensor([[0.0], [1.0], [1.5], [3.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    dist = squared_distances(x)
+    triplets = lambda mode: sorted(zip(*(t.tolist() for t in form_triplets(labels, mode, dist))))
+    assert triplets("batch-hard") == [(0, 1, 2), (1, 0, 2), (2, 3, 1), (3, 2, 1)]
+    # semi-hard: closest negative farther than the positive, else the farthest negative
+    assert triplets("semi-hard") == [(0, 1, 2), (1, 0, 3), (2, 3, 0), (3, 2, 1)]
+    g = torch.Generator().manual_seed(0)
+    labels6 = torch.tensor([0, 0, 0, 1, 1, 2])
+    a, p, n = form_triplets(labels6, "random", generator=g)
+    assert a.tolist() == [0, 1, 2, 3, 4]  # sample 5 has no positive
+    assert all(labels6[i] == labels6[j] and i != j for i, j in zip(a, p))
+    assert all(labels6[i] != labels6[k] for i, k in zip(a, n))
+    again = form_triplets(labels6, "random", generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(u, v) for u, v in zip((a, p, n), again))
+
+
+def test_dch_loss_by_hand():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 1])
+    codes = torch.tensor([[0.5, -0.25], [0.0, 0.9]])
+    ce = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1))) / 2
+    quant = ((0.5**2 + 0.75**2) + (1.0 + 0.1**2)) / 2  # sign(0) = -1; summed over bits
+    value, _ = DCHLoss(gamma=0.1)(logits, codes, labels)
+    assert value.item() == pytest.approx(ce + 0.1 / 2 * quant, abs=1e-6)
+    assert DCHLoss().gamma == 1e-4  # "10e-4" in the paper means 10^-4
+
+
+# ---------------------------------------------------------------- data
+
+def test_hed_round_trip_and_pure_stain(dataset):
+    rgb = torch.from_numpy(dataset.images[:4]).permute(0, 3, 1, 2).double() / 255
+    back = hed_to_rgb(rgb_to_hed(rgb))
+    assert torch.allclose(back, rgb.clamp_min(1e-6), atol=1e-9)
+    # A pure-haematoxylin pixel (OD = the H stain vector) deconvolves to (1, 0, 0).
+    pure = torch.exp(-RGB_FROM_HED[0]).view(1, 3, 1, 1)
+    expected = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    assert torch.allclose(rgb_to_hed(pure).flatten(), expected, atol=1e-9)
+    rgb32 = rgb.float()
+    assert (hed_to_rgb(rgb_to_hed(rgb32)) - rgb32).abs().max() < 1e-4
+
+
+def test_augment_is_seeded_and_in_range(dataset):
+    x = torch.from_numpy(dataset.images[:6]).permute(0, 3, 1, 2).float() / 255
+    a = augment(x, epoch_generator(0, 1, 1))
+    b = augment(x, epoch_generator(0, 1, 1))
+    c = augment(x, epoch_generator(0, 2, 1))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
+    assert (a - x).abs().mean() > 0.005  # it does change the images
+
+
+def test_augment_geometry_is_an_exact_dihedral_transform():
+    x = torch.rand(16, 3, 20, 20, generator=torch.Generator().manual_seed(0))
+    only_geometry = AugmentConfig(max_zoom=1.0, hed_scale=0, hed_shift=0, brightness=0,
+                                  contrast=0)
+    y = augment(x, torch.Generator().manual_seed(1), only_geometry)
+    used = set()
+    for i in range(len(x)):
+        candidates = [torch.rot90(x[i].flip(-1) if f else x[i], k, dims=(-2, -1))
+                      for f in (0, 1) for k in range(4)]
+        errors = [(c - y[i]).abs().max().item() for c in candidates]
+        assert min(errors) < 1e-5
+        used.add(errors.index(min(errors)))
+    assert len(used) >= 4  # several transforms drawn
+
+
+def test_dataset_and_balanced_sampler(dataset):
+    assert dataset.images.shape == (12, SIZE, SIZE, 3) and dataset.images.dtype == np.uint8
+    assert dataset.class_names == ["01_TUMOR", "02_STROMA", "04_LYMPHO", "07_ADIPOSE"]
+    sampler = BalancedBatchSampler(dataset.labels, 8, torch.Generator().manual_seed(0))
+    assert (sampler.p, sampler.k, len(sampler)) == (4, 2, 2)
+    for batch in sampler:
+        counts = np.bincount(dataset.labels[batch], minlength=4)
+        assert counts.tolist() == [2, 2, 2, 2]
+    # 2 batches x 2 draws per class walk each class's shuffled 3 images (then wrap around)
+    assert {i for batch in sampler for i in batch} == set(range(12))
+
+
+# ---------------------------------------------------------------- the loop
+
+@pytest.mark.parametrize("arch,extra", [("hatdh", {}), ("hatdh", {"normalise_by_bits": True,
+                                                                  "triplet_mode": "semi-hard",
+                                                                  "aux_ce_weight": 0.5}),
+                                        ("dch", {"pretrain_epochs": 1}),
+                                        ("dch", {"pretrain_epochs": 0})])
+def test_steps_lower_the_loss_on_a_fixed_batch(dataset, arch, extra):
+    cfg = tiny_config(arch=arch, augment=False, schedule="constant", epochs=2, **extra).resolved()
+    run = _Run(cfg, dataset, torch.device("cpu"))
+    run.gen_triplets = torch.Generator().manual_seed(0)
+    pixels, labels = torch.from_numpy(dataset.images), torch.from_numpy(dataset.labels)
+    before = run.batch_loss(pixels, labels)
+    for _ in range(10):
+        run.step(pixels, labels)
+    after = run.batch_loss(pixels, labels)
+    assert after < 0.8 * before, (run.stage, before, after)
+
+
+def _net_tensors(out_dir):
+    return {k: v for k, v in load_file(out_dir / "checkpoint.safetensors").items()
+            if k.startswith(("net.", "head."))}
+
+
+@pytest.mark.parametrize("arch,extra,cancel", [
+    ("hatdh", {"aux_ce_weight": 0.5}, "epoch 1/2 loss"),          # between epochs
+    ("hatdh", {"triplet_mode": "batch-hard"}, "epoch 2/2 batch 1/2"),  # mid-epoch
+    ("dch", {"pretrain_epochs": 1}, "epoch 1/2 loss"),              # across the DCH stages
+])
+def test_resume_matches_an_uninterrupted_run(entries, tmp_path, arch, extra, cancel):
+    cfg = tiny_config(arch=arch, **extra)
+    straight = train(cfg, entries, tmp_path / "straight")
+
+    def stop(p):
+        if p.message.startswith(cancel):
+            raise Cancelled()
+    with pytest.raises(Cancelled):
+        train(cfg, entries, tmp_path / "resumed", progress=stop)
+    assert not (tmp_path / "resumed" / straight.model_path.name).exists()
+    resumed = train(cfg, entries, tmp_path / "resumed", resume=True)
+    a, b = _net_tensors(tmp_path / "straight"), _net_tensors(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6, rtol=0), k
+    assert resumed.card.sha256 == straight.card.sha256
+    assert resumed.history == pytest.approx(straight.history, abs=1e-6)
+
+
+def test_cancel_writes_a_loadable_checkpoint(entries, tmp_path):
+    def stop(p):
+        if "batch 1/" in p.message:
+            raise Cancelled()
+    with pytest.raises(Cancelled):
+        train(tiny_config(), entries, tmp_path, progress=stop)
+    meta = json.loads((tmp_path / "checkpoint.json").read_text())
+    assert (meta["epoch"], meta["batch"]) == (0, 1)
+    optim = torch.load(tmp_path / "checkpoint-optim.pt", weights_only=True)
+    assert optim["optimizer"]["state"] and "last_epoch" in optim["scheduler"]
+    with pytest.raises(ModelError, match="different config"):
+        train(tiny_config(lr=0.5), entries, tmp_path, resume=True)
+
+
+def test_saved_model_reloads_and_encodes_like_the_trained_net(entries, tmp_path):
+    events = []
+    result = train(tiny_config(epochs=1), entries, tmp_path, progress=events.append)
+    assert events[-1].stage == "training" and (events[-1].done, events[-1].total) == (1, 1)
+    assert len(result.history) == 1 and result.seconds > 0
+    loaded = load_model(result.model_path)
+    card = loaded.card
+    assert card.trained and card.class_names == sorted({e.label for e in entries})
+    assert card.training["config"]["arch"] == "hatdh" and card.training["epochs"] == 1
+    assert card.metrics == {} and card.training["data"]["images"] == 12
+    images = [Image.open(e.path).convert("RGB") for e in entries]
+    from_file = Encoder(loaded, device="cpu").encode_relaxed(images)
+    in_memory = Encoder(LoadedModel(result.net, result.card), device="cpu").encode_relaxed(images)
+    np.testing.assert_array_equal(from_file, in_memory)
+
+
+def test_train_from_folder_saves_the_split(tmp_path):
+    result = train_from_folder(KATHER, "dch", 8, tmp_path, epochs=2, batch_size=8, seed=1,
+                               input_size=SIZE, steps_per_epoch=1, device="cpu")
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert len(split["train"]) == 8 and len(split["test"]) == 4
+    assert result.card.split["train"] == split["train"]
+    assert result.card.training["data"]["images"] == 8
