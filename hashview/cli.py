@@ -20,9 +20,10 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 
 def _add_tiling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mpp", type=float, default=0.5,
-                   help="target resolution in µm/px (default 0.5, about 20x)")
-    p.add_argument("--tile-size", type=int, default=224, help="tile side in pixels (default 224)")
+    p.add_argument("--mpp", type=float, default=None,
+                   help="target resolution in µm/px (default: the model's, else 0.5, about 20x)")
+    p.add_argument("--tile-size", type=int, default=None,
+                   help="tile side in pixels (default: the model's, else 224)")
     p.add_argument("--min-tissue", type=float, default=0.5,
                    help="minimum tissue fraction of a kept tile (default 0.5)")
     p.add_argument("--stride", type=int, default=None,
@@ -121,17 +122,17 @@ def _progress_bar(enabled: bool):
 
 
 def cmd_index(args) -> int:
-    from hashview.indexing import index_paths
-    from hashview.models import DEFAULT_MODEL
+    from hashview.indexing import index_paths, model_tiling
+    from hashview.models import DEFAULT_MODEL, load_model
     from hashview.tiling import TilingParams
 
-    params = TilingParams(tile_size=args.tile_size, target_mpp=args.mpp,
-                          min_tissue=args.min_tissue, stride=args.stride,
-                          max_tiles=args.max_tiles, seed=args.seed)
+    model = load_model(args.model or DEFAULT_MODEL)
+    params = model_tiling(model.card, TilingParams(min_tissue=args.min_tissue, stride=args.stride,
+                                                   max_tiles=args.max_tiles, seed=args.seed),
+                          tile_size=args.tile_size, target_mpp=args.mpp)
     bar = _progress_bar(not args.json)
-    result = index_paths(args.sources, args.library, model=args.model or DEFAULT_MODEL,
-                         params=params, device=args.device, batch_size=args.batch_size,
-                         progress=bar)
+    result = index_paths(args.sources, args.library, model=model, params=params,
+                         device=args.device, batch_size=args.batch_size, progress=bar)
     bar.close()
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

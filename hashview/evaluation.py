@@ -10,6 +10,11 @@ Split choice: an explicit ``split`` (a :class:`Split` or the path of its JSON) w
 model card's own ``split`` when it names this data folder (reproduces the training-time test
 set); else ``protocol`` x ``seeds``. Evaluating a trained model on other splits of its own
 training data leaks training images into the queries; the result then carries a warning.
+
+Ties: the database is put in a seeded random order before ranking, so the deterministic
+tie-break of :mod:`hashview.metrics` (by database index) acts as a reproducible random tie-break
+(as in the calibration runs), never as one favouring the class listed first. ``map_tie_averaged``
+(the expectation over all tie orders) is reported beside it.
 """
 
 from __future__ import annotations
@@ -128,6 +133,9 @@ def _score_splits(codes: np.ndarray, dataset: PatchDataset, splits: Sequence[Spl
     report(progress, "evaluating", 0, len(splits))
     for number, split in enumerate(splits, 1):
         train, test = split.indices(dataset.paths)
+        # Database in a seeded random order: Hamming ties are then broken at random (but
+        # reproducibly), not in favour of whichever class the folder lists first.
+        train = np.random.default_rng(split.seed).permutation(np.asarray(train))
         scores = evaluate_codes(codes[train], labels[train], codes[test], labels[test], bits,
                                 **metric_args)
         per_split.append({"seed": split.seed, "protocol": split.protocol, **scores})

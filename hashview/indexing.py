@@ -8,6 +8,7 @@ leaves every source already stored intact.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,11 +20,11 @@ import numpy as np
 from hashview.encode import Encoder
 from hashview.errors import HashViewError, SourceError
 from hashview.library import Library, fingerprint_file
-from hashview.models import LoadedModel, load_model
+from hashview.models import DEFAULT_MODEL, LoadedModel, load_model
 from hashview.progress import ProgressCallback, report
 from hashview.slides import InputItem, expand_inputs, open_source
 from hashview.slides.image_source import load_rgb_image
-from hashview.tiling import TilingParams, plan_tiles, read_tile, square_tile
+from hashview.tiling import DEFAULT_TARGET_MPP, DEFAULT_TILE_SIZE, TilingParams, plan_tiles, read_tile, square_tile
 
 
 @dataclass
@@ -90,19 +91,30 @@ def _encode_prefetched(encoder: Encoder, loaders: Sequence, batch_size: int,
         yield encoder.encode(images)
 
 
+def model_tiling(card, params: Optional[TilingParams] = None, tile_size: Optional[int] = None,
+                 target_mpp: Optional[float] = None) -> TilingParams:
+    """Tiling for a new library: explicit values, else the model's training tiling, else defaults."""
+    params = params or TilingParams()
+    return dataclasses.replace(
+        params,
+        tile_size=tile_size or card.tile_size or DEFAULT_TILE_SIZE,
+        target_mpp=target_mpp or card.target_mpp or DEFAULT_TARGET_MPP)
+
+
 def index_paths(paths: Iterable[str | Path], library_path: str | Path,
-                model: str | Path | LoadedModel = "hatdh-64",
+                model: str | Path | LoadedModel = DEFAULT_MODEL,
                 params: Optional[TilingParams] = None, device: str = "auto",
                 batch_size: Optional[int] = None,
                 progress: Optional[ProgressCallback] = None) -> IndexReport:
     """Tile, encode and store every slide, image and patch under ``paths``.
 
-    A library that already exists must have been made with the same model (else ``LibraryError``);
-    its tile size and resolution then win over ``params`` so that all its tiles are comparable.
+    ``params`` defaults to the model's training tiling (:func:`model_tiling`). A library that
+    already exists must have been made with the same model (else ``LibraryError``); its tile size
+    and resolution then win over ``params`` so that all its tiles are comparable.
     """
-    params = params or TilingParams()
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     card = loaded.card
+    params = params or model_tiling(card)
     report_ = IndexReport(library=str(library_path))
 
     items, errors = expand_inputs([Path(p) for p in paths])
@@ -118,8 +130,8 @@ def index_paths(paths: Iterable[str | Path], library_path: str | Path,
             report_.warnings.append(
                 f"{library_path}: using the library's tiling ({library.tile_size} px at "
                 f"{library.target_mpp} µm/px), not the requested one")
-            params = TilingParams(**{**params.__dict__, "tile_size": library.tile_size,
-                                     "target_mpp": library.target_mpp})
+            params = dataclasses.replace(params, tile_size=library.tile_size,
+                                         target_mpp=library.target_mpp)
         encoder = Encoder(loaded, device=device, batch_size=batch_size)
         batch = encoder.batch_size
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="hashview-read") as pool:

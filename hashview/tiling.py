@@ -46,10 +46,14 @@ _MASK_MIN_SIDE = 512
 _MASK_MAX_SIDE = 2048
 
 
+DEFAULT_TILE_SIZE = 224
+DEFAULT_TARGET_MPP = 0.5
+
+
 @dataclass(frozen=True)
 class TilingParams:
-    tile_size: int = 224       # output side in pixels (the encoder's input size)
-    target_mpp: float = 0.5    # µm per output pixel
+    tile_size: int = DEFAULT_TILE_SIZE    # output side in pixels
+    target_mpp: float = DEFAULT_TARGET_MPP  # µm per output pixel
     min_tissue: float = 0.5    # keep tiles whose tissue fraction is at least this
     stride: int | None = None  # grid step in output pixels; None = tile_size (no overlap)
     max_tiles: int | None = None

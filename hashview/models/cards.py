@@ -43,6 +43,10 @@ class ModelCard:
     trained: bool = False
     n_classes: Optional[int] = None
     class_names: list = field(default_factory=list)
+    # The tiling the model was trained at (tile side in px, µm/px): libraries built with this
+    # model use it unless told otherwise, so slide tiles match the training tiles' scale.
+    tile_size: Optional[int] = None
+    target_mpp: Optional[float] = None
     # Where the card was found ("bundled", "user", "builtin" or a path); not written to JSON.
     source: str = field(default="", compare=False)
 
