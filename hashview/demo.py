@@ -6,10 +6,10 @@ and runs a sample query against it: a colorectal tumour tile that is not in the 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
+from hashview.fileio import user_data_dir
 from hashview.progress import ProgressCallback
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
@@ -17,14 +17,6 @@ DEMO_DIR = RESOURCES / "demo"
 DEMO_SLIDE = DEMO_DIR / "CMU-1-Small-Region.svs"
 DEMO_PATCHES = DEMO_DIR / "patches"
 DEMO_QUERY = DEMO_DIR / "query" / "tumour-query.tif"
-
-
-def user_data_dir() -> Path:
-    """``$HASHVIEW_HOME`` or the XDG data folder (``~/.local/share/hashview``)."""
-    if os.environ.get("HASHVIEW_HOME"):
-        return Path(os.environ["HASHVIEW_HOME"])
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "hashview"
 
 
 def default_demo_library() -> Path:

@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +32,7 @@ from hashview.errors import ModelError
 from hashview.models.base import HashingNet
 from hashview.models.cards import ModelCard
 from hashview.models.registry import build_model
+from hashview.fileio import atomic_write_bytes, user_data_dir
 
 DEFAULT_MODEL = "hatdh-64"
 DEFAULT_SEED = 0
@@ -57,10 +57,7 @@ def bundled_models_dirs() -> list[Path]:
 
 
 def user_models_dir() -> Path:
-    if os.environ.get("HASHVIEW_HOME"):
-        return Path(os.environ["HASHVIEW_HOME"]) / "models"
-    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(data_home) / "hashview" / "models"
+    return user_data_dir() / "models"
 
 
 # ---------------------------------------------------------------- serialisation
@@ -81,19 +78,6 @@ def state_dict_bytes(net: HashingNet, fp16: bool = True) -> bytes:
     # A single metadata entry: safetensors writes the metadata map in hash-map order, which
     # varies between calls, so several entries would make the bytes (and sha256) unstable.
     return save_safetensors_bytes(tensors, metadata={"format": "pt"})
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _stem(path: PathLike) -> Path:
@@ -118,8 +102,8 @@ def save_model(net: HashingNet, card: ModelCard, path_stem: PathLike,
             created=card.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
             hashview_version=__version__, source=str(_files(stem)[0]))
         card_path, weights_path = _files(stem)
-        _atomic_write(weights_path, data)
-        _atomic_write(card_path, card.to_json().encode("utf-8"))
+        atomic_write_bytes(weights_path, data)
+        atomic_write_bytes(card_path, card.to_json().encode("utf-8"))
     except OSError as exc:
         raise ModelError(stem, f"cannot save model ({exc.strerror or exc})") from exc
     return card
@@ -280,3 +264,23 @@ def list_models() -> list[ModelCard]:
     if DEFAULT_MODEL not in cards:
         cards[DEFAULT_MODEL] = default_model_card()
     return list(cards.values())
+
+
+def install_model(model_path: PathLike) -> ModelCard:
+    """Copy a saved model (``NAME.safetensors`` + ``NAME.json``, e.g. from a training run's
+    folder) into :func:`user_models_dir`, so that it is listed and loadable by name.
+
+    The weights are written before the card, so a half-installed model is never listed.
+    """
+    stem = _stem(Path(model_path))
+    card_path, weights_path = _files(stem)
+    card = ModelCard.read(card_path)
+    target_card, target_weights = _files(user_models_dir() / stem.name)
+    try:
+        target_card.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target_weights, weights_path.read_bytes())
+        atomic_write_bytes(target_card, card_path.read_bytes())
+    except OSError as exc:
+        raise ModelError(stem, f"cannot install model ({exc.strerror or exc})") from exc
+    card.source = "user"
+    return card

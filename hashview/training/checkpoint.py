@@ -17,7 +17,6 @@ import io
 import json
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +26,12 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from hashview.errors import ModelError
+from hashview.fileio import atomic_write_bytes
 
 WEIGHTS_FILE = "checkpoint.safetensors"
 OPTIM_FILE = "checkpoint-optim.pt"
 META_FILE = "checkpoint.json"
 FORMAT = 1
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _sha(data: bytes) -> str:
@@ -67,9 +54,9 @@ def save_checkpoint(out_dir: str | os.PathLike, tensors: dict[str, torch.Tensor]
     optim = buffer.getvalue()
     meta = dict(meta, format=FORMAT, files={WEIGHTS_FILE: _sha(weights), OPTIM_FILE: _sha(optim)})
     try:
-        _atomic_write(out / WEIGHTS_FILE, weights)
-        _atomic_write(out / OPTIM_FILE, optim)
-        _atomic_write(out / META_FILE, (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
+        atomic_write_bytes(out / WEIGHTS_FILE, weights)
+        atomic_write_bytes(out / OPTIM_FILE, optim)
+        atomic_write_bytes(out / META_FILE, (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
     except OSError as exc:
         raise ModelError(out, f"cannot write checkpoint ({exc.strerror or exc})") from exc
 
