@@ -9,8 +9,9 @@ leaves every source already stored intact.
 from __future__ import annotations
 
 import dataclasses
+from contextlib import closing
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
@@ -81,14 +82,22 @@ def _encode_prefetched(encoder: Encoder, loaders: Sequence, batch_size: int,
     """Encode batches while the next batch is read and decoded on worker threads.
 
     Reading (OpenSlide / Pillow decode) releases the GIL, so one batch ahead keeps the encoder fed.
+    Reads still in flight are always waited for before returning, even on cancel or error: the
+    caller closes the slide next, and OpenSlide must not be closed under a running read.
     """
     batches = list(_batched(loaders, batch_size))
-    pending = pool.map(lambda load: load(), batches[0]) if batches else None
-    for i in range(len(batches)):
-        images = list(pending)
-        if i + 1 < len(batches):
-            pending = pool.map(lambda load: load(), batches[i + 1])
-        yield encoder.encode(images)
+    pending: list = []
+    try:
+        if batches:
+            pending = [pool.submit(load) for load in batches[0]]
+        for i in range(len(batches)):
+            images = [future.result() for future in pending]
+            pending = [pool.submit(load) for load in batches[i + 1]] if i + 1 < len(batches) else []
+            yield encoder.encode(images)
+    finally:
+        for future in pending:
+            future.cancel()
+        wait(pending)
 
 
 def model_tiling(card, params: Optional[TilingParams] = None, tile_size: Optional[int] = None,
@@ -163,10 +172,12 @@ def _index_slide(item: InputItem, library: Library, encoder: Encoder, params: Ti
         loaders = [lambda t=tile: read_tile(source, t, plan) for tile in plan.tiles]
         codes = []
         done = 0
-        for packed in _encode_prefetched(encoder, loaders, batch, pool):
-            codes.append(packed)
-            done += len(packed)
-            report(progress, "encoding", done, len(plan.tiles), Path(item.path).name)
+        # closing(): reads in flight finish before the slide is closed, even on cancel
+        with closing(_encode_prefetched(encoder, loaders, batch, pool)) as batches:
+            for packed in batches:
+                codes.append(packed)
+                done += len(packed)
+                report(progress, "encoding", done, len(plan.tiles), Path(item.path).name)
         width, height = source.dimensions
         record = _source_record(item, fingerprint, kind="slide", width=width, height=height,
                                 mpp=source.mpp, mpp_assumed=plan.mpp_assumed)

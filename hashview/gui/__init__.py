@@ -1,0 +1,1 @@
+"""The HashView desktop app (Qt). It only calls the Qt-free core in ``hashview``."""

@@ -1,0 +1,174 @@
+"""Run one :class:`JobSpec` in this process, reporting through ``emit(event_dict)``.
+
+The worker process (:mod:`hashview.jobs.worker`) wraps this with JSON lines on stdout, signals
+and exit codes; tests call :func:`run_job` directly with ``list.append`` as ``emit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import logging
+import sys
+import time
+import traceback
+import warnings
+from typing import Callable, Optional
+
+from hashview.errors import HashViewError
+from hashview.jobs.spec import JobSpec
+from hashview.progress import Cancelled, Progress
+
+Emit = Callable[[dict], None]
+EMIT_INTERVAL_S = 0.2  # ~5 progress events a second: enough for a bar, cheap for the app
+
+
+class ProgressEmitter:
+    """The progress callback handed to the core: cancellation, ETA and throttling.
+
+    A "segment" is a run of events with the same stage and total and a non-decreasing ``done``;
+    its first event, a change of segment and completion (done >= total) are always emitted.
+    """
+
+    def __init__(self, emit: Emit, should_cancel: Optional[Callable[[], bool]] = None,
+                 interval: float = EMIT_INTERVAL_S, clock: Callable[[], float] = time.monotonic):
+        self._emit, self._should_cancel = emit, should_cancel
+        self._interval, self._clock = interval, clock
+        self._segment: Optional[tuple] = None
+        self._t0 = self._done0 = self._last_done = 0
+        self._last_emit = float("-inf")
+
+    def __call__(self, p: Progress) -> None:
+        # Checked on every call, emitted or not: this is where a cancel takes effect.
+        if self._should_cancel is not None and self._should_cancel():
+            raise Cancelled()
+        now = self._clock()
+        new_segment = (p.stage, p.total) != self._segment or p.done < self._last_done
+        if new_segment:
+            self._segment, self._t0, self._done0 = (p.stage, p.total), now, p.done
+        self._last_done = p.done
+        finished = p.total is not None and p.done >= p.total
+        if not (new_segment or finished or now - self._last_emit >= self._interval):
+            return
+        self._last_emit = now
+        self._emit({"event": "progress", "stage": p.stage, "done": p.done, "total": p.total,
+                    "message": p.message, "eta_s": self._eta(p, now)})
+
+    def _eta(self, p: Progress, now: float) -> Optional[float]:
+        progressed, elapsed = p.done - self._done0, now - self._t0
+        if p.total is None or progressed <= 0 or elapsed <= 0:
+            return None
+        return round(max(0.0, (p.total - p.done) * elapsed / progressed), 1)
+
+
+def internal_error_message(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"internal error: {type(exc).__name__}: {first}".rstrip(": ")
+
+
+def run_job(spec: JobSpec, emit: Emit,
+            should_cancel: Optional[Callable[[], bool]] = None) -> str:
+    """Run ``spec``; emit progress/log events and one final event; return the status.
+
+    Returns "done" (emitted ``{"event": "done", "result": ...}``), "failed" (``error``) or
+    "cancelled" (``cancelled``). Never raises for job failures; unexpected exceptions print their
+    traceback on stderr and become ``"internal error: <ExcType>: <msg>"``.
+    """
+    progress = ProgressEmitter(emit, should_cancel)
+    try:
+        with _forward_warnings(emit):
+            result = _RUNNERS[spec.kind](spec, progress, emit)
+    except Cancelled:
+        emit({"event": "cancelled"})
+        return "cancelled"
+    except HashViewError as exc:
+        emit({"event": "error", "message": exc.message})
+        return "failed"
+    except Exception as exc:  # noqa: BLE001 - the job boundary: report, never crash the caller
+        traceback.print_exc(file=sys.stderr)
+        emit({"event": "error", "message": internal_error_message(exc)})
+        return "failed"
+    emit({"event": "done", "result": result})
+    return "done"
+
+
+# ------------------------------------------------------------------------------ runners
+def _check_args(spec: JobSpec, func: Callable, extra: set[str] = frozenset()) -> None:
+    """Unknown keyword arguments become a one-line error, not an internal TypeError."""
+    known = {name for name, p in inspect.signature(func).parameters.items()
+             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} | set(extra)
+    unknown = sorted(set(spec.args) - known - {"progress"})
+    if unknown:
+        raise HashViewError(f"job {spec.id}", f"unknown {spec.kind} argument(s): "
+                                              f"{', '.join(unknown)}")
+
+
+def _run_index(spec: JobSpec, progress: ProgressEmitter, emit: Emit) -> dict:
+    from hashview.indexing import index_paths
+    from hashview.tiling import TilingParams
+
+    _check_args(spec, index_paths)
+    kwargs = dict(spec.args)
+    if isinstance(kwargs.get("params"), dict):
+        try:
+            params = TilingParams(**kwargs["params"])
+            params.validate()
+        except (TypeError, ValueError) as exc:
+            raise HashViewError(f"job {spec.id}", f"bad tiling parameters ({exc})") from None
+        kwargs["params"] = params
+    result = index_paths(progress=progress, **kwargs)
+    for message in result.warnings:
+        emit({"event": "log", "level": "warning", "message": message})
+    for message in result.failed:
+        emit({"event": "log", "level": "error", "message": message})
+    return result.to_dict()
+
+
+def _run_train(spec: JobSpec, progress: ProgressEmitter, emit: Emit) -> dict:
+    from hashview.training import TrainConfig, train_from_folder
+
+    # train_from_folder passes **options on to TrainConfig, so its fields are valid too.
+    _check_args(spec, train_from_folder, {f.name for f in dataclasses.fields(TrainConfig)})
+    result = train_from_folder(progress=progress, **spec.args)
+    card = result.card
+    history = [float(x) for x in result.history]
+    return {"model_path": str(result.model_path), "model_name": card.name, "arch": card.arch,
+            "bits": card.bits, "seconds": round(float(result.seconds), 1),
+            "final_loss": history[-1] if history else None, "history": history}
+
+
+_RUNNERS = {"index": _run_index, "train": _run_train}
+
+
+# ------------------------------------------------------------------------------ warnings
+class _LogHandler(logging.Handler):
+    def __init__(self, emit: Emit):
+        super().__init__(logging.WARNING)
+        self._emit_event = emit
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self._emit_event({"event": "log", "level": record.levelname.lower(),
+                              "message": record.getMessage().strip().splitlines()[0]})
+
+
+@contextlib.contextmanager
+def _forward_warnings(emit: Emit):
+    """Python warnings and logging warnings become ``log`` events while the job runs."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message).strip().splitlines()
+        emit({"event": "log", "level": "warning",
+              "message": f"{category.__name__}: {text[0] if text else ''}"})
+
+    handler = _LogHandler(emit)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    with warnings.catch_warnings():  # keeps the filters; only the display is redirected
+        warnings.showwarning = show
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
