@@ -62,13 +62,20 @@ def open_search(library_path: str | Path, device: str = "auto",
     append to it meanwhile. ``model`` defaults to the library's own model; any other must have the
     same weights (sha256) and bits, or ``LibraryError`` says why.
     """
-    from hashview.library import Library
+    from hashview.errors import LibraryError
+    from hashview.library import Library, ModelInfo
     from hashview.models import load_model
 
+    # Only the copy is made with the file open (milliseconds): loading the model takes about a
+    # second, and an indexing job that starts meanwhile would find the file locked.
     with Library.open(library_path, mode="r") as library:
-        loaded = load_model(model or library.model_name)
-        library.check_model(loaded.card)
         searcher = Searcher(library)
+        stored = library.model
+    loaded = load_model(model or stored.name)
+    other = ModelInfo.coerce(loaded.card)
+    if (other.sha256, other.bits) != (stored.sha256, stored.bits):
+        raise LibraryError(library_path, f"made with {stored.describe()}; cannot search it "
+                                         f"with {other.describe()}")
     return searcher, Encoder(loaded, device=device)
 
 

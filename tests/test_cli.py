@@ -8,6 +8,7 @@ import pytest
 
 from conftest import KATHER, SLIDE
 from hashview.cli import main
+from hashview.library import Library
 
 
 def run(capsys, *argv):
@@ -39,7 +40,13 @@ def test_search_by_slide_region_and_exclude_source(slide_library, capsys):
     hits = json.loads(out)["hits"]
     assert hits and all(h["source_name"] != SLIDE.name for h in hits)
 
-    code, out, err = run(capsys, "search", path, SLIDE, "--region", "1000,1000,448,448", "--json")
+    # a region two library tiles wide and high is searched as 4 tiles
+    with Library.open(path) as lib:
+        slide_id = lib.find_source(path=str(SLIDE.resolve())).id
+        table = lib.tile_table()
+    side = int(table["size"][table["source_id"] == slide_id][0])
+    code, out, err = run(capsys, "search", path, SLIDE, "--region",
+                         f"1000,1000,{2 * side},{2 * side}", "--json")
     assert code == 0, err
     result = json.loads(out)
     assert result["query_tiles"] == 4 and len(result["hits"]) == 10

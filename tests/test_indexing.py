@@ -29,8 +29,9 @@ def test_slide_and_patches_are_indexed_with_positions_and_labels(slide_library):
         width, height = slide.width, slide.height
         assert np.all(table["x"][rows] + table["size"][rows] <= width)
         assert np.all(table["y"][rows] + table["size"][rows] <= height)
-        # 224 px at 0.5 µm/px on a 0.499 µm/px slide: 224 level-0 pixels
-        assert set(table["size"][rows]) == {224}
+        # tiles cover the library's physical size: tile_size px at target_mpp, in level-0 pixels
+        expected_side = round(lib.tile_size * lib.target_mpp / slide.mpp)
+        assert set(table["size"][rows]) == {expected_side}
         assert sorted(lib.label_names()) == ["01_TUMOR", "02_STROMA", "04_LYMPHO", "07_ADIPOSE"]
         assert lib.codes().shape == (lib.n_tiles, 8)
 

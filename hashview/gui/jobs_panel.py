@@ -247,6 +247,11 @@ class JobsPanel(QWidget):
         process.setProgram(program)
         process.setArguments(arguments)
         process.setProcessChannelMode(QProcess.SeparateChannels)
+        if hasattr(process, "setUnixProcessParameters"):
+            # Without this the worker inherits every fd open in the app at fork time: a library
+            # the app is reading at that instant keeps HDF5's shared lock in the worker, which
+            # then finds its own library "in use by another process (locked)".
+            process.setUnixProcessParameters(QProcess.UnixProcessFlag.CloseFileDescriptors)
         process.readyReadStandardOutput.connect(lambda j=job: self._read_stdout(j))
         process.readyReadStandardError.connect(lambda j=job: self._read_stderr(j))
         process.finished.connect(lambda code, exit_status, j=job:

@@ -82,10 +82,23 @@ def _take_stdout() -> TextIO:
     return os.fdopen(events_fd, "w", encoding="utf-8", buffering=1)
 
 
+BACKGROUND_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """Run below the app's priority: a CPU-bound job must never make the window stutter."""
+    if hasattr(os, "nice"):
+        try:
+            os.nice(BACKGROUND_NICENESS)
+        except OSError:  # not permitted here: run at normal priority
+            pass
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     cancel = CancelRequest()
     cancel.install_signal_handlers()  # first: a Cancel pressed during start-up must count
+    _lower_priority()
     emit = LineEmitter(_take_stdout())
     if len(argv) != 1:
         emit({"event": "error", "message": "usage: python -m hashview.jobs.worker SPEC.json"})

@@ -236,6 +236,15 @@ class Library:
                               int(t["y"][index]), int(t["size"][index]),
                               self._labels[label_id] if label_id >= 0 else None)
 
+    def source_tiles(self, source_id: int) -> np.ndarray:
+        """Level-0 ``(x, y, size)`` rows (int64) of one source's tiles, e.g. to outline them."""
+        rec = self.source(source_id)
+        start, stop = rec.tile_start, rec.tile_start + rec.tile_count
+        with self._guard():
+            t = self._file["tiles"]
+            return np.stack([t[name][start:stop].astype(np.int64) for name in ("x", "y", "size")],
+                            axis=1).reshape(-1, 3)
+
     def stats(self) -> dict[str, Any]:
         """Summary for ``hashview info``."""
         label_ids = self.tile_table()["label_id"]

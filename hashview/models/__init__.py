@@ -7,11 +7,12 @@ from hashview.models.base import HashingNet
 from hashview.models.cards import ModelCard
 from hashview.models.registry import available_architectures, build_model, register
 from hashview.models.store import (DEFAULT_MODEL, LoadedModel, bundled_models_dirs,
-                                   list_models, load_model, save_model, user_models_dir)
+                                   install_model, list_models, load_model, save_model,
+                                   user_models_dir)
 from hashview.models import dch, hatdh  # noqa: F401  (registers "dch" and "hatdh")
 
 __all__ = [
     "DEFAULT_MODEL", "HashingNet", "LoadedModel", "ModelCard", "available_architectures",
-    "build_model", "bundled_models_dirs", "list_models", "load_model", "register", "save_model",
-    "user_models_dir",
+    "build_model", "bundled_models_dirs", "install_model", "list_models", "load_model",
+    "register", "save_model", "user_models_dir",
 ]

@@ -13,7 +13,6 @@ from PySide6.QtWidgets import QWidget
 
 from hashview.tiling import ASSUMED_MPP
 
-from .signals import emit
 
 # Scale bar lengths, µm: 1 2 5 10 20 50 100 200 500 µm, 1 2 5 10 20 50 mm.
 NICE_LENGTHS_UM = tuple(m * 10 ** e for e in range(0, 5) for m in (1, 2, 5))
@@ -188,14 +187,14 @@ class OverviewWidget(QWidget):
 
     def mousePressEvent(self, event) -> None:  # noqa: N802
         if event.button() == Qt.MouseButton.LeftButton and self._image is not None:
-            emit(self.jumpRequested, *self.map_to_level0(event.position()))
+            self.jumpRequested.emit(*self.map_to_level0(event.position()))
             event.accept()
         else:
             event.ignore()
 
     def mouseMoveEvent(self, event) -> None:  # noqa: N802
         if event.buttons() & Qt.MouseButton.LeftButton and self._image is not None:
-            emit(self.jumpRequested, *self.map_to_level0(event.position()))
+            self.jumpRequested.emit(*self.map_to_level0(event.position()))
             event.accept()
 
     def wheelEvent(self, event) -> None:  # noqa: N802

@@ -29,7 +29,6 @@ from PySide6.QtGui import QImage
 
 from hashview.slides.base import Source
 
-from .signals import emit
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +216,7 @@ class _Job(QRunnable):
         except Exception as exc:  # noqa: BLE001  (a bad tile must not kill the worker)
             error = " ".join(str(exc).split()) or type(exc).__name__
         try:
-            emit(self._bridge.finished, (self._token, key, image, error))
+            self._bridge.finished.emit((self._token, key, image, error))
         except RuntimeError:  # the viewer was deleted meanwhile
             pass
 
@@ -305,10 +304,10 @@ class TileLoader(QObject):
         if image is not None:
             if key == THUMBNAIL_KEY:
                 self.thumbnail = image
-                emit(self.thumbnailLoaded)
+                self.thumbnailLoaded.emit()
             else:
                 self.cache.put(key, image)
-                emit(self.tileLoaded, key)
+                self.tileLoaded.emit(key)
         elif error is not None:
             self._failed.add(key)
             log.warning("cannot read %s of %s: %s", key, self._source, error)

@@ -26,7 +26,6 @@ from hashview.tiling import ASSUMED_MPP, TilingParams
 from .interaction import ViewerInteraction
 from .overview import OverviewWidget, magnification_text
 from .painting import ViewerPainting
-from .signals import emit
 from .tile_loader import TileLoader, TileScale, tile_rect, tile_scale, tiles_in_rect
 
 Rect = tuple[int, int, int, int]
@@ -175,7 +174,7 @@ class SlideViewer(ViewerInteraction, ViewerPainting, QWidget):
         if self._last_emitted is None or any(
                 abs(a - b) > 1e-6 * max(1.0, abs(b)) for a, b in zip(state, self._last_emitted)):
             self._last_emitted = state
-            emit(self.viewChanged, *state)
+            self.viewChanged.emit(*state)
 
     # --- overlays and queries -------------------------------------------------------------
     def set_tile_outlines(self, rects) -> None:
@@ -222,13 +221,13 @@ class SlideViewer(ViewerInteraction, ViewerPainting, QWidget):
         """Emit ``findSimilarRequested`` for the square under widget position ``pos``."""
         region = self.query_region(*self.map_to_level0(pos))
         if region is not None:
-            emit(self.findSimilarRequested, *region)
+            self.findSimilarRequested.emit(*region)
         return region
 
     def find_similar_selection(self) -> Rect | None:
         """Emit ``findSimilarRequested`` for the rubber-band selection, if any."""
         if self._selection is not None and self._source is not None:
-            emit(self.findSimilarRequested, *self._selection)
+            self.findSimilarRequested.emit(*self._selection)
         return self._selection
 
     def selection(self) -> Rect | None:

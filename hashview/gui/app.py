@@ -1,0 +1,121 @@
+"""``hashview`` without a sub-command: the desktop app.
+
+``run_app(paths)`` opens what is given (slides, images, folders, libraries); with nothing given
+it reopens the last library, or else the demo library (built in the background on first run:
+indexing the sample slide and patches takes a few seconds) and shows the demo slide.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+from PySide6.QtWidgets import QApplication
+
+from hashview.errors import HashViewError
+
+
+class DemoLibraryBuilder(QObject):
+    """Builds (or just checks) the demo library on a worker thread.
+
+    Signals: ``progress(str)`` for the status bar, ``finished(path)``, ``failed(message)``.
+    """
+
+    progress = Signal(str)
+    finished = Signal(str)
+    failed = Signal(str)
+
+    def __init__(self, parent: Optional[QObject] = None):
+        super().__init__(parent)
+        self.pool = QThreadPool(self)
+        self.pool.setMaxThreadCount(1)
+
+    def start(self, library_path: Optional[str | Path] = None) -> None:
+        builder = self
+
+        class Task(QRunnable):
+            def run(self) -> None:
+                from hashview.demo import build_demo_library
+
+                def report(p) -> None:
+                    total = f"/{p.total}" if p.total else ""
+                    builder._emit(builder.progress,
+                                  f"Building the demo library: {p.stage} {p.done}{total}"
+                                  + (f" ({p.message})" if p.message else ""))
+                try:
+                    path, result = build_demo_library(library_path, progress=report)
+                except HashViewError as exc:
+                    builder._emit(builder.failed, exc.message)
+                except Exception as exc:  # noqa: BLE001  (first run must not crash the app)
+                    builder._emit(builder.failed, f"demo library: {exc}")
+                else:
+                    builder._emit(builder.finished, str(path))
+
+        self.progress.emit("Building the demo library (first run, a few seconds)…")
+        self.pool.start(Task())
+
+    @staticmethod
+    def _emit(signal, value: str) -> None:
+        try:
+            signal.emit(value)
+        except RuntimeError:
+            pass  # the app closed meanwhile
+
+    def wait(self, msecs: int = 120000) -> bool:
+        return self.pool.waitForDone(msecs)
+
+
+def open_demo(window, show_slide: bool = True) -> DemoLibraryBuilder:
+    """Show the demo slide now; open the demo library once it is built (or found)."""
+    from hashview.demo import DEMO_SLIDE, default_demo_library
+
+    if show_slide:
+        window.open_slide(DEMO_SLIDE)
+    builder = DemoLibraryBuilder(window)
+    builder.progress.connect(lambda text: window.statusBar().showMessage(text))
+    builder.finished.connect(window.open_library)
+    builder.failed.connect(lambda message: window.warn(message, "Demo library"))
+    window.demo_builder = builder
+    builder.start(default_demo_library())
+    return builder
+
+
+def open_initial(window, paths: Sequence[str]) -> None:
+    """What ``run_app`` opens: the given paths, else the last library, else the demo."""
+    if paths:
+        libraries = [p for p in paths if Path(p).suffix.lower() in (".h5", ".hdf5")]
+        others = [p for p in paths if p not in libraries]
+        for library in libraries[:1]:
+            window.open_library(library)
+        if not libraries and not _open_last_library(window):
+            open_demo(window, show_slide=False)  # something to search the given images in
+        if others:
+            window.handle_dropped_paths(others)
+        return
+    if not _open_last_library(window):
+        open_demo(window)
+
+
+def _open_last_library(window) -> bool:
+    last = window.settings.last_library
+    return bool(last) and Path(last).is_file() and window.open_library(last)
+
+
+def create_app(argv: Optional[list[str]] = None) -> QApplication:
+    app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv[:1])
+    app.setApplicationName("HashView")
+    app.setOrganizationName("HashView")
+    app.setApplicationDisplayName("HashView")
+    return app
+
+
+def run_app(paths: Sequence[str] = ()) -> int:
+    from hashview.gui.main_window import MainWindow
+
+    app = create_app()
+    window = MainWindow()
+    window.show()
+    open_initial(window, [str(p) for p in paths])
+    return app.exec()

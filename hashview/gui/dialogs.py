@@ -1,0 +1,224 @@
+"""Dialogs: train a model, settings, about."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox,
+                               QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
+                               QMessageBox, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+from hashview import __version__
+from hashview.gui.settings import AppSettings
+
+ARCHITECTURES = {"hatdh": "HATDH (attention + triplet loss)",
+                 "dch": "DCH (deep convolutional hashing)"}
+DEVICES = {"auto": "Automatic (GPU when available)", "cuda": "GPU (CUDA)", "cpu": "CPU"}
+
+
+def runs_dir() -> Path:
+    """Where training jobs keep their checkpoints; the finished model is installed next to the
+    user's models (see :func:`hashview.models.install_model`)."""
+    from hashview.models import user_models_dir
+
+    return user_models_dir() / "runs"
+
+
+class TrainDialog(QDialog):
+    """Patch folder, architecture, bits, epochs -> ``job_args()`` for a "train" JobSpec."""
+
+    def __init__(self, parent: Optional[QWidget] = None, device: str = "auto",
+                 folder: str = ""):
+        super().__init__(parent)
+        self.setWindowTitle("Train a hashing model")
+        self.device = device
+        self.folder = QLineEdit(folder)
+        self.folder.setPlaceholderText(
+            "Folder of labelled patches (class subfolders or labels.csv)")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        folder_row = QHBoxLayout()
+        folder_row.addWidget(self.folder, 1)
+        folder_row.addWidget(browse)
+        self.arch = QComboBox()
+        for key, text in ARCHITECTURES.items():
+            self.arch.addItem(text, key)
+        self.bits = QSpinBox()
+        self.bits.setRange(8, 512)
+        self.bits.setSingleStep(8)
+        self.bits.setValue(64)
+        self.bits.setSuffix(" bits")
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 1000)
+        self.epochs.setValue(30)
+        self.name = QLineEdit()
+        for signal in (self.folder.textChanged, self.arch.currentIndexChanged,
+                       self.bits.valueChanged):
+            signal.connect(self._update_name_hint)
+        note = QLabel("Training runs in the background (Jobs panel); on a CPU it takes from "
+                      "minutes to hours. The model appears in Settings ▸ Model when done.")
+        note.setWordWrap(True)
+        note.setStyleSheet("color: #555;")
+        self._update_name_hint()
+
+        form = QFormLayout()
+        form.addRow("Patch folder", folder_row)
+        form.addRow("Architecture", self.arch)
+        form.addRow("Code length", self.bits)
+        form.addRow("Epochs", self.epochs)
+        form.addRow("Model name", self.name)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok
+                                        | QDialogButtonBox.StandardButton.Cancel)
+        self.buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Start training")
+        self.buttons.accepted.connect(self._accept)
+        self.buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(note)
+        layout.addWidget(self.buttons)
+        self.resize(560, self.sizeHint().height())
+
+    def _update_name_hint(self, *_args) -> None:
+        self.name.setPlaceholderText(f"{self.default_model_name()} (default)")
+
+    def _browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Patch folder", self.folder.text())
+        if folder:
+            self.folder.setText(folder)
+
+    def default_model_name(self) -> str:
+        folder = Path(self.folder.text().strip()).name or "patches"
+        return f"{self.arch.currentData()}-{self.bits.value()}-{folder}"
+
+    def model_name(self) -> str:
+        typed = self.name.text().strip()
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", typed) if typed else self.default_model_name()
+
+    def job_args(self) -> dict:
+        """Keyword arguments of ``hashview.training.train_from_folder``."""
+        name = self.model_name()
+        return {"data_folder": str(Path(self.folder.text().strip()).resolve()),
+                "arch": self.arch.currentData(), "bits": self.bits.value(),
+                "epochs": self.epochs.value(), "out_dir": str(runs_dir() / name),
+                "name": name, "device": self.device}
+
+    def _accept(self) -> None:
+        folder = Path(self.folder.text().strip())
+        if not self.folder.text().strip() or not folder.is_dir():
+            QMessageBox.warning(self, "Train a hashing model",
+                                f"{folder}: not a folder of labelled patches")
+            return
+        self.accept()
+
+
+class SettingsDialog(QDialog):
+    """Device, model for new libraries, tiling of new libraries, top-k, viewer cache."""
+
+    def __init__(self, settings: AppSettings, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        from hashview.models import DEFAULT_MODEL, list_models
+
+        self.setWindowTitle("Settings")
+        self.settings = settings
+        self.device = QComboBox()
+        for key, text in DEVICES.items():
+            self.device.addItem(text, key)
+        self.device.setCurrentIndex(max(0, self.device.findData(settings.device)))
+        self.model = QComboBox()
+        for card in list_models():
+            state = "trained" if card.trained else "untrained"
+            self.model.addItem(f"{card.name}  ({card.arch}, {card.bits} bits, {state})", card.name)
+        wanted = settings.model or DEFAULT_MODEL
+        self.model.setCurrentIndex(max(0, self.model.findData(wanted)))
+        # 0 shows as "the model's": a trained model knows the tiling it was trained at
+        self.tile_size = QSpinBox()
+        self.tile_size.setRange(0, 2048)
+        self.tile_size.setSuffix(" px")
+        self.tile_size.setSpecialValueText("The model's")
+        self.tile_size.setValue(settings.tile_size)
+        self.target_mpp = QDoubleSpinBox()
+        self.target_mpp.setRange(0.0, 16.0)
+        self.target_mpp.setDecimals(3)
+        self.target_mpp.setSingleStep(0.25)
+        self.target_mpp.setSuffix(" µm/px")
+        self.target_mpp.setSpecialValueText("The model's")
+        self.target_mpp.setValue(settings.target_mpp)
+        self.top_k = QSpinBox()
+        self.top_k.setRange(1, 500)
+        self.top_k.setValue(settings.top_k)
+        self.cache_mb = QSpinBox()
+        self.cache_mb.setRange(32, 16384)
+        self.cache_mb.setSingleStep(64)
+        self.cache_mb.setSuffix(" MB")
+        self.cache_mb.setValue(settings.cache_mb)
+
+        form = QFormLayout()
+        form.addRow("Device", self.device)
+        form.addRow("Model (new libraries)", self.model)
+        form.addRow("Tile size (new libraries)", self.tile_size)
+        form.addRow("Target resolution", self.target_mpp)
+        form.addRow("Hits per search (top-k)", self.top_k)
+        form.addRow("Viewer tile cache", self.cache_mb)
+        hint = QLabel("A library keeps the model and tiling it was made with. \"The model's\" "
+                      "tiling is the one the model was trained at; 0.5 µm/px is about 20x.")
+        hint.setWordWrap(True)
+        hint.setStyleSheet("color: palette(dark);")
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok
+                                   | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(hint)
+        layout.addWidget(buttons)
+
+    def apply(self) -> None:
+        s = self.settings
+        s.device = self.device.currentData()
+        s.model = self.model.currentData() or ""
+        s.tile_size = self.tile_size.value()
+        s.target_mpp = self.target_mpp.value()
+        s.top_k = self.top_k.value()
+        s.cache_mb = self.cache_mb.value()
+        s.sync()
+
+
+CREDITS_HTML = """
+<p><b>Methods.</b> HATDH: Alizadeh, Helfroush &amp; Celebi, <i>An innovative attention-based
+triplet deep hashing approach to retrieve histopathology images</i>, J Imaging Inform Med 2024.
+DCH: Sapkota, Shi, Xing &amp; Yang, <i>Deep convolutional hashing for low dimensional binary
+embedding of histopathological images</i>, IEEE JBHI 2018.</p>
+<p><b>Sample data.</b> CMU-1-Small-Region.svs: OpenSlide test data, CC0 1.0.
+Colorectal tissue tiles: Kather JN et al., <i>Multi-class texture analysis in colorectal cancer
+histology</i>, Sci Rep 6:27988 (2016), doi:10.5281/zenodo.53169, CC-BY 4.0.
+tiny-16px.svs: OpenSlide test data (LGPL-2.1). kidney-48-5-striped.tif: Image Data Resource,
+idr0073.</p>
+<p><b>Licences.</b> HashView: MIT. Qt for Python (PySide6): LGPL-3.0. OpenSlide: LGPL-2.1.
+PyTorch: BSD-3-Clause. FAISS: MIT. NumPy, h5py: BSD. Pillow: MIT-CMU (HPND).</p>
+"""
+
+
+def about_html(model_card=None) -> str:
+    if model_card is None:
+        model = "no library open"
+    else:
+        state = ("trained" if model_card.trained
+                 else "<b>untrained</b> (seeded initial weights: similarity is colour and "
+                      "coarse texture, not learned)")
+        model = f"{model_card.name} ({model_card.arch}, {model_card.bits} bits), {state}"
+    return (f"<h3>HashView {__version__}</h3>"
+            "<p>Content-based search of histopathology images with deep hashing. "
+            "Everything runs locally: no slide or image leaves this computer.</p>"
+            f"<p><b>Model of the open library:</b> {model}</p>" + CREDITS_HTML)
+
+
+def show_about(parent: Optional[QWidget], model_card=None) -> None:
+    box = QMessageBox(parent)
+    box.setWindowTitle("About HashView")
+    box.setTextFormat(Qt.TextFormat.RichText)
+    box.setText(about_html(model_card))
+    box.setStandardButtons(QMessageBox.StandardButton.Ok)
+    box.exec()

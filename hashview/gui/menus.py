@@ -1,0 +1,113 @@
+"""The main window's actions and menus (kept apart from the window's behaviour)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from PySide6.QtGui import QAction, QKeySequence
+
+
+def _action(window, text: str, slot=None, shortcut=None, tip: str = "",
+            checkable: bool = False) -> QAction:
+    action = QAction(text, window)
+    if shortcut is not None:
+        action.setShortcut(QKeySequence(shortcut))
+    if tip:
+        action.setStatusTip(tip)
+        action.setToolTip(tip)
+    action.setCheckable(checkable)
+    if slot is not None:
+        (action.toggled if checkable else action.triggered).connect(
+            slot if checkable else (lambda _checked=False: slot()))
+    return action
+
+
+def build_menus(window) -> SimpleNamespace:
+    """Create every action of ``window`` (a MainWindow), put them in its menu bar, return them."""
+    w, K = window, QKeySequence.StandardKey
+    a = SimpleNamespace()
+    a.open_slide = _action(w, "Open &slide…", w.ask_open_slide, K.Open,
+                           "Open a whole-slide image or a plain image")
+    a.open_folder = _action(w, "Open &folder…", w.ask_open_folder,
+                            tip="Add a folder of slides or patches to the library")
+    a.open_library = _action(w, "Open &library…", w.ask_open_library, "Ctrl+Shift+O",
+                             "Open a HashView library (.h5)")
+    a.new_library = _action(w, "&New library…", w.ask_new_library,
+                            tip="Create an empty library with the model chosen in Settings")
+    a.add_slide = _action(w, "Add current &slide to library", w.add_current_slide_to_library,
+                          tip="Index the open slide into the library (background job)")
+    a.add_folder = _action(w, "Add f&older to library…", w.ask_add_folder_to_library,
+                           tip="Index every slide and patch in a folder (background job)")
+    a.quit = _action(w, "&Quit", w.close, K.Quit)
+    a.quit.setShortcut(QKeySequence("Ctrl+Q"))  # StandardKey.Quit is empty on some platforms
+
+    a.outlines = _action(w, "Show &tile outlines", w.set_outlines_visible, "T",
+                         "Outline the library's tiles on the open slide", checkable=True)
+    a.zoom_in = _action(w, "Zoom &in", lambda: w.viewer.zoom_in(), K.ZoomIn)
+    a.zoom_out = _action(w, "Zoom &out", lambda: w.viewer.zoom_out(), K.ZoomOut)
+    a.fit = _action(w, "&Fit to window", lambda: w.viewer.fit(), "Ctrl+0")
+    a.close_compare = _action(w, "Close &comparison", w.close_comparison)
+
+    a.search_file = _action(w, "Search with image &file…", w.ask_search_files, K.Find,
+                            "Search the library with one or more patch images")
+    a.search_file.setShortcut(QKeySequence("Ctrl+F"))
+    a.paste = _action(w, "&Paste image from clipboard", w.paste_from_clipboard, K.Paste,
+                      "Search the library with the image on the clipboard")
+    a.train = _action(w, "&Train model…", w.ask_train,
+                      tip="Train a hashing model on a folder of labelled patches")
+    a.settings = _action(w, "S&ettings…", w.ask_settings, K.Preferences)
+    a.about = _action(w, "&About HashView", w.show_about)
+
+    bar = w.menuBar()
+    file_menu = bar.addMenu("&File")
+    for action in (a.open_slide, a.open_folder, a.open_library, a.new_library):
+        file_menu.addAction(action)
+    file_menu.addSeparator()
+    file_menu.addAction(a.add_slide)
+    file_menu.addAction(a.add_folder)
+    file_menu.addSeparator()
+    a.recent_menu = file_menu.addMenu("&Recent")
+    a.recent_menu.aboutToShow.connect(lambda: fill_recent_menu(w, a.recent_menu))
+    fill_recent_menu(w, a.recent_menu)
+    file_menu.addSeparator()
+    file_menu.addAction(a.quit)
+
+    view_menu = bar.addMenu("&View")
+    view_menu.addAction(a.outlines)
+    view_menu.addSeparator()
+    for action in (a.zoom_in, a.zoom_out, a.fit):
+        view_menu.addAction(action)
+    view_menu.addAction(a.close_compare)
+    view_menu.addSeparator()
+    a.panels_menu = view_menu.addMenu("&Panels")
+    for dock in w.docks:
+        a.panels_menu.addAction(dock.toggleViewAction())
+
+    search_menu = bar.addMenu("&Search")
+    for action in (a.search_file, a.paste):
+        search_menu.addAction(action)
+    search_menu.addSeparator()
+    search_menu.addAction(a.train)
+    search_menu.addSeparator()
+    search_menu.addAction(a.settings)
+
+    help_menu = bar.addMenu("&Help")
+    help_menu.addAction(a.about)
+    return a
+
+
+def fill_recent_menu(window, menu) -> None:
+    menu.clear()
+    recent = window.settings.recent()
+    for path in recent:
+        kind = "library" if path.endswith(".h5") else ("folder" if Path(path).is_dir() else "")
+        text = Path(path).name + (f"  ({kind})" if kind else "")
+        action = menu.addAction(text, lambda p=path: window.open_path(p))
+        action.setToolTip(path)
+        action.setStatusTip(path)
+    if not recent:
+        menu.addAction("(none)").setEnabled(False)
+    else:
+        menu.addSeparator()
+        menu.addAction("Clear", window.settings.clear_recent)

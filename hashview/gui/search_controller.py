@@ -1,0 +1,279 @@
+"""Runs searches off the UI thread and hands the results back by signal.
+
+One worker thread (a QThreadPool of one) owns a loaded ``Searcher`` + ``Encoder`` for the open
+library, so loading the model and the codes happens once per library, not once per query, and
+two searches never use them at the same time. ``invalidate()`` (after an indexing job added
+tiles) makes the next search reload the library.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
+
+from hashview.errors import HashViewError
+
+Region = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """What the user searched with. ``kind``: "files" (patch images, each one query tile),
+    "region" (a level-0 region of ``source_path``) or "pixels" (in-memory images, e.g. pasted)."""
+
+    kind: str
+    paths: tuple[str, ...] = ()
+    source_path: Optional[str] = None
+    region: Optional[Region] = None
+    images: tuple = ()  # PIL images for "pixels"
+    k: int = 10
+    exclude_source: bool = False
+
+    def with_options(self, k: int, exclude_source: bool) -> "SearchRequest":
+        return replace(self, k=int(k), exclude_source=bool(exclude_source))
+
+    def describe(self) -> str:
+        if self.kind == "files":
+            return Path(self.paths[0]).name if len(self.paths) == 1 else f"{len(self.paths)} images"
+        if self.kind == "region":
+            x, y, w, h = self.region
+            return f"{Path(self.source_path).name} region {w}x{h} at ({x}, {y})"
+        return "pasted image" if len(self.images) == 1 else f"{len(self.images)} pasted images"
+
+    def own_paths(self) -> list[str]:
+        """Paths whose library tiles "Exclude this slide" leaves out."""
+        return [self.source_path] if self.kind == "region" else list(self.paths)
+
+
+@dataclass
+class SearchOutcome:
+    request: SearchRequest
+    result: object  # hashview.query.QueryResult
+    query_images: list  # PIL tiles, as encoded
+    library: str
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoadedLibrary:
+    path: str
+    n_tiles: int
+    model_name: str
+    model_trained: bool
+    device: str
+    tile_size: int
+    target_mpp: float
+
+
+class SearchError(Exception):
+    """A search that could not run; ``str()`` is the one line shown to the user."""
+
+
+class _Engine:
+    """The worker-side state: the loaded searcher/encoder of one library (worker thread only)."""
+
+    def __init__(self):
+        self.key: Optional[tuple] = None
+        self.searcher = None
+        self.encoder = None
+
+    def load(self, library: str, device: str, version: int) -> LoadedLibrary:
+        from hashview.query import open_search
+
+        key = (library, device, version)
+        if self.key != key:
+            self.key, self.searcher, self.encoder = None, None, None
+            self.searcher, self.encoder = open_search(library, device)
+            self.key = key
+        card = self.encoder.card
+        return LoadedLibrary(library, self.searcher.n_tiles, card.name, bool(card.trained),
+                             str(self.encoder.device), self.searcher.tile_size,
+                             self.searcher.target_mpp)
+
+    def run(self, request: SearchRequest) -> SearchOutcome:
+        from hashview.query import region_tiles, search_images
+        from hashview.slides import open_source
+        from hashview.tiling import TilingParams, load_patch, square_tile
+
+        searcher, encoder = self.searcher, self.encoder
+        started = time.perf_counter()
+        warnings: list[str] = []
+        if request.kind == "files":
+            images = []
+            for path in request.paths:
+                try:
+                    images.append(load_patch(path, encoder.input_size))
+                except HashViewError as exc:
+                    warnings.append(exc.message)
+            if not images:
+                raise SearchError(warnings[0] if len(warnings) == 1 else
+                                  f"none of the {len(warnings)} images could be read: "
+                                  f"{warnings[0]}")
+        elif request.kind == "region":
+            params = TilingParams(tile_size=searcher.tile_size, target_mpp=searcher.target_mpp)
+            with open_source(request.source_path) as source:
+                images = region_tiles(source, request.region, params)
+        else:
+            images = [square_tile(image.convert("RGB"), encoder.input_size)
+                      for image in request.images]
+        filters = {}
+        if request.exclude_source:
+            own = {searcher.source_id_for_path(str(Path(p).resolve())) for p in request.own_paths()}
+            filters["exclude_sources"] = {sid for sid in own if sid is not None}
+        result = search_images(searcher, encoder, images, k=request.k, **filters)
+        return SearchOutcome(request, result, images, self.key[0],
+                             time.perf_counter() - started, warnings)
+
+
+class _Task(QRunnable):
+    def __init__(self, controller: "SearchController", generation: int,
+                 request: Optional[SearchRequest]):
+        super().__init__()
+        self.controller, self.generation, self.request = controller, generation, request
+        # captured now: the UI may switch library while this waits in the queue
+        self.library, self.device = controller.library, controller.device
+        self.version = controller._library_version
+
+    def run(self) -> None:
+        c = self.controller
+        try:
+            with c._engine_lock:
+                info = c._engine.load(self.library, self.device, self.version)
+                c._emit(c._loaded, self.generation, info)
+                if self.request is not None:  # None: only preload the library
+                    c._emit(c._done, self.generation, c._engine.run(self.request))
+        except (HashViewError, SearchError) as exc:
+            c._emit(c._error, self.generation, (self.request, _one_line(exc)))
+        except Exception as exc:  # noqa: BLE001  (report, never crash the app)
+            traceback.print_exc()
+            c._emit(c._error, self.generation, (self.request, _one_line(exc)))
+        finally:
+            c._emit(c._ended, self.generation, None)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = exc.message if isinstance(exc, HashViewError) else str(exc) or type(exc).__name__
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+class SearchController(QObject):
+    """``search(request)``; results arrive as ``finished(SearchOutcome)`` or
+    ``failed(SearchRequest | None, message)``. Only the latest request's answer is delivered."""
+
+    started = Signal(object)          # SearchRequest
+    finished = Signal(object)         # SearchOutcome
+    failed = Signal(object, str)      # SearchRequest (None for a failed preload), message
+    libraryLoaded = Signal(object)    # LoadedLibrary
+    busyChanged = Signal(bool)
+
+    # worker -> UI thread (queued: emitted from the pool thread)
+    _loaded = Signal(int, object)
+    _done = Signal(int, object)
+    _error = Signal(int, object)
+    _ended = Signal(int, object)
+
+    def __init__(self, parent: Optional[QObject] = None):
+        super().__init__(parent)
+        self.pool = QThreadPool(self)
+        self.pool.setMaxThreadCount(1)
+        self._engine = _Engine()
+        self._engine_lock = threading.Lock()
+        self.library: Optional[str] = None
+        self.device = "auto"
+        self.last_request: Optional[SearchRequest] = None
+        self.last_outcome: Optional[SearchOutcome] = None
+        self.loaded_library: Optional[LoadedLibrary] = None
+        self._generation = 0
+        self._library_version = 0
+        self._pending = 0
+        self._loaded.connect(self._on_loaded)
+        self._done.connect(self._on_done)
+        self._error.connect(self._on_error)
+        self._ended.connect(self._on_ended)
+
+    # ---------------------------------------------------------------- public API
+    def set_library(self, path: Optional[str], device: str = "auto", preload: bool = True) -> None:
+        """Search ``path`` from now on; loads it in the background when ``preload``."""
+        path = str(Path(path).resolve()) if path else None
+        if path != self.library:  # the same library reloaded (tiles added) keeps "re-run"
+            self.last_request = self.last_outcome = None
+        self.library = path
+        self.device = device or "auto"
+        self.loaded_library = None
+        self.invalidate()
+        if self.library and preload:
+            self._submit(None)
+
+    def set_device(self, device: str) -> None:
+        if device != self.device:
+            self.set_library(self.library, device)
+
+    def invalidate(self) -> None:
+        """The library file changed (tiles were added): reload it before the next search."""
+        self._library_version += 1  # never blocks: a running search may hold the engine
+
+    def search(self, request: SearchRequest) -> None:
+        if not self.library:
+            self.failed.emit(request, "no library is open (File ▸ Open library…)")
+            return
+        self.last_request = request
+        self.started.emit(request)
+        self._submit(request)
+
+    def rerun(self, k: int, exclude_source: bool) -> bool:
+        """The last search again with new options; False when there is none."""
+        if self.last_request is None:
+            return False
+        self.search(self.last_request.with_options(k, exclude_source))
+        return True
+
+    def is_busy(self) -> bool:
+        return self._pending > 0
+
+    def wait(self, msecs: int = 30000) -> bool:
+        return self.pool.waitForDone(msecs)
+
+    # ---------------------------------------------------------------- internals
+    def _submit(self, request: Optional[SearchRequest]) -> None:
+        self._generation += 1
+        self._pending += 1
+        if self._pending == 1:
+            self.busyChanged.emit(True)
+        self.pool.start(_Task(self, self._generation, request))
+
+    def _emit(self, signal, generation: int, payload) -> None:
+        try:
+            signal.emit(generation, payload)
+        except RuntimeError:
+            pass  # controller deleted while the worker ran (app closing)
+
+    @Slot(int, object)
+    def _on_ended(self, generation: int, _payload) -> None:
+        self._pending = max(0, self._pending - 1)
+        if self._pending == 0:
+            self.busyChanged.emit(False)
+
+    @Slot(int, object)
+    def _on_loaded(self, generation: int, info: LoadedLibrary) -> None:
+        if info.path == self.library and info != self.loaded_library:
+            self.loaded_library = info
+            self.libraryLoaded.emit(info)
+
+    @Slot(int, object)
+    def _on_done(self, generation: int, outcome: SearchOutcome) -> None:
+        if generation == self._generation:  # older answers were superseded
+            self.last_outcome = outcome
+            self.finished.emit(outcome)
+
+    @Slot(int, object)
+    def _on_error(self, generation: int, payload) -> None:
+        request, message = payload
+        if generation == self._generation:
+            self.failed.emit(request, message)

@@ -1,0 +1,98 @@
+"""The main window's background jobs: adding to the library (indexing) and training.
+
+A mixin of :class:`hashview.gui.main_window.MainWindow`. Jobs run in worker processes through
+the Jobs panel; the window only builds their :class:`hashview.jobs.JobSpec` and reacts when they
+end (refresh the library, install a trained model).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtWidgets import QFileDialog, QMessageBox
+
+from hashview.errors import HashViewError
+from hashview.gui.dialogs import TrainDialog
+
+
+class JobsMixin:
+    def add_current_slide_to_library(self) -> None:
+        if not self.source_path:
+            self.warn("Open a slide first (File ▸ Open slide…)", "Add to library")
+            return None
+        return self.add_to_library([self.source_path])
+
+    def ask_add_folder_to_library(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Add folder to library")
+        if folder:
+            self.add_to_library([folder])
+
+    def offer_to_add(self, paths: list[str]) -> None:
+        what = Path(paths[0]).name if len(paths) == 1 else f"{len(paths)} items"
+        target = Path(self.library_path).name if self.library_path else "a new library"
+        answer = QMessageBox.question(
+            self, "Add to library", f"Index {what} into {target}?\n\nIt runs in the background; "
+            "the library view updates when it is done.")
+        if answer == QMessageBox.StandardButton.Yes:
+            self.add_to_library(paths)
+
+    def add_to_library(self, paths: list[str]):
+        """Submit an index job for ``paths`` into the open library; returns the JobSpec."""
+        from hashview.jobs import JobSpec
+        from hashview.models import DEFAULT_MODEL
+
+        if not self.library_path and not self.ask_new_library():
+            return None
+        tile_size, mpp = self.tiling()  # the library's: all its tiles stay comparable
+        model = self.library_info["model"]["name"] or DEFAULT_MODEL
+        spec = JobSpec("index", {"paths": [str(Path(p).resolve()) for p in paths],
+                                 "library_path": self.library_path, "model": model,
+                                 "params": {"tile_size": tile_size, "target_mpp": mpp},
+                                 "device": self.settings.device})
+        self.submit_job(spec)
+        return spec
+
+    def ask_train(self) -> None:
+        from hashview.jobs import JobSpec
+
+        dialog = TrainDialog(self, device=self.settings.device)
+        if dialog.exec():
+            self.submit_job(JobSpec("train", dialog.job_args()))
+
+    def submit_job(self, spec) -> None:
+        self.jobs.submit(spec)
+        self.docks[2].show()
+        self.docks[2].raise_()
+        self.show_message(f"Started: {spec.title}")
+
+    def _on_job_finished(self, spec, result, status: str) -> None:
+        if spec.kind == "index":
+            same = self.library_path and Path(spec.args["library_path"]).resolve() == \
+                Path(self.library_path)
+            if same and status == "done":
+                self.controller.invalidate()
+                self.open_library(self.library_path)  # new sources, counts, outlines
+        elif spec.kind == "train" and status == "done" and result:
+            from hashview.models import install_model
+
+            try:
+                card = install_model(result["model_path"])
+            except (HashViewError, KeyError) as exc:
+                self.warn(f"training finished but the model could not be installed: {exc}")
+                return
+            self.show_message(f"Model {card.name} is ready: choose it in Settings", 15000)
+            return
+        self.show_message(f"{spec.title}: {status}", 10000)
+
+    def confirm_cancel_jobs(self) -> bool:
+        """Before quitting: running jobs are cancelled (sources already stored are kept)."""
+        running = self.jobs.running_count()
+        if not running:
+            return True
+        answer = QMessageBox.question(
+            self, "Quit HashView", f"{running} background job(s) still running. Cancel them and "
+            "quit? An index keeps every source stored so far.")
+        if answer != QMessageBox.StandardButton.Yes:
+            return False
+        self.jobs.cancel_all()
+        return True

@@ -1,0 +1,310 @@
+"""The main window end to end, offscreen: open, drop, find similar, compare, export, jobs."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl  # noqa: E402
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+from conftest import KATHER, SLIDE, TUMOUR_PATCH, StallMeter  # noqa: E402
+
+SEARCH_MS = 60_000
+JOB_MS = 120_000
+
+
+def drop_files(widget, paths) -> QDropEvent:
+    """A drag entering ``widget`` then a drop of file URLs, as from a file manager."""
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
+    pos = QPointF(widget.width() / 2, widget.height() / 2)
+    args = (Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+            Qt.KeyboardModifier.NoModifier)
+    try:
+        enter = QDragEnterEvent(pos, *args)
+    except TypeError:  # some PySide6 builds only take the (deprecated) QPoint
+        enter = QDragEnterEvent(pos.toPoint(), *args)
+    QApplication.sendEvent(widget, enter)
+    assert enter.isAccepted()
+    drop = QDropEvent(pos, *args)
+    QApplication.sendEvent(widget, drop)
+    drop.mime = mime  # the event only points to it: keep it alive as long as the event
+    return drop
+
+
+def tile_side(window) -> int:
+    """Level-0 side of one library tile on the test slide (the library's tiling)."""
+    from hashview.tiling import TilingParams, plan_geometry
+
+    tile_size, mpp = window.tiling()
+    return plan_geometry(window.source, TilingParams(tile_size=tile_size,
+                                                     target_mpp=mpp)).tile_level0
+
+
+def wait_for_results(qtbot, window, tiles=None):
+    qtbot.waitUntil(lambda: window.results.outcome is not None
+                    and (tiles is None or window.results.outcome.result.query_tiles == tiles),
+                    timeout=SEARCH_MS)
+    return window.results.outcome
+
+
+def test_open_slide_shows_it_in_the_viewer(qtbot, window):
+    assert window.open_slide(SLIDE)
+    source = window.viewer.current_source()
+    assert source is not None and Path(source.path) == SLIDE
+    assert source.dimensions == (2220, 2967)
+    assert "CMU-1-Small-Region.svs" in window.windowTitle()
+    assert window.viewer.query_tile_side() == tile_side(window)  # the library's tile
+    assert window.library_panel.visible_count() == 13
+    window.library_panel.filter.setText("tumor")
+    assert window.library_panel.visible_count() == 3
+    assert "13 sources" in window.library_panel.header.text()
+    stats = window.library_info
+    assert window.status_tiles.text() == f"{stats['n_tiles']} tiles"
+    slide_tiles = stats["n_tiles"] - 12  # all but the 12 patches
+    assert len(window.viewer._outlines) == slide_tiles  # for View ▸ Show tile outlines
+
+    # double-click (activate) a patch in the library panel: the viewer shows the patch
+    panel = window.library_panel
+    panel.view.activated.emit(panel.proxy.index(0, 0))
+    assert window.viewer.current_source().path.parent.name == "01_TUMOR"
+    # dropping a slide opens it
+    drop_files(window, [SLIDE])
+    assert Path(window.viewer.current_source().path) == SLIDE
+    qtbot.waitUntil(lambda: panel.model.thumbnails_loaded() == 13, timeout=SEARCH_MS)
+
+
+def test_dropping_a_patch_shows_k_hits(qtbot, window):
+    event = drop_files(window, [TUMOUR_PATCH])
+    assert event.isAccepted()
+    outcome = wait_for_results(qtbot, window)
+    hits = outcome.result.hits
+    assert len(hits) == 10 == len(window.results.hit_items())
+    assert any(h.source_path == str(TUMOUR_PATCH) and h.distance == 0 for h in hits)  # itself
+    vote = outcome.result.vote  # the untrained default model: no claim on which label wins
+    expected = f"{vote.count}/{vote.total} {vote.label} ({vote.share:.0%})"
+    assert window.results.vote_label.text() == expected
+    qtbot.waitUntil(lambda: window.results.thumbnails_loaded() == 10, timeout=SEARCH_MS)
+
+    # top-k and "Exclude this slide" re-run the same search
+    window.results.top_k.setValue(4)
+    qtbot.waitUntil(lambda: len(window.results.hits()) == 4, timeout=SEARCH_MS)
+    window.results.exclude.setChecked(True)
+    qtbot.waitUntil(lambda: window.results.outcome.request.exclude_source, timeout=SEARCH_MS)
+    assert all(h.source_path != str(TUMOUR_PATCH) for h in window.results.hits())
+
+
+def test_dropping_several_patches_merges_their_hits(qtbot, window):
+    patches = [sorted((KATHER / name).iterdir())[0] for name in ("01_TUMOR", "07_ADIPOSE")]
+    window.handle_dropped_paths([str(p) for p in patches])
+    outcome = wait_for_results(qtbot, window, tiles=2)
+    per_tile = outcome.result.per_tile
+    assert len(per_tile) == 2 and len(outcome.result.hits) == 10
+    # the vote counts both query tiles' labelled hits
+    assert outcome.result.vote.total == sum(1 for hits in per_tile for h in hits if h.label)
+    distances = [h.distance for h in outcome.result.hits]
+    assert distances == sorted(distances)
+    assert distances[0] == min(hits[0].distance for hits in per_tile)
+
+
+def test_right_click_find_similar_region(qtbot, window):
+    window.open_slide(SLIDE)
+    viewer = window.viewer
+    region = viewer.find_similar_at(viewer.map_from_level0(1100, 1500))  # the menu's action
+    side = tile_side(window)
+    assert region == (1100 - side // 2, 1500 - side // 2, side, side)
+    outcome = wait_for_results(qtbot, window, tiles=1)
+    assert len(outcome.result.hits) == 10
+    assert outcome.request.region == region and outcome.request.source_path == str(SLIDE)
+
+
+def test_rubber_band_region_is_tiled_and_voted(qtbot, window):
+    window.open_slide(SLIDE)
+    side = tile_side(window)  # 224 px at 0.5 µm/px: a 448x448 region
+    window.viewer.set_selection((1000, 1000, 2 * side, 2 * side))
+    window.viewer.find_similar_selection()  # Enter / "Find similar (selected region)"
+    outcome = wait_for_results(qtbot, window, tiles=4)
+    assert len(outcome.result.per_tile) == 4
+    assert len(outcome.query_images) == 4 and len(window.results.grid.findItems(
+        "Query", Qt.MatchFlag.MatchStartsWith)) == 4
+    assert outcome.result.vote is not None and outcome.result.vote.total >= 1
+
+
+def test_clicking_a_hit_opens_it_beside_the_query(qtbot, window):
+    window.open_slide(SLIDE)
+    window.search_region(1000, 1000, tile_side(window), tile_side(window))
+    outcome = wait_for_results(qtbot, window)
+    hit = next(h for h in outcome.result.hits if h.source_path == str(SLIDE))
+    window.results.grid.itemClicked.emit(window.results.hit_items()[hit.rank])
+    assert window.compare.isVisible()
+    assert Path(window.compare_viewer.current_source().path) == SLIDE
+    cx, cy = window.compare_viewer.center()
+    assert (cx, cy) == (hit.x + hit.size / 2, hit.y + hit.size / 2)
+
+    window.compare.sync.setChecked(True)
+    window.viewer.zoom_in()
+    assert window.compare_viewer.downsample() == pytest.approx(window.viewer.downsample())
+    window.compare_viewer.zoom_in()
+    assert window.viewer.downsample() == pytest.approx(window.compare_viewer.downsample())
+    window.compare.sync.setChecked(False)
+    before = window.compare_viewer.downsample()
+    window.viewer.zoom_out()
+    assert window.compare_viewer.downsample() == before
+
+    window.close_comparison()
+    assert not window.compare.isVisible() and window.compare_viewer.current_source() is None
+
+
+def test_export_csv_and_png_sheet(qtbot, window, tmp_path):
+    window.handle_dropped_paths([str(TUMOUR_PATCH)])
+    outcome = wait_for_results(qtbot, window)
+    qtbot.waitUntil(lambda: window.results.thumbnails_loaded() == 10, timeout=SEARCH_MS)
+    window.results.export_csv(tmp_path / "hits.csv")
+    rows = list(csv.DictReader(open(tmp_path / "hits.csv", encoding="utf-8")))
+    assert len(rows) == 10 and rows[0]["rank"] == "1" and rows[0]["distance"] == "0"
+    assert rows[0]["source_path"] == outcome.result.hits[0].source_path
+    assert set(rows[0]) == {"rank", "distance", "label", "source_path", "x", "y", "size"}
+    assert window.results.export_png(tmp_path / "sheet.png")
+    sheet = QImage(str(tmp_path / "sheet.png"))
+    assert sheet.width() > 500 and sheet.height() > 300
+
+
+def test_bad_dropped_file_warns_and_the_window_still_works(qtbot, window, tmp_path,
+                                                           message_boxes):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    window.handle_dropped_paths([str(bad)])
+    qtbot.waitUntil(lambda: bool(message_boxes.of("warning")), timeout=SEARCH_MS)
+    kind, title, text = message_boxes.of("warning")[0]
+    assert "notes.png" in text and "\n" not in text and "Traceback" not in text
+    assert "notes.png" in window.statusBar().currentMessage()
+    window.handle_dropped_paths([str(TUMOUR_PATCH)])  # still searches
+    assert len(wait_for_results(qtbot, window).result.hits) == 10
+
+    window.open_slide(tmp_path / "missing.svs")  # a bad slide: one line too
+    assert "missing.svs: no such file" in message_boxes.of("warning")[-1][2]
+
+
+def test_grad_cam_controls_are_placeholders(window):
+    assert not window.results.explain.isEnabled()
+    assert window.results.explain.toolTip() == "Explanations: coming soon"
+    assert not window.results.explain_opacity.isEnabled()
+
+
+def test_index_job_with_progress_and_cancel_keeps_the_ui_responsive(qtbot, window, tmp_path,
+                                                                     message_boxes):
+    assert window.create_library(tmp_path / "new.h5")
+    assert window.library_panel.visible_count() == 0
+    progress = []
+    window.jobs.jobEvent.connect(lambda _id, e: progress.append(e)
+                                 if e.get("event") == "progress" else None)
+    meter = StallMeter()
+    with qtbot.waitSignal(window.jobs.jobFinished, timeout=JOB_MS) as finished:
+        window.handle_dropped_paths([str(KATHER)])  # a folder: "Add to library?" -> Yes
+        assert message_boxes.of("question")
+        # searching the open library while the job runs stays possible (and off the UI thread)
+    meter.stop()
+    spec, result, status = finished.args
+    assert status == "done", window.jobs.log_text(spec.id)
+    assert spec.kind == "index" and len(result["added"]) == 12
+    assert any(e["done"] == e["total"] == 12 for e in progress)
+    assert window.library_panel.visible_count() == 12  # refreshed when the job finished
+    assert window.status_tiles.text() == "12 tiles"
+    print(f"max UI stall while the job ran: {meter.max_gap * 1000:.0f} ms")
+    assert meter.max_gap < 0.5
+
+    window.open_slide(SLIDE)
+    with qtbot.waitSignal(window.jobs.jobEvent, timeout=JOB_MS,
+                          check_params_cb=lambda _id, e: e.get("stage") == "encoding"):
+        spec = window.add_current_slide_to_library()
+    with qtbot.waitSignal(window.jobs.jobFinished, timeout=JOB_MS) as finished:
+        window.jobs.cancel(spec.id)
+    assert finished.args[2] == "cancelled"
+    assert window.library_panel.visible_count() == 12
+
+
+def test_settings_and_recent_files_persist(qtbot, window, library_path):
+    from hashview.gui.settings import AppSettings
+
+    window.results.top_k.setValue(7)
+    window.close()
+    settings = AppSettings()
+    assert settings.last_library == str(library_path.resolve())
+    assert str(library_path.resolve()) in settings.recent()
+    assert settings.window_state()[0] is not None
+
+
+def test_first_run_builds_the_demo_library_in_the_background(qtbot):
+    from hashview.demo import DEMO_SLIDE, default_demo_library
+    from hashview.gui.app import open_initial
+    from hashview.gui.main_window import MainWindow
+
+    win = MainWindow()
+    qtbot.addWidget(win)
+    win.show()
+    meter = StallMeter()
+    started = time.monotonic()
+    open_initial(win, [])  # no paths, no last library: the demo
+    assert time.monotonic() - started < 2  # the build runs on a worker thread
+    assert Path(win.viewer.current_source().path) == DEMO_SLIDE  # shown at once
+    assert "demo library" in win.statusBar().currentMessage()
+    qtbot.waitUntil(lambda: win.library_path == str(default_demo_library()), timeout=JOB_MS)
+    meter.stop()
+    assert meter.max_gap < 0.5
+    assert win.library_info["n_sources"] > 1
+    win.demo_builder.wait()
+    win.close()
+
+
+def test_pasting_an_image_searches_with_it(qtbot, window):
+    from PySide6.QtGui import QGuiApplication
+
+    QGuiApplication.clipboard().setImage(QImage(str(TUMOUR_PATCH)))
+    window.actions_.paste.trigger()  # Ctrl+V
+    outcome = wait_for_results(qtbot, window)
+    assert outcome.request.kind == "pixels" and len(outcome.result.hits) == 10
+
+
+def test_dialogs_settings_training_and_about(qtbot, window, tmp_path, monkeypatch):
+    from hashview.gui.dialogs import SettingsDialog, TrainDialog, about_html
+    from hashview.models import build_model, list_models, save_model
+    from hashview.models.cards import ModelCard
+
+    dialog = SettingsDialog(window.settings, window)
+    qtbot.addWidget(dialog)
+    dialog.top_k.setValue(25)
+    dialog.device.setCurrentIndex(dialog.device.findData("cpu"))
+    dialog.apply()
+    window.apply_settings()
+    assert window.settings.top_k == 25 == window.results.k()
+    assert window.settings.device == "cpu"
+
+    train = TrainDialog(window, folder=str(KATHER))
+    qtbot.addWidget(train)
+    train.bits.setValue(32)
+    args = train.job_args()
+    assert args["arch"] == "hatdh" and args["bits"] == 32 and args["name"] == "hatdh-32-kather"
+    assert args["data_folder"] == str(KATHER) and args["epochs"] == 30
+
+    # a finished training job: its model is installed and listed
+    net = build_model("dch", 16, input_size=32)
+    out = tmp_path / "run" / "dch-16-test"
+    save_model(net, ModelCard(name="x", arch="dch", bits=16, input_size=32, trained=True), out)
+    from hashview.jobs import JobSpec
+
+    spec = JobSpec("train", {"data_folder": str(KATHER), "arch": "dch", "bits": 16,
+                             "out_dir": str(out.parent)})
+    window._on_job_finished(spec, {"model_path": str(out) + ".safetensors"}, "done")
+    assert "dch-16-test" in {card.name for card in list_models()}
+    assert "dch-16-test" in window.statusBar().currentMessage()
+
+    card = next(c for c in list_models() if c.name == window.library_info["model"]["name"])
+    html = about_html(card)
+    assert card.name in html and ("untrained" in html) != card.trained and "CC-BY 4.0" in html
