@@ -184,6 +184,21 @@ def cmd_info(args) -> int:
     return EXIT_OK
 
 
+def _metrics_summary(metrics: dict) -> str:
+    """mAP and vote accuracy from a card, mean ± std over its splits when it has several."""
+    mean, std = metrics.get("splits_mean") or {}, metrics.get("splits_std") or {}
+    parts = []
+    for key, name in (("map", "mAP"), ("vote_accuracy@10", "vote@10"),
+                      ("balanced_accuracy@10", "balanced@10")):
+        if isinstance(mean.get(key), (int, float)):
+            spread = f" ± {std[key]:.3f}" if isinstance(std.get(key), (int, float)) else ""
+            parts.append(f"{name} {mean[key]:.3f}{spread}")
+    if parts:
+        seeds = metrics.get("split_seeds") or []
+        parts.append(f"({metrics.get('protocol', '?')} protocol, {len(seeds)} split(s))")
+    return "  ".join(parts)
+
+
 def cmd_models(args) -> int:
     from hashview.models import DEFAULT_MODEL, list_models
 
@@ -193,11 +208,9 @@ def cmd_models(args) -> int:
         return EXIT_OK
     for card in cards:
         default = "*" if card.name == DEFAULT_MODEL else " "
-        status = "trained" if card.trained else "untrained (seeded initial weights)"
-        metrics = ", ".join(f"{k}={v}" for k, v in (card.metrics or {}).items()
-                            if isinstance(v, (int, float)))
-        print(f"{default} {card.name:<14} {card.arch:<7} {card.bits:>4} bits  {status}"
-              f"{'  ' + metrics if metrics else ''}")
+        status = "trained" if card.trained else "untrained"
+        print(f"{default} {card.name:<12} {card.arch:<6} {card.bits:>4} bits  {status:<9}"
+              f"  {_metrics_summary(card.metrics or {})}")
     print("* default model")
     return EXIT_OK
 
@@ -265,7 +278,7 @@ def cmd_eval(args) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     mean, std = result["mean"], result["std"]
     n = len(result.get("splits", [])) or 1
-    print(f"{result.get('model', args.baseline)} on {args.data} ({n} split(s), "
+    print(f"{result.get('name') or args.baseline} on {args.data} ({n} split(s), "
           f"{result.get('split_source', args.protocol)})")
     for key in sorted(mean):
         if isinstance(mean[key], (int, float)):

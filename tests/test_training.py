@@ -200,6 +200,8 @@ def _net_tensors(out_dir):
     ("hatdh", {"aux_ce_weight": 0.5}, "epoch 1/2 loss"),          # between epochs
     ("hatdh", {"triplet_mode": "batch-hard"}, "epoch 2/2 batch 1/2"),  # mid-epoch
     ("dch", {"pretrain_epochs": 1}, "epoch 1/2 loss"),              # across the DCH stages
+    ("dch", {"pretrain_epochs": 1, "ema_decay": 0.9, "label_smoothing": 0.1},
+     "epoch 2/2 batch 1/"),                                          # EMA restored mid-epoch
 ])
 def test_resume_matches_an_uninterrupted_run(entries, tmp_path, arch, extra, cancel):
     cfg = tiny_config(arch=arch, **extra)
@@ -218,6 +220,17 @@ def test_resume_matches_an_uninterrupted_run(entries, tmp_path, arch, extra, can
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6, rtol=0), k
     assert resumed.card.sha256 == straight.card.sha256
     assert resumed.history == pytest.approx(straight.history, abs=1e-6)
+
+
+def test_ema_model_is_saved_and_differs_from_the_raw_weights(entries, tmp_path):
+    result = train(tiny_config(ema_decay=0.5), entries, tmp_path)
+    raw = _net_tensors(tmp_path)  # the checkpoint keeps the raw (optimised) weights
+    saved = {f"net.{k}": v for k, v in result.net.state_dict().items()}
+    differs = [k for k, v in saved.items() if v.is_floating_point()
+               and not torch.allclose(v.float(), raw[k].float().half().float(), atol=1e-4)]
+    assert differs
+    with pytest.raises(ModelError, match="ema_decay"):
+        tiny_config(ema_decay=1.0).resolved()
 
 
 def test_cancel_writes_a_loadable_checkpoint(entries, tmp_path):

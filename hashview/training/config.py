@@ -51,6 +51,9 @@ class TrainConfig:
     lambda3: Optional[float] = None
     beta: Optional[float] = None
     aux_ce_weight: float = 0.0            # our addition: CE of a linear head on the tanh codes
+    # Regularisers for small data (our additions, off by default)
+    label_smoothing: float = 0.0          # on every cross-entropy (DCH stages, HATDH aux CE)
+    ema_decay: float = 0.0                # > 0: the saved model is an EMA of the weights
     # DCH
     gamma: float = 1e-4
     pretrain_epochs: Optional[int] = None  # stage 1 epochs (of `epochs`); None: epochs // 3
@@ -108,5 +111,9 @@ class TrainConfig:
             raise bad("sampler must be 'balanced' or 'shuffle'")
         if self.arch == "dch" and not 0 <= self.pretrain_epochs < self.epochs:
             raise bad("pretrain_epochs must be in [0, epochs)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise bad("label_smoothing must be in [0, 1)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise bad("ema_decay must be in [0, 1)")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise bad("steps_per_epoch must be >= 1")

@@ -66,7 +66,7 @@ class _Run:
         if cfg.arch == "dch":
             # Stage-1 head (paper: conv -> FC2048 -> softmax, before the LBE is inserted).
             self.head: Optional[nn.Module] = nn.Linear(2048, n_classes)
-            self.hatdh_loss, self.dch_loss = None, DCHLoss(cfg.gamma)
+            self.hatdh_loss, self.dch_loss = None, DCHLoss(cfg.gamma, cfg.label_smoothing)
         else:
             # Our addition, off by default: a linear classifier on the tanh codes (aux CE).
             self.head = nn.Linear(cfg.bits, n_classes) if cfg.aux_ce_weight > 0 else None
@@ -93,6 +93,11 @@ class _Run:
         self.gen_augment = self.gen_triplets = None
         self._saved_gens: dict[str, torch.Tensor] = {}  # mid-epoch generator states (resume)
         self._build_optimizer(self.stage)
+        # EMA of the net's parameters and buffers (our addition; cfg.ema_decay > 0). It restarts
+        # at DCH's stage boundary (the LBE and softmax only train in stage 2).
+        self.ema: Optional[dict[str, torch.Tensor]] = None
+        if cfg.ema_decay > 0:
+            self.reset_ema()
         mean = torch.tensor(DEFAULT_MEAN, device=device).view(1, 3, 1, 1)
         std = torch.tensor(DEFAULT_STD, device=device).view(1, 3, 1, 1)
         self.mean, self.std = mean, std
@@ -141,6 +146,24 @@ class _Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
         self.stage = stage
 
+    def reset_ema(self) -> None:
+        self.ema = {k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
+                    for k, v in self.net.state_dict().items()}
+        self.ema_steps = 0
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        if self.ema is None:
+            return
+        self.ema_steps += 1
+        # warm-up (as in TF's ExponentialMovingAverage num_updates): early steps follow closely
+        decay = min(self.cfg.ema_decay, (1 + self.ema_steps) / (10 + self.ema_steps))
+        for k, v in self.net.state_dict().items():
+            if v.is_floating_point():
+                self.ema[k].mul_(decay).add_(v.detach().float(), alpha=1 - decay)
+            else:
+                self.ema[k].copy_(v)
+
     def _start_finetune(self) -> None:
         """DCH stage 2: the LBE is now in the graph; re-initialise the softmax (seeded)."""
         g = epoch_generator(self.cfg.seed, self.cfg.pretrain_epochs, _REINIT)
@@ -151,19 +174,23 @@ class _Run:
             layer.weight.copy_(weight)
             layer.bias.zero_()
         self._build_optimizer("finetune")
+        if self.ema is not None:
+            self.reset_ema()
 
     # -- one step
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
         if self.stage == "pretrain":
             feats = self.net.fc(self.net.pool(self.net.features(x)))
-            return F.cross_entropy(self.head(feats).float(), y), {}
+            return F.cross_entropy(self.head(feats).float(), y,
+                                   label_smoothing=self.cfg.label_smoothing), {}
         if self.stage == "finetune":
             codes, logits = self.net.codes_and_class_logits(x)
             return self.dch_loss(logits, codes, y)
         codes = self.net(x)
         loss, parts = self.hatdh_loss(codes, y, self.gen_triplets)
         if self.head is not None:
-            ce = F.cross_entropy(self.head(codes.float()), y)
+            ce = F.cross_entropy(self.head(codes.float()), y,
+                                 label_smoothing=self.cfg.label_smoothing)
             loss = loss + self.cfg.aux_ce_weight * ce
             parts["aux_ce"] = float(ce.detach())
         return loss, parts
@@ -187,6 +214,7 @@ class _Run:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        self.update_ema()
         return float(loss.detach())
 
     @torch.no_grad()
@@ -225,6 +253,9 @@ class _Run:
         t = {f"net.{k}": v for k, v in self.net.state_dict().items()}
         if self.head is not None:
             t.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+        if self.ema is not None:
+            t.update({f"ema.{k}": v for k, v in self.ema.items()})
+            t["ema_steps"] = torch.tensor(self.ema_steps, dtype=torch.int64)
         t["rng.torch"] = torch.get_rng_state()
         if self.is_cuda:
             t["rng.cuda"] = torch.cuda.get_rng_state(self.device)
@@ -249,6 +280,9 @@ class _Run:
         if self.head is not None:
             self.head.load_state_dict({k[5:]: v for k, v in tensors.items()
                                        if k.startswith("head.")})
+        if self.ema is not None and "ema_steps" in tensors:
+            self.ema = {k[4:]: v.clone() for k, v in tensors.items() if k.startswith("ema.")}
+            self.ema_steps = int(tensors["ema_steps"])
         torch.set_rng_state(tensors["rng.torch"])
         if self.is_cuda and "rng.cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
@@ -359,6 +393,8 @@ def train(config: TrainConfig, train_entries: Sequence, out_dir, progress: Optio
 
 def _finish(run: _Run, cfg: TrainConfig, data: PatchDataset, device: torch.device,
             out_dir: Path, split: Optional[dict]) -> TrainResult:
+    if run.ema is not None:  # ship the averaged weights
+        run.net.load_state_dict({k: v.to(run.device) for k, v in run.ema.items()})
     run.net.eval()
     training = {"config": cfg.to_dict(), "epochs": cfg.epochs, "seconds": round(run.seconds, 2),
                 "device": str(device), "torch_threads": torch.get_num_threads(),

@@ -172,13 +172,14 @@ class DCHLoss(nn.Module):
     - The classifier consumes the relaxed codes b (notes B.10.6); sgn is a constant.
     """
 
-    def __init__(self, gamma: float = 1e-4):
+    def __init__(self, gamma: float = 1e-4, label_smoothing: float = 0.0):
         super().__init__()
         self.gamma = float(gamma)
+        self.label_smoothing = float(label_smoothing)  # our addition; 0 = the paper's CE
 
     def forward(self, class_logits: torch.Tensor, codes: torch.Tensor, labels: torch.Tensor
                 ) -> tuple[torch.Tensor, dict]:
-        ce = F.cross_entropy(class_logits.float(), labels)
+        ce = F.cross_entropy(class_logits.float(), labels, label_smoothing=self.label_smoothing)
         quant = quantization_error(codes.float()).mean()
         loss = ce + 0.5 * self.gamma * quant
         return loss, {"ce": float(ce.detach()), "quant": float(quant.detach())}
