@@ -217,7 +217,6 @@ def evaluate_baseline(name: str = "lsh-pixels", data_folder: Union[str, Path] = 
     dataset = load_dataset(data_folder)
     splits = resolve_splits(dataset, split, protocol, seeds, train_fraction)
     features = pixel_features(dataset.entries, pixel_size, progress)
-    labels = np.asarray(dataset.labels)
     per_split = []
     metric_args = dict(k_list=tuple(k_list), radius=radius, vote_k=vote_k)
     for split_ in splits:

@@ -19,7 +19,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from hashview.encode import Encoder
-from hashview.errors import HashViewError, SourceError
+from hashview.errors import HashViewError
 from hashview.library import Library, fingerprint_file
 from hashview.models import DEFAULT_MODEL, LoadedModel, load_model
 from hashview.progress import ProgressCallback, report

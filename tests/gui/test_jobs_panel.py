@@ -3,41 +3,20 @@
 from __future__ import annotations
 
 import sys
-import time
 
 import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import Qt, QTimer  # noqa: E402
+from PySide6.QtCore import Qt  # noqa: E402
 
 import hashview.gui.jobs_panel as jobs_panel_module  # noqa: E402
-from conftest import KATHER, SLIDE  # noqa: E402
+from conftest import KATHER, SLIDE, StallMeter  # noqa: E402
 from hashview.gui.jobs_panel import JobsPanel, format_eta  # noqa: E402
 from hashview.jobs import JobSpec, jobs_dir  # noqa: E402
 from hashview.library import Library  # noqa: E402
 
 JOB_TIMEOUT_MS = 120_000
-
-
-class StallMeter:
-    """A 10 ms timer on the UI thread; the longest gap between ticks is the worst UI stall."""
-
-    def __init__(self):
-        self.max_gap = 0.0
-        self._last = time.monotonic()
-        self.timer = QTimer()
-        self.timer.setInterval(10)
-        self.timer.timeout.connect(self._tick)
-        self.timer.start()
-
-    def _tick(self):
-        now = time.monotonic()
-        self.max_gap = max(self.max_gap, now - self._last)
-        self._last = now
-
-    def stop(self):
-        self.timer.stop()
 
 
 @pytest.fixture
