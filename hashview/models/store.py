@@ -6,14 +6,13 @@ package, or ``hashview/_resources/models`` in an installed copy) and then in the
 (``$HASHVIEW_HOME/models``, else ``$XDG_DATA_HOME/hashview/models``, else
 ``~/.local/share/hashview/models``).
 
-Until trained weights are shipped, ``DEFAULT_MODEL`` ("hatdh-64") with no file on disk is built
-from a fixed seed (``torch.manual_seed(0)``); its card says ``trained: false``.
+``DEFAULT_MODEL`` is the bundled model the app and the CLI use unless told otherwise: the one
+that measured best on the Kather subset (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -34,8 +33,7 @@ from hashview.models.cards import ModelCard
 from hashview.models.registry import build_model
 from hashview.fileio import atomic_write_bytes, user_data_dir
 
-DEFAULT_MODEL = "hatdh-64"
-DEFAULT_SEED = 0
+DEFAULT_MODEL = "dch-64"
 WEIGHTS_SUFFIX = ".safetensors"
 CARD_SUFFIX = ".json"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".tar")
@@ -176,35 +174,6 @@ def _load_files(stem: Path, source: str) -> LoadedModel:
     return LoadedModel(net.eval(), card, weights_path)
 
 
-@functools.lru_cache(maxsize=1)
-def _default_model_bytes() -> bytes:
-    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG state untouched
-        torch.manual_seed(DEFAULT_SEED)
-        net = build_model("hatdh", 64)
-    return state_dict_bytes(net, fp16=True)
-
-
-def default_model_card() -> ModelCard:
-    arch, bits = DEFAULT_MODEL.split("-")
-    return ModelCard(
-        name=DEFAULT_MODEL, arch=arch, bits=int(bits), input_size=224,
-        arch_kwargs={"width_mult": 0.5, "attention": True},
-        description=("UNTRAINED placeholder: HATDH (MobileNetV1-0.5 + HCAM), 64 bits, weights "
-                     f"from torch.manual_seed({DEFAULT_SEED}). Codes reflect random features, "
-                     "not learned tissue similarity; replace with a trained model."),
-        training={"seed": DEFAULT_SEED, "epochs": 0},
-        sha256=hashlib.sha256(_default_model_bytes()).hexdigest(),
-        trained=False, source="builtin")
-
-
-def _load_default_model() -> LoadedModel:
-    card = default_model_card()
-    net = _build_for_card(card, DEFAULT_MODEL)
-    # Load the fp16-rounded bytes, so this net equals one saved and reloaded with save_model.
-    _load_state_into(net, _default_model_bytes(), DEFAULT_MODEL)
-    return LoadedModel(net.eval(), card, None)
-
-
 def _find_named(name: str) -> Optional[tuple[Path, str]]:
     dirs = [(d, "bundled") for d in bundled_models_dirs()] + [(user_models_dir(), "user")]
     for directory, source in dirs:
@@ -233,8 +202,6 @@ def load_model(name_or_path: PathLike, device: Union[str, torch.device, None] = 
         found = _find_named(text)
         if found is not None:
             loaded = _load_files(*found)
-        elif text == DEFAULT_MODEL:
-            loaded = _load_default_model()
         else:
             names = ", ".join(sorted({c.name for c in list_models()})) or "none"
             raise ModelError(None, f"unknown model {text!r} (available: {names})")
@@ -245,8 +212,7 @@ def load_model(name_or_path: PathLike, device: Union[str, torch.device, None] = 
 
 
 def list_models() -> list[ModelCard]:
-    """Cards of all bundled and user models (bundled first; unreadable cards are skipped),
-    plus the untrained built-in default when no file provides it."""
+    """Cards of all bundled and user models (bundled first; unreadable cards are skipped)."""
     cards: dict[str, ModelCard] = {}
     dirs = [(d, "bundled") for d in bundled_models_dirs()] + [(user_models_dir(), "user")]
     for directory, source in dirs:
@@ -261,8 +227,6 @@ def list_models() -> list[ModelCard]:
                 continue
             card.name, card.source = card_path.stem, source
             cards[card.name] = card
-    if DEFAULT_MODEL not in cards:
-        cards[DEFAULT_MODEL] = default_model_card()
     return list(cards.values())
 
 
