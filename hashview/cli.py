@@ -17,6 +17,7 @@ from hashview import __version__
 from hashview.errors import HashViewError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+EXPLAIN_PANEL = 256  # side of each of the four panels of ``hashview explain --out``
 
 
 def _add_tiling_args(p: argparse.ArgumentParser) -> None:
@@ -106,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, default=64, help="code length of the baseline")
     p.add_argument("--plot", metavar="PNG", default=None, help="write P@k and P-R curves")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("explain", help="Grad-CAM maps of what makes a hit match its query")
+    p.add_argument("query", metavar="QUERY", help="image file, or SLIDE@x,y,w,h (level-0 region)")
+    p.add_argument("hit", metavar="HIT", help="image file, or SLIDE@x,y,w,h (level-0 region)")
+    p.add_argument("--model", "-m", default=None, help="model name or .safetensors path")
+    p.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++"])
+    p.add_argument("--out", "-o", default="overlay.png", metavar="PNG",
+                   help="side-by-side figure to write (default overlay.png)")
+    p.add_argument("--opacity", type=float, default=0.5, help="heat map opacity, 0..1")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("demo", help="index the bundled sample slide and patches, run a sample query")
@@ -297,8 +308,49 @@ def cmd_demo(args) -> int:
     return EXIT_OK
 
 
+def cmd_explain(args) -> int:
+    from hashview.errors import SourceError
+    from hashview.explain import explain_pair, load_input, side_by_side
+    from hashview.models import DEFAULT_MODEL, load_model
+
+    if not 0.0 <= args.opacity <= 1.0:
+        print(f"hashview: --opacity must be between 0 and 1, got {args.opacity}", file=sys.stderr)
+        return EXIT_USAGE
+    model = load_model(args.model or DEFAULT_MODEL)
+    query = load_input(args.query, model.card)
+    hit = load_input(args.hit, model.card)
+    result = explain_pair(model, query, hit, method=args.method, device="cpu")
+    stats = result.stats
+    caption = (f"{model.card.name}  {args.method}  similarity {result.similarity:+.3f}  "
+               f"hamming {stats['hamming']}/{stats['bits']}")
+    figure = side_by_side(query, hit, result, opacity=args.opacity, panel=EXPLAIN_PANEL,
+                          caption=caption)
+    try:
+        figure.save(args.out, format="PNG")
+    except (OSError, ValueError) as exc:
+        raise SourceError(args.out, f"cannot write the figure ({exc})") from exc
+    summary = {"query": args.query, "hit": args.hit, "model": model.card.name,
+               "method": args.method, "similarity": result.similarity,
+               "similarity_reverse": stats["similarity_ba"], "hamming": stats["hamming"],
+               "bits": stats["bits"], "query_map": stats["map_a"], "hit_map": stats["map_b"],
+               "query_map_empty": stats["a_empty"], "hit_map_empty": stats["b_empty"],
+               "out": str(args.out)}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return EXIT_OK
+    print(f"{caption}  -> {args.out}")
+    for name, key in (("query", "query_map"), ("hit", "hit_map")):
+        s = summary[key]
+        com = s["centre_of_mass"]
+        where = "none (empty map)" if com is None else f"({com[0]:.2f}, {com[1]:.2f})"
+        print(f"  {name:<5} map: mean {s['mean']:.3f}  max {s['max']:.3f}  "
+              f"above 0.5 {s['frac_above_0_5']:.1%}  centre of mass {where}")
+    return EXIT_OK
+
+
 COMMANDS = {"index": cmd_index, "search": cmd_search, "info": cmd_info, "models": cmd_models,
-            "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo}
+            "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo,
+            "explain": cmd_explain}
 
 
 def _open_app(paths: Sequence[str]) -> Optional[int]:

@@ -126,6 +126,7 @@ class MainWindow(SearchMixin, JobsMixin, QMainWindow):
             return
         self.settings.save_window_state(self.saveGeometry(), self.saveState())
         self.settings.sync()
+        self.results.explainer.shutdown(5000)
         self.thumbnails.shutdown(2000)
         self.controller.wait(5000)
         self.close_comparison()

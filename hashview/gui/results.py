@@ -2,6 +2,11 @@
 
 Hit thumbnails are read from their sources in the background (``ThumbnailLoader``), so a result
 list of slides appears at once with grey placeholders that fill in as pixels arrive.
+
+"Explain" blends Grad-CAM maps (:mod:`hashview.explain`) onto the thumbnails: each hit shows
+what in it matches the query, and the query shows what in it matches the top hit. The maps are
+computed in the background (``ExplainLoader``) after the grid is shown, cached per (query, hit),
+and re-blended without recomputing when the opacity changes.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ from PySide6.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QLabel, QLis
                                QListWidget, QListWidgetItem, QMenu, QSlider, QSpinBox,
                                QStackedWidget, QToolButton, QVBoxLayout, QWidget)
 
-from hashview.gui.thumbnails import ThumbnailLoader, pil_to_qimage
+from hashview.gui.explain_overlays import ExplainLoader
+from hashview.gui.thumbnails import ThumbnailLoader, pil_to_qimage, qimage_to_pil
 
 THUMB = 104
 QUERY_BACKGROUND = QColor(214, 230, 250)
-EXPLAIN_SOON = "Explanations: coming soon"
+EXPLAIN_TIP = ("Grad-CAM: colour what in each hit matches the query (red = most), and what "
+               "in the query matches the top hit")
 EMPTY_TEXT = ("<p><b>No search yet</b></p><p>Drop an image here, paste one (Ctrl+V), "
               "or right-click the slide and choose <i>Find similar region</i>. "
               "Shift+drag on the slide selects a larger region; Enter searches it.</p>")
@@ -47,14 +54,20 @@ class ResultsPanel(QWidget):
 
     hitActivated = Signal(object)
     optionsChanged = Signal(int, bool)
-    explainToggled = Signal(bool)          # reserved for Grad-CAM overlays
-    explainOpacityChanged = Signal(int)    # 0..100, reserved for Grad-CAM overlays
+    explainToggled = Signal(bool)          # Grad-CAM overlays on / off
+    explainOpacityChanged = Signal(int)    # 0..100, Grad-CAM overlay opacity
 
     def __init__(self, parent: Optional[QWidget] = None,
-                 loader: Optional[ThumbnailLoader] = None):
+                 loader: Optional[ThumbnailLoader] = None,
+                 explainer: Optional[ExplainLoader] = None):
         super().__init__(parent)
         self.loader = loader or ThumbnailLoader(self)
         self.loader.loaded.connect(self._on_thumbnail)
+        self.explainer = explainer or ExplainLoader(self, sources=self.loader.sources)
+        self.explainer.ready.connect(self._on_explained)
+        # (query digest, hit key) -> (query map, hit map); kept across searches (small arrays)
+        self._maps: dict[tuple[str, str], tuple] = {}
+        self._query_digest = ""
         self.outcome = None
         self._items_by_key: dict[str, list[QListWidgetItem]] = {}
         self._images: dict[str, QImage] = {}
@@ -95,17 +108,18 @@ class ResultsPanel(QWidget):
         self.export_button.setMenu(menu)
         self.export_button.setEnabled(False)
 
-        # Grad-CAM: the controls have their place, disabled until explanations exist.
+        # Grad-CAM overlays (hashview.explain), computed in the background when checked.
         self.explain = QCheckBox("Explain")
         self.explain_opacity = QSlider(Qt.Orientation.Horizontal)
         self.explain_opacity.setRange(0, 100)
         self.explain_opacity.setValue(50)
         self.explain_opacity.setMaximumWidth(90)
         for widget in (self.explain, self.explain_opacity):
-            widget.setEnabled(False)
-            widget.setToolTip(EXPLAIN_SOON)
+            widget.setToolTip(EXPLAIN_TIP)
         self.explain.toggled.connect(self.explainToggled)
+        self.explain.toggled.connect(self._on_explain_toggled)
         self.explain_opacity.valueChanged.connect(self.explainOpacityChanged)
+        self.explain_opacity.valueChanged.connect(lambda _v: self._refresh_icons())
 
         options = QHBoxLayout()
         options.addWidget(self.top_k)
@@ -113,8 +127,7 @@ class ResultsPanel(QWidget):
         options.addStretch(1)
         options.addWidget(self.export_button)
         opacity_label = QLabel("Opacity")
-        opacity_label.setEnabled(False)
-        opacity_label.setToolTip(EXPLAIN_SOON)
+        opacity_label.setToolTip(EXPLAIN_TIP)
         explain_row = QHBoxLayout()
         explain_row.addWidget(self.explain)
         explain_row.addWidget(opacity_label)
@@ -190,6 +203,8 @@ class ResultsPanel(QWidget):
 
     def clear(self) -> None:
         self.loader.cancel_pending()
+        self.explainer.cancel_pending()
+        self._query_digest = ""
         self.outcome = None
         self.grid.clear()
         self._items_by_key.clear()
@@ -233,6 +248,13 @@ class ResultsPanel(QWidget):
             self.grid.addItem(item)
             self._items_by_key.setdefault(key, []).append(item)
             self.loader.request(key, hit.source_path, (hit.x, hit.y, hit.size, hit.size), THUMB)
+        if outcome.query_images:
+            import hashlib
+
+            first = outcome.query_images[0]
+            self._query_digest = hashlib.sha1(first.tobytes()
+                                              + repr(first.size).encode()).hexdigest()
+        self._request_explanations()
         self.export_button.setEnabled(bool(result.hits))
         self.stack.setCurrentWidget(self.grid)
         self.grid.scrollToTop()
@@ -258,7 +280,69 @@ class ResultsPanel(QWidget):
             return  # from an older result
         self._images[key] = image
         for item in items:
-            item.setIcon(QIcon(QPixmap.fromImage(image)))
+            item.setIcon(QIcon(QPixmap.fromImage(self._displayed(key, image))))
+
+    # ---------------------------------------------------------------- explanations
+    def _request_explanations(self) -> None:
+        """Ask for the maps not cached yet (only while Explain is checked)."""
+        if not (self.explain.isChecked() and self.outcome and self._query_digest):
+            return
+        query = self.outcome.query_images[0]
+        for hit in self.hits():
+            key = f"hit:{hit.tile_index}"
+            if (self._query_digest, key) not in self._maps:
+                self.explainer.request(f"{self._query_digest}|{key}", self.outcome.library,
+                                       query, hit.source_path,
+                                       (hit.x, hit.y, hit.size, hit.size), THUMB)
+
+    def _on_explain_toggled(self, checked: bool) -> None:
+        if checked:
+            self._request_explanations()
+        else:
+            self.explainer.cancel_pending()
+        self._refresh_icons()
+
+    def _on_explained(self, key: str, query_map, hit_map) -> None:
+        digest, _, hit_key = key.partition("|")
+        self._maps[(digest, hit_key)] = (query_map, hit_map)
+        if digest == self._query_digest:
+            self._refresh_icons()
+
+    def _top_hit_key(self) -> Optional[str]:
+        hits = self.hits()
+        return f"hit:{hits[0].tile_index}" if hits else None
+
+    def explained_count(self) -> int:
+        """Hits of the current result whose overlay is ready."""
+        return sum(1 for key in self._items_by_key if (self._query_digest, key) in self._maps)
+
+    def _displayed(self, key: str, image: QImage) -> QImage:
+        """``image`` with its Grad-CAM overlay when Explain is on and the map is ready."""
+        if not self.explain.isChecked() or not self._query_digest:
+            return image
+        if key.startswith("query:"):
+            top = self._top_hit_key()
+            maps = self._maps.get((self._query_digest, top)) if key == "query:0" and top else None
+            heat = None if maps is None else maps[0]
+        else:
+            maps = self._maps.get((self._query_digest, key))
+            heat = None if maps is None else maps[1]
+        if heat is None:
+            return image
+        from hashview.explain import overlay
+
+        blended = overlay(qimage_to_pil(image), heat, self.explain_opacity.value() / 100.0)
+        return pil_to_qimage(blended)
+
+    def _refresh_icons(self) -> None:
+        for i in range(self.grid.count()):
+            item = self.grid.item(i)
+            hit = item.data(Qt.ItemDataRole.UserRole)
+            key = "query:0" if hit is None and i == 0 else (
+                f"hit:{hit.tile_index}" if hit is not None else None)
+            if key is None or key not in self._images:
+                continue
+            item.setIcon(QIcon(QPixmap.fromImage(self._displayed(key, self._images[key]))))
 
     def _on_item_clicked(self, item: QListWidgetItem) -> None:
         hit = item.data(Qt.ItemDataRole.UserRole)

@@ -192,10 +192,25 @@ def test_bad_dropped_file_warns_and_the_window_still_works(qtbot, window, tmp_pa
     assert "missing.svs: no such file" in message_boxes.of("warning")[-1][2]
 
 
-def test_grad_cam_controls_are_placeholders(window):
-    assert not window.results.explain.isEnabled()
-    assert window.results.explain.toolTip() == "Explanations: coming soon"
-    assert not window.results.explain_opacity.isEnabled()
+def test_explain_overlays_follow_the_grid(qtbot, window):
+    """Toggling Explain eventually changes a hit's displayed pixmap (and the query's)."""
+    results = window.results
+    assert results.explain.isEnabled() and results.explain_opacity.isEnabled()
+    window.handle_dropped_paths([str(TUMOUR_PATCH)])
+    wait_for_results(qtbot, window)
+    qtbot.waitUntil(lambda: results.thumbnails_loaded() == 10, timeout=SEARCH_MS)
+    item = results.hit_items()[0]
+    before = item.icon().pixmap(96, 96).toImage()
+    results.explain.setChecked(True)
+    qtbot.waitUntil(lambda: results.explained_count() == 10, timeout=SEARCH_MS)
+    qtbot.waitUntil(lambda: item.icon().pixmap(96, 96).toImage() != before, timeout=SEARCH_MS)
+    query_item = results.grid.item(0)
+    assert query_item.data(Qt.ItemDataRole.UserRole) is None
+    blended = item.icon().pixmap(96, 96).toImage()
+    results.explain_opacity.setValue(100)   # cached: re-blended at once, no recomputation
+    assert item.icon().pixmap(96, 96).toImage() != blended
+    results.explain.setChecked(False)
+    assert item.icon().pixmap(96, 96).toImage() == before
 
 
 def test_index_job_with_progress_and_cancel_keeps_the_ui_responsive(qtbot, window, tmp_path,
