@@ -26,13 +26,25 @@ def default_demo_library() -> Path:
 def build_demo_library(library_path: Optional[str | Path] = None,
                        progress: Optional[ProgressCallback] = None) -> tuple[Path, object]:
     """Index the demo slide and patches (sources already stored are skipped)."""
+    from hashview.errors import LibraryError
     from hashview.indexing import index_paths
-    from hashview.models import DEFAULT_MODEL
+    from hashview.library import Library
+    from hashview.models import DEFAULT_MODEL, load_model
 
     path = Path(library_path) if library_path else default_demo_library()
     path.parent.mkdir(parents=True, exist_ok=True)
-    result = index_paths([DEMO_SLIDE, DEMO_PATCHES], path, model=DEFAULT_MODEL,
-                         progress=progress)
+    model = load_model(DEFAULT_MODEL)
+    if path.exists():
+        # The demo library is derived from bundled files only: when a newer HashView ships a
+        # different default model, rebuild it rather than refuse it.
+        try:
+            with Library.open(path) as library:
+                stale = library.model_sha256 != model.card.sha256
+        except LibraryError:
+            stale = True
+        if stale:
+            path.unlink()
+    result = index_paths([DEMO_SLIDE, DEMO_PATCHES], path, model=model, progress=progress)
     return path, result
 
 

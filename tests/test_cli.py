@@ -94,3 +94,16 @@ def test_no_arguments_prints_help(capsys, monkeypatch):
     monkeypatch.setattr(cli, "_open_app", lambda paths: None)
     code, out, _ = run(capsys)
     assert code == 0 and "index" in out and "search" in out
+
+
+def test_demo_builds_its_library_and_finds_tumour_tiles(capsys, tmp_path, monkeypatch):
+    from hashview.demo import default_demo_library
+
+    monkeypatch.setenv("HASHVIEW_HOME", str(tmp_path))
+    # a stale demo library left by another model is rebuilt, not refused
+    default_demo_library().write_bytes(b"not a library")
+    code, out, err = run(capsys, "demo", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["index"]["failed"] == [] and len(result["index"]["added"]) == 33
+    assert result["vote"]["label"] == "01_TUMOR"
