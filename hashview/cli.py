@@ -123,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--library", default=None, metavar="LIB.h5",
                    help="where to build the demo library (default: the user data folder)")
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("install-desktop",
+                       help="add HashView to the application menu, file associations and icons "
+                            "(Linux, under $XDG_DATA_HOME)")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("uninstall-desktop", help="remove what install-desktop added")
+    p.add_argument("--json", action="store_true")
     return parser
 
 
@@ -348,9 +355,51 @@ def cmd_explain(args) -> int:
     return EXIT_OK
 
 
+def _print_refreshed(report: list) -> None:
+    for entry in report:
+        if entry["ran"] and not entry.get("returncode"):
+            print(f"ran {entry['tool']}")
+        elif entry["ran"]:
+            print(f"warning: {entry['tool']} failed: {entry.get('reason')}", file=sys.stderr)
+        else:
+            print(f"skipped {entry['tool']} ({entry['reason']})")
+
+
+def cmd_install_desktop(args) -> int:
+    from hashview.desktop import install
+
+    result = install()
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    for path in result["written"]:
+        print(f"wrote {path}")
+    for path in result["unchanged"]:
+        print(f"unchanged {path}")
+    _print_refreshed(result["refreshed"])
+    print(f"HashView is in the application menu (Exec={result['exec']})")
+    return EXIT_OK
+
+
+def cmd_uninstall_desktop(args) -> int:
+    from hashview.desktop import uninstall
+
+    result = uninstall()
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    for path in result["removed"]:
+        print(f"removed {path}")
+    if not result["removed"]:
+        print(f"nothing to remove under {result['data_home']}")
+    _print_refreshed(result["refreshed"])
+    return EXIT_OK
+
+
 COMMANDS = {"index": cmd_index, "search": cmd_search, "info": cmd_info, "models": cmd_models,
             "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo,
-            "explain": cmd_explain}
+            "explain": cmd_explain, "install-desktop": cmd_install_desktop,
+            "uninstall-desktop": cmd_uninstall_desktop}
 
 
 def _open_app(paths: Sequence[str]) -> Optional[int]:

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
+from hashview.desktop import window_icon_path
 from hashview.errors import HashViewError
 
 
@@ -108,6 +110,10 @@ def create_app(argv: Optional[list[str]] = None) -> QApplication:
     app.setApplicationName("HashView")
     app.setOrganizationName("HashView")
     app.setApplicationDisplayName("HashView")
+    app.setDesktopFileName("org.hashview.HashView")  # Wayland app id: matches the menu entry
+    icon = window_icon_path()
+    if icon is not None:
+        app.setWindowIcon(QIcon(str(icon)))
     return app
 
 
