@@ -14,9 +14,9 @@ import threading
 from typing import Optional
 
 from PIL import Image
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+from PySide6.QtCore import QObject, QRunnable, Signal
 
-from hashview.gui.thumbnails import Region, SourceCache, read_thumbnail
+from hashview.gui.thumbnails import BackgroundReader, Region, SourceCache, read_thumbnail
 
 
 class _ExplainJob(QRunnable):
@@ -50,7 +50,7 @@ class _ExplainJob(QRunnable):
             pass  # the loader was deleted meanwhile
 
 
-class ExplainLoader(QObject):
+class ExplainLoader(BackgroundReader):
     """``request(key, library, query_image, hit_path, region, side)`` -> ``ready`` later."""
 
     ready = Signal(str, object, object)
@@ -58,12 +58,9 @@ class ExplainLoader(QObject):
 
     def __init__(self, parent: Optional[QObject] = None, method: str = "gradcam",
                  sources: Optional[SourceCache] = None):
-        super().__init__(parent)
-        self.pool = QThreadPool(self)
-        self.pool.setMaxThreadCount(1)
+        # one thread: a Grad-CAM pass already uses every core through torch
+        super().__init__(parent, threads=1, sources=sources or SourceCache(capacity=4))
         self.method = method
-        self.sources = sources or SourceCache(capacity=4)
-        self.generation = 0
         self._models: dict = {}
         self._lock = threading.Lock()
 
@@ -83,12 +80,3 @@ class ExplainLoader(QObject):
                 region: Optional[Region] = None, side: int = 128) -> None:
         self.pool.start(_ExplainJob(self, key, library, query, path, region, side,
                                     self.generation))
-
-    def cancel_pending(self) -> None:
-        self.generation += 1
-        self.pool.clear()
-
-    def shutdown(self, msecs: int = 3000) -> None:
-        self.cancel_pending()
-        self.pool.waitForDone(msecs)
-        self.sources.clear()

@@ -118,11 +118,9 @@ class _Job(QRunnable):
             pass  # the loader was deleted while we were reading (window closed)
 
 
-class ThumbnailLoader(QObject):
-    """``request(key, path, region, side)`` -> later ``loaded(key, QImage)`` or ``failed``."""
-
-    loaded = Signal(str, QImage)
-    failed = Signal(str, str)
+class BackgroundReader(QObject):
+    """A thread pool for reads from sources, with a shared source cache and a generation
+    counter: ``cancel_pending`` drops queued jobs, and running ones finish but are ignored."""
 
     def __init__(self, parent: Optional[QObject] = None, threads: int = 2,
                  sources: Optional[SourceCache] = None):
@@ -131,10 +129,6 @@ class ThumbnailLoader(QObject):
         self.pool.setMaxThreadCount(threads)
         self.sources = sources or SourceCache()
         self.generation = 0
-
-    def request(self, key: str, path: str, region: Optional[Region] = None,
-                side: int = 128) -> None:
-        self.pool.start(_Job(self, key, path, region, side, self.generation))
 
     def cancel_pending(self) -> None:
         """Drop queued requests (running ones finish but are ignored by generation)."""
@@ -145,3 +139,14 @@ class ThumbnailLoader(QObject):
         self.cancel_pending()
         self.pool.waitForDone(msecs)
         self.sources.clear()
+
+
+class ThumbnailLoader(BackgroundReader):
+    """``request(key, path, region, side)`` -> later ``loaded(key, QImage)`` or ``failed``."""
+
+    loaded = Signal(str, QImage)
+    failed = Signal(str, str)
+
+    def request(self, key: str, path: str, region: Optional[Region] = None,
+                side: int = 128) -> None:
+        self.pool.start(_Job(self, key, path, region, side, self.generation))
