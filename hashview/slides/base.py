@@ -44,8 +44,9 @@ def composite_on_white(image: Image.Image) -> Image.Image:
 class Source(ABC):
     """An open slide or image. Use as a context manager, or call :meth:`close`.
 
-    Subclasses fill in the pyramid geometry and implement :meth:`_read_region`, which is only
-    called with validated arguments and must return an RGB image of exactly the requested size.
+    Subclasses set the pyramid geometry, mpp and properties in ``__init__`` (the attributes
+    below) and implement :meth:`_read_region`, which is only called with validated arguments and
+    must return an RGB image of exactly the requested size.
     """
 
     kind: str = "abstract"
@@ -53,17 +54,21 @@ class Source(ABC):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._closed = False
+        self._level_dimensions: tuple[tuple[int, int], ...] = ()
+        self._level_downsamples: tuple[float, ...] = (1.0,)
+        self._mpp: float | None = None
+        self._properties: Mapping[str, str] = frozen({})
 
     # --- geometry -------------------------------------------------------------------------
     @property
-    @abstractmethod
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
         """``(w, h)`` of every level, level 0 (full resolution) first."""
+        return self._level_dimensions
 
     @property
-    @abstractmethod
     def level_downsamples(self) -> tuple[float, ...]:
         """Downsample of every level relative to level 0 (level 0 is 1.0)."""
+        return self._level_downsamples
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -74,14 +79,14 @@ class Source(ABC):
         return len(self.level_dimensions)
 
     @property
-    @abstractmethod
     def mpp(self) -> float | None:
         """Level-0 microns per pixel, or ``None`` when the file does not record it reliably."""
+        return self._mpp
 
     @property
-    @abstractmethod
     def properties(self) -> Mapping[str, str]:
         """Read-only metadata (vendor properties for slides, a few tags for images)."""
+        return self._properties
 
     @property
     def associated_images(self) -> dict[str, Image.Image]:

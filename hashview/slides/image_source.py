@@ -14,7 +14,6 @@ import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -235,22 +234,6 @@ class ImageSource(Source):
             properties["image.mpp"] = f"{self._mpp:.6g}"
         self._properties = frozen(properties)
         self._level_dimensions = (self._image.size,)
-
-    @property
-    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
-        return self._level_dimensions
-
-    @property
-    def level_downsamples(self) -> tuple[float, ...]:
-        return (1.0,)
-
-    @property
-    def mpp(self) -> float | None:
-        return self._mpp
-
-    @property
-    def properties(self) -> Mapping[str, str]:
-        return self._properties
 
     def _read_region(self, location, level, size) -> Image.Image:
         x, y = location

@@ -7,7 +7,6 @@ working on a machine where the OpenSlide library cannot be loaded.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
 
 from PIL import Image
 
@@ -57,22 +56,6 @@ class OpenSlideSource(Source):
     def vendor(self) -> str | None:
         """OpenSlide's format name, e.g. ``"aperio"`` or ``"generic-tiff"``."""
         return self._format
-
-    @property
-    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
-        return self._level_dimensions
-
-    @property
-    def level_downsamples(self) -> tuple[float, ...]:
-        return self._level_downsamples
-
-    @property
-    def mpp(self) -> float | None:
-        return self._mpp
-
-    @property
-    def properties(self) -> Mapping[str, str]:
-        return self._properties
 
     @property
     def associated_images(self) -> dict[str, Image.Image]:
