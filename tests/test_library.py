@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 
 from hashview.errors import LibraryError, SourceError
 from hashview.library import Library, ModelInfo, SourceRecord, fingerprint_file
+from hashview.library.files import CONCURRENT_READS
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
@@ -91,8 +93,9 @@ def test_create_append_reopen_roundtrip(lib_path):
             add(lib, "c.svs", 1)
 
     with h5py.File(lib_path, "r") as f:  # the documented plain-h5py reading path
-        assert f.attrs["format"] == "hashview-library" and f.attrs["schema_version"] == 1
-        assert f["sources/status"].asstr()[:].tolist() == ["complete"] * 3
+        assert f.attrs["format"] == "hashview-library" and f.attrs["schema_version"] == 2
+        assert f["sources/status"][:].tolist() == [1] * 3
+        assert f["tiles/x"].dtype == np.int32 and "size" not in f["tiles"]
         assert f["tiles/codes"].chunks is not None and f["tiles/codes"].maxshape == (None, 8)
 
 
@@ -145,6 +148,9 @@ def test_bad_tiles_are_refused_and_nothing_is_stored(lib_path):
             (make_codes(3), [0.5, 1, 2], range(3), [1] * 3, None),
             (make_codes(3), range(3), range(3), [0] * 3, None),
             (make_codes(3), range(3), range(3), [1] * 3, ["a"]),
+            (make_codes(3), range(3), range(3), [1, 2, 1], None),  # one size per source
+            (make_codes(3), [0, 1, 2**31], range(3), [1] * 3, None),  # beyond int32
+            (make_codes(1), [0], [0], [1], ["bad\0label"]),
         ]
         for codes, xs, ys, sizes, labels in bad_calls:
             with pytest.raises(LibraryError) as e:
@@ -229,7 +235,7 @@ def _folder(p):
     (_empty, "not an HDF5 file (empty file)"),
     (_plain_h5, "not a HashView library (no format attribute)"),
     (_foreign_format, "not a HashView library (format is 'something-else')"),
-    (_future, "schema version 9 is newer than this HashView supports (1); upgrade HashView"),
+    (_future, "schema version 9 is newer than this HashView supports (2); upgrade HashView"),
     (_truncated, "truncated or corrupt"),
     (_missing, "no such file"),
     (_folder, "is a folder"),
@@ -262,14 +268,18 @@ def _simulate_interrupted_append(path: Path) -> None:
     """What a crash leaves: tiles written, source row partly written (status not set)."""
     with h5py.File(path, "a") as f:
         n = len(f["tiles/codes"])
-        for name in ("codes", "source_id", "x", "y", "size", "label_id"):
+        for name in ("codes", "source_id", "x", "y", "label_id"):
             ds = f["tiles"][name]
             ds.resize(n + 7, axis=0)
             ds[n:] = 99
-        for name in ("path", "fingerprint", "tile_start", "tile_count"):
+        for name in ("text_end", "tile_start", "tile_count"):
             ds = f["sources"][name]
             ds.resize(len(ds) + 1, axis=0)
-        f["sources/fingerprint"][-1] = "fp-orphan"
+        text = f["sources/text"]
+        orphan = np.frombuffer(b"/x\0\0fp-orphan\0\0\0", np.uint8)
+        text.resize(len(text) + len(orphan), axis=0)
+        text[-len(orphan):] = orphan
+        f["sources/text_end"][-1] = len(text)
         f["sources/tile_count"][-1] = 7
 
 
@@ -295,7 +305,7 @@ def test_interrupted_append_is_ignored_and_repaired(lib_path):
         assert [s.fingerprint for s in lib.sources()] == ["fp-a.svs", "fp-b.svs", "fp-c.svs"]
     with h5py.File(lib_path, "r") as f:
         assert {len(f["tiles"][n]) for n in ("codes", "x", "label_id")} == {12}
-        assert {len(f["sources"][n]) for n in ("path", "status", "tile_count")} == {3}
+        assert {len(f["sources"][n]) for n in ("text_end", "status", "tile_count")} == {3}
 
 
 _WRITER = textwrap.dedent("""
@@ -393,3 +403,201 @@ def test_add_sources_commits_a_batch(lib_path):
         np.testing.assert_array_equal(lib.codes()[2:], np.concatenate(
             [make_codes(1, seed=i) for i in range(50)]))
         assert lib.stats()["labels"] == {"a": 25, "b": 25}
+
+
+# ------------------------------------------------------------------ schema 1, upgrade, footprint
+SCHEMA1_FIXTURE = Path(__file__).parent / "data" / "library-schema1.h5.gz"
+
+
+def _schema1_copy(tmp_path: Path) -> Path:
+    """A library written by HashView 0.1 (schema 1): 3 sources, 8 tiles, 2 labels."""
+    path = tmp_path / "old.h5"
+    path.write_bytes(gzip.decompress(SCHEMA1_FIXTURE.read_bytes()))
+    return path
+
+
+def _contents(lib: Library) -> tuple:
+    table = lib.tile_table()
+    labels = lib.label_names()
+    return ([(s.path, s.name, s.fingerprint, s.kind, s.label, s.patient_id, s.mpp, s.width,
+              s.height, s.byte_size, s.mtime, s.mpp_assumed, s.tile_start, s.tile_count, s.added)
+             for s in lib.sources()], lib.codes().tolist(),
+            {k: v.tolist() for k, v in table.items() if k != "label_id"},
+            [labels[i] if i >= 0 else None for i in table["label_id"]], labels)
+
+
+def test_schema1_library_opens_for_reading(tmp_path):
+    path = _schema1_copy(tmp_path)
+    before = file_digest(path)
+    with Library.open(path) as lib:
+        assert (lib.schema_version, lib.n_sources, lib.n_tiles, lib.code_kind) == (1, 3, 8, "binary")
+        assert (lib.tile_size, lib.target_mpp, lib.label_names()) == (256, 0.25, ["tumor", "stroma"])
+        assert lib.source(0).patient_id == "P1" and lib.source(1).kind == "patch"
+        assert lib.tile_table()["x"].tolist() == [0, 224, 448, 672, 896, 0, 1, 2]
+        assert lib.tile(6) == lib.tile(6).__class__(6, 1, 1, 0, 10, None)
+        assert lib.stats()["labels"] == {"tumor": 6, "stroma": 1}
+        assert lib.codes().shape == (8, 8)
+        from hashview.search import Searcher
+
+        searcher = Searcher(lib)
+        hits = searcher.search(lib.codes()[6], k=1)[0]
+    assert (hits[0].tile_index, hits[0].distance, hits[0].source_name) == (6, 0, "b.png")
+    assert file_digest(path) == before  # reading never writes
+
+
+def test_appending_upgrades_schema1_in_place(tmp_path):
+    path = _schema1_copy(tmp_path)
+    with Library.open(path) as lib:
+        old = _contents(lib)
+    with Library.open(path, "a") as lib:
+        assert lib.schema_version == 2 and _contents(lib) == old
+        add(lib, "new.svs", 2, label="stroma")
+    with Library.open(path) as lib:
+        assert lib.schema_version == 2 and lib.n_sources == 4
+        contents = _contents(lib)
+        assert contents[0][:3] == old[0] and contents[1][:8] == old[1]
+        assert contents[4] == ["tumor", "stroma"] and lib.tile(9).label == "stroma"
+    with h5py.File(path, "r") as f:
+        assert f.attrs["upgraded_from_schema"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["old.h5"]
+
+
+def test_failed_upgrade_leaves_the_schema1_file_untouched(tmp_path, monkeypatch):
+    path = _schema1_copy(tmp_path)
+    before = file_digest(path)
+
+    def failing_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("hashview.library.legacy.os.replace", failing_replace)
+    with pytest.raises(LibraryError) as e:
+        Library.open(path, "a")
+    assert str(e.value) == (f"{path}: cannot upgrade to schema 2 (No space left on device); the "
+                            "schema-1 file is unchanged")
+    assert file_digest(path) == before and [p.name for p in tmp_path.iterdir()] == ["old.h5"]
+
+
+def test_write_schema1_round_trip(tmp_path):
+    from hashview.library.legacy import write_schema1
+
+    with Library.create(tmp_path / "new.h5", **MODEL_A) as lib:
+        add(lib, "a.svs", 5, seed=1, label="tumor", patient_id="P1", mpp=0.25)
+        lib.add_source({"path": "/p/b.png", "fingerprint": "fp-b", "kind": "patch"},
+                       make_codes(3, seed=2), [0, 1, 2], [0, 0, 0], [10, 10, 10],
+                       tile_labels=["stroma", None, "tumor"])
+        add(lib, "empty.svs", 0)
+        write_schema1(lib, tmp_path / "old.h5")
+        new = _contents(lib)
+    with Library.open(tmp_path / "old.h5") as old:
+        assert old.schema_version == 1 and _contents(old) == new
+
+
+def test_slide_tiles_take_at_most_24_bytes_each_at_64_bits(lib_path):
+    n_slides, per_slide = 20, 10_000
+    with Library.create(lib_path, **MODEL_A) as lib:
+        for i in range(n_slides):
+            add(lib, f"slide-{i}.svs", per_slide, seed=i, label="tumor")
+    assert lib_path.stat().st_size / (n_slides * per_slide) <= 24.0
+
+
+def test_patch_sources_cost_a_few_hundred_bytes(lib_path):
+    n = 2000
+    with Library.create(lib_path, **MODEL_A) as lib:
+        lib.add_sources([({"path": f"/data/idc/{i // 50}/{i}_idx5_x1001_y1001_class0.png",
+                           "fingerprint": hashlib.sha256(str(i).encode()).hexdigest(),
+                           "kind": "patch", "label": "IDC", "patient_id": str(i // 50)},
+                          make_codes(1, seed=i), [0], [0], [50]) for i in range(n)])
+    assert lib_path.stat().st_size / n < 300  # schema 1: over 2,000
+
+
+# ------------------------------------------------------------------ float descriptors
+class FloatCard:  # duck-typed like a ModelCard of a float-descriptor model
+    name, arch, bits, sha256, code_kind = "lgffem", "lgffem", 16, SHA_B, "float"
+
+
+def test_float_library_round_trip(lib_path):
+    rng = np.random.default_rng(0)
+    descriptors = rng.normal(size=(7, 16)).astype(np.float32)
+    with Library.create(lib_path, FloatCard()) as lib:
+        assert (lib.code_kind, lib.bits, lib.code_bytes) == ("float", 16, 32)
+        lib.add_source({"path": "/s.svs", "fingerprint": "fp-s"}, descriptors, range(7),
+                       range(7), [224] * 7)
+    with Library.open(lib_path) as lib:
+        codes = lib.codes()
+        assert codes.dtype == np.float32 and codes.shape == (7, 16)
+        np.testing.assert_array_equal(codes, descriptors.astype(np.float16).astype(np.float32))
+        assert lib.model.describe().startswith("model 'lgffem' (16-d float")
+        assert lib.stats()["code_kind"] == "float"
+    with h5py.File(lib_path, "r") as f:
+        assert f.attrs["code_kind"] == "float" and f["tiles/codes"].dtype == np.float16
+    with Library.open_or_create(lib_path, FloatCard()) as lib:  # same model appends
+        lib.add_source({"path": "/t.svs", "fingerprint": "fp-t"}, descriptors[:2], [0, 1],
+                       [0, 0], [224, 224])
+        assert lib.n_tiles == 9
+
+
+def test_bad_float_descriptors_are_refused(lib_path):
+    with Library.create(lib_path, "m", "lgffem", 4, SHA_A, code_kind="float") as lib:
+        rec = {"path": "/x.svs", "fingerprint": "fp-x"}
+        for codes, reason in [(np.ones((2, 5)), r"shape \(n, 4\)"),
+                              (np.full((2, 4), np.inf), "finite"),
+                              (np.full((2, 4), 1e6), "float16 range"),
+                              (np.array([["a"] * 4] * 2), "must be numbers")]:
+            with pytest.raises(LibraryError, match=reason):
+                lib.add_source(rec, codes, [0, 1], [0, 0], [1, 1])
+        assert lib.n_sources == 0
+    with pytest.raises(LibraryError, match="code_kind must be"):
+        Library.create(lib_path.with_name("k.h5"), "m", "x", 4, SHA_A, code_kind="ternary")
+    # binary libraries are still created from a card without code_kind
+    with Library.create(lib_path.with_name("b.h5"), **MODEL_A) as lib:
+        assert lib.code_kind == "binary"
+
+
+def test_generation_counts_commits(lib_path):
+    with Library.create(lib_path, **MODEL_A) as lib:
+        assert lib.generation == 0
+        add(lib, "a.svs", 2)
+        lib.add_sources([])  # nothing to commit
+        add(lib, "b.svs", 0)
+        assert lib.generation == Library.current_generation(lib_path) == 2
+    with Library.open(lib_path) as lib:
+        assert lib.generation == 2 and not lib.has_changed()
+    lib_path.unlink()
+    assert lib.has_changed()
+
+
+# ------------------------------------------------------------------ stale temporary files
+@pytest.mark.skipif(not CONCURRENT_READS, reason="needs Linux OFD locks")
+def test_stale_temporaries_of_a_killed_creation_are_removed(tmp_path):
+    lib_path = tmp_path / "lib.h5"
+    stale = [tmp_path / "lib.h5.a1b2c3d4.tmp", tmp_path / "lib.h5.zz_9XY_0.tmp"]
+    others = [tmp_path / "lib.h5.notes.txt", tmp_path / "other.h5.a1b2c3d4.tmp",
+              tmp_path / "lib.h5.toolongname.tmp"]
+    for p in (*stale, *others):
+        p.write_bytes(b"\x89HDF partial")
+    # a temporary that a live process is still building (it holds the writer lock)
+    live = tmp_path / "lib.h5.livelive.tmp"
+    live.write_bytes(b"")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""
+            import sys
+            from hashview.library.files import FileLocks, WRITER_BYTE
+            locks = FileLocks(sys.argv[1], writable=True)
+            locks.acquire(WRITER_BYTE, exclusive=True)
+            print("locked", flush=True)
+            sys.stdin.readline()
+        """), str(live)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        Library.create(lib_path, **MODEL_A).close()
+        assert not any(p.exists() for p in stale)
+        assert live.exists() and all(p.exists() for p in others)
+    finally:
+        holder.kill()  # SIGKILL while "building": its temporary is now stale
+        holder.wait()
+    with Library.open(lib_path, "r"):  # reading never deletes anything
+        assert live.exists()
+    with Library.open(lib_path, "a"):  # opening for writing cleans up too
+        pass
+    assert not live.exists() and all(p.exists() for p in others)

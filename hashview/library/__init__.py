@@ -1,12 +1,12 @@
 """The HashView library file (HDF5): codes, tile positions, sources, labels, model provenance.
 
-Schema and crash-safety rules: docs/library-format.md.
+Schema, crash-safety and concurrency rules: docs/library-format.md.
 """
 
 from hashview.library.fingerprint import fingerprint_file
-from hashview.library.records import (FORMAT_NAME, SCHEMA_VERSION, ModelInfo, SourceRecord,
-                                      TileRecord)
+from hashview.library.records import (CODE_KINDS, FORMAT_NAME, SCHEMA_VERSION, ModelInfo,
+                                      SourceRecord, TileRecord)
 from hashview.library.store import Library
 
-__all__ = ["FORMAT_NAME", "SCHEMA_VERSION", "Library", "ModelInfo", "SourceRecord",
+__all__ = ["CODE_KINDS", "FORMAT_NAME", "SCHEMA_VERSION", "Library", "ModelInfo", "SourceRecord",
            "TileRecord", "fingerprint_file"]

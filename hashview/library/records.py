@@ -12,13 +12,18 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional
 
 FORMAT_NAME = "hashview-library"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUS_COMPLETE = "complete"
+CODE_KINDS = ("binary", "float")
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """The model that made a library's codes, plus the tiling it was run with."""
+    """The model that made a library's codes, plus the tiling it was run with.
+
+    ``code_kind`` is "binary" (packed bits; ``bits`` = code length) or "float" (descriptors
+    compared by cosine; ``bits`` = their dimension).
+    """
 
     name: str
     arch: str
@@ -26,6 +31,7 @@ class ModelInfo:
     sha256: str
     tile_size: int = 224
     target_mpp: float = 0.5
+    code_kind: str = "binary"
 
     @classmethod
     def coerce(cls, obj: Any, **overrides) -> "ModelInfo":
@@ -41,25 +47,29 @@ class ModelInfo:
             for key in ("name", "arch", "sha256"):
                 if key in obj or f"model_{key}" in obj:
                     values[key] = obj.get(key, obj.get(f"model_{key}"))
-            for key in ("bits", "tile_size", "target_mpp"):
+            for key in ("bits", "tile_size", "target_mpp", "code_kind"):
                 if key in obj:
                     values[key] = obj[key]
         else:
             values = {key: getattr(obj, key) for key in ("name", "arch", "bits", "sha256")}
-            for key in ("tile_size", "target_mpp"):
+            for key in ("tile_size", "target_mpp", "code_kind"):
                 if getattr(obj, key, None) is not None:
                     values[key] = getattr(obj, key)
         values.update({k: v for k, v in overrides.items() if v is not None})
         missing = [k for k in ("name", "arch", "bits", "sha256") if values.get(k) is None]
         if missing:
             raise ValueError(f"model info is missing {', '.join(missing)}")
+        kind = str(values.get("code_kind") or "binary")
+        if kind not in CODE_KINDS:
+            raise ValueError(f"code_kind must be 'binary' or 'float', not {kind!r}")
         return cls(name=str(values["name"]), arch=str(values["arch"]), bits=int(values["bits"]),
                    sha256=str(values["sha256"]),
                    tile_size=int(values.get("tile_size", 224)),
-                   target_mpp=float(values.get("target_mpp", 0.5)))
+                   target_mpp=float(values.get("target_mpp", 0.5)), code_kind=kind)
 
     def describe(self) -> str:
-        return f"model '{self.name}' ({self.bits} bits, sha256 {self.sha256[:12]})"
+        size = f"{self.bits}-d float" if self.code_kind == "float" else f"{self.bits} bits"
+        return f"model '{self.name}' ({size}, sha256 {self.sha256[:12]})"
 
 
 @dataclass
@@ -109,6 +119,9 @@ class SourceRecord:
         rec.mpp = None if rec.mpp is None or not math.isfinite(float(rec.mpp)) else float(rec.mpp)
         rec.label = rec.label or None
         rec.patient_id = rec.patient_id or None
+        for key in ("path", "name", "fingerprint", "label", "patient_id"):
+            if "\0" in str(getattr(rec, key) or ""):  # NUL separates text fields on disk
+                raise ValueError(f"{key} contains a NUL character")
         return rec
 
 
@@ -122,17 +135,3 @@ class TileRecord:
     y: int
     size: int
     label: Optional[str]
-
-
-# The /sources columns in file order; ``status`` is written last so a row whose status reads
-# "complete" is known to be fully written (see docs/library-format.md, "Crash safety").
-SOURCE_COLUMNS: dict[str, str] = {
-    "path": "str", "name": "str", "byte_size": "int64", "mtime": "float64",
-    "fingerprint": "str", "mpp": "float64", "width": "int64", "height": "int64",
-    "kind": "str", "label": "str", "patient_id": "str", "tile_start": "int64",
-    "tile_count": "int64", "mpp_assumed": "bool", "added": "str", "status": "str",
-}
-
-TILE_COLUMNS: dict[str, str] = {
-    "source_id": "int32", "x": "int64", "y": "int64", "size": "int32", "label_id": "int16",
-}

@@ -1,29 +1,83 @@
-"""The on-disk schema: creating, checking and converting rows (docs/library-format.md)."""
+"""The on-disk schema (version 2): creating, checking, reading and encoding rows.
+
+docs/library-format.md is the specification. Schema 1 (read-only here) lives in ``legacy.py``.
+Design choices of schema 2, for small files (target: at most 24 bytes per tile at 64 bits):
+
+- per tile only what differs from tile to tile: code, ``source_id`` (int32), ``x``/``y``
+  (int32: slides are far below 2**31 px) and ``label_id`` (int16) = 22 bytes at 64 bits; the tile
+  side is the same for every tile of a source, so it is one ``tile_size`` per source;
+- no variable-length strings anywhere: a source's text fields are NUL-terminated UTF-8 in one
+  byte column (``/sources/text``) with an end offset per source, and label names likewise. That
+  removes HDF5's global heap, whose leftovers after a killed append forced one chunk per row
+  (about 0.85 KB per patch source) in schema 1, so every column now has ordinary 16 KiB chunks;
+- float descriptors are stored as float16 (half the bytes of float32; the cosine top-k they give
+  is measured in docs/benchmarks.md, "footprint") and handed out as float32.
+"""
 
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Optional
 
 import h5py
 import numpy as np
 
 from hashview import __version__
 from hashview.errors import LibraryError
-from hashview.library.records import (FORMAT_NAME, SCHEMA_VERSION, SOURCE_COLUMNS,
-                                      TILE_COLUMNS, ModelInfo, SourceRecord)
+from hashview.library.records import (FORMAT_NAME, SCHEMA_VERSION, ModelInfo, SourceRecord)
 
-STR = h5py.string_dtype("utf-8")
+TILE_COLUMNS: dict[str, str] = {"source_id": "int32", "x": "int32", "y": "int32",
+                                "label_id": "int16"}
+# Numeric /sources columns; ``status`` (1 = complete) is written last, after a flush: the commit.
+SOURCE_COLUMNS: dict[str, str] = {
+    "tile_start": "int64", "tile_count": "int32", "tile_size": "int32", "byte_size": "int64",
+    "mtime": "float64", "mpp": "float64", "width": "int32", "height": "int32",
+    "flags": "uint8", "added": "int64", "text_end": "int64", "status": "uint8",
+}
+TEXT_FIELDS = ("path", "name", "fingerprint", "label", "patient_id")
+FLAG_PATCH, FLAG_MPP_ASSUMED = 1, 2
+STATUS_COMMITTED = 1
+CHUNK_BYTES = 1 << 14  # 16 KiB: small libraries stay small; reads of 10**7 rows stay fast
+SOURCE_CHUNK_ROWS = 256
+FLOAT_DTYPE = np.float16
+INT32_MAX = np.iinfo(np.int32).max
+
+
+@dataclass
+class Snapshot:
+    """What a reader knows after loading a library: a committed prefix of the file."""
+
+    version: int
+    model: ModelInfo
+    sources: list[SourceRecord]
+    source_tile_size: Optional[np.ndarray]  # int32 per source (schema 2); None for schema 1
+    labels: list[str]
+    n_tiles: int
+    generation: int
+    created: str
+    updated: str
 
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def h5_dtype(kind: str):
-    return STR if kind == "str" else np.dtype(kind)
+def iso_to_epoch(text: str) -> int:
+    try:
+        return int(datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+                   .replace(tzinfo=timezone.utc).timestamp())
+    except (TypeError, ValueError):
+        return 0
+
+
+def epoch_to_iso(seconds: int) -> str:
+    if seconds <= 0:
+        return ""
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def reason_from_oserror(e: BaseException, writing: bool) -> str:
@@ -41,39 +95,43 @@ def reason_from_oserror(e: BaseException, writing: bool) -> str:
     return f"HDF5 file is unreadable or corrupt ({first})"
 
 
+def _column(group: h5py.Group, name: str, dtype, row_shape: tuple = (), rows: int = 0) -> None:
+    row_bytes = np.dtype(dtype).itemsize * int(np.prod(row_shape, dtype=np.int64))
+    chunk_rows = rows or max(1, CHUNK_BYTES // row_bytes)
+    group.create_dataset(name, shape=(0, *row_shape), maxshape=(None, *row_shape), dtype=dtype,
+                         chunks=(chunk_rows, *row_shape))
+
+
 def write_skeleton(f: h5py.File, info: ModelInfo) -> None:
     now = utc_now()
     f.attrs.update({
-        "format": FORMAT_NAME, "schema_version": SCHEMA_VERSION,
+        "format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, "code_kind": info.code_kind,
         "model_name": info.name, "model_arch": info.arch, "bits": info.bits,
         "model_sha256": info.sha256, "tile_size": info.tile_size,
         "target_mpp": info.target_mpp, "created": now, "updated": now,
-        "hashview_version": __version__, "n_tiles": 0, "n_sources": 0,
+        "hashview_version": __version__, "n_tiles": 0, "n_sources": 0, "generation": 0,
     })
-    nbytes = info.bits // 8
     tiles = f.create_group("tiles")
     # No compression anywhere: codes would not shrink, and fixed-size chunks are rewritten in
     # place on append, whereas a compressed chunk moves (and a crash could leave the index
     # pointing at reused space).
-    tiles.create_dataset("codes", shape=(0, nbytes), maxshape=(None, nbytes), dtype=np.uint8,
-                         chunks=(max(1024, 65536 // nbytes), nbytes))
+    if info.code_kind == "float":
+        _column(tiles, "codes", FLOAT_DTYPE, (info.bits,))
+    else:
+        _column(tiles, "codes", np.uint8, (info.bits // 8,))
     for name, kind in TILE_COLUMNS.items():
-        tiles.create_dataset(name, shape=(0,), maxshape=(None,), dtype=h5_dtype(kind),
-                             chunks=(16384,))
-    # Variable-length strings get one chunk per row. HDF5 writes raw chunk data when a dataset
-    # handle closes but the string heap only at flush; overwriting a slot that holds a string
-    # reference from a killed append makes HDF5 free a heap object that never reached the disk
-    # ("bad heap index"). A row in its own chunk is only reachable once the chunk index (flushed
-    # with the heap) knows it, so leftovers of a killed append are never read back.
+        _column(tiles, name, np.dtype(kind))
     sources = f.create_group("sources")
     for name, kind in SOURCE_COLUMNS.items():
-        sources.create_dataset(name, shape=(0,), maxshape=(None,), dtype=h5_dtype(kind),
-                               chunks=(1,) if kind == "str" else (256,))
-    f.create_group("labels").create_dataset("names", shape=(0,), maxshape=(None,), dtype=STR,
-                                            chunks=(1,))
+        _column(sources, name, np.dtype(kind), rows=SOURCE_CHUNK_ROWS)
+    _column(sources, "text", np.uint8)
+    labels = f.create_group("labels")
+    _column(labels, "text", np.uint8, rows=1024)
+    _column(labels, "text_end", np.int64, rows=128)
 
 
-def check_header(f: h5py.File, path: Path) -> None:
+def file_version(f: h5py.File, path: Path) -> int:
+    """Check the format attributes; return the schema version (1 or 2)."""
     fmt = f.attrs.get("format")
     if fmt is None:
         raise LibraryError(path, "not a HashView library (no format attribute)")
@@ -90,62 +148,144 @@ def check_header(f: h5py.File, path: Path) -> None:
                                  f"({SCHEMA_VERSION}); upgrade HashView")
     if version < 1:
         raise LibraryError(path, f"unsupported schema version {version}")
-    required = ["tiles/codes", "labels/names", *(f"tiles/{n}" for n in TILE_COLUMNS),
-                *(f"sources/{n}" for n in SOURCE_COLUMNS)]
-    missing = [name for name in required if name not in f]
-    if missing:
-        raise LibraryError(path, f"library is incomplete (missing /{missing[0]})")
     for key in ("model_name", "model_arch", "bits", "model_sha256", "tile_size", "target_mpp"):
         if key not in f.attrs:
             raise LibraryError(path, f"library is incomplete (missing attribute {key})")
+    return version
 
 
-def row_values(rec: SourceRecord) -> dict[str, Any]:
-    return {
-        "path": rec.path, "name": rec.name, "byte_size": int(rec.byte_size),
-        "mtime": float(rec.mtime), "fingerprint": rec.fingerprint,
-        "mpp": math.nan if rec.mpp is None else float(rec.mpp),
-        "width": int(rec.width), "height": int(rec.height), "kind": rec.kind,
-        "label": rec.label or "", "patient_id": rec.patient_id or "",
-        "tile_start": rec.tile_start, "tile_count": rec.tile_count,
-        "mpp_assumed": bool(rec.mpp_assumed), "added": rec.added, "status": rec.status,
-    }
+def require(f: h5py.File, path: Path, names: list[str]) -> None:
+    missing = [name for name in names if name not in f]
+    if missing:
+        raise LibraryError(path, f"library is incomplete (missing /{missing[0]})")
 
 
-def record_from_row(i: int, row: dict[str, Any]) -> SourceRecord:
-    mpp = float(row["mpp"])
-    return SourceRecord(
-        id=i, path=str(row["path"]), name=str(row["name"]), byte_size=int(row["byte_size"]),
-        mtime=float(row["mtime"]), fingerprint=str(row["fingerprint"]),
-        mpp=None if math.isnan(mpp) else mpp, width=int(row["width"]),
-        height=int(row["height"]), kind=str(row["kind"]), label=str(row["label"]) or None,
-        patient_id=str(row["patient_id"]) or None, tile_start=int(row["tile_start"]),
-        tile_count=int(row["tile_count"]), mpp_assumed=bool(row["mpp_assumed"]),
-        added=str(row["added"]), status=str(row["status"]))
+def model_from_attrs(f: h5py.File) -> ModelInfo:
+    a = f.attrs
+    kind = a.get("code_kind", "binary")
+    return ModelInfo(name=str(a["model_name"]), arch=str(a["model_arch"]), bits=int(a["bits"]),
+                     sha256=str(a["model_sha256"]), tile_size=int(a["tile_size"]),
+                     target_mpp=float(a["target_mpp"]),
+                     code_kind=kind.decode() if isinstance(kind, bytes) else str(kind))
 
 
 def model_info_from_args(model_name, model_arch, bits, model_sha256, tile_size, target_mpp,
-                         path) -> ModelInfo:
+                         path, code_kind: Optional[str] = None) -> ModelInfo:
     """ModelInfo from Library.create-style arguments (model_name may be a card, dict...)."""
     try:
         if isinstance(model_name, str):
             return ModelInfo.coerce({"name": model_name, "arch": model_arch, "bits": bits,
                                      "sha256": model_sha256},
-                                    tile_size=tile_size, target_mpp=target_mpp)
-        return ModelInfo.coerce(model_name, tile_size=tile_size, target_mpp=target_mpp)
+                                    tile_size=tile_size, target_mpp=target_mpp,
+                                    code_kind=code_kind)
+        return ModelInfo.coerce(model_name, tile_size=tile_size, target_mpp=target_mpp,
+                                code_kind=code_kind)
     except (ValueError, TypeError, AttributeError) as e:
         raise LibraryError(path, f"bad model description ({e})") from None
 
 
-def validate_tiles(path: Path, bits: int, rec: SourceRecord, codes, xs, ys, sizes):
-    """Check one source's tile arrays; return them as (uint8 codes, int64 xs, ys, sizes)."""
-    nbytes = bits // 8
-    codes = np.asarray(codes)
-    if codes.size == 0:
-        codes = codes.reshape(0, nbytes)
-    if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != nbytes:
-        raise LibraryError(path, f"{rec.name}: codes must be uint8 of shape (n, {nbytes}) for "
-                                 f"{bits}-bit codes, got {codes.dtype} {codes.shape}")
+# ------------------------------------------------------------------ text columns
+def encode_text(rec: SourceRecord) -> bytes:
+    """The NUL-terminated text fields of one source (name left empty when it is the file name)."""
+    name = "" if rec.name == os.path.basename(rec.path) else rec.name
+    values = (rec.path, name, rec.fingerprint, rec.label or "", rec.patient_id or "")
+    return "".join(v + "\0" for v in values).encode("utf-8")
+
+
+def split_text(blob: np.ndarray, n_rows: int, per_row: int, path: Path) -> list[str]:
+    """``n_rows * per_row`` NUL-terminated strings from a byte column."""
+    values = blob.tobytes().decode("utf-8", "replace").split("\0")
+    if len(values) != n_rows * per_row + 1 or values[-1]:
+        raise LibraryError(path, "library is inconsistent (text column does not match its "
+                                 "rows); the file is damaged")
+    return values[:-1]
+
+
+def read_labels(f: h5py.File, path: Path) -> list[str]:
+    ends = f["labels/text_end"][:]
+    text = f["labels/text"]
+    n = int(np.searchsorted(ends, len(text), side="right"))  # names whose bytes are all there
+    return split_text(text[: int(ends[n - 1])] if n else np.zeros(0, np.uint8), n, 1, path)
+
+
+# ------------------------------------------------------------------ rows
+def source_rows(recs: list[SourceRecord], tile_sizes: list[int],
+                text_start: int) -> tuple[dict[str, np.ndarray], bytes]:
+    """Numeric column values (without ``status``) and the text bytes of new source rows."""
+    texts = [encode_text(r) for r in recs]
+    ends = text_start + np.cumsum([len(t) for t in texts], dtype=np.int64)
+    cols = {
+        "tile_start": [r.tile_start for r in recs], "tile_count": [r.tile_count for r in recs],
+        "tile_size": tile_sizes, "byte_size": [int(r.byte_size) for r in recs],
+        "mtime": [float(r.mtime) for r in recs],
+        "mpp": [math.nan if r.mpp is None else float(r.mpp) for r in recs],
+        "width": [int(r.width) for r in recs], "height": [int(r.height) for r in recs],
+        "flags": [(FLAG_PATCH if r.kind == "patch" else 0)
+                  | (FLAG_MPP_ASSUMED if r.mpp_assumed else 0) for r in recs],
+        "added": [iso_to_epoch(r.added) for r in recs], "text_end": ends,
+    }
+    return ({name: np.asarray(v, dtype=SOURCE_COLUMNS[name]) for name, v in cols.items()},
+            b"".join(texts))
+
+
+def load(f: h5py.File, path: Path) -> Snapshot:
+    """Read a schema-2 library's committed prefix (see "Reading" in docs/library-format.md)."""
+    require(f, path, ["tiles/codes", "sources/text", "labels/text", "labels/text_end",
+                      *(f"tiles/{n}" for n in TILE_COLUMNS),
+                      *(f"sources/{n}" for n in SOURCE_COLUMNS)])
+    model = model_from_attrs(f)
+    src = f["sources"]
+    n_rows = min(len(src[name]) for name in SOURCE_COLUMNS)
+    not_done = np.flatnonzero(src["status"][:n_rows] != STATUS_COMMITTED)
+    n = int(not_done[0]) if len(not_done) else n_rows
+    cols = {name: src[name][:n] for name in SOURCE_COLUMNS}
+    text_end = int(cols["text_end"][-1]) if n else 0
+    if len(src["text"]) < text_end:
+        raise LibraryError(path, "library is inconsistent (source text is shorter than the "
+                                 "sources table says); the file is damaged")
+    text = split_text(src["text"][:text_end], n, len(TEXT_FIELDS), path)
+    lists = {name: col.tolist() for name, col in cols.items()}
+    added_iso: dict[int, str] = {}
+    sources = []
+    for i in range(n):
+        p, name, fingerprint, label, patient = text[5 * i: 5 * i + 5]
+        added = lists["added"][i]
+        if added not in added_iso:
+            added_iso[added] = epoch_to_iso(added)
+        mpp, flags = lists["mpp"][i], lists["flags"][i]
+        sources.append(SourceRecord(
+            id=i, path=p, name=name or os.path.basename(p), fingerprint=fingerprint,
+            byte_size=lists["byte_size"][i], mtime=lists["mtime"][i],
+            mpp=None if math.isnan(mpp) else mpp, width=lists["width"][i],
+            height=lists["height"][i], kind="patch" if flags & FLAG_PATCH else "slide",
+            label=label or None, patient_id=patient or None,
+            tile_start=lists["tile_start"][i], tile_count=lists["tile_count"][i],
+            mpp_assumed=bool(flags & FLAG_MPP_ASSUMED), added=added_iso[added]))
+    n_tiles = sources[-1].tile_start + sources[-1].tile_count if sources else 0
+    row_width = model.bits if model.code_kind == "float" else model.bits // 8
+    shortest = min(len(f["tiles"][name]) for name in ("codes", *TILE_COLUMNS))
+    if shortest < n_tiles or f["tiles/codes"].shape[1] != row_width:
+        raise LibraryError(path, "library is inconsistent (tile arrays shorter than the "
+                                 "sources table says); the file is damaged")
+    a = f.attrs
+    return Snapshot(version=2, model=model, sources=sources,
+                    source_tile_size=cols["tile_size"].astype(np.int32),
+                    labels=read_labels(f, path), n_tiles=n_tiles,
+                    generation=int(a.get("generation", 0)), created=str(a["created"]),
+                    updated=str(a["updated"]))
+
+
+def read_tiles(f: h5py.File, snap: Snapshot, start: int, stop: int) -> dict[str, np.ndarray]:
+    """Per-tile ``source_id, x, y, size, label_id`` of rows ``start:stop``."""
+    t = f["tiles"]
+    out = {name: t[name][start:stop] for name in TILE_COLUMNS}
+    out["size"] = snap.source_tile_size[out["source_id"]]
+    return {name: out[name] for name in ("source_id", "x", "y", "size", "label_id")}
+
+
+def validate_tiles(path: Path, model: ModelInfo, rec: SourceRecord, codes, xs, ys, sizes):
+    """Check one source's tile arrays; return (stored codes, int32 xs, int32 ys, tile size)."""
+    codes = _validate_codes(path, model, rec, codes)
     n = len(codes)
     out = []
     for what, values in (("xs", xs), ("ys", ys), ("sizes", sizes)):
@@ -156,6 +296,41 @@ def validate_tiles(path: Path, bits: int, rec: SourceRecord, codes, xs, ys, size
             if not (np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
                 raise LibraryError(path, f"{rec.name}: {what} must be integer pixel values")
         out.append(arr.astype(np.int64))
-    if n and (out[2].min() <= 0 or out[2].max() > np.iinfo(np.int32).max):
+    xs, ys, sizes = out
+    if n and (sizes.min() <= 0 or sizes.max() > INT32_MAX):
         raise LibraryError(path, f"{rec.name}: tile sizes must be positive")
-    return (np.ascontiguousarray(codes), *out)
+    if n and sizes.min() != sizes.max():
+        raise LibraryError(path, f"{rec.name}: the tiles of one source must all have the same "
+                                 f"size (got {sizes.min()} to {sizes.max()} px)")
+    for what, arr in (("xs", xs), ("ys", ys)):
+        if n and (arr.min() < -INT32_MAX or arr.max() > INT32_MAX):
+            raise LibraryError(path, f"{rec.name}: {what} beyond ±2**31 px")
+    if max(rec.width, rec.height) > INT32_MAX or min(rec.width, rec.height) < 0:
+        raise LibraryError(path, f"{rec.name}: width/height out of range")
+    return codes, xs.astype(np.int32), ys.astype(np.int32), int(sizes[0]) if n else 0
+
+
+def _validate_codes(path: Path, model: ModelInfo, rec: SourceRecord, codes) -> np.ndarray:
+    codes = np.asarray(codes)
+    if model.code_kind == "float":
+        dim = model.bits
+        if codes.size == 0:
+            codes = codes.reshape(0, dim)
+        if (codes.ndim != 2 or codes.shape[1] != dim
+                or not (np.issubdtype(codes.dtype, np.floating)
+                        or np.issubdtype(codes.dtype, np.integer))):
+            raise LibraryError(path, f"{rec.name}: descriptors must be numbers of shape "
+                                     f"(n, {dim}), got {codes.dtype} {codes.shape}")
+        with np.errstate(over="ignore"):
+            stored = codes.astype(FLOAT_DTYPE)
+        if not np.all(np.isfinite(stored)):
+            raise LibraryError(path, f"{rec.name}: descriptors must be finite and within "
+                                     "float16 range (|value| <= 65504)")
+        return np.ascontiguousarray(stored)
+    nbytes = model.bits // 8
+    if codes.size == 0:
+        codes = codes.reshape(0, nbytes)
+    if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != nbytes:
+        raise LibraryError(path, f"{rec.name}: codes must be uint8 of shape (n, {nbytes}) for "
+                                 f"{model.bits}-bit codes, got {codes.dtype} {codes.shape}")
+    return np.ascontiguousarray(codes)

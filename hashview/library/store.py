@@ -1,79 +1,101 @@
-"""The HDF5 library file: packed codes, tile positions, sources and labels.
+"""The HDF5 library file: codes, tile positions, sources and labels.
 
-Layout and crash-safety rules are specified in docs/library-format.md. In short: an append
-writes tiles and source rows past the committed end, flushes, then sets the rows' status to
-"complete" and flushes again; only rows of /sources whose status is "complete" count, and tiles
-past the last complete source are ignored (and cut off when the file is opened for writing).
+Layout, crash safety and concurrency are specified in docs/library-format.md. In short: an append
+writes tiles and source rows past the committed end, flushes, then marks the rows complete and
+flushes again; only complete rows of /sources count, and tiles past the last complete source are
+ignored (and cut off when the file is opened for writing). HDF5 metadata reaches the file only
+while the writer holds the commit lock; readers read under the shared commit lock, each read
+from a freshly opened handle, so they see the state of one flush and never HDF5 metadata
+cached from an older one (``files.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterator, Optional
 
 import h5py
 import numpy as np
 
 from hashview.errors import LibraryError
-from hashview.library.records import (SCHEMA_VERSION, SOURCE_COLUMNS, STATUS_COMPLETE,
-                                      TILE_COLUMNS, ModelInfo, SourceRecord, TileRecord)
-from hashview.library.schema import (check_header, model_info_from_args,
-                                     reason_from_oserror, record_from_row, row_values, utc_now,
-                                     validate_tiles, write_skeleton)
-
-_MAX_LABELS = np.iinfo(np.int16).max
-# HDF5 shares one handle when a process opens a file twice, so its file lock cannot stop a second
-# writer in the same process; this set does.
-_OPEN_FOR_WRITING: set[str] = set()
+from hashview.library import files, legacy, schema
+from hashview.library.files import FileLocks, LockBusy
+from hashview.library.records import ModelInfo, SourceRecord, TileRecord
+from hashview.library.schema import (Snapshot, model_info_from_args, reason_from_oserror,
+                                     write_skeleton)
+from hashview.library.writing import OPEN_FOR_WRITING, LibraryWriting
 
 
-class Library:
-    """An open library file; make one with :meth:`create`, :meth:`open`, :meth:`open_or_create`."""
+class Library(LibraryWriting):
+    """An open library file; make one with :meth:`create`, :meth:`open`, :meth:`open_or_create`.
 
-    def __init__(self, h5: h5py.File, path: Path, mode: str):
-        self._f = h5
+    Read-only libraries present the snapshot they were opened at (``generation``); a writer in
+    another process may append meanwhile: :meth:`has_changed` tells, and opening again shows
+    the new sources.
+    """
+
+    def __init__(self, path: Path, mode: str, snapshot: Snapshot, h5: Optional[h5py.File] = None,
+                 locks: Optional[FileLocks] = None, inode: Optional[tuple] = None,
+                 owns_locks: bool = True):
         self._path = path
         self._mode = mode
-        self._load()
+        self._f = h5  # writers keep their handle; readers open one per read (see _reading)
+        self._locks = locks
+        self._owns_locks = owns_locks
+        self._inode = inode
+        self._closed = False
+        self._use(snapshot)
         if mode == "a":
-            self._prepare_for_writing()
-            _OPEN_FOR_WRITING.add(os.path.realpath(path))
+            OPEN_FOR_WRITING.add(os.path.realpath(path))
+
+    def _use(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+        self._model = snapshot.model
+        self._sources = snapshot.sources
+        self._by_fingerprint = {s.fingerprint: s for s in self._sources}
+        self._labels = snapshot.labels
+        self._label_index = {name: i for i, name in enumerate(self._labels)}
+        self._n_tiles = snapshot.n_tiles
 
     # ----------------------------------------------------------------- opening
     @classmethod
     def create(cls, path: str | Path, model_name: Any, model_arch: Optional[str] = None,
                bits: Optional[int] = None, model_sha256: Optional[str] = None,
-               tile_size: int = 224, target_mpp: float = 0.5, overwrite: bool = False) -> "Library":
+               tile_size: int = 224, target_mpp: float = 0.5, overwrite: bool = False,
+               code_kind: Optional[str] = None) -> "Library":
         """Create an empty library (opened for appending).
 
         ``model_name`` may also be a ModelInfo, a ModelCard or a dict (then the other model
-        arguments may be left out). Refuses an existing file unless ``overwrite``.
+        arguments may be left out); the code kind comes from its ``code_kind`` ("binary" when
+        missing) unless given. Refuses an existing file unless ``overwrite``.
         """
         info = model_info_from_args(model_name, model_arch, bits, model_sha256, tile_size,
-                                    target_mpp, path)
+                                    target_mpp, path, code_kind)
         path = Path(path)
         if path.exists() and not overwrite:
             raise LibraryError(path, "already exists (open it, or pass overwrite=True to "
                                      "replace it)")
-        if os.path.realpath(path) in _OPEN_FOR_WRITING:
+        if os.path.realpath(path) in OPEN_FOR_WRITING:
             raise LibraryError(path, "already open for writing in this program")
-        if info.bits <= 0 or info.bits % 8:
+        if info.code_kind == "binary" and (info.bits <= 0 or info.bits % 8):
             raise LibraryError(path, f"code length must be a positive multiple of 8 bits, "
                                      f"not {info.bits}")
+        if info.bits <= 0:
+            raise LibraryError(path, f"descriptor dimension must be positive, not {info.bits}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            files.remove_stale_temporaries(path)
             # Build in a temporary file and rename, so a crash never leaves a half-made library.
-            fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-            os.close(fd)
+            tmp, locks = files.make_temp_library(path)
             try:
-                with h5py.File(tmp, "w") as f:
+                with h5py.File(tmp, "w", locking=files.HDF5_LOCKING) as f:
                     write_skeleton(f, info)
                 os.replace(tmp, path)
             finally:
+                locks.close()
                 if os.path.exists(tmp):
                     os.unlink(tmp)
         except OSError as e:
@@ -81,8 +103,25 @@ class Library:
         return cls.open(path, "a")
 
     @classmethod
+    def _create_unlisted(cls, path: Path, info: ModelInfo, locks: FileLocks,
+                         created: Optional[str] = None) -> "Library":
+        """A writer on a new file at ``path`` that the caller has writer-locked (``locks``) and
+        will rename into place itself (used to upgrade schema-1 files)."""
+        with h5py.File(path, "w", locking=files.HDF5_LOCKING) as f:
+            write_skeleton(f, info)
+            if created:
+                f.attrs["created"] = created
+        h5 = h5py.File(path, "r+", locking=files.HDF5_LOCKING)
+        lib = cls(path, "a", schema.load(h5, path), h5, locks, owns_locks=False)
+        lib._prepare_for_writing()
+        return lib
+
+    @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> "Library":
-        """Open an existing library, ``mode`` "r" (read) or "a" (append)."""
+        """Open an existing library, ``mode`` "r" (read) or "a" (append).
+
+        Appending to a schema-1 library upgrades it to schema 2 first (docs/library-format.md).
+        """
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', not {mode!r}")
         path = Path(path)
@@ -90,39 +129,68 @@ class Library:
             raise LibraryError(path, "no such file")
         if path.is_dir():
             raise LibraryError(path, "is a folder, not a library file")
-        if mode == "a" and os.path.realpath(path) in _OPEN_FOR_WRITING:
+        if mode == "a" and os.path.realpath(path) in OPEN_FOR_WRITING:
             raise LibraryError(path, "already open for writing in this program")
         try:
             if path.stat().st_size == 0:
                 raise LibraryError(path, "not an HDF5 file (empty file)")
             if not h5py.is_hdf5(str(path)):
                 raise LibraryError(path, "not an HDF5 file")
-            h5 = h5py.File(path, "r" if mode == "r" else "r+")
-        except LibraryError:
-            raise
-        except (OSError, ValueError, RuntimeError) as e:
+        except OSError as e:
             raise LibraryError(path, reason_from_oserror(e, mode == "a")) from None
+        if mode == "r":
+            with _read_access(path) as (f, inode):
+                return cls(path, "r", _load_any(f, path), inode=inode)
+        return cls._open_for_writing(path)
+
+    @classmethod
+    def _open_for_writing(cls, path: Path) -> "Library":
+        files.remove_stale_temporaries(path)
         try:
-            check_header(h5, path)
-            return cls(h5, path, mode)
+            locks = FileLocks(path, writable=True)
+        except OSError as e:
+            raise LibraryError(path, reason_from_oserror(e, True)) from None
+        h5 = None
+        try:
+            try:
+                locks.acquire(files.WRITER_BYTE, exclusive=True)
+            except LockBusy:
+                raise LibraryError(path, "file is in use by another process (locked)") from None
+            h5 = h5py.File(path, "r+", locking=files.HDF5_LOCKING)
+            if schema.file_version(h5, path) == 1:
+                h5.close()
+                h5 = None
+                legacy.upgrade(path)
+                locks.close()
+                return cls._open_for_writing(path)
+            lib = cls(path, "a", schema.load(h5, path), h5, locks)
         except BaseException as e:
-            h5.close()
+            if h5 is not None:
+                h5.close()
+            locks.close()
             if isinstance(e, (OSError, KeyError, ValueError, TypeError, RuntimeError)):
-                raise LibraryError(path, reason_from_oserror(e, mode == "a")) from None
+                raise LibraryError(path, reason_from_oserror(e, True)) from None
             raise
+        try:
+            lib._prepare_for_writing()
+        except BaseException:
+            lib.close()
+            raise
+        return lib
 
     @classmethod
     def open_or_create(cls, path: str | Path, model_name: Any, model_arch: Optional[str] = None,
                        bits: Optional[int] = None, model_sha256: Optional[str] = None,
-                       tile_size: int = 224, target_mpp: float = 0.5) -> "Library":
+                       tile_size: int = 224, target_mpp: float = 0.5,
+                       code_kind: Optional[str] = None) -> "Library":
         """Open ``path`` for appending, creating it if missing; refuse a library of another model.
 
-        ``tile_size``/``target_mpp`` only apply to a new library; an existing one keeps its own
-        (compare with :attr:`tile_size`/:attr:`target_mpp` and follow them).
+        ``tile_size``/``target_mpp``/``code_kind`` only apply to a new library; an existing one
+        keeps its own (compare with :attr:`tile_size`/:attr:`target_mpp` and follow them).
         """
         if not Path(path).exists():
             return cls.create(path, model_name, model_arch, bits, model_sha256, tile_size,
-                              target_mpp)
+                              target_mpp, code_kind=code_kind)
         lib = cls.open(path, "a")
         try:
             lib.check_model(model_name, model_arch, bits, model_sha256)
@@ -144,13 +212,41 @@ class Library:
             raise LibraryError(self._path, f"made with {mine.describe()}; cannot add codes from "
                                            f"{other.describe()} (use another library file)")
 
+    @classmethod
+    def current_generation(cls, path: str | Path) -> int:
+        """The generation of the library file at ``path`` now: a number that grows with every
+        commit (cheap: reads one attribute). Compare with :attr:`generation`."""
+        path = Path(path)
+        with _read_access(path) as (f, _):
+            return _generation_of(f)
+
+    def has_changed(self) -> bool:
+        """True when the file on disk has moved on from this read-only snapshot (a commit since
+        it was opened, or the file replaced or gone): open it again to see the changes."""
+        if self._mode == "a":
+            return False  # this object is the only writer
+        try:
+            with _read_access(self._path) as (f, inode):
+                return inode != self._inode or _generation_of(f) != self.generation
+        except LibraryError:
+            return True
+
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self._f is not None:
-            with contextlib.suppress(Exception):
-                self._f.close()
+            try:  # closing writes whatever HDF5 still holds: not while a reader reads
+                with self._exclusive():
+                    self._f.close()
+            except Exception:
+                with contextlib.suppress(Exception):
+                    self._f.close()
             self._f = None
-            if self._mode == "a":
-                _OPEN_FOR_WRITING.discard(os.path.realpath(self._path))
+        if self._locks is not None and self._owns_locks:
+            self._locks.close()
+        if self._mode == "a":
+            OPEN_FOR_WRITING.discard(os.path.realpath(self._path))
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
@@ -170,7 +266,7 @@ class Library:
     mode = property(lambda self: self._mode)
     model = property(lambda self: self._model)
     bits = property(lambda self: self._model.bits)
-    code_bytes = property(lambda self: self._model.bits // 8)
+    code_kind = property(lambda self: self._model.code_kind)
     model_name = property(lambda self: self._model.name)
     model_arch = property(lambda self: self._model.arch)
     model_sha256 = property(lambda self: self._model.sha256)
@@ -178,25 +274,31 @@ class Library:
     target_mpp = property(lambda self: self._model.target_mpp)
     n_tiles = property(lambda self: self._n_tiles)
     n_sources = property(lambda self: len(self._sources))
-    created = property(lambda self: str(self._file.attrs["created"]))
-    updated = property(lambda self: str(self._file.attrs["updated"]))
+    schema_version = property(lambda self: self._snapshot.version)
+    generation = property(lambda self: self._snapshot.generation)
+    created = property(lambda self: self._snapshot.created)
+    updated = property(lambda self: self._snapshot.updated)
 
     @property
-    def _file(self) -> h5py.File:
-        if self._f is None:
-            raise LibraryError(self._path, "library is closed")
-        return self._f
+    def code_bytes(self) -> int:
+        """Bytes of one stored code: bits/8, or 2 per dimension for float16 descriptors."""
+        if self.code_kind == "float":
+            return self.bits * np.dtype(schema.FLOAT_DTYPE).itemsize
+        return self.bits // 8
 
     # ----------------------------------------------------------------- reading
     def codes(self) -> np.ndarray:
-        """All stored codes, ``np.uint8`` of shape (n_tiles, bits/8)."""
-        with self._guard():
-            return np.ascontiguousarray(self._file["tiles/codes"][: self._n_tiles], np.uint8)
+        """All stored codes: ``np.uint8`` (n_tiles, bits/8), or ``np.float32`` (n_tiles, dim)
+        for a float library."""
+        with self._reading() as f:
+            codes = f["tiles/codes"][: self._n_tiles]
+        if self.code_kind == "float":
+            return codes.astype(np.float32)
+        return np.ascontiguousarray(codes, np.uint8)
 
     def tile_table(self) -> dict[str, np.ndarray]:
-        """Per-tile arrays ``source_id, x, y, size, label_id`` (label_id -1 = unknown)."""
-        with self._guard():
-            return {name: self._file["tiles"][name][: self._n_tiles] for name in TILE_COLUMNS}
+        """Per-tile integer arrays ``source_id, x, y, size, label_id`` (label_id -1 = unknown)."""
+        return self._tiles(0, self._n_tiles)
 
     def sources(self) -> list[SourceRecord]:
         return [replace(s) for s in self._sources]
@@ -229,21 +331,16 @@ class Library:
         index = int(index)
         if not 0 <= index < self._n_tiles:
             raise IndexError(f"tile {index} out of range (library has {self._n_tiles} tiles)")
-        with self._guard():
-            t = self._file["tiles"]
-            label_id = int(t["label_id"][index])
-            return TileRecord(index, int(t["source_id"][index]), int(t["x"][index]),
-                              int(t["y"][index]), int(t["size"][index]),
-                              self._labels[label_id] if label_id >= 0 else None)
+        t = {name: int(v[0]) for name, v in self._tiles(index, index + 1).items()}
+        label = self._labels[t["label_id"]] if t["label_id"] >= 0 else None
+        return TileRecord(index, t["source_id"], t["x"], t["y"], t["size"], label)
 
     def source_tiles(self, source_id: int) -> np.ndarray:
         """Level-0 ``(x, y, size)`` rows (int64) of one source's tiles, e.g. to outline them."""
         rec = self.source(source_id)
-        start, stop = rec.tile_start, rec.tile_start + rec.tile_count
-        with self._guard():
-            t = self._file["tiles"]
-            return np.stack([t[name][start:stop].astype(np.int64) for name in ("x", "y", "size")],
-                            axis=1).reshape(-1, 3)
+        t = self._tiles(rec.tile_start, rec.tile_start + rec.tile_count)
+        return np.stack([t[name].astype(np.int64) for name in ("x", "y", "size")],
+                        axis=1).reshape(-1, 3)
 
     def stats(self) -> dict[str, Any]:
         """Summary for ``hashview info``."""
@@ -255,11 +352,11 @@ class Library:
         for s in self._sources:
             kinds[s.kind] = kinds.get(s.kind, 0) + 1
         return {
-            "path": str(self._path), "schema_version": SCHEMA_VERSION,
-            "n_tiles": self._n_tiles, "n_sources": len(self._sources),
-            "sources_by_kind": kinds,
+            "path": str(self._path), "schema_version": self.schema_version,
+            "generation": self.generation, "n_tiles": self._n_tiles,
+            "n_sources": len(self._sources), "sources_by_kind": kinds,
             "sources_without_tiles": sum(1 for s in self._sources if s.tile_count == 0),
-            "bits": self.bits, "code_bytes_per_tile": self.code_bytes,
+            "code_kind": self.code_kind, "bits": self.bits, "code_bytes_per_tile": self.code_bytes,
             "model": {"name": self.model_name, "arch": self.model_arch,
                       "sha256": self.model_sha256},
             "tile_size": self.tile_size, "target_mpp": self.target_mpp,
@@ -270,95 +367,28 @@ class Library:
             "created": self.created, "updated": self.updated,
         }
 
-    # ----------------------------------------------------------------- writing
-    def add_source(self, record: SourceRecord | Mapping[str, Any], codes: np.ndarray,
-                   xs: Iterable[int], ys: Iterable[int], sizes: Iterable[int],
-                   tile_labels: Optional[Sequence[Optional[str]]] = None) -> SourceRecord:
-        """Append one complete source and its tiles; return its stored record.
-
-        A source whose fingerprint is already stored is not added again: the existing record is
-        returned (check :meth:`contains` first to skip the encoding work). Zero tiles are fine:
-        the source is recorded so it is not retried. ``tile_labels`` (one per tile, None =
-        unknown) defaults to the source's own label for every tile.
-        """
-        return self.add_sources([(record, codes, xs, ys, sizes, tile_labels)])[0]
-
-    def add_sources(self, items: Iterable[tuple]) -> list[SourceRecord]:
-        """Append many sources in one commit (use for patch folders: one flush per batch).
-
-        ``items``: tuples ``(record, codes, xs, ys, sizes[, tile_labels])`` as for
-        :meth:`add_source`. Everything is validated before anything is written; a crash leaves
-        the library as it was before the call, or with a prefix of the batch committed.
-        """
-        if self._mode != "a":
-            raise LibraryError(self._path, "opened read-only; open with mode='a' to add sources")
-        results: list[Any] = []  # a stored record, or an int: position in `pending`
-        pending: list[tuple] = []
-        in_batch: dict[str, int] = {}
-        for record, codes, xs, ys, sizes, *rest in items:
-            try:
-                rec = SourceRecord.from_input(record)
-            except (ValueError, TypeError) as e:
-                raise LibraryError(self._path, f"bad source record: {e}") from None
-            if rec.fingerprint in self._by_fingerprint:
-                results.append(replace(self._by_fingerprint[rec.fingerprint]))
-                continue
-            if rec.fingerprint in in_batch:
-                results.append(in_batch[rec.fingerprint])
-                continue
-            codes, xs, ys, sizes = validate_tiles(self._path, self.bits, rec, codes, xs, ys, sizes)
-            tile_labels = rest[0] if rest and rest[0] is not None else [rec.label] * len(codes)
-            if len(tile_labels) != len(codes):
-                raise LibraryError(self._path, f"{rec.name}: {len(tile_labels)} tile labels "
-                                               f"for {len(codes)} tiles")
-            in_batch[rec.fingerprint] = len(pending)
-            results.append(len(pending))
-            pending.append((rec, codes, xs, ys, sizes, list(tile_labels)))
-        stored = self._commit(pending) if pending else []
-        return [replace(stored[r]) if isinstance(r, int) else r for r in results]
-
-    def _commit(self, pending: list[tuple]) -> list[SourceRecord]:
-        counts = [len(p[1]) for p in pending]
-        start, row0, total = self._n_tiles, len(self._sources), sum(counts)
-        with self._guard(writing=True):
-            label_ids = self._label_ids([label for p in pending for label in p[5]])
-            # 1. tiles, past the committed end: invisible until their source rows are complete
-            columns = {"codes": np.concatenate([p[1] for p in pending]),
-                       "source_id": np.repeat(np.arange(row0, row0 + len(pending)), counts),
-                       "x": np.concatenate([p[2] for p in pending]),
-                       "y": np.concatenate([p[3] for p in pending]),
-                       "size": np.concatenate([p[4] for p in pending]), "label_id": label_ids}
-            tiles = self._file["tiles"]
-            for name, data in columns.items():
-                tiles[name].resize(start + total, axis=0)
-                tiles[name][start:] = data
-            # 2. the source rows; status last, after a flush: "complete" is the commit mark.
-            # The flush puts the tiles and the other columns on disk before any status does.
-            now = utc_now()
-            starts = start + np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-            recs = [replace(p[0], id=row0 + j, tile_start=int(starts[j]), tile_count=counts[j],
-                            added=now) for j, p in enumerate(pending)]
-            rows = [row_values(rec) for rec in recs]
-            end = row0 + len(recs)
-            for name in SOURCE_COLUMNS:
-                if name == "status":
-                    self._flush()
-                ds = self._file["sources"][name]
-                ds.resize(end, axis=0)
-                values = [row[name] for row in rows]
-                is_str = isinstance(values[0], str)
-                ds[row0:end] = np.array(values, dtype=object if is_str else None)
-            # 3. counts (informative; readers derive them from the complete rows)
-            attrs = self._file.attrs
-            attrs["n_tiles"], attrs["n_sources"], attrs["updated"] = start + total, end, now
-            self._flush()
-        self._n_tiles = start + total
-        for rec in recs:
-            self._sources.append(rec)
-            self._by_fingerprint[rec.fingerprint] = rec
-        return recs
-
     # ----------------------------------------------------------------- helpers
+    def _tiles(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        with self._reading() as f:
+            if self._snapshot.version == 1:
+                return legacy.read_tiles_v1(f, start, stop)
+            return schema.read_tiles(f, self._snapshot, start, stop)
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[h5py.File]:
+        if self._closed:
+            raise LibraryError(self._path, "library is closed")
+        if self._mode == "a":
+            with self._guard():
+                yield self._f
+            return
+        with _read_access(self._path) as (f, inode):
+            if inode != self._inode:
+                raise LibraryError(self._path, "library file was replaced while it was open; "
+                                               "open it again")
+            with self._guard():
+                yield f
+
     @contextlib.contextmanager
     def _guard(self, writing: bool = False):
         """Turn HDF5/OS errors into one-line LibraryErrors naming the file."""
@@ -373,76 +403,55 @@ class Library:
                                                "before are kept") from None
             raise LibraryError(self._path, reason_from_oserror(e, False)) from None
 
-    def _flush(self) -> None:
-        self._file.flush()
-        # fsync narrows the power-loss window; process crashes are covered by flush alone.
-        with contextlib.suppress(Exception):
-            os.fsync(self._file.id.get_vfd_handle())
+    @property
+    def _file(self) -> h5py.File:
+        if self._f is None:
+            raise LibraryError(self._path, "library is closed")
+        return self._f
 
-    def _load(self) -> None:
-        f = self._f
-        a = f.attrs
-        self._model = ModelInfo(name=str(a["model_name"]), arch=str(a["model_arch"]),
-                                bits=int(a["bits"]), sha256=str(a["model_sha256"]),
-                                tile_size=int(a["tile_size"]), target_mpp=float(a["target_mpp"]))
-        src = f["sources"]
-        n_rows = min(len(src[name]) for name in SOURCE_COLUMNS)
-        status = src["status"].asstr()[:n_rows]
-        n_complete = 0
-        while n_complete < n_rows and status[n_complete] == STATUS_COMPLETE:
-            n_complete += 1
-        cols = {}
-        for name, kind in SOURCE_COLUMNS.items():
-            ds = src[name].asstr() if kind == "str" else src[name]
-            cols[name] = ds[:n_complete]
-        self._sources = [record_from_row(i, {k: v[i] for k, v in cols.items()})
-                         for i in range(n_complete)]
-        self._by_fingerprint = {s.fingerprint: s for s in self._sources}
-        last = self._sources[-1] if self._sources else None
-        self._n_tiles = last.tile_start + last.tile_count if last else 0
-        shortest = min(len(f["tiles"][name]) for name in ("codes", *TILE_COLUMNS))
-        if shortest < self._n_tiles or f["tiles/codes"].shape[1] != self._model.bits // 8:
-            raise LibraryError(self._path, "library is inconsistent (tile arrays shorter than "
-                                           "the sources table says); the file is damaged")
-        self._labels = list(f["labels/names"].asstr()[:])
-        self._label_index = {name: i for i, name in enumerate(self._labels)}
 
-    def _prepare_for_writing(self) -> None:
-        # Keep dirty HDF5 metadata in memory until our explicit flushes, so the file on disk only
-        # changes at the commit points of add_source.
-        with contextlib.suppress(Exception):
-            cfg = self._f.id.get_mdc_config()
-            cfg.incr_mode = cfg.flash_incr_mode = cfg.decr_mode = 0  # required to disable evictions
-            cfg.evictions_enabled = False
-            self._f.id.set_mdc_config(cfg)
-        # Drop what an interrupted append left behind (orphan tiles, partial source row).
-        with self._guard(writing=True):
-            changed = False
-            for name in ("codes", *TILE_COLUMNS):
-                ds = self._f["tiles"][name]
-                if len(ds) != self._n_tiles:
-                    ds.resize(self._n_tiles, axis=0)
-                    changed = True
-            for name in SOURCE_COLUMNS:
-                ds = self._f["sources"][name]
-                if len(ds) != len(self._sources):
-                    ds.resize(len(self._sources), axis=0)
-                    changed = True
-            if changed or int(self._f.attrs.get("n_tiles", -1)) != self._n_tiles:
-                self._f.attrs["n_tiles"] = self._n_tiles
-                self._f.attrs["n_sources"] = len(self._sources)
-                self._flush()
+@contextlib.contextmanager
+def _read_access(path: Path) -> Iterator[tuple[h5py.File, Optional[tuple]]]:
+    """A fresh read-only handle on ``path`` under the shared commit lock, with the file's
+    (device, inode); the lock is held until the block ends."""
+    locks = None
+    h5 = None
+    try:
+        try:
+            locks = FileLocks(path, writable=False)
+            locks.shared_read(files.READ_TIMEOUT_S)
+            h5 = h5py.File(path, "r", locking=files.HDF5_LOCKING)
+        except LockBusy:
+            raise LibraryError(path, "file is in use by another process (locked)") from None
+        except FileNotFoundError:
+            raise LibraryError(path, "no such file") from None
+        except (OSError, ValueError, RuntimeError) as e:
+            raise LibraryError(path, reason_from_oserror(e, False)) from None
+        inode = locks.inode()
+        if inode is not None:
+            st = os.fstat(h5.id.get_vfd_handle())
+            if (st.st_dev, st.st_ino) != inode:  # replaced between our two opens
+                raise LibraryError(path, "library file was replaced while being read; open it "
+                                         "again")
+        yield h5, inode
+    finally:
+        if h5 is not None:
+            h5.close()
+        if locks is not None:
+            locks.close()
 
-    def _label_ids(self, labels: list[Optional[str]]) -> np.ndarray:
-        new = [name for name in dict.fromkeys(labels) if name and name not in self._label_index]
-        if new:
-            if len(self._labels) + len(new) > _MAX_LABELS:
-                raise LibraryError(self._path, f"too many labels (at most {_MAX_LABELS})")
-            # A label added here but never used (crash before commit) is harmless: it has no tiles.
-            ds = self._file["labels/names"]
-            ds.resize(len(self._labels) + len(new), axis=0)
-            ds[len(self._labels):] = new
-            for name in new:
-                self._label_index[name] = len(self._labels)
-                self._labels.append(name)
-        return np.array([self._label_index[name] if name else -1 for name in labels], np.int16)
+
+def _load_any(f: h5py.File, path: Path) -> Snapshot:
+    try:
+        if schema.file_version(f, path) == 1:
+            return legacy.load_v1(f, path)
+        return schema.load(f, path)
+    except LibraryError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise LibraryError(path, reason_from_oserror(e, False)) from None
+
+
+def _generation_of(f: h5py.File) -> int:
+    a = f.attrs
+    return int(a.get("generation", a.get("n_sources", 0)))

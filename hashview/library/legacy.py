@@ -1,0 +1,160 @@
+"""Schema 1 (HashView 0.1 libraries): read it, upgrade it to schema 2, and write it (tests and
+the footprint benchmark compare against it).
+
+Schema 1 stored per tile ``source_id`` int32, ``x``/``y`` int64, ``size`` int32, ``label_id``
+int16 (30 bytes at 64 bits) and every source column as its own dataset, the text ones as HDF5
+variable-length strings with one chunk per row. It is read as it is. Opening one for appending
+upgrades it first: the whole library is rewritten as schema 2 into a temporary file that then
+replaces the original (atomic rename; a crash leaves the schema-1 file untouched).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import h5py
+import numpy as np
+
+from hashview.errors import LibraryError
+from hashview.library.records import FORMAT_NAME, STATUS_COMPLETE, SourceRecord
+from hashview.library.schema import Snapshot, model_from_attrs, require
+
+if TYPE_CHECKING:
+    from hashview.library.store import Library
+
+STR = h5py.string_dtype("utf-8")
+SOURCE_COLUMNS_V1: dict[str, str] = {
+    "path": "str", "name": "str", "byte_size": "int64", "mtime": "float64",
+    "fingerprint": "str", "mpp": "float64", "width": "int64", "height": "int64",
+    "kind": "str", "label": "str", "patient_id": "str", "tile_start": "int64",
+    "tile_count": "int64", "mpp_assumed": "bool", "added": "str", "status": "str",
+}
+TILE_COLUMNS_V1: dict[str, str] = {
+    "source_id": "int32", "x": "int64", "y": "int64", "size": "int32", "label_id": "int16",
+}
+
+
+def load_v1(f: h5py.File, path: Path) -> Snapshot:
+    require(f, path, ["tiles/codes", "labels/names", *(f"tiles/{n}" for n in TILE_COLUMNS_V1),
+                      *(f"sources/{n}" for n in SOURCE_COLUMNS_V1)])
+    model = model_from_attrs(f)
+    src = f["sources"]
+    n_rows = min(len(src[name]) for name in SOURCE_COLUMNS_V1)
+    status = src["status"].asstr()[:n_rows]
+    n = 0
+    while n < n_rows and status[n] == STATUS_COMPLETE:
+        n += 1
+    cols = {name: (src[name].asstr() if kind == "str" else src[name])[:n]
+            for name, kind in SOURCE_COLUMNS_V1.items()}
+    sources = []
+    for i in range(n):
+        mpp = float(cols["mpp"][i])
+        sources.append(SourceRecord(
+            id=i, path=str(cols["path"][i]), name=str(cols["name"][i]),
+            byte_size=int(cols["byte_size"][i]), mtime=float(cols["mtime"][i]),
+            fingerprint=str(cols["fingerprint"][i]), mpp=None if math.isnan(mpp) else mpp,
+            width=int(cols["width"][i]), height=int(cols["height"][i]),
+            kind=str(cols["kind"][i]), label=str(cols["label"][i]) or None,
+            patient_id=str(cols["patient_id"][i]) or None,
+            tile_start=int(cols["tile_start"][i]), tile_count=int(cols["tile_count"][i]),
+            mpp_assumed=bool(cols["mpp_assumed"][i]), added=str(cols["added"][i]),
+            status=STATUS_COMPLETE))
+    n_tiles = sources[-1].tile_start + sources[-1].tile_count if sources else 0
+    shortest = min(len(f["tiles"][name]) for name in ("codes", *TILE_COLUMNS_V1))
+    if shortest < n_tiles or f["tiles/codes"].shape[1] != model.bits // 8:
+        raise LibraryError(path, "library is inconsistent (tile arrays shorter than the "
+                                 "sources table says); the file is damaged")
+    a = f.attrs
+    return Snapshot(version=1, model=model, sources=sources, source_tile_size=None,
+                    labels=list(f["labels/names"].asstr()[:]), n_tiles=n_tiles,
+                    generation=int(a.get("n_sources", n)), created=str(a["created"]),
+                    updated=str(a["updated"]))
+
+
+def read_tiles_v1(f: h5py.File, start: int, stop: int) -> dict[str, np.ndarray]:
+    return {name: f["tiles"][name][start:stop] for name in TILE_COLUMNS_V1}
+
+
+def upgrade(path: Path) -> None:
+    """Rewrite the schema-1 library ``path`` as schema 2, atomically (see the module docstring).
+
+    The caller holds the library's writer lock. Source ids, tile order, label order and the
+    times sources were added are kept. A source whose tiles have different sizes cannot be
+    stored in schema 2 and makes the upgrade fail with a one-line error.
+    """
+    from hashview.library.files import make_temp_library
+    from hashview.library.store import Library
+
+    with Library.open(path, "r") as old:
+        snapshot = old._snapshot
+        codes, table = old.codes(), old.tile_table()
+    sources = snapshot.sources
+    for s in sources:
+        sizes = table["size"][s.tile_start:s.tile_start + s.tile_count]
+        if len(sizes) and sizes.min() != sizes.max():
+            raise LibraryError(path, f"cannot upgrade to schema 2: the tiles of source "
+                                     f"{s.name!r} have different sizes")
+    tmp, locks = make_temp_library(path)
+    try:
+        new = Library._create_unlisted(Path(tmp), snapshot.model, locks, snapshot.created)
+        with new:
+            new._label_ids(snapshot.labels)  # keep the label order
+            labels = [snapshot.labels[i] if i >= 0 else None for i in table["label_id"]]
+            items = []
+            for s in sources:
+                rows = slice(s.tile_start, s.tile_start + s.tile_count)
+                items.append((s, codes[rows], table["x"][rows], table["y"][rows],
+                              table["size"][rows], labels[rows]))
+            new.add_sources(items, _keep_added=True)
+            new._file.attrs["upgraded_from_schema"] = 1
+            new._flush()
+        os.replace(tmp, path)
+    except OSError as e:
+        raise LibraryError(path, f"cannot upgrade to schema 2 ({e.strerror or e}); the "
+                                 "schema-1 file is unchanged") from None
+    finally:
+        locks.close()
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_schema1(library: "Library", path: str | Path) -> None:
+    """Write the contents of ``library`` (binary codes) as a schema-1 file at ``path``.
+
+    Same datasets, types and chunking as HashView 0.1 wrote (one append of everything).
+    """
+    sources = library.sources()
+    codes, table = library.codes(), library.tile_table()
+    with h5py.File(path, "w") as f:
+        a = dict(format=FORMAT_NAME, schema_version=1, model_name=library.model_name,
+                 model_arch=library.model_arch, bits=library.bits,
+                 model_sha256=library.model_sha256, tile_size=library.tile_size,
+                 target_mpp=library.target_mpp, created=library.created,
+                 updated=library.updated, hashview_version="0.1.0",
+                 n_tiles=library.n_tiles, n_sources=len(sources))
+        f.attrs.update(a)
+        nbytes = library.bits // 8
+        tiles = f.create_group("tiles")
+        tiles.create_dataset("codes", data=codes, maxshape=(None, nbytes),
+                             chunks=(max(1024, 65536 // nbytes), nbytes))
+        for name, kind in TILE_COLUMNS_V1.items():
+            tiles.create_dataset(name, data=table[name].astype(kind), maxshape=(None,),
+                                 chunks=(16384,))
+        group = f.create_group("sources")
+        for name, kind in SOURCE_COLUMNS_V1.items():
+            values = [getattr(s, name) for s in sources]
+            if name == "mpp":
+                values = [math.nan if v is None else v for v in values]
+            if kind == "str":
+                data = np.array([v or "" for v in values], dtype=object)
+            else:
+                data = np.array(values, dtype=kind).reshape(len(sources))
+            group.create_dataset(name, data=data, maxshape=(None,),
+                                 dtype=STR if kind == "str" else kind,
+                                 chunks=(1,) if kind == "str" else (256,))
+        f.create_group("labels").create_dataset(
+            "names", data=np.array(library.label_names(), dtype=object), dtype=STR,
+            maxshape=(None,), chunks=(1,))
