@@ -62,6 +62,14 @@ _HATDH_KATHER = dict(input_size=96, epochs=45, normalise_by_bits=True,
                      triplet_mode="semi-hard", aux_ce_weight=1.0)
 _DCH_IDC = dict(input_size=50, epochs=8, pretrain_epochs=3, batch_size=64, sampler="balanced",
                 label_smoothing=0.1, ema_decay=0.99)
+# DAFH / MTH: 64 px, 15 epochs per Kather model: 29 / 38 s on a quiet machine, 6-15 min at load
+# 12-21 (docs/benchmarks.md "Five methods"); DAFH keeps the paper's weight decay 1e-4. IDC: 50 px
+# patches, 2 epochs of 40 balanced batches of 32 (2,560 patches, ~0.4 of a pass over the train
+# patients' patches: all the contended CPU allowed).
+_DAFH_KATHER = dict(input_size=64, epochs=15, batch_size=32, weight_decay=1e-4)
+_MTH_KATHER = dict(input_size=64, epochs=15, batch_size=32)
+_DAFH_IDC = dict(input_size=50, epochs=2, steps_per_epoch=40, batch_size=32, weight_decay=1e-4)
+_MTH_IDC = dict(input_size=50, epochs=2, steps_per_epoch=40, batch_size=32)
 
 RECIPES = {
     **{f"hatdh-{bits}": dict(data=KATHER, arch="hatdh", bits=bits, protocol="hatdh",
@@ -72,15 +80,32 @@ RECIPES = {
        for bits in (16, 32, 64)},
     "dch-64-idc": dict(data=IDC, arch="dch", bits=64, protocol="patient", options=_DCH_IDC,
                        tiling=IDC_TILING, splits=(0,)),
+    # Not bundled (--install skips them): the "Five methods" comparison.
+    **{f"dafh-{bits}": dict(data=KATHER, arch="dafh", bits=bits, protocol="hatdh",
+                            options=_DAFH_KATHER, tiling=KATHER_TILING, bundled=False)
+       for bits in (16, 32, 48)},
+    **{f"mth-{bits}": dict(data=KATHER, arch="mth", bits=bits, protocol="hatdh",
+                           options=_MTH_KATHER, tiling=KATHER_TILING, bundled=False)
+       for bits in (32, 64)},
+    # DAFH with the classifier on Linear1 (the paper's text) instead of the codes (Algorithm 1)
+    "dafh-32-text": dict(data=KATHER, arch="dafh", bits=32, protocol="hatdh",
+                         options={**_DAFH_KATHER, "arch_kwargs": {"classifier_input": "fusion"}},
+                         tiling=KATHER_TILING, bundled=False),
+    "dafh-32-idc": dict(data=IDC, arch="dafh", bits=32, protocol="patient", options=_DAFH_IDC,
+                        tiling=IDC_TILING, splits=(0,), bundled=False),
+    "mth-32-idc": dict(data=IDC, arch="mth", bits=32, protocol="patient", options=_MTH_IDC,
+                       tiling=IDC_TILING, splits=(0,), bundled=False),
 }
+ARCH_TEXT = {"hatdh": "HATDH (MobileNetV1-0.5 + HCAM)", "dch": "DCH (4-conv + FC2048, 4x4 pooled)",
+             "dafh": "DAFH (EfficientNet-B0 + CBAM + layer fusion + Ptanh)",
+             "mth": "MTH (multi-scale dense blocks + self-attention, reconstructed)"}
 DEFAULT_SPLITS = (0, 1, 2, 3, 4)
 KEY_METRICS = ("map", "map_tie_averaged", "map@100", "precision@10", "vote_accuracy@10",
                "balanced_accuracy@10")
 
 
 def describe(name: str, recipe: dict) -> str:
-    arch = "HATDH (MobileNetV1-0.5 + HCAM)" if recipe["arch"] == "hatdh" else \
-        "DCH (4-conv + FC2048, 4x4 pooled)"
+    arch = ARCH_TEXT[recipe["arch"]]
     if recipe["data"] == KATHER:
         what = (f"colorectal tissue types ({KATHER_CREDIT}); trained on the split-seed-0 70% "
                 f"train part (184 tiles) from scratch, input {recipe['options']['input_size']} px "

@@ -178,7 +178,8 @@ def test_dataset_and_balanced_sampler(dataset):
                                                                   "triplet_mode": "semi-hard",
                                                                   "aux_ce_weight": 0.5}),
                                         ("dch", {"pretrain_epochs": 1}),
-                                        ("dch", {"pretrain_epochs": 0})])
+                                        ("dch", {"pretrain_epochs": 0}),
+                                        ("dafh", {}), ("mth", {})])
 def test_steps_lower_the_loss_on_a_fixed_batch(dataset, arch, extra):
     cfg = tiny_config(arch=arch, augment=False, schedule="constant", epochs=2, **extra).resolved()
     run = _Run(cfg, dataset, torch.device("cpu"))
@@ -193,7 +194,7 @@ def test_steps_lower_the_loss_on_a_fixed_batch(dataset, arch, extra):
 
 def _net_tensors(out_dir):
     return {k: v for k, v in load_file(out_dir / "checkpoint.safetensors").items()
-            if k.startswith(("net.", "head."))}
+            if k.startswith(("net.", "head.", "class_layer.", "projection."))}
 
 
 @pytest.mark.parametrize("arch,extra,cancel", [
@@ -202,6 +203,7 @@ def _net_tensors(out_dir):
     ("dch", {"pretrain_epochs": 1}, "epoch 1/2 loss"),              # across the DCH stages
     ("dch", {"pretrain_epochs": 1, "ema_decay": 0.9, "label_smoothing": 0.1},
      "epoch 2/2 batch 1/"),                                          # EMA restored mid-epoch
+    ("mth", {}, "epoch 2/2 batch 1/"),         # two named extra modules restored mid-epoch
 ])
 def test_resume_matches_an_uninterrupted_run(entries, tmp_path, arch, extra, cancel):
     cfg = tiny_config(arch=arch, **extra)
@@ -270,3 +272,55 @@ def test_train_from_folder_saves_the_split(tmp_path):
     assert len(split["train"]) == 8 and len(split["test"]) == 4
     assert result.card.split["train"] == split["train"]
     assert result.card.training["data"]["images"] == 8
+
+
+# ---------------------------------------------------------------- objectives and config
+
+def test_every_registered_model_with_an_objective_is_trainable():
+    from hashview.models import available_architectures
+    from hashview.training.objectives import objective_class, trainable_architectures
+
+    archs = trainable_architectures()
+    assert {"hatdh", "dch", "dafh", "mth"} <= set(archs) <= set(available_architectures())
+    assert all(objective_class(a).arch == a and archs[a] for a in archs)
+    with pytest.raises(ModelError, match="training supports"):
+        TrainConfig(arch="resnet").resolved()
+
+
+def test_objective_options_defaults_overrides_and_unknown_keys():
+    cfg = TrainConfig.from_options(arch="mth", eta=0.2, epochs=3).resolved()
+    assert cfg.epochs == 3 and cfg.objective_options == {"eta": 0.2, "delta": 0.3,
+                                                         "alpha": 1.0, "beta": 1.0}
+    assert cfg.input_size == 64 and cfg.sampler == "balanced" and cfg.pretrain_epochs is None
+    assert TrainConfig(arch="dafh").resolved().objective_options["focal_gamma"] == 1.5
+    assert TrainConfig(arch="dch", epochs=9).resolved().pretrain_epochs == 3
+    with pytest.raises(ModelError, match="no option 'margin'"):
+        TrainConfig.from_options(arch="mth", margin=0.3).resolved()
+    with pytest.raises(ModelError, match="pretrain_epochs"):
+        TrainConfig(arch="dch", epochs=2, pretrain_epochs=2).resolved()
+
+
+def test_bundled_model_configs_resolve_unchanged():
+    from hashview.models import list_models
+
+    cards = [c for c in list_models() if c.training.get("config")]
+    assert cards
+    for card in cards:
+        saved = card.training["config"]
+        resolved = TrainConfig.from_dict(saved).resolved().to_dict()
+        assert {k: v for k, v in resolved.items() if k in saved} == saved, card.name
+
+
+def test_checkpoint_config_from_before_objective_options_still_resumes(entries, tmp_path):
+    cfg = tiny_config(epochs=2)
+
+    def stop(p):
+        if p.message.startswith("epoch 1/2 loss"):
+            raise Cancelled()
+    with pytest.raises(Cancelled):
+        train(cfg, entries, tmp_path, progress=stop)
+    meta_path = tmp_path / "checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["objective_options"]  # as written before the field existed
+    meta_path.write_text(json.dumps(meta))
+    assert len(train(cfg, entries, tmp_path, resume=True).history) == 2

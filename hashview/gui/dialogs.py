@@ -14,8 +14,6 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QDoubleSpin
 from hashview import __version__
 from hashview.gui.settings import AppSettings
 
-ARCHITECTURES = {"hatdh": "HATDH (attention + triplet loss)",
-                 "dch": "DCH (deep convolutional hashing)"}
 DEVICES = {"auto": "Automatic (GPU when available)", "cuda": "GPU (CUDA)", "cpu": "CPU"}
 
 
@@ -44,7 +42,9 @@ class TrainDialog(QDialog):
         folder_row.addWidget(self.folder, 1)
         folder_row.addWidget(browse)
         self.arch = QComboBox()
-        for key, text in ARCHITECTURES.items():
+        from hashview.training.objectives import trainable_architectures
+
+        for key, text in trainable_architectures().items():  # every arch with an objective
             self.arch.addItem(text, key)
         self.bits = QSpinBox()
         self.bits.setRange(8, 512)

@@ -48,4 +48,5 @@ def build_model(arch: str, bits: int, **kw):
 def _ensure_builtin_architectures() -> None:
     # Importing the modules runs their @register decorators; done lazily so that importing
     # the registry alone never creates a circular import.
-    from hashview.models import dch, hatdh  # noqa: F401
+    from hashview.models import dafh, dch, hatdh, mth  # noqa: F401
+    from hashview.models import lgffem  # noqa: F401

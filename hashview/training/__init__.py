@@ -1,4 +1,4 @@
-"""Training HATDH / DCH hashing models on labelled patch folders.
+"""Training hashing models (every architecture with an objective) on labelled patch folders.
 
 ``train(config, train_entries, out_dir, ...)`` is the core (see :mod:`hashview.training.loop`);
 ``train_from_folder`` is what the CLI calls: scan, split, train on the train part, and save the
@@ -31,7 +31,8 @@ def train_from_folder(data_folder, arch: str, bits: int, out_dir, epochs: int = 
     of the interrupted run; else it is made with ``protocol`` ("hatdh": 70/30 per class,
     image-level; "patient": patient-level, needs patient ids in labels.csv) and ``seed``.
     ``options`` are further :class:`TrainConfig` fields (``input_size``, ``device``,
-    ``triplet_mode``, ``aux_ce_weight``, ...); ``dataset`` defaults to the folder's name.
+    ``triplet_mode``, ``aux_ce_weight``, ...) or keys of the architecture's
+    ``objective_options``; ``dataset`` defaults to the folder's name.
     """
     from hashview.evaluation import load_dataset, resolve_splits
     from hashview.splits import Split
@@ -46,9 +47,9 @@ def train_from_folder(data_folder, arch: str, bits: int, out_dir, epochs: int = 
     else:
         split = resolve_splits(data, None, protocol, [seed], train_fraction)[0]
     train_idx, _ = split.indices(data.paths)
-    config = TrainConfig(arch=arch, bits=int(bits), epochs=int(epochs),
-                         batch_size=int(batch_size), lr=lr, seed=int(seed),
-                         **{"dataset": data.name, **options})
+    config = TrainConfig.from_options(arch=arch, bits=int(bits), epochs=int(epochs),
+                                      batch_size=int(batch_size), lr=lr, seed=int(seed),
+                                      **{"dataset": data.name, **options})
     out_dir.mkdir(parents=True, exist_ok=True)
     split.save(saved)  # before training: a resumed run must find the same split
     return train(config, [data.entries[i] for i in train_idx], out_dir, progress=progress,

@@ -2,7 +2,9 @@
 the model card's ``training.config``).
 
 ``None`` fields mean "the documented default for this architecture"; :meth:`TrainConfig.resolved`
-fills them in, and the resolved config is what gets recorded.
+fills them in from the architecture's objective (:mod:`hashview.training.objectives`), and the
+resolved config is what gets recorded. HATDH and DCH knobs are top-level fields (older model
+cards store them so); later architectures keep theirs in ``objective_options``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from typing import Optional
 from hashview.errors import ModelError
 from hashview.training.losses import TRIPLET_MODES
 
-ARCH_INPUT_SIZE = {"hatdh": 224, "dch": 128}   # paper sizes (HATDH: BreakHis 224, Kather 150)
 OPTIMISERS = ("adam", "adadelta")
 DEFAULT_LR = {"adam": 1e-3, "adadelta": 1.0}   # HATDH: Adam 1e-3; Keras Adadelta default 1.0
 # DCH default optimiser: Adam. benchmarks/train_quick.py (Kather subset, 64 bits, seed 0):
@@ -32,17 +33,18 @@ class TrainConfig:
     lr: Optional[float] = None            # None: 1e-3 for Adam, 1.0 for Adadelta
     seed: int = 0
     weight_decay: float = 0.0
-    input_size: Optional[int] = None      # None: 224 (HATDH) / 128 (DCH)
+    input_size: Optional[int] = None      # None: the objective's (HATDH 224, DCH 128...)
     device: str = "auto"
     dataset: str = "kather"               # picks the paper's HATDH margins (kather | breakhis)
     name: Optional[str] = None            # model file stem; None: ARCH-BITS-DATASET
-    optimizer: str = "auto"               # "auto": Adam (HATDH), DCH_DEFAULT_OPTIMISER (DCH)
+    optimizer: str = "auto"               # "auto": the objective's (Adam for every arch)
     schedule: str = "cosine"              # "cosine" (per step, to 0 per stage) | "constant"
     augment: bool = True
-    sampler: str = "auto"                 # "balanced" (P x K) | "shuffle"; auto: HATDH balanced
+    sampler: str = "auto"                 # "balanced" (P x K) | "shuffle"; auto: the objective's
     steps_per_epoch: Optional[int] = None  # None: ~one pass over the training images
     amp: bool = True                      # fp16 autocast + GradScaler on CUDA (ignored on CPU)
     arch_kwargs: dict = field(default_factory=dict)
+    objective_options: dict = field(default_factory=dict)  # the objective's own knobs
     # HATDH loss (None: paper values for `dataset`)
     triplet_mode: str = "random"          # "random" (paper) | "batch-hard" | "semi-hard"
     normalise_by_bits: bool = False
@@ -69,29 +71,43 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    @classmethod
+    def from_options(cls, **options) -> "TrainConfig":
+        """Fields by keyword; any other keyword is an ``objective_options`` key (so that
+        ``--option margin=0.3`` works for every architecture)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        fields = {k: v for k, v in options.items() if k in known}
+        extra = {k: v for k, v in options.items() if k not in known}
+        if extra:
+            fields["objective_options"] = {**fields.get("objective_options", {}), **extra}
+        return cls(**fields)
+
     def resolved(self) -> "TrainConfig":
         """A copy with every ``None``/"auto" default filled in; raises ModelError if invalid."""
+        from hashview.training.objectives import objective_class
+
         arch = self.arch.lower()
-        if arch not in ARCH_INPUT_SIZE:
-            raise ModelError(None, f"training supports {sorted(ARCH_INPUT_SIZE)}, not {arch!r}")
-        optimizer = self.optimizer
-        if optimizer == "auto":
-            optimizer = DCH_DEFAULT_OPTIMISER if arch == "dch" else "adam"
+        objective = objective_class(arch)
+        optimizer = objective.optimizer if self.optimizer == "auto" else self.optimizer
         if optimizer not in OPTIMISERS:
             raise ModelError(None, f"unknown optimizer {optimizer!r} (use {OPTIMISERS})")
-        sampler = self.sampler
-        if sampler == "auto":
-            sampler = "shuffle" if arch == "dch" else "balanced"
-        pretrain = self.pretrain_epochs
-        if arch == "dch" and pretrain is None:
-            pretrain = self.epochs // 3
+        unknown = sorted(set(self.objective_options) - set(objective.options))
+        if unknown:
+            raise ModelError(None, f"invalid training config: {arch} has no option "
+                                   f"{unknown[0]!r} (options: {sorted(objective.options)})")
         cfg = dataclasses.replace(
-            self, arch=arch, optimizer=optimizer, sampler=sampler,
+            self, arch=arch, optimizer=optimizer,
+            sampler=objective.sampler if self.sampler == "auto" else self.sampler,
             lr=DEFAULT_LR[optimizer] if self.lr is None else float(self.lr),
-            input_size=self.input_size or ARCH_INPUT_SIZE[arch],
-            pretrain_epochs=pretrain if arch == "dch" else None,
-            arch_kwargs=dict(self.arch_kwargs))
+            input_size=self.input_size or objective.input_size,
+            arch_kwargs=dict(self.arch_kwargs),
+            objective_options={**objective.options, **self.objective_options})
+        # DCH's stage split is a top-level field (model cards store it); None for the others.
+        cfg = dataclasses.replace(cfg, **{"pretrain_epochs": None, **objective.resolve(cfg)})
         cfg._validate()
+        reason = objective.check(cfg)
+        if reason:
+            raise ModelError(None, f"invalid training config: {reason}")
         return cfg
 
     def _validate(self) -> None:
@@ -109,8 +125,6 @@ class TrainConfig:
             raise bad("schedule must be 'cosine' or 'constant'")
         if self.sampler not in ("balanced", "shuffle"):
             raise bad("sampler must be 'balanced' or 'shuffle'")
-        if self.arch == "dch" and not 0 <= self.pretrain_epochs < self.epochs:
-            raise bad("pretrain_epochs must be in [0, epochs)")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise bad("label_smoothing must be in [0, 1)")
         if not 0.0 <= self.ema_decay < 1.0:

@@ -1,7 +1,9 @@
-"""The training loop for HATDH and DCH: seeded, checkpointed every epoch, resumable, cancellable.
+"""The training loop: seeded, checkpointed every epoch, resumable, cancellable, generic over
+architectures. What is specific to one (extra heads, stages, parameters per stage, the loss,
+stage transitions) is its objective, see :mod:`hashview.training.objectives`.
 
 Reproducibility: the model is initialised under ``torch.manual_seed(seed)``; every later random
-choice (batch plan, augmentation, random triplets, DCH's softmax re-initialisation) comes from a
+choice (batch plan, augmentation, random triplets, stage re-initialisations) comes from a
 CPU ``torch.Generator`` seeded from ``(seed, epoch, purpose)``. A resumed run rebuilds those
 generators (or restores their saved state mid-epoch), so it ends with the same weights as an
 uninterrupted run (tested to 1e-6 on CPU). The library never changes ``torch.set_num_threads``.
@@ -13,6 +15,7 @@ and augmented/normalised on the GPU; losses are computed in fp32.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,12 +24,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from hashview.encode import pack_codes, pick_device
+from hashview.encode import pick_device
 from hashview.errors import ModelError
-from hashview.metrics import hamming_ranking, mean_average_precision, relevance_matrix
 from hashview.models import ModelCard, build_model, save_model
 from hashview.models.cards import DEFAULT_MEAN, DEFAULT_STD
 from hashview.progress import Cancelled, ProgressCallback, report
@@ -35,7 +36,7 @@ from hashview.training.config import TrainConfig
 from hashview.training.data import (AugmentConfig, BalancedBatchSampler, PatchDataset,
                                     ShuffleBatchSampler, augment, epoch_generator,
                                     images_to_input, make_loader)
-from hashview.training.losses import DCHLoss, HATDHLoss, hatdh_params
+from hashview.training.objectives import objective_class
 
 # Generator streams (purposes) derived from (seed, epoch).
 _SAMPLER, _AUGMENT, _TRIPLETS, _REINIT = 0, 1, 2, 3
@@ -58,29 +59,15 @@ class _Run:
         self.cfg, self.data, self.device = cfg, data, device
         self.is_cuda = device.type == "cuda"
         n_classes = data.n_classes
+        objective_cls = objective_class(cfg.arch)
         torch.manual_seed(cfg.seed)
-        kw = dict(cfg.arch_kwargs)
-        if cfg.arch == "dch":
-            kw["n_classes"] = n_classes  # the softmax always matches the training classes
-        self.net = build_model(cfg.arch, cfg.bits, input_size=cfg.input_size, **kw)
-        if cfg.arch == "dch":
-            # Stage-1 head (paper: conv -> FC2048 -> softmax, before the LBE is inserted).
-            self.head: Optional[nn.Module] = nn.Linear(2048, n_classes)
-            self.hatdh_loss, self.dch_loss = None, DCHLoss(cfg.gamma, cfg.label_smoothing)
-        else:
-            # Our addition, off by default: a linear classifier on the tanh codes (aux CE).
-            self.head = nn.Linear(cfg.bits, n_classes) if cfg.aux_ce_weight > 0 else None
-            p = hatdh_params(cfg.dataset)
-            self.hatdh_loss = HATDHLoss(
-                p.lambda1 if cfg.lambda1 is None else cfg.lambda1,
-                p.lambda2 if cfg.lambda2 is None else cfg.lambda2,
-                p.lambda3 if cfg.lambda3 is None else cfg.lambda3,
-                p.beta if cfg.beta is None else cfg.beta,
-                normalise_by_bits=cfg.normalise_by_bits, mode=cfg.triplet_mode)
-            self.dch_loss = None
+        self.net = build_model(cfg.arch, cfg.bits, input_size=cfg.input_size,
+                               **objective_cls.build_kwargs(cfg, n_classes))
+        self.objective = objective_cls(cfg, self.net, n_classes)
+        self.stages = self.objective.stages()
         self.net.to(device, memory_format=torch.channels_last)
-        if self.head is not None:
-            self.head.to(device)
+        for module in self.objective.extra.values():
+            module.to(device)
         self.use_amp = self.is_cuda and cfg.amp
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.steps_per_epoch = len(self._sampler(0))
@@ -94,7 +81,7 @@ class _Run:
         self._saved_gens: dict[str, torch.Tensor] = {}  # mid-epoch generator states (resume)
         self._build_optimizer(self.stage)
         # EMA of the net's parameters and buffers (our addition; cfg.ema_decay > 0). It restarts
-        # at DCH's stage boundary (the LBE and softmax only train in stage 2).
+        # at every stage boundary (DCH: the LBE and softmax only train in stage 2).
         self.ema: Optional[dict[str, torch.Tensor]] = None
         if cfg.ema_decay > 0:
             self.reset_ema()
@@ -104,33 +91,22 @@ class _Run:
 
     # -- structure
     def stage_of(self, epoch: int) -> str:
-        if self.cfg.arch != "dch":
-            return "hash"
-        return "pretrain" if epoch < self.cfg.pretrain_epochs else "finetune"
+        ends = itertools.accumulate(epochs for _, epochs in self.stages)
+        for (name, _), end in zip(self.stages, ends):
+            if epoch < end:
+                return name
+        return self.stages[-1][0]
 
     def _stage_epochs(self, stage: str) -> int:
-        if stage == "pretrain":
-            return self.cfg.pretrain_epochs
-        if stage == "finetune":
-            return self.cfg.epochs - self.cfg.pretrain_epochs
-        return self.cfg.epochs
+        return dict(self.stages)[stage]
 
     def _sampler(self, epoch: int):
         cls = ShuffleBatchSampler if self.cfg.sampler == "shuffle" else BalancedBatchSampler
         return cls(self.data.labels, self.cfg.batch_size,
                    epoch_generator(self.cfg.seed, epoch, _SAMPLER), self.cfg.steps_per_epoch)
 
-    def _params(self, stage: str) -> list[nn.Parameter]:
-        if stage == "pretrain":  # LBE and softmax are not in the stage-1 graph
-            mods = [self.net.features, self.net.fc, self.head]
-            return [p for m in mods for p in m.parameters()]
-        params = list(self.net.parameters())
-        if stage == "hash" and self.head is not None:
-            params += list(self.head.parameters())
-        return params
-
     def _build_optimizer(self, stage: str) -> None:
-        cfg, params = self.cfg, self._params(stage)
+        cfg, params = self.cfg, self.objective.parameters(stage)
         if cfg.optimizer == "adadelta":
             self.optimizer = torch.optim.Adadelta(params, lr=cfg.lr, rho=0.95, eps=1e-7,
                                                   weight_decay=cfg.weight_decay)
@@ -164,36 +140,17 @@ class _Run:
             else:
                 self.ema[k].copy_(v)
 
-    def _start_finetune(self) -> None:
-        """DCH stage 2: the LBE is now in the graph; re-initialise the softmax (seeded)."""
-        g = epoch_generator(self.cfg.seed, self.cfg.pretrain_epochs, _REINIT)
-        layer = self.net.classifier
-        bound = math.sqrt(6.0 / layer.in_features)  # kaiming-uniform (ReLU gain), as DCH init
-        weight = (torch.rand(layer.weight.shape, generator=g) * 2 - 1) * bound
-        with torch.no_grad():
-            layer.weight.copy_(weight)
-            layer.bias.zero_()
-        self._build_optimizer("finetune")
+    def enter_stage(self, stage: str, epoch: int) -> None:
+        """Cross a stage boundary at ``epoch``: the objective's transition (seeded), a fresh
+        optimiser and schedule, and a restarted EMA."""
+        self.objective.enter_stage(stage, epoch_generator(self.cfg.seed, epoch, _REINIT))
+        self._build_optimizer(stage)
         if self.ema is not None:
             self.reset_ema()
 
     # -- one step
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        if self.stage == "pretrain":
-            feats = self.net.fc(self.net.pool(self.net.features(x)))
-            return F.cross_entropy(self.head(feats).float(), y,
-                                   label_smoothing=self.cfg.label_smoothing), {}
-        if self.stage == "finetune":
-            codes, logits = self.net.codes_and_class_logits(x)
-            return self.dch_loss(logits, codes, y)
-        codes = self.net(x)
-        loss, parts = self.hatdh_loss(codes, y, self.gen_triplets)
-        if self.head is not None:
-            ce = F.cross_entropy(self.head(codes.float()), y,
-                                 label_smoothing=self.cfg.label_smoothing)
-            loss = loss + self.cfg.aux_ce_weight * ce
-            parts["aux_ce"] = float(ce.detach())
-        return loss, parts
+        return self.objective.loss(self.stage, x, y, self.gen_triplets)
 
     def prepare(self, pixels: torch.Tensor, do_augment: bool) -> torch.Tensor:
         x = images_to_input(pixels, self.device)
@@ -221,7 +178,7 @@ class _Run:
     def batch_loss(self, pixels: torch.Tensor, labels: torch.Tensor) -> float:
         """The training loss on a batch without augmentation or update (for diagnostics/tests):
         train-mode BatchNorm as in a step, running statistics and RNG left untouched."""
-        modules = [m for m in (self.net, self.head) if m is not None]
+        modules = self.objective.modules()
         saved = [{k: v.clone() for k, v in m.named_buffers()} for m in modules]
         gen, self.gen_triplets = self.gen_triplets, epoch_generator(self.cfg.seed, 0, _TRIPLETS)
         try:
@@ -251,8 +208,8 @@ class _Run:
     # -- checkpoints
     def tensors(self) -> dict[str, torch.Tensor]:
         t = {f"net.{k}": v for k, v in self.net.state_dict().items()}
-        if self.head is not None:
-            t.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+        for name, module in self.objective.extra.items():
+            t.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
         if self.ema is not None:
             t.update({f"ema.{k}": v for k, v in self.ema.items()})
             t["ema_steps"] = torch.tensor(self.ema_steps, dtype=torch.int64)
@@ -277,9 +234,10 @@ class _Run:
     def restore(self, out_dir: Path) -> None:
         tensors, optim, meta = ckpt.load_checkpoint(out_dir)
         self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-        if self.head is not None:
-            self.head.load_state_dict({k[5:]: v for k, v in tensors.items()
-                                       if k.startswith("head.")})
+        for name, module in self.objective.extra.items():
+            prefix = f"{name}."
+            module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()
+                                    if k.startswith(prefix)})
         if self.ema is not None and "ema_steps" in tensors:
             self.ema = {k[4:]: v.clone() for k, v in tensors.items() if k.startswith("ema.")}
             self.ema_steps = int(tensors["ema_steps"])
@@ -298,7 +256,8 @@ class _Run:
 
 
 def _check_resumable(meta: dict, cfg: TrainConfig, class_names: list[str], out_dir: Path) -> None:
-    saved = dict(meta.get("config", {}))
+    # via from_dict: fields added since the checkpoint was written compare as their defaults
+    saved = TrainConfig.from_dict(meta.get("config", {})).to_dict()
     current = cfg.to_dict()
     ignore = {"device", "name", "amp"}
     diff = sorted(k for k in set(saved) | set(current)
@@ -309,13 +268,6 @@ def _check_resumable(meta: dict, cfg: TrainConfig, class_names: list[str], out_d
                                   f"config ({k}: {saved.get(k)!r} vs {current.get(k)!r})")
     if meta.get("class_names") != class_names:
         raise ModelError(out_dir, "cannot resume: the training classes differ from the checkpoint")
-
-
-def _mean_average_precision(db: np.ndarray, db_labels: np.ndarray, q: np.ndarray,
-                            q_labels: np.ndarray) -> float:
-    """mAP over the full Hamming ranking of sign codes (hashview.metrics conventions)."""
-    order, _ = hamming_ranking(pack_codes(q), pack_codes(db))
-    return mean_average_precision(relevance_matrix(q_labels, db_labels, order))
 
 
 def train(config: TrainConfig, train_entries: Sequence, out_dir, progress: Optional[
@@ -350,8 +302,8 @@ def train(config: TrainConfig, train_entries: Sequence, out_dir, progress: Optio
         while run.epoch < cfg.epochs:
             epoch = run.epoch
             stage = run.stage_of(epoch)
-            if stage != run.stage:  # DCH: pretrain -> finetune boundary
-                run._start_finetune()
+            if stage != run.stage:  # a stage boundary (DCH: pretrain -> finetune)
+                run.enter_stage(stage, epoch)
             run.gen_augment = epoch_generator(cfg.seed, epoch, _AUGMENT)
             run.gen_triplets = epoch_generator(cfg.seed, epoch, _TRIPLETS)
             if run.batch > 0:  # resuming mid-epoch: generators continue where they stopped
@@ -375,7 +327,7 @@ def train(config: TrainConfig, train_entries: Sequence, out_dir, progress: Optio
                      "lr": run.scheduler.get_last_lr()[0],
                      "epoch_seconds": round(time.perf_counter() - t0, 3)}
             if val is not None:
-                entry["val_map"] = _mean_average_precision(
+                entry["val_map"] = run.objective.retrieval_map(
                     run.encode(data.images), data.labels, run.encode(val.images), val.labels)
             run.history.append(mean_loss)
             run.log.append(entry)
