@@ -11,6 +11,11 @@ model card's own ``split`` when it names this data folder (reproduces the traini
 set); else ``protocol`` x ``seeds``. Evaluating a trained model on other splits of its own
 training data leaks training images into the queries; the result then carries a warning.
 
+Float descriptors (``code_kind="float"`` models such as LGFFEM) are ranked by cosine distance
+with the same tie rules; their result also scores the **binarised variant**, the sign of each
+dimension packed to one bit (``bits`` dims -> ``bits`` bits, 32x less storage than float32), on
+the same splits, as ``binarised_*`` keys. ``bytes_per_code`` gives the storage of each.
+
 Ties: the database is put in a seeded random order before ranking, so the deterministic
 tie-break of :mod:`hashview.metrics` (by database index) acts as a reproducible random tie-break
 (as in the calibration runs), never as one favouring the class listed first. ``map_tie_averaged``
@@ -26,7 +31,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from hashview.errors import HashViewError
-from hashview.metrics import evaluate_codes
+from hashview.metrics import evaluate_codes, is_float_codes
 from hashview.progress import ProgressCallback, report
 from hashview.slides.folders import PatchEntry, scan_patch_folder
 from hashview.splits import PROTOCOLS, Split, make_split
@@ -94,14 +99,28 @@ def _load_patches(entries: Sequence[PatchEntry], size: int):
 def encode_folder_split(loaded_model, entries: Sequence[PatchEntry], device="auto",
                         batch_size: Optional[int] = None,
                         progress: Optional[ProgressCallback] = None) -> np.ndarray:
-    """Packed codes ``(len(entries), bits // 8)``; each patch is one tile at the card's size."""
+    """Packed codes ``(len(entries), bits // 8)`` (float32 ``(len(entries), bits)`` descriptors
+    for a float model); each patch is one tile at the card's size."""
     from hashview.encode import Encoder
     encoder = Encoder(loaded_model, device=device, batch_size=batch_size)
     parts = list(encoder.encode_batches(_load_patches(entries, encoder.input_size), progress=progress,
                                         total=len(entries)))
     if not parts:
+        if encoder.code_kind == "float":
+            return np.zeros((0, encoder.bits), dtype=np.float32)
         return np.zeros((0, encoder.bits // 8), dtype=np.uint8)
     return np.concatenate(parts, axis=0)
+
+
+def _binarised_scores(codes: np.ndarray, labels: np.ndarray, train: np.ndarray,
+                      test: np.ndarray, bits: int, metric_args: dict) -> dict:
+    """Scalar metrics of the sign-binarised descriptors, keys prefixed ``binarised_``."""
+    from hashview.encode import pack_codes
+    packed = pack_codes(codes)
+    scores = evaluate_codes(packed[train], labels[train], packed[test], labels[test], bits,
+                            **metric_args)
+    return {f"binarised_{k}": v for k, v in scores.items()
+            if isinstance(v, float) and k != "curves"}
 
 
 def summarise(per_split: Sequence[dict]) -> tuple[dict, dict]:
@@ -138,13 +157,19 @@ def _score_splits(codes: np.ndarray, dataset: PatchDataset, splits: Sequence[Spl
         train = np.random.default_rng(split.seed).permutation(np.asarray(train))
         scores = evaluate_codes(codes[train], labels[train], codes[test], labels[test], bits,
                                 **metric_args)
+        if is_float_codes(codes):
+            scores.update(_binarised_scores(codes, labels, train, test, bits, metric_args))
         per_split.append({"seed": split.seed, "protocol": split.protocol, **scores})
         report(progress, "evaluating", number, len(splits), f"seed {split.seed}")
     mean, std = summarise(per_split)
+    storage = {"code_kind": "float", "bytes_per_code": 4 * bits,
+               "binarised_bytes_per_code": bits // 8} if is_float_codes(codes) else \
+        {"code_kind": "binary", "bytes_per_code": bits // 8}
     return {"data_root": dataset.name, "data_folder": str(dataset.root),
             "n_images": len(dataset.paths), "n_classes": len(set(dataset.labels)),
             "protocol": splits[0].protocol, "seeds": [s.seed for s in splits], "bits": bits,
-            "mean": mean, "std": std, "curves": _mean_curves(per_split), "splits": per_split}
+            **storage, "mean": mean, "std": std, "curves": _mean_curves(per_split),
+            "splits": per_split}
 
 
 def evaluate_model(model, data_folder: Union[str, Path],
@@ -248,7 +273,8 @@ def plot_curves(result: dict, out_png: Union[str, Path]) -> Path:
                                      "JSON") from None
     curves = result.get("curves") or result["splits"][0]["curves"]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    label = f"{result.get('name')} ({result.get('bits')} bits)"
+    unit = "dims" if result.get("code_kind") == "float" else "bits"
+    label = f"{result.get('name')} ({result.get('bits')} {unit})"
     left.plot(curves["n"], curves["precision"], label=label)
     left.set(xlabel="number of images retrieved", ylabel="precision", title="Precision@n")
     right.plot(curves["recall"], curves["precision"], marker=".", label=label)

@@ -1,9 +1,13 @@
-"""Retrieval metrics for packed binary codes (numpy only; no Qt, no torch).
+"""Retrieval metrics for packed binary codes and float descriptors (numpy only; no Qt, no torch).
 
 Conventions (shared by every function here, see docs of each for details):
 
 - Codes are packed uint8 rows (``hashview.encode.pack_codes``); distances are Hamming distances.
-- **Ranking**: each query ranks the whole database by a *stable* sort on (Hamming distance,
+  Float descriptors (float32 ``(N, dim)``, L2-normalised, from a ``code_kind="float"`` model)
+  are ranked by cosine distance ``1 - <q, d>`` instead (:func:`cosine_ranking`);
+  :func:`evaluate_codes` picks the ranking from the array's dtype. Radius look-up is a Hamming
+  notion and is not reported for float descriptors.
+- **Ranking**: each query ranks the whole database by a *stable* sort on (distance,
   database index). Ties are therefore broken deterministically by database order, so results are
   reproducible; :func:`tie_averaged_average_precision` gives the tie-free expectation and
   :func:`tie_stats` measures how much ties matter.
@@ -32,13 +36,18 @@ _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 # ---------------------------------------------------------------- distances and ranking
 
+def _as_rows(values, dtype, what: str) -> np.ndarray:
+    """``values`` as a contiguous 2-D array of ``dtype`` (one row per item)."""
+    values = np.asarray(values, dtype=dtype)
+    if values.ndim == 1:
+        values = values[None, :]
+    if values.ndim != 2:
+        raise ValueError(f"expected {what}, got shape {values.shape}")
+    return np.ascontiguousarray(values)
+
+
 def _as_codes(codes) -> np.ndarray:
-    codes = np.asarray(codes, dtype=np.uint8)
-    if codes.ndim == 1:
-        codes = codes[None, :]
-    if codes.ndim != 2:
-        raise ValueError(f"expected packed codes (N, bytes), got shape {codes.shape}")
-    return np.ascontiguousarray(codes)
+    return _as_rows(codes, np.uint8, "packed codes (N, bytes)")
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
@@ -83,6 +92,42 @@ def hamming_ranking(query_codes, db_codes, chunk_size: Optional[int] = None
         order[start:start + chunk] = ranked
         distances[start:start + chunk] = np.take_along_axis(block, ranked, axis=1)
     return order, distances
+
+
+def _as_descriptors(descriptors) -> np.ndarray:
+    return _as_rows(descriptors, np.float32, "float descriptors (N, dim)")
+
+
+def is_float_codes(codes) -> bool:
+    """Whether ``codes`` are float descriptors (cosine ranking) rather than packed bits."""
+    return np.asarray(codes).dtype.kind == "f"
+
+
+def cosine_ranking(query_descriptors, db_descriptors, chunk_size: Optional[int] = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`hamming_ranking` for L2-normalised float descriptors: ``(order, distances)`` with
+    ``distances = 1 - cosine`` (float32, in [0, 2]), stable-sorted by (distance, index)."""
+    q, d = _as_descriptors(query_descriptors), _as_descriptors(db_descriptors)
+    if q.shape[1] != d.shape[1]:
+        raise ValueError(f"descriptor lengths differ: {q.shape[1]} vs {d.shape[1]}")
+    n_q, n_db = q.shape[0], d.shape[0]
+    chunk = chunk_size or query_chunk_size(n_db, 4)
+    order = np.empty((n_q, n_db), dtype=np.int64)
+    distances = np.empty((n_q, n_db), dtype=np.float32)
+    for start in range(0, n_q, chunk):
+        block = 1.0 - q[start:start + chunk] @ d.T
+        ranked = np.argsort(block, axis=1, kind="stable")
+        order[start:start + chunk] = ranked
+        distances[start:start + chunk] = np.take_along_axis(block, ranked, axis=1)
+    return order, distances
+
+
+def rank_database(query_codes, db_codes, chunk_size: Optional[int] = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine ranking for float descriptors, Hamming ranking for packed codes."""
+    if is_float_codes(db_codes):
+        return cosine_ranking(query_codes, db_codes, chunk_size)
+    return hamming_ranking(query_codes, db_codes, chunk_size)
 
 
 def relevance_matrix(query_labels, db_labels, order: np.ndarray) -> np.ndarray:
@@ -321,10 +366,19 @@ def evaluate_codes(db_codes, db_labels, query_codes, query_labels, bits: int,
     ``tie_ambiguous_fraction@{vote_k}``, counts, and ``curves`` (precision and recall at
     ``curve_count`` evenly spaced cutoffs). Queries are ranked in chunks to bound memory.
     Labels may be any comparable values (ints or strings).
+
+    Float descriptors (``bits`` = their dimension) are ranked by cosine distance, with the same
+    tie rule and the same keys except the ``radius*`` ones.
     """
-    db_codes, query_codes = _as_codes(db_codes), _as_codes(query_codes)
-    if db_codes.shape[1] * 8 < bits:
-        raise ValueError(f"{bits} bits do not fit in {db_codes.shape[1]} bytes per code")
+    descriptors = is_float_codes(db_codes)
+    if descriptors:
+        db_codes, query_codes = _as_descriptors(db_codes), _as_descriptors(query_codes)
+        if db_codes.shape[1] != bits:
+            raise ValueError(f"descriptors have {db_codes.shape[1]} dimensions, not {bits}")
+    else:
+        db_codes, query_codes = _as_codes(db_codes), _as_codes(query_codes)
+        if db_codes.shape[1] * 8 < bits:
+            raise ValueError(f"{bits} bits do not fit in {db_codes.shape[1]} bytes per code")
     db_labels, query_labels = np.asarray(db_labels), np.asarray(query_labels)
     if len(db_labels) != len(db_codes) or len(query_labels) != len(query_codes):
         raise ValueError("labels and codes must have the same length")
@@ -332,12 +386,13 @@ def evaluate_codes(db_codes, db_labels, query_codes, query_labels, bits: int,
     if n_db == 0 or n_q == 0:
         raise ValueError("need at least one database item and one query")
     points = curve_points(n_db, curve_count)
-    chunk = chunk_size or query_chunk_size(n_db, db_codes.shape[1], DEFAULT_CHUNK_BYTES // 4)
+    chunk = chunk_size or query_chunk_size(n_db, 4 if descriptors else db_codes.shape[1],
+                                           DEFAULT_CHUNK_BYTES // 4)
     parts: list[tuple[int, dict]] = []
     predictions = []
     for start in range(0, n_q, chunk):
         labels = query_labels[start:start + chunk]
-        order, distances = hamming_ranking(query_codes[start:start + chunk], db_codes)
+        order, distances = rank_database(query_codes[start:start + chunk], db_codes)
         rel = relevance_matrix(labels, db_labels, order)
         part = {"map": float(average_precision(rel).mean()),
                 "map_tie_averaged": float(tie_averaged_average_precision(distances, rel).mean())}
@@ -345,8 +400,9 @@ def evaluate_codes(db_codes, db_labels, query_codes, query_labels, bits: int,
             part[f"map@{k}"] = float(average_precision(rel, k, normalise).mean())
         for k, value in precision_at_k(rel, k_list).items():
             part[f"precision@{k}"] = value
-        for key, value in radius_precision(distances, rel, radius).items():
-            part[f"radius{radius}_{key}"] = value
+        if not descriptors:
+            for key, value in radius_precision(distances, rel, radius).items():
+                part[f"radius{radius}_{key}"] = value
         ties = tie_stats(distances, vote_k)
         part[f"tied_at_{vote_k}"] = ties["tied_at_k"]
         part[f"tied_beyond_{vote_k}"] = ties["tied_beyond_k"]

@@ -7,14 +7,22 @@ from torch import nn
 
 
 class HashingNet(nn.Module):
-    """A network mapping ``(B, 3, S, S)`` images to ``(B, bits)`` relaxed codes in (-1, 1).
+    """A network mapping ``(B, 3, S, S)`` images to ``(B, bits)`` codes.
+
+    ``bits`` is the code length: bits for binary models, dimensions for float models.
+
+    ``code_kind = "binary"`` (the default): ``forward`` gives relaxed codes in (-1, 1); the
+    stored codes are ``sign(forward(x))`` with sign(0) = -1, which equals
+    ``sign(hash_logits(x))`` because tanh preserves sign and zero; search is by Hamming distance.
+    ``code_kind = "float"``: ``forward`` gives L2-normalised float descriptors and search is by
+    cosine similarity; ``sign(forward(x))`` is then the model's binarised variant.
 
     Subclasses set ``arch``, ``bits``, ``input_size`` and implement :meth:`hash_logits` (the
-    pre-tanh hash-layer activation). Binary codes are ``sign(forward(x))`` with sign(0) = -1,
-    which equals ``sign(hash_logits(x))`` because tanh preserves sign and zero.
+    pre-tanh hash-layer activation, or the unnormalised descriptor of a float model).
     """
 
     arch: str = ""
+    code_kind: str = "binary"
 
     def __init__(self, bits: int, input_size: int):
         super().__init__()

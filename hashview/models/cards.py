@@ -4,6 +4,10 @@ A card carries everything needed to rebuild the net (``arch``, ``bits``, ``input
 ``arch_kwargs``), to preprocess images exactly as in training (``mean``/``std`` applied to pixels
 scaled to [0, 1]), to check the weights (``sha256`` of the .safetensors bytes) and to tell the
 user what the model is (``description``, ``training``, ``split``, ``metrics``, ``class_names``).
+
+``code_kind`` says what the net's codes are: ``"binary"`` (packed sign bits, Hamming search; the
+default, and what a card without the key means) or ``"float"`` (L2-normalised float32
+descriptors of ``bits`` dimensions, cosine search).
 """
 
 from __future__ import annotations
@@ -22,13 +26,14 @@ REQUIRED_KEYS = ("name", "arch", "bits", "input_size")
 # preprocess_input does; it assumes no ImageNet statistics, which H&E tiles do not share anyway.
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.5, 0.5, 0.5)
+CODE_KINDS = ("binary", "float")
 
 
 @dataclass
 class ModelCard:
     name: str
     arch: str
-    bits: int
+    bits: int                  # code length: bits for binary models, dimensions for float ones
     input_size: int
     mean: tuple[float, float, float] = DEFAULT_MEAN
     std: tuple[float, float, float] = DEFAULT_STD
@@ -47,12 +52,14 @@ class ModelCard:
     # model use it unless told otherwise, so slide tiles match the training tiles' scale.
     tile_size: Optional[int] = None
     target_mpp: Optional[float] = None
+    code_kind: str = "binary"  # "binary" | "float" (see the module notes)
     # Where the card was found ("bundled", "user", "builtin" or a path); not written to JSON.
     source: str = field(default="", compare=False)
 
     @property
     def code_bytes(self) -> int:
-        return self.bits // 8
+        """Bytes per stored code: bits / 8 packed, or 4 per float32 dimension."""
+        return self.bits * 4 if self.code_kind == "float" else self.bits // 8
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -103,6 +110,9 @@ class ModelCard:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or self.bits <= 0 \
                 or self.bits % 8:
             raise bad(f"'bits' must be a positive multiple of 8, got {self.bits!r}")
+        if self.code_kind not in CODE_KINDS:
+            raise bad(f"'code_kind' must be one of {', '.join(CODE_KINDS)}, "
+                      f"got {self.code_kind!r}")
         if isinstance(self.input_size, bool) or not isinstance(self.input_size, int) \
                 or self.input_size <= 0:
             raise bad(f"'input_size' must be a positive integer, got {self.input_size!r}")
