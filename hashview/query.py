@@ -42,9 +42,11 @@ class QueryResult:
 
     def to_text(self) -> str:
         """A plain table for the terminal."""
-        lines = [f"{'rank':>4} {'dist':>4}  {'label':<12} {'x':>7} {'y':>7} {'size':>5}  source"]
+        lines = [f"{'rank':>4} {'dist':>6}  {'label':<12} {'x':>7} {'y':>7} {'size':>5}  source"]
         for hit in self.hits:
-            lines.append(f"{hit.rank + 1:>4} {hit.distance:>4}  {(hit.label or '-'):<12} "
+            # Hamming distances are ints; float libraries give 1 - cosine
+            dist = f"{hit.distance:.4f}" if isinstance(hit.distance, float) else hit.distance
+            lines.append(f"{hit.rank + 1:>4} {dist:>6}  {(hit.label or '-'):<12} "
                          f"{hit.x:>7} {hit.y:>7} {hit.size:>5}  {hit.source_name}")
         if not self.hits:
             lines.append("  (no hits: the library is empty or the filters exclude every tile)")
@@ -55,12 +57,15 @@ class QueryResult:
 
 
 def open_search(library_path: str | Path, device: str = "auto",
-                model: Optional[str | Path] = None) -> tuple[Searcher, Encoder]:
+                model: Optional[str | Path] = None,
+                index: str = "auto") -> tuple[Searcher, Encoder]:
     """Load a library into memory and its model, ready to search.
 
     The library file is closed again at once (the searcher holds a copy), so an indexing job may
     append to it meanwhile. ``model`` defaults to the library's own model; any other must have the
-    same weights (sha256) and bits, or ``LibraryError`` says why.
+    same weights (sha256) and bits, or ``LibraryError`` says why. ``index``: see
+    :class:`~hashview.search.Searcher` (an approximate index comes from the library's sidecar
+    file when one is valid; ``searcher.needs_index_build()`` says when it must be built).
     """
     from hashview.errors import LibraryError
     from hashview.library import Library, ModelInfo
@@ -69,7 +74,7 @@ def open_search(library_path: str | Path, device: str = "auto",
     # Only the copy is made with the file open (milliseconds): loading the model takes about a
     # second, and an indexing job that starts meanwhile would find the file locked.
     with Library.open(library_path, mode="r") as library:
-        searcher = Searcher(library)
+        searcher = Searcher(library, index=index)
         stored = library.model
     loaded = load_model(model or stored.name)
     other = ModelInfo.coerce(loaded.card)
@@ -77,6 +82,25 @@ def open_search(library_path: str | Path, device: str = "auto",
         raise LibraryError(library_path, f"made with {stored.describe()}; cannot search it "
                                          f"with {other.describe()}")
     return searcher, Encoder(loaded, device=device)
+
+
+def build_library_index(library_path: str | Path, kind: str = "auto",
+                        progress=None) -> dict:
+    """Build and save the approximate index of a library (``kind`` "auto": only when the
+    library is large enough to want one). Returns what was done, JSON-ready."""
+    from hashview.library import Library
+
+    with Library.open(library_path, mode="r") as library:
+        searcher = Searcher(library, index=kind, use_sidecar=False)
+    summary = {"library": str(library_path), "tiles": searcher.n_tiles, "kind": "flat",
+               "sidecar": None}
+    if searcher.wanted_kind == "flat":
+        summary["message"] = "exact search is fast enough at this size; no index was built"
+        return summary
+    built = searcher.build_index(progress=progress)
+    summary.update(kind=built.kind, params=built.params, recall=built.recall,
+                   seconds=round(built.seconds, 3), sidecar=str(searcher.sidecar_path))
+    return summary
 
 
 def parse_region(text: str) -> tuple[int, int, int, int]:

@@ -1,28 +1,56 @@
-"""Exact Hamming search over a library, with filters, per-source aggregation and a label vote.
+"""Search over a library, with filters, per-source aggregation and a label vote.
 
-Results are deterministic: hits are ordered by (Hamming distance, tile index). FAISS orders equal
+Results are deterministic: hits are ordered by (distance, tile index). FAISS orders equal
 distances arbitrarily and may cut a run of ties anywhere, so :func:`exact_topk` fetches one
 extra neighbour and, when the k-th and (k+1)-th distances tie, re-fetches every tile within
 that distance with a range search and re-ranks it.
+
+Binary libraries: Hamming distance, exact ``IndexBinaryFlat`` while the library is small enough
+for an exact scan to stay interactive, an approximate index above that (see
+:mod:`hashview.index_store`: chosen automatically, built in the background, kept in a sidecar
+file); until that index is ready, and for filtered searches, the search is exact. With an
+approximate index the ordering rule holds among the tiles it visits (its lists or buckets).
+Float libraries (``code_kind == "float"``): L2-normalised descriptors in an exact
+``IndexFlatIP``, distance = 1 - cosine (a float), ties by tile index among the k+1 fetched.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import faiss
 import numpy as np
 
+from hashview import index_store
 from hashview.errors import LibraryError
+from hashview.progress import ProgressCallback
+
+
+# Searches of fewer query codes than this run FAISS on one thread: FAISS does not split a single
+# query across threads, and on a busy 2-core machine waking the second OpenMP thread was measured
+# to cost 60-400 ms per call against 1-2 ms for the search itself (docs/benchmarks.md, query).
+SINGLE_THREAD_BELOW = 32
+
+
+@contextmanager
+def faiss_threads(n: int) -> Iterator[None]:
+    """FAISS's OpenMP thread count for the calling thread, restored afterwards."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 @dataclass(frozen=True)
 class Hit:
     rank: int  # 0-based position in the result list
     tile_index: int
-    distance: int  # Hamming distance in bits
+    distance: float  # Hamming distance in bits (an int); 1 - cosine for float libraries
     source_id: int
     source_name: str
     source_path: str
@@ -45,15 +73,42 @@ class SourceSummary:
     source_id: int
     name: str
     n_hits: int
-    best_distance: int
+    best_distance: float
     best_rank: int
 
 
-def _new_index(codes: np.ndarray, bits: int) -> faiss.IndexBinaryFlat:
+def _new_index(codes: np.ndarray, bits: int, code_kind: str = "binary"):
+    """Exact index: ``IndexBinaryFlat``, or ``IndexFlatIP`` over normalised float codes."""
+    if code_kind == "float":
+        index = faiss.IndexFlatIP(bits)
+        if len(codes):
+            index.add(np.ascontiguousarray(codes, dtype=np.float32))
+        return index
     index = faiss.IndexBinaryFlat(bits)
     if len(codes):
         index.add(np.ascontiguousarray(codes, dtype=np.uint8))
     return index
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Float32 rows scaled to unit L2 norm (zero rows stay zero), for cosine search."""
+    x = np.array(x, dtype=np.float32, copy=True, order="C")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    np.divide(x, norms, out=x, where=norms > 0)
+    return x
+
+
+def cosine_topk(index: faiss.IndexFlatIP, queries: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k by (1 - cosine, id) of normalised ``queries``; float64 distances, int64 ids."""
+    k = min(k, index.ntotal)
+    if k == 0 or len(queries) == 0:
+        return np.zeros((len(queries), 0)), np.zeros((len(queries), 0), np.int64)
+    S, I = index.search(queries, min(k + 1, index.ntotal))
+    # float32 rounding makes near-equal similarities compare unequal: round to 6 digits so
+    # tiles of equal content tie and are ordered by index
+    D, I = _sort_rows(np.round(1.0 - S.astype(np.float64), 6), I.astype(np.int64))
+    return D[:, :k], I[:, :k]
 
 
 def _sort_rows(D: np.ndarray, I: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,8 +134,9 @@ def exact_topk(index: faiss.IndexBinaryFlat, queries: np.ndarray,
     D, I = _sort_rows(D.astype(np.int64), I.astype(np.int64))
     out_D, out_I = D[:, :k].copy(), I[:, :k].copy()
     # If distance k+1 is larger than distance k, every tile at distance <= d_k was returned and the
-    # sort above is exact. Otherwise the tie run may continue past what FAISS returned.
-    tied = np.flatnonzero(D[:, k] == D[:, k - 1])
+    # sort above is exact. Otherwise the tie run may continue past what FAISS returned. (An
+    # approximate index returns id -1 where it found fewer than k + 1 tiles: no tie to extend.)
+    tied = np.flatnonzero((D[:, k] == D[:, k - 1]) & (I[:, k] >= 0))
     for radius in np.unique(D[tied, k - 1]):
         rows = tied[D[tied, k - 1] == radius]
         lims, rd, ri = index.range_search(np.ascontiguousarray(queries[rows]), int(radius) + 1)
@@ -93,11 +149,18 @@ def exact_topk(index: faiss.IndexBinaryFlat, queries: np.ndarray,
 
 
 class Searcher:
-    """An in-memory exact index of one library (codes, tile table and source names)."""
+    """An in-memory index of one library (codes, tile table and source names).
 
-    def __init__(self, library):
+    ``index``: "auto" (exact, or the approximate index :func:`index_store.choose_kind` picks
+    for the library's size), "flat" (always exact) or "ivf" / "multihash". An approximate index
+    is taken from the library's sidecar file when a valid one exists; otherwise searches are
+    exact until :meth:`build_index` has run (the app runs it in the background).
+    """
+
+    def __init__(self, library, index: str = "auto", use_sidecar: bool = True):
         self.path = library.path
         self.bits = library.bits
+        self.code_kind = getattr(library, "code_kind", "binary")
         self.code_bytes = library.bits // 8
         self.model_name = library.model_name
         self.model_sha256 = library.model_sha256
@@ -105,22 +168,101 @@ class Searcher:
         self.tile_size = library.tile_size
         self.target_mpp = library.target_mpp
         self._codes = library.codes()
+        if self.code_kind == "float":
+            self._codes = normalize_rows(self._codes.reshape(len(self._codes), self.bits))
         table = library.tile_table()
-        self._source_id = table["source_id"].astype(np.int64)
-        self._x, self._y = table["x"].astype(np.int64), table["y"].astype(np.int64)
-        self._size = table["size"].astype(np.int64)
-        self._label_id = table["label_id"].astype(np.int64)
+        # stored widths, not int64: the tile table is most of the memory of a large library
+        self._source_id = np.asarray(table["source_id"])
+        self._x, self._y = np.asarray(table["x"]), np.asarray(table["y"])
+        self._size = np.asarray(table["size"])
+        self._label_id = np.asarray(table["label_id"])
         records = library.sources()
         self._source_names = [s.name for s in records]
         self._source_paths = [s.path for s in records]
         self._labels = library.label_names()
         self._label_index = {name: i for i, name in enumerate(self._labels)}
-        self._index = _new_index(self._codes, self.bits)
-        self._subset: Optional[tuple[Any, np.ndarray, faiss.IndexBinaryFlat]] = None
+        self._approximate: Optional[index_store.BuiltIndex] = None
+        self._identity: Optional[index_store.Identity] = None
+        self._subset: Optional[tuple[Any, np.ndarray, Any]] = None
+        self.index_notes: list[str] = []  # one-line messages about the index (e.g. a bad sidecar)
+        self.wanted_kind = self._wanted_kind(index)
+        if use_sidecar and self.wanted_kind in index_store.APPROXIMATE_KINDS:
+            self._load_sidecar()
+        # the index unfiltered searches use; the exact one is not kept beside an approximate one
+        self._index = (self._approximate.index if self._approximate is not None
+                       else _new_index(self._codes, self.bits, self.code_kind))
 
     @property
     def n_tiles(self) -> int:
         return len(self._codes)
+
+    @property
+    def index_kind(self) -> str:
+        """The index unfiltered searches use now: "flat", "flat-ip", "ivf" or "multihash"."""
+        if self._approximate is not None:
+            return self._approximate.kind
+        return "flat-ip" if self.code_kind == "float" else "flat"
+
+    @property
+    def index_info(self) -> dict:
+        """Kind in use, the kind wanted, and the approximate index's parameters and recall."""
+        info = {"kind": self.index_kind, "wanted": self.wanted_kind, "exact":
+                self._approximate is None, "notes": list(self.index_notes)}
+        if self._approximate is not None:
+            info.update(params=self._approximate.params, recall=self._approximate.recall)
+        return info
+
+    @property
+    def sidecar_path(self):
+        return index_store.sidecar_path(self.path)
+
+    def needs_index_build(self) -> bool:
+        """True when an approximate index is wanted and none is in use yet."""
+        return self.wanted_kind in index_store.APPROXIMATE_KINDS and self._approximate is None
+
+    def build_index(self, progress: ProgressCallback = None, save: bool = True,
+                    kind: Optional[str] = None) -> index_store.BuiltIndex:
+        """Build the approximate index (``kind`` or the wanted one), save it next to the
+        library (atomically) and use it from now on. Searches may run meanwhile (exact)."""
+        kind = kind or self.wanted_kind
+        if self.code_kind != "binary" or kind not in index_store.APPROXIMATE_KINDS:
+            raise LibraryError(self.path, f"no approximate index for a {self.code_kind} "
+                                          f"library of kind {kind!r}")
+        if self.n_tiles == 0:
+            raise LibraryError(self.path, "the library is empty; there is nothing to index")
+        built = index_store.build_binary_index(self._codes, self.bits, kind, progress=progress)
+        if save:
+            index_store.save_sidecar(self.sidecar_path, built, self.identity())
+        self.wanted_kind = kind
+        self._approximate = built
+        self._index = built.index  # one assignment: a search running meanwhile stays exact
+        return built
+
+    def identity(self) -> index_store.Identity:
+        if self._identity is None:
+            self._identity = index_store.Identity.of(self.model_sha256, self.bits, self._codes)
+        return self._identity
+
+    def _wanted_kind(self, index: str) -> str:
+        if index == "auto":
+            return index_store.choose_kind(self.n_tiles, self.bits, self.code_kind)
+        if index not in index_store.KINDS:
+            raise ValueError(f"index must be auto or one of {', '.join(index_store.KINDS)}, "
+                             f"not {index!r}")
+        if index != "flat" and self.code_kind != "binary":
+            raise LibraryError(self.path, f"a {index} index needs binary codes; this library "
+                                          "holds float descriptors (searched exactly)")
+        return index
+
+    def _load_sidecar(self) -> None:
+        try:
+            built = index_store.load_sidecar(self.sidecar_path, self.identity(), self._codes)
+        except LibraryError as exc:  # a bad sidecar never stops a search: exact, then rebuild
+            self.index_notes.append(f"{exc} (ignored; searching exactly until it is rebuilt)")
+            return
+        if built is not None and built.kind == self.wanted_kind:
+            self.index_notes.extend(built.notes)
+            self._approximate = built
 
     def source_id_for_path(self, path: str) -> Optional[int]:
         """The id of the source stored under ``path`` (absolute), or None."""
@@ -144,14 +286,22 @@ class Searcher:
             raise ValueError(f"k must be at least 1, not {k}")
         queries = self._check_queries(query_codes)
         ids, index = self._candidates(exclude_sources, sources, labels)
-        D, I = exact_topk(index, queries, int(k))
+        topk = cosine_topk if self.code_kind == "float" else exact_topk
+        if len(queries) < SINGLE_THREAD_BELOW:
+            with faiss_threads(1):
+                D, I = topk(index, queries, int(k))
+        else:
+            D, I = topk(index, queries, int(k))
+        found = I >= 0  # an approximate index may return fewer than k
         if ids is not None:
-            I = ids[I]
-        return [self._hits(D[r], I[r]) for r in range(len(queries))]
+            I = ids[np.where(found, I, 0)]
+        return [self._hits(D[r][found[r]], I[r][found[r]]) for r in range(len(queries))]
 
     # ----------------------------------------------------------------- helpers
     def _check_queries(self, query_codes) -> np.ndarray:
         q = np.asarray(query_codes)
+        if self.code_kind == "float":
+            return self._check_float_queries(q)
         if q.dtype != np.uint8:
             raise ValueError(f"query codes must be packed np.uint8, not {q.dtype}")
         if q.ndim == 1:
@@ -164,6 +314,19 @@ class Searcher:
                                           f"'{self.model_name}'); encode the query with the "
                                           "library's model")
         return np.ascontiguousarray(q)
+
+    def _check_float_queries(self, q: np.ndarray) -> np.ndarray:
+        if q.dtype.kind != "f":
+            raise ValueError(f"query descriptors must be floating point, not {q.dtype}")
+        q = q[None, :] if q.ndim == 1 else q
+        if q.ndim != 2:
+            raise ValueError(f"query descriptors must have shape (n, {self.bits}), not {q.shape}")
+        if q.shape[1] != self.bits:
+            raise LibraryError(self.path, f"query descriptors have {q.shape[1]} dimensions but "
+                                          f"this library holds {self.bits}-d descriptors (model "
+                                          f"'{self.model_name}'); encode the query with the "
+                                          "library's model")
+        return normalize_rows(q)
 
     def _candidates(self, exclude_sources, sources, labels):
         """(tile ids or None for all, index over them). Filtered indexes keep ascending tile
@@ -184,14 +347,15 @@ class Searcher:
             wanted += [-1] if None in keep_labels else []
             mask &= np.isin(self._label_id, np.array(wanted, np.int64))
         ids = np.flatnonzero(mask).astype(np.int64)
-        index = _new_index(self._codes[ids], self.bits)
+        index = _new_index(self._codes[ids], self.bits, self.code_kind)
         self._subset = (key, ids, index)
         return ids, index
 
     def _hits(self, distances: np.ndarray, tile_ids: np.ndarray) -> list[Hit]:
         sid, xs, ys = self._source_id[tile_ids], self._x[tile_ids], self._y[tile_ids]
         sizes, lids = self._size[tile_ids], self._label_id[tile_ids]
-        return [Hit(rank=r, tile_index=int(t), distance=int(d), source_id=int(s),
+        as_distance = float if self.code_kind == "float" else int
+        return [Hit(rank=r, tile_index=int(t), distance=as_distance(d), source_id=int(s),
                     source_name=self._source_names[s], source_path=self._source_paths[s],
                     x=int(x), y=int(y), size=int(z), label=self._labels[l] if l >= 0 else None)
                 for r, (t, d, s, x, y, z, l) in enumerate(

@@ -4,10 +4,15 @@ One worker thread (a QThreadPool of one) owns a loaded ``Searcher`` + ``Encoder`
 library, so loading the model and the codes happens once per library, not once per query, and
 two searches never use them at the same time. ``invalidate()`` (after an indexing job added
 tiles) makes the next search reload the library.
+
+A library large enough to want an approximate index (``Searcher.needs_index_build()``) gets it
+built on a background thread (FAISS releases the GIL); searches meanwhile are exact, and the
+index is swapped in when ready and saved next to the library, so the next start reads it.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import traceback
@@ -70,6 +75,7 @@ class LoadedLibrary:
     device: str
     tile_size: int
     target_mpp: float
+    index: str = "flat"  # the index searches use: "flat", "flat-ip", "ivf", "flat (ivf building)"
 
 
 class SearchError(Exception):
@@ -79,10 +85,12 @@ class SearchError(Exception):
 class _Engine:
     """The worker-side state: the loaded searcher/encoder of one library (worker thread only)."""
 
-    def __init__(self):
+    def __init__(self, on_index_ready=None):
         self.key: Optional[tuple] = None
         self.searcher = None
         self.encoder = None
+        self.builder: Optional[threading.Thread] = None
+        self.on_index_ready = on_index_ready  # called (from the build thread) with LoadedLibrary
 
     def load(self, library: str, device: str, version: int) -> LoadedLibrary:
         from hashview.query import open_search
@@ -92,10 +100,42 @@ class _Engine:
             self.key, self.searcher, self.encoder = None, None, None
             self.searcher, self.encoder = open_search(library, device)
             self.key = key
+            for note in self.searcher.index_notes:
+                print(f"hashview: {note}", file=sys.stderr)
+            self._build_index_in_background()
+        return self.info()
+
+    def info(self, searcher=None) -> LoadedLibrary:
+        searcher = searcher or self.searcher
         card = self.encoder.card
-        return LoadedLibrary(library, self.searcher.n_tiles, card.name, bool(card.trained),
-                             str(self.encoder.device), self.searcher.tile_size,
-                             self.searcher.target_mpp)
+        index = searcher.index_kind
+        if searcher.needs_index_build() and self.builder is not None:
+            index += f" ({searcher.wanted_kind} building)"
+        return LoadedLibrary(searcher.path, searcher.n_tiles, card.name, bool(card.trained),
+                             str(self.encoder.device), searcher.tile_size, searcher.target_mpp,
+                             index)
+
+    def _build_index_in_background(self) -> None:
+        searcher = self.searcher
+        if not searcher.needs_index_build() or (self.builder and self.builder.is_alive()):
+            return  # a build still running for an older load finishes and saves its sidecar
+
+        def build() -> None:
+            try:
+                searcher.build_index()
+            except Exception:  # noqa: BLE001  (searches stay exact; never crash the app)
+                traceback.print_exc()
+                return
+            finally:
+                self.builder = None
+            current = self.searcher
+            if current is not searcher and current is not None:
+                self._build_index_in_background()  # the library was reloaded meanwhile
+            elif self.on_index_ready is not None:
+                self.on_index_ready(self.info(searcher))
+
+        self.builder = threading.Thread(target=build, name="hashview-index-build", daemon=True)
+        self.builder.start()
 
     def run(self, request: SearchRequest) -> SearchOutcome:
         from hashview.query import region_tiles, search_images
@@ -183,7 +223,7 @@ class SearchController(QObject):
         super().__init__(parent)
         self.pool = QThreadPool(self)
         self.pool.setMaxThreadCount(1)
-        self._engine = _Engine()
+        self._engine = _Engine(on_index_ready=lambda info: self._emit(self._loaded, 0, info))
         self._engine_lock = threading.Lock()
         self.library: Optional[str] = None
         self.device = "auto"

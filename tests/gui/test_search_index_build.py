@@ -1,0 +1,41 @@
+"""The app builds a large library's approximate index in the background and keeps searching."""
+
+from __future__ import annotations
+
+import shutil
+
+from conftest import TUMOUR_PATCH
+
+from hashview import index_store
+from hashview.gui.search_controller import SearchController, SearchRequest
+
+WAIT_MS = 120_000
+
+
+def test_index_is_built_in_the_background_saved_and_used(qtbot, slide_library, tmp_path,
+                                                          monkeypatch):
+    library = tmp_path / "library.h5"  # a copy: the sidecar must not reach the shared library
+    shutil.copy(slide_library[0], library)
+    monkeypatch.setattr(index_store, "EXACT_LIMIT_BITS", 1)  # every library "is large"
+    controller = SearchController()
+    loaded = []
+    controller.libraryLoaded.connect(loaded.append)
+    outcomes = []
+    controller.finished.connect(outcomes.append)
+    controller.set_library(str(library))
+    # a search asked for while the index builds is answered (exactly) all the same
+    controller.search(SearchRequest(kind="files", paths=(str(TUMOUR_PATCH),)))
+    qtbot.waitUntil(lambda: bool(outcomes), timeout=WAIT_MS)
+    assert len(outcomes[0].result.hits) == 10
+    qtbot.waitUntil(lambda: bool(loaded) and loaded[-1].index == "ivf", timeout=WAIT_MS)
+    assert "building" in loaded[0].index or loaded[0].index == "ivf"
+    assert index_store.sidecar_path(library).exists()
+    controller.search(SearchRequest(kind="files", paths=(str(TUMOUR_PATCH),)))
+    qtbot.waitUntil(lambda: len(outcomes) == 2, timeout=WAIT_MS)
+    assert outcomes[1].result.hits[0].distance == outcomes[0].result.hits[0].distance
+    # reloading the library (tiles added) reads the saved index instead of rebuilding it
+    controller.invalidate()
+    controller.set_library(str(library))
+    qtbot.waitUntil(lambda: controller.loaded_library is not None, timeout=WAIT_MS)
+    assert controller.loaded_library.index == "ivf"
+    controller.wait(WAIT_MS)
