@@ -17,12 +17,19 @@ from PIL import Image
 from hashview.errors import ModelError
 from hashview.models.store import LoadedModel
 from hashview.progress import ProgressCallback, report
+from hashview.tiling import SQUARE_RESAMPLE
+from hashview.timing import NO_TIMES
 
 DEFAULT_BATCH_CPU = 64
 DEFAULT_BATCH_CUDA = 256
 # Measured on CPU (docs/models.md, torch 2.14, 2 threads, batch 32): channels_last fp32 is
 # ~1.3-1.6x faster than NCHW for both HATDH and DCH, so it is used on CPU as well as CUDA.
 CPU_CHANNELS_LAST = True
+# A CPU batch smaller than this (a search query: one or a few tiles) runs on one torch thread:
+# it gains little from a second one, and on a busy CPU waiting for OpenMP workers cost 5x
+# (one tile at load 13 on 2 cores: 26 ms on one thread, 146 ms on two; docs/benchmarks.md,
+# region section). The count is per calling thread (OpenMP), so other threads are untouched.
+CPU_SINGLE_THREAD_BELOW = 4
 
 
 def pick_device(requested: Union[str, torch.device, None] = "auto") -> torch.device:
@@ -93,20 +100,37 @@ def hamming_distance(a_packed: np.ndarray, b_packed: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- encoder
 
-def image_to_array(image: Image.Image, size: int) -> np.ndarray:
-    """RGB uint8 ``(size, size, 3)``; resized (bilinear) only if not already that size.
+@contextlib.contextmanager
+def _one_torch_thread():
+    """torch runs on one intra-op thread in the calling thread, restored afterwards."""
+    saved = torch.get_num_threads()
+    if saved == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
-    Training code must use this same function so that codes match.
+
+def image_to_array(image: Image.Image, size: int) -> np.ndarray:
+    """RGB uint8 ``(size, size, 3)``, resized only if not already that size.
+
+    Training, indexing, queries and explanations all resize through here or through
+    :func:`hashview.tiling.square_tile`, with the same filter (``SQUARE_RESAMPLE``), so one image
+    gets one code whichever path it takes.
     """
     if image.mode != "RGB":
         image = image.convert("RGB")
     if image.size != (size, size):
-        image = image.resize((size, size), Image.BILINEAR)
+        image = image.resize((size, size), SQUARE_RESAMPLE)
     return np.asarray(image, dtype=np.uint8)
 
 
 class Encoder:
-    """Encodes PIL images with a loaded model into packed binary codes.
+    """Encodes PIL images with a loaded model into packed binary codes (or, for a float model,
+    into L2-normalised float32 descriptors).
 
     Preprocessing: RGB, resize to ``card.input_size``, scale to [0, 1], ``(x - mean) / std``.
     Batches travel to the device as uint8 (4x less transfer) and are normalised there. On CUDA
@@ -125,6 +149,8 @@ class Encoder:
             raise ValueError("batch_size must be positive")
         self.input_size = int(self.card.input_size)
         self.bits = int(self.card.bits)
+        # "binary": packed sign bits; "float": L2-normalised float32 descriptors (bits = dims).
+        self.code_kind = getattr(loaded_model.net, "code_kind", self.card.code_kind)
         self.channels_last = self.is_cuda or CPU_CHANNELS_LAST
         net = loaded_model.net.eval().to(self.device)
         if self.channels_last:
@@ -138,9 +164,16 @@ class Encoder:
 
     # -- public API
 
+    def to_input(self, image: Image.Image) -> np.ndarray:
+        """The model's input for ``image``: RGB uint8 ``(S, S, 3)``; ``encode*`` accept these
+        as well as PIL images, so loader threads can do this step off the forward thread."""
+        return image_to_array(image, self.input_size)
+
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Packed codes ``(N, bits // 8)`` uint8."""
-        return pack_codes(self.encode_relaxed(images))
+        """Packed codes ``(N, bits // 8)`` uint8; float32 ``(N, bits)`` L2-normalised
+        descriptors for a float model (``code_kind == "float"``)."""
+        relaxed = self.encode_relaxed(images)
+        return relaxed if self.code_kind == "float" else pack_codes(relaxed)
 
     def encode_relaxed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Relaxed codes ``(N, bits)`` float32 in (-1, 1)."""
@@ -151,30 +184,45 @@ class Encoder:
 
     def encode_batches(self, images: Iterable[Image.Image],
                        progress: Optional[ProgressCallback] = None,
-                       total: Optional[int] = None, relaxed: bool = False) -> Iterator[np.ndarray]:
-        """Yield one array per batch (packed uint8, or float32 with ``relaxed``), in order.
+                       total: Optional[int] = None, relaxed: bool = False,
+                       times=NO_TIMES) -> Iterator[np.ndarray]:
+        """Yield one array per batch (packed uint8; float32 with ``relaxed`` or for a float
+        model), in order.
 
-        Consumes ``images`` lazily, so it works on generators of tiles. Reports
-        ``Progress("encoding", done, total)``; a callback raising Cancelled stops it.
+        Consumes ``images`` (PIL images or :meth:`to_input` arrays) lazily, so it works on
+        generators of tiles. Reports ``Progress("encoding", done, total)``; a callback raising
+        Cancelled stops it. ``times`` (a :class:`hashview.timing.StageTimes`) gets the
+        "batch" (stack, pin), "forward" and "pack" seconds; on CUDA "forward" is the launch plus
+        the wait for the results.
         """
         if total is None and hasattr(images, "__len__"):
             total = len(images)  # type: ignore[arg-type]
+        relaxed = relaxed or self.code_kind == "float"  # descriptors are stored as they are
         done = 0
         report(progress, "encoding", 0, total)
         pending = None  # (host output tensor, cuda event or None, batch length)
         # inference_mode is entered per batch in _launch, never across a yield, so the
         # caller's autograd state is untouched while it holds the generator.
         for batch in self._chunks(images):
-            staged = self._stage(batch)        # CPU work overlaps the GPU's previous batch
-            launched = self._launch(staged)
+            with times.stage("batch", len(batch)):
+                staged = self._stage(batch)    # CPU work overlaps the GPU's previous batch
+            with times.stage("forward", len(batch)):
+                launched = self._launch(staged)
             if pending is not None:
                 done += pending[2]
-                yield self._finish(pending, relaxed)
+                yield self._finish(pending, relaxed, times)
                 report(progress, "encoding", done, total)
             pending = launched + (len(batch),)
+            if not self.is_cuda:
+                # a CPU forward has already finished: hand the batch over now, so progress
+                # (and a cancel checked at each report) is never a batch behind
+                done += pending[2]
+                yield self._finish(pending, relaxed, times)
+                report(progress, "encoding", done, total)
+                pending = None
         if pending is not None:
             done += pending[2]
-            yield self._finish(pending, relaxed)
+            yield self._finish(pending, relaxed, times)
             report(progress, "encoding", done, total)
 
     # -- internals
@@ -190,7 +238,9 @@ class Encoder:
             yield batch
 
     def _stage(self, batch: list) -> torch.Tensor:
-        pixels = torch.from_numpy(np.stack([image_to_array(im, self.input_size) for im in batch]))
+        pixels = torch.from_numpy(np.stack([im if isinstance(im, np.ndarray)
+                                            else image_to_array(im, self.input_size)
+                                            for im in batch]))
         return pixels.pin_memory() if self.is_cuda else pixels  # (B, S, S, 3) uint8
 
     @torch.inference_mode()
@@ -203,7 +253,9 @@ class Encoder:
             x = x.contiguous()
         autocast = (torch.autocast("cuda", dtype=torch.float16) if self.is_cuda
                     else contextlib.nullcontext())
-        with autocast:
+        threads = (_one_torch_thread() if not self.is_cuda and len(x) < CPU_SINGLE_THREAD_BELOW
+                   else contextlib.nullcontext())
+        with autocast, threads:
             out = self.net(x)
         if not self.is_cuda:
             return out.float(), None
@@ -214,9 +266,13 @@ class Encoder:
         return host, event
 
     @staticmethod
-    def _finish(pending, relaxed: bool) -> np.ndarray:
-        host, event = pending[0], pending[1]
+    def _finish(pending, relaxed: bool, times=NO_TIMES) -> np.ndarray:
+        host, event, count = pending[0], pending[1], pending[2]
         if event is not None:
-            event.synchronize()
+            with times.stage("forward", 0):  # the GPU's share; the batch was counted at launch
+                event.synchronize()
         values = host.numpy()
-        return values.astype(np.float32, copy=False) if relaxed else pack_codes(values)
+        if relaxed:
+            return values.astype(np.float32, copy=False)
+        with times.stage("pack", count):
+            return pack_codes(values)

@@ -30,6 +30,10 @@ from PIL import Image, ImageFilter
 from .slides.base import Source
 from .slides.image_source import load_rgb_image
 
+# One resampling filter for every square resize (patches, queries, training inputs), so one
+# image gets one code whichever path it takes. Antialiased: patches are mostly shrunk.
+SQUARE_RESAMPLE = Image.Resampling.LANCZOS
+
 ASSUMED_MPP = 0.5  # level 0 of a slide without calibration is taken to be 20x
 MPP_UNKNOWN_WARNING = "mpp unknown; assuming level 0 is 20x (0.5 µm/px)"
 
@@ -120,10 +124,34 @@ def _morphology(mask: np.ndarray, size: int) -> np.ndarray:
     Closing first keeps fibrous stroma (thin strands with white gaps) in one piece, which an
     opening would erase.
     """
-    image = Image.fromarray(mask.astype(np.uint8) * 255, "L")
-    image = image.filter(ImageFilter.MaxFilter(size)).filter(ImageFilter.MinFilter(size))
-    image = image.filter(ImageFilter.MinFilter(size)).filter(ImageFilter.MaxFilter(size))
-    return np.asarray(image) > 127
+    mask = _square_filter(_square_filter(mask, size, grow=True), size, grow=False)
+    return _square_filter(_square_filter(mask, size, grow=False), size, grow=True)
+
+
+def _square_filter(mask: np.ndarray, size: int, grow: bool) -> np.ndarray:
+    """Binary dilation (``grow``) or erosion by a ``size`` square, edge pixels replicated.
+
+    Identical to Pillow's MaxFilter / MinFilter on a 0/255 image (which pad by replicating the
+    edge), but separable and in numpy: ~10x faster on a 2048 px mask.
+    """
+    reduce = np.logical_or if grow else np.logical_and
+    radius = size // 2
+    for axis in (0, 1):
+        n = mask.shape[axis]
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (radius, radius)
+        padded = np.pad(mask.astype(bool, copy=False), pad, mode="edge")
+
+        def window(offset: int) -> np.ndarray:
+            index = [slice(None), slice(None)]
+            index[axis] = slice(offset, offset + n)
+            return padded[tuple(index)]
+
+        out = window(0).copy()
+        for offset in range(1, size):
+            reduce(out, window(offset), out=out)
+        mask = out
+    return mask
 
 
 def tissue_mask(rgb: np.ndarray) -> np.ndarray:
@@ -252,7 +280,20 @@ def plan_tiles(source: Source, params: TilingParams | None = None) -> TilePlan:
 
 def read_tile(source: Source, tile: Tile, plan: TilePlan) -> Image.Image:
     """The pixels of ``tile`` as an RGB image of ``plan.tile_size`` x ``plan.tile_size``."""
-    region = source.read_region((tile.x, tile.y), plan.level, (plan.read_size, plan.read_size))
+    return fit_tile(read_tile_pixels(source, tile, plan), plan)
+
+
+def read_tile_pixels(source: Source, tile: Tile, plan: TilePlan) -> Image.Image:
+    """The pixels of ``tile`` at the plan's pyramid level (``plan.read_size`` px, not resized).
+
+    Split from :func:`fit_tile` so indexing can time reading (which includes OpenSlide's JPEG
+    decode) apart from resampling.
+    """
+    return source.read_region((tile.x, tile.y), plan.level, (plan.read_size, plan.read_size))
+
+
+def fit_tile(region: Image.Image, plan: TilePlan) -> Image.Image:
+    """``region`` resampled (antialiased Lanczos) to ``plan.tile_size``, if it is not already."""
     if region.size != (plan.tile_size, plan.tile_size):
         region = region.resize((plan.tile_size, plan.tile_size), Image.Resampling.LANCZOS)
     return region
@@ -261,7 +302,7 @@ def read_tile(source: Source, tile: Tile, plan: TilePlan) -> Image.Image:
 def square_tile(image: Image.Image, size: int) -> Image.Image:
     """``image`` stretched to ``size`` x ``size`` (a patch is labelled as a whole: no crop)."""
     if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.LANCZOS)
+        image = image.resize((size, size), SQUARE_RESAMPLE)
     return image
 
 

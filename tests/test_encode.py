@@ -131,3 +131,23 @@ def test_default_model_codes_are_reproducible():
     a = Encoder(load_model(DEFAULT_MODEL), device="cpu").encode(images)
     b = Encoder(load_model(DEFAULT_MODEL), device="cpu").encode(images)
     assert np.array_equal(a, b)
+
+
+def test_a_patch_gets_the_same_code_indexed_and_queried(tmp_path):
+    """Indexing a patch folder and encoding the raw image as a query resize the same way."""
+    from pathlib import Path
+
+    from hashview.indexing import index_paths
+    from hashview.library import Library
+
+    model = load_model("dch-64")
+    folder = Path(__file__).parent / "data" / "kather"
+    index_paths([str(folder)], tmp_path / "lib.h5", model=model)
+    encoder = Encoder(model, device="cpu")
+    with Library.open(tmp_path / "lib.h5") as lib:
+        codes = lib.codes()
+        sources = lib.sources()
+    assert len(sources) >= 8
+    queried = encoder.encode([Image.open(s.path) for s in sources])
+    stored = np.stack([codes[s.tile_start] for s in sources])
+    np.testing.assert_array_equal(queried, stored)

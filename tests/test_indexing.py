@@ -88,3 +88,108 @@ def test_slide_smaller_than_a_tile_is_stored_with_no_tiles(tmp_path):
     assert report.added == [{"path": str(TINY_SLIDE), "tiles": 0}]
     with Library.open(tmp_path / "lib.h5") as lib:
         assert lib.n_sources == 1 and lib.n_tiles == 0
+
+
+def test_stage_timing_sees_every_tile_and_does_not_change_the_codes(slide_library, tmp_path):
+    from hashview.timing import StageTimes
+
+    path, _ = slide_library
+    with Library.open(path) as lib:
+        slide = lib.find_source(path=str(SLIDE.resolve()))
+        expected = lib.codes()[slide.tile_start:slide.tile_start + slide.tile_count]
+    times = StageTimes()
+    report = index_paths([SLIDE], tmp_path / "timed.h5", times=times, batch_size=16)
+    n = report.tiles_added
+    with Library.open(tmp_path / "timed.h5") as lib:
+        np.testing.assert_array_equal(lib.codes(), expected)  # batch size and threads: same codes
+    stats = times.to_dict()
+    for stage in ("read", "resize", "transform", "batch", "forward", "pack", "write"):
+        assert stats[stage]["items"] == n, stage
+        assert stats[stage]["seconds"] >= 0
+    assert stats["tissue mask"]["items"] == 1
+
+
+def test_encoding_progress_reports_the_measured_rate_per_slide(tmp_path):
+    events = []
+    index_paths([SLIDE], tmp_path / "lib.h5", batch_size=8,
+                params=TilingParams(tile_size=150, target_mpp=0.495, max_tiles=24),
+                progress=events.append)
+    encoding = [e for e in events if e.stage == "encoding"]
+    assert [e.done for e in encoding] == [8, 16, 24] and {e.total for e in encoding} == {24}
+    assert all(e.message.startswith("CMU-1-Small-Region.svs · ") for e in encoding)
+    assert all(e.message.endswith(" tiles/s") for e in encoding)
+
+
+def test_cancel_during_encoding_waits_for_reads_and_stores_nothing(tmp_path):
+    from hashview.progress import Cancelled
+
+    def cancel_after_first_batch(p):
+        if p.stage == "encoding" and p.done >= 8:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        index_paths([SLIDE], tmp_path / "lib.h5", batch_size=8,
+                    progress=cancel_after_first_batch)
+    with Library.open(tmp_path / "lib.h5") as lib:
+        assert lib.n_sources == 0 and lib.n_tiles == 0
+
+
+def test_prefetch_keeps_order_and_bounds_reads_ahead():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hashview.indexing import _prefetched
+
+    started, lock = [], threading.Lock()
+
+    def load(i):
+        with lock:
+            started.append(i)
+        return i * i
+
+    with ThreadPoolExecutor(2) as pool:
+        gen = _prefetched(load, range(100), pool, depth=5)
+        assert next(gen) == 0
+        gen.close()  # waits for loads in flight; none beyond the depth was submitted
+        assert len(started) <= 7
+        assert list(_prefetched(load, range(20), pool, depth=3)) == [i * i for i in range(20)]
+
+
+def test_numpy_morphology_matches_pillow_rank_filters():
+    from PIL import Image, ImageFilter
+
+    from hashview.tiling import _morphology
+
+    def pillow(mask, size):  # the definition: Max, Min, Min, Max filters on a 0/255 image
+        image = Image.fromarray(mask.astype(np.uint8) * 255, "L")
+        for f in (ImageFilter.MaxFilter, ImageFilter.MinFilter, ImageFilter.MinFilter,
+                  ImageFilter.MaxFilter):
+            image = image.filter(f(size))
+        return np.asarray(image) > 127
+
+    rng = np.random.default_rng(0)
+    for shape, density in [((40, 70), 0.5), ((200, 33), 0.3), ((3, 90), 0.8), ((1, 5), 0.5)]:
+        mask = rng.random(shape) < density
+        for size in (3, 5):
+            np.testing.assert_array_equal(_morphology(mask, size), pillow(mask, size))
+
+
+def test_a_single_query_tile_is_encoded_on_one_thread_and_the_setting_restored(monkeypatch):
+    import torch
+
+    from hashview.encode import Encoder
+    from hashview.models import DEFAULT_MODEL, load_model
+    from hashview.tiling import load_patch
+
+    encoder = Encoder(load_model(DEFAULT_MODEL), device="cpu")
+    seen = []
+    forward = encoder.net.forward
+    monkeypatch.setattr(encoder.net, "forward",
+                        lambda x: (seen.append((len(x), torch.get_num_threads())), forward(x))[1])
+    before = torch.get_num_threads()
+    image = load_patch(next(KATHER.rglob("*.tif")), encoder.input_size)
+    one = encoder.encode([image])
+    many = encoder.encode([image] * 8)
+    assert seen[0] == (1, 1) and seen[1] == (8, before)
+    assert torch.get_num_threads() == before
+    assert one.shape == (1, encoder.bits // 8) and many.shape == (8, encoder.bits // 8)
