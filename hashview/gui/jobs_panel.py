@@ -20,7 +20,8 @@ from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QListWidgetItem
                                QWidget)
 
 from hashview.errors import HashViewError
-from hashview.jobs import JobSpec, cancel_file_for, jobs_dir, parse_event, worker_command
+from hashview.jobs import (JobSpec, cancel_file_for, describe_exit, discard_job_files,
+                           find_interrupted_jobs, jobs_dir, parse_event, worker_command)
 
 LOG_LINES_KEPT = 2000  # per job; a long training run must not grow memory without bound
 
@@ -52,6 +53,8 @@ class JobRow(QWidget):
     """One job in the list: title, progress bar, stage text, ETA and a Cancel button."""
 
     cancelClicked = Signal()
+    resumeClicked = Signal()
+    discardClicked = Signal()
 
     def __init__(self, spec: JobSpec, parent: Optional[QWidget] = None):
         super().__init__(parent)
@@ -66,6 +69,16 @@ class JobRow(QWidget):
         self.progress.setTextVisible(True)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancelClicked)
+        # An index job stopped before its end (cancelled, crashed, or the app closed) can be
+        # run again: sources already stored are skipped, the rest is added.
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setToolTip("Index the inputs not stored yet; stored ones are kept")
+        self.resume_button.clicked.connect(self.resumeClicked)
+        self.discard_button = QPushButton("Discard")
+        self.discard_button.setToolTip("Forget this job; sources already stored are kept")
+        self.discard_button.clicked.connect(self.discardClicked)
+        for button in (self.resume_button, self.discard_button):
+            button.setVisible(False)
         self.stage = QLabel("Starting…")
         self.stage.setTextInteractionFlags(Qt.TextSelectableByMouse)
 
@@ -75,6 +88,8 @@ class JobRow(QWidget):
         middle = QHBoxLayout()
         middle.addWidget(self.progress, 1)
         middle.addWidget(self.cancel_button)
+        middle.addWidget(self.resume_button)
+        middle.addWidget(self.discard_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 4, 6, 4)
         layout.setSpacing(2)
@@ -94,7 +109,11 @@ class JobRow(QWidget):
         message = event.get("message") or ""
         self.stage.setText(f"{event.get('stage', '')} {counts}" + (f" — {message}" if message
                                                                     else ""))
-        self.eta.setText(format_eta(event.get("eta_s")))
+        # "encoding" counts one slide's tiles: its ETA, from the tiles/s the message shows,
+        # is that slide's
+        eta = format_eta(event.get("eta_s"))
+        per_slide = eta and event.get("stage") == "encoding"
+        self.eta.setText(f"{eta} (this slide)" if per_slide else eta)
 
     def show_cancelling(self) -> None:
         self.cancel_button.setEnabled(False)
@@ -113,6 +132,10 @@ class JobRow(QWidget):
         self.cancel_button.setEnabled(False)
         self.cancel_button.setVisible(False)
 
+    def offer_resume(self, with_discard: bool = False) -> None:
+        self.resume_button.setVisible(True)
+        self.discard_button.setVisible(with_discard)
+
 
 @dataclass
 class _Job:
@@ -126,9 +149,11 @@ class _Job:
     final_event: Optional[dict] = None
     cancel_requested: bool = False
     stdout_buffer: bytearray = field(default_factory=bytearray)
+    stderr_buffer: bytearray = field(default_factory=bytearray)
     log: deque = field(default_factory=lambda: deque(maxlen=LOG_LINES_KEPT))
     last_logged: tuple = ()
     kill_timer: Optional[QTimer] = None
+    resumable: bool = False  # offered a Resume button once stopped
 
 
 class JobsPanel(QWidget):
@@ -175,16 +200,7 @@ class JobsPanel(QWidget):
         """Write the spec to ``jobs_dir()/<id>.json`` and start its worker; returns at once."""
         if spec.id in self._jobs:
             raise ValueError(f"job {spec.id} was already submitted")
-        row = JobRow(spec)
-        item = QListWidgetItem()
-        item.setData(Qt.UserRole, spec.id)
-        item.setSizeHint(row.sizeHint())
-        self.list.addItem(item)
-        self.list.setItemWidget(item, row)
-        job = _Job(spec, row, item)
-        self._jobs[spec.id] = job
-        row.cancelClicked.connect(lambda job_id=spec.id: self.cancel(job_id))
-        self.list.setCurrentItem(item)
+        job = self._add_job(spec)
         self._log(job, f"{spec.kind} job {spec.id}: {spec.title}")
         try:
             job.spec_path = spec.save(jobs_dir() / f"{spec.id}.json")
@@ -216,6 +232,44 @@ class JobsPanel(QWidget):
         for job_id in list(self._jobs):
             self.cancel(job_id)
 
+    # ------------------------------------------------------------------ resuming
+    def offer_interrupted(self) -> tuple[int, list[str]]:
+        """List the index jobs an earlier session left unfinished, each with Resume and
+        Discard. Returns how many, and one line per leftover spec file that cannot be read."""
+        found, problems = find_interrupted_jobs(jobs_dir())
+        found = [job for job in found if job.spec.id not in self._jobs]  # listed already
+        for interrupted in found:
+            job = self._add_job(interrupted.spec)
+            job.spec_path, job.status, job.resumable = interrupted.spec_path, "interrupted", True
+            job.row.show_final("interrupted", "Interrupted: HashView closed before it finished. "
+                                              "Sources already stored are kept; Resume adds the "
+                                              "rest.")
+            job.row.progress.setFormat("Not finished")  # how far it got is not known: no 0 %
+            job.row.offer_resume(with_discard=True)
+            self._log(job, f"interrupted {job.spec.kind} job {job.spec.id}: {job.spec.title} "
+                           f"(created {job.spec.created})")
+        return len(found), problems
+
+    def resume(self, job_id: str) -> Optional[JobSpec]:
+        """Run a stopped index job again as a new job; returns its spec (None if not
+        resumable)."""
+        job = self._jobs.get(job_id)
+        if job is None or not job.resumable or job.status == "running":
+            return None
+        self.discard(job_id)
+        spec = JobSpec(job.spec.kind, job.spec.args, title=job.spec.title)
+        self.submit(spec)
+        return spec
+
+    def discard(self, job_id: str) -> None:
+        """Forget a stopped job (its leftover files too); the library keeps what it stored."""
+        job = self._jobs.get(job_id)
+        if job is None or job.status == "running":
+            return
+        if job.spec_path is not None:
+            discard_job_files(job.spec_path)
+        self._remove(job)
+
     def running_count(self) -> int:
         return sum(1 for job in self._jobs.values() if job.status == "running")
 
@@ -232,13 +286,31 @@ class JobsPanel(QWidget):
         return "\n".join(self._jobs[job_id].log)
 
     def clear_finished(self) -> None:
-        for job_id, job in list(self._jobs.items()):
-            if job.status != "running":
-                self.list.takeItem(self.list.row(job.item))
-                job.row.deleteLater()
-                del self._jobs[job_id]
+        for job in list(self._jobs.values()):
+            if job.status not in ("running", "interrupted"):  # interrupted ones await a choice
+                self._remove(job)
+
+    def _remove(self, job: _Job) -> None:
+        self.list.takeItem(self.list.row(job.item))
+        job.row.deleteLater()
+        del self._jobs[job.spec.id]
         if not self._jobs:
             self.log_view.clear()
+
+    def _add_job(self, spec: JobSpec) -> _Job:
+        row = JobRow(spec)
+        item = QListWidgetItem()
+        item.setData(Qt.UserRole, spec.id)
+        item.setSizeHint(row.sizeHint())
+        self.list.addItem(item)
+        self.list.setItemWidget(item, row)
+        job = _Job(spec, row, item)
+        self._jobs[spec.id] = job
+        row.cancelClicked.connect(lambda job_id=spec.id: self.cancel(job_id))
+        row.resumeClicked.connect(lambda job_id=spec.id: self.resume(job_id))
+        row.discardClicked.connect(lambda job_id=spec.id: self.discard(job_id))
+        self.list.setCurrentItem(item)
+        return job
 
     # ------------------------------------------------------------------ process
     def _start_process(self, job: _Job) -> None:
@@ -272,10 +344,14 @@ class JobsPanel(QWidget):
             del job.stdout_buffer[:end + 1]
             self._handle_line(job, line)
 
-    def _read_stderr(self, job: _Job) -> None:
+    def _read_stderr(self, job: _Job, final: bool = False) -> None:
         if job.process is None:
             return
-        text = bytes(job.process.readAllStandardError()).decode("utf-8", errors="replace")
+        job.stderr_buffer += bytes(job.process.readAllStandardError())
+        # Whole lines only: a crash report arrives in pieces ("Fatal Python error: " first).
+        end = len(job.stderr_buffer) if final else job.stderr_buffer.rfind(b"\n") + 1
+        text = bytes(job.stderr_buffer[:end]).decode("utf-8", errors="replace")
+        del job.stderr_buffer[:end]
         for line in text.splitlines():
             if line.strip():
                 self._log(job, line)  # tracebacks and library chatter: useful when it fails
@@ -301,7 +377,7 @@ class JobsPanel(QWidget):
 
     def _on_finished(self, job: _Job, exit_code: int, exit_status) -> None:
         self._read_stdout(job)
-        self._read_stderr(job)
+        self._read_stderr(job, final=True)
         if job.stdout_buffer:  # a last line without its newline
             line, job.stdout_buffer = bytes(job.stdout_buffer), bytearray()
             self._handle_line(job, line)
@@ -312,13 +388,13 @@ class JobsPanel(QWidget):
         elif kind == "error":
             self._finish(job, "failed", f"Failed: {final.get('message', 'unknown error')}")
         elif kind == "cancelled" or job.cancel_requested:
+            job.resumable = job.spec.kind == "index"
             self._finish(job, "cancelled", "Cancelled")
-        elif exit_status == QProcess.CrashExit:
-            self._finish(job, "failed", "Failed: worker stopped unexpectedly (killed by a "
-                                        "signal)")
         else:
-            self._finish(job, "failed", f"Failed: worker stopped unexpectedly (exit code "
-                                        f"{exit_code})")
+            # On a crash Qt reports the signal number as the exit code.
+            job.resumable = job.spec.kind == "index"
+            returncode = -exit_code if exit_status == QProcess.CrashExit else exit_code
+            self._finish(job, "failed", f"Failed: {describe_exit(returncode)}")
 
     def _on_error(self, job: _Job, error) -> None:
         if error == QProcess.FailedToStart and job.status == "running":
@@ -343,6 +419,8 @@ class JobsPanel(QWidget):
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)
         job.row.show_final(status, text)
+        if job.resumable:
+            job.row.offer_resume()
         self._log(job, text)
         if job.process is not None:
             job.process.deleteLater()

@@ -82,6 +82,7 @@ class MainWindow(SearchMixin, JobsMixin, QMainWindow):
         self.actions_.outlines.setChecked(self.settings.tile_outlines)
         self._connect()
         self._restore_window()
+        self.offer_interrupted_jobs()
 
     # ---------------------------------------------------------------- construction
     def _dock(self, title: str, widget: QWidget, area) -> QDockWidget:
@@ -281,7 +282,7 @@ class MainWindow(SearchMixin, JobsMixin, QMainWindow):
         """An empty library for the model and tiling chosen in Settings, then open it."""
         from hashview.indexing import model_tiling
         from hashview.library import Library
-        from hashview.models import DEFAULT_MODEL, list_models
+        from hashview.models import DEFAULT_MODEL, list_models, load_model
 
         name = self.settings.model or DEFAULT_MODEL
         card = next((c for c in list_models() if c.name == name), None)
@@ -291,6 +292,7 @@ class MainWindow(SearchMixin, JobsMixin, QMainWindow):
         tiling = model_tiling(card, tile_size=self.settings.tile_size or None,
                               target_mpp=self.settings.target_mpp or None)
         try:
+            load_model(name)  # a model whose weights fail to load must not get a library
             Library.create(path, card, tile_size=tiling.tile_size,
                            target_mpp=tiling.target_mpp).close()
         except HashViewError as exc:

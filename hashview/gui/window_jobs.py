@@ -59,6 +59,18 @@ class JobsMixin:
         if dialog.exec():
             self.submit_job(JobSpec("train", dialog.job_args()))
 
+    def offer_interrupted_jobs(self) -> int:
+        """Index jobs an earlier session left unfinished show in the Jobs panel with Resume."""
+        count, problems = self.jobs.offer_interrupted()
+        if count:
+            self.docks[2].show()
+            self.docks[2].raise_()
+            self.show_message(f"{count} indexing job(s) did not finish last time: resume or "
+                              "discard them in the Jobs panel", 30000)
+        elif problems:
+            self.show_message(f"Unreadable job file: {problems[0]}", 30000)
+        return count
+
     def submit_job(self, spec) -> None:
         self.jobs.submit(spec)
         self.docks[2].show()
@@ -69,7 +81,7 @@ class JobsMixin:
         if spec.kind == "index":
             same = self.library_path and Path(spec.args["library_path"]).resolve() == \
                 Path(self.library_path)
-            if same and status == "done":
+            if same:  # a failed or cancelled job keeps the sources it committed: show them too
                 self.controller.invalidate()
                 self.open_library(self.library_path)  # new sources, counts, outlines
         elif spec.kind == "train" and status == "done" and result:

@@ -11,7 +11,9 @@ A :class:`JobSpec` is written as JSON and run by ``python -m hashview.jobs.worke
 - ``{"event": "cancelled"}``
 
 Exit code 0 done, 1 failed, 2 cancelled. Cancel with SIGTERM or the file
-:func:`cancel_file_for` ``(spec_path)``.
+:func:`cancel_file_for` ``(spec_path)``. A worker that dies without a final event (a crash in
+native code, an out-of-memory kill) is reported with :func:`describe_exit`; index jobs it leaves
+behind are found again by :func:`find_interrupted_jobs` (see :mod:`hashview.jobs.recovery`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from hashview.jobs.recovery import (InterruptedJob, describe_exit, discard_job_files,
+                                   find_interrupted_jobs)
 from hashview.jobs.runner import run_job
 from hashview.jobs.spec import KINDS, JobSpec
 
@@ -29,7 +33,8 @@ EXIT_CODES = {"done": 0, "failed": 1, "cancelled": 2}
 FINAL_EVENTS = ("done", "error", "cancelled")
 
 __all__ = ["JobSpec", "KINDS", "EXIT_CODES", "FINAL_EVENTS", "parse_event", "run_job",
-           "worker_command", "jobs_dir", "cancel_file_for"]
+           "worker_command", "jobs_dir", "cancel_file_for", "InterruptedJob", "describe_exit",
+           "discard_job_files", "find_interrupted_jobs"]
 
 
 def parse_event(line: str | bytes) -> Optional[dict]:

@@ -11,6 +11,7 @@ This module is only imported as ``__main__``; :func:`run_job` lives in
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from typing import Optional, TextIO
 
 from hashview.errors import HashViewError
 from hashview.jobs import EXIT_CODES, JobSpec, cancel_file_for, run_job
+from hashview.jobs.recovery import hold_spec_lock
 
 __all__ = ["main", "run_job", "cancel_file_for", "EXIT_CODES"]
 
@@ -98,6 +100,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     cancel = CancelRequest()
     cancel.install_signal_handlers()  # first: a Cancel pressed during start-up must count
+    # A crash in native code (OpenSlide, libtiff, HDF5) prints the Python stack on stderr, which
+    # the app keeps in the job's log; the job itself is marked failed from the exit signal.
+    faulthandler.enable()
     _lower_priority()
     emit = LineEmitter(_take_stdout())
     if len(argv) != 1:
@@ -105,12 +110,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         return EXIT_CODES["failed"]
     spec_path = Path(argv[0])
     cancel.cancel_file = cancel_file_for(spec_path)
+    # Held until this process ends, however it ends: the app tells a running job from an
+    # interrupted one by this lock (see hashview.jobs.recovery).
+    spec_lock = hold_spec_lock(spec_path)
     try:
-        spec = JobSpec.load(spec_path)
-    except HashViewError as exc:
-        emit({"event": "error", "message": exc.message})
-        return EXIT_CODES["failed"]
-    status = run_job(spec, emit, lambda: cancel() or emit.lost)
+        try:
+            spec = JobSpec.load(spec_path)
+        except HashViewError as exc:
+            emit({"event": "error", "message": exc.message})
+            return EXIT_CODES["failed"]
+        status = run_job(spec, emit, lambda: cancel() or emit.lost)
+    finally:
+        if spec_lock is not None:
+            spec_lock.close()
     return EXIT_CODES[status]
 
 

@@ -194,6 +194,24 @@ def _expand_folder(folder: Path) -> Iterator[InputItem]:
             yield InputItem(path, "patch", *label_of(path))
 
 
+# A library stores paths as UTF-8 text, so a name holding other bytes (e.g. Latin-1 from an old
+# archive) could be neither stored nor reopened from a search hit: it is refused up front.
+NOT_UTF8_REASON = "file name is not valid UTF-8; rename the file to index it"
+
+
+def is_utf8_path(path: str | Path) -> bool:
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes came in as lone surrogates
+        return False
+    return True
+
+
+def printable_path(path: str | Path) -> str:
+    """The path with undecodable bytes shown as ``\\xe9``: safe in any message or log."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
 def expand_inputs(paths) -> tuple[list[InputItem], list[HashViewError]]:
     """Turn command-line paths into items to index, collecting problems instead of raising.
 
@@ -206,8 +224,12 @@ def expand_inputs(paths) -> tuple[list[InputItem], list[HashViewError]]:
 
     def add(item: InputItem) -> None:
         key = os.path.realpath(item.path)
-        if key not in seen:
-            seen.add(key)
+        if key in seen:
+            return
+        seen.add(key)
+        if not is_utf8_path(item.path):
+            errors.append(SourceError(printable_path(item.path), NOT_UTF8_REASON))
+        else:
             items.append(item)
 
     for raw in paths:

@@ -4,6 +4,11 @@ A plain image is a single-level source. It is decoded once, at open time: that v
 (a truncated PNG or JPEG fails here rather than halfway through indexing) and makes every later
 ``read_region`` a cheap crop. Memory stays bounded because Pillow's decompression-bomb limit
 (``Image.MAX_IMAGE_PIXELS``) is enforced — it is read at call time and never changed here.
+
+Resource limit: a plain image of more than ``Image.MAX_IMAGE_PIXELS`` pixels (Pillow's default
+is 89,478,485, e.g. 9,459 x 9,459, about 270 MB once decoded to RGB) is refused from its header,
+before any pixel is decoded, with ``image too large (N pixels, limit M)``. Whole-slide files that
+OpenSlide opens are exempt: they are read region by region and never decoded whole.
 """
 
 from __future__ import annotations
@@ -159,6 +164,10 @@ def _signature(head: bytes) -> str | None:
     return None
 
 
+def _not_a(what: str) -> str:
+    return f"not {'an' if what[:1].lower() in 'aeiou' else 'a'} {what}"
+
+
 def unidentified_reason(path: str | Path, what: str) -> str:
     """Why Pillow could not identify ``path``: damaged file of a known kind, or not an image."""
     try:
@@ -166,10 +175,12 @@ def unidentified_reason(path: str | Path, what: str) -> str:
         with open(path, "rb") as handle:
             head = handle.read(512)
     except OSError:
-        return f"not a {what} file (cannot read it)"
+        return f"{_not_a(what)} file (cannot read it)"
+    if file_size == 0:
+        return "empty file (0 bytes)"
     kind = _signature(head)
     if kind is None:
-        return f"not a {what} file (unrecognised format)"
+        return f"{_not_a(what)} file (unrecognised format)"
     if kind in ("TIFF", "BigTIFF") and len(head) >= 16:
         order = "<" if head[:2] == b"II" else ">"
         offset = (struct.unpack(order + "I", head[4:8])[0] if kind == "TIFF"
