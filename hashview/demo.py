@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from hashview.errors import HashViewError
 from hashview.fileio import user_data_dir
 from hashview.progress import ProgressCallback
+from hashview.resources import resource_dir
 
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
-DEMO_DIR = RESOURCES / "demo"
+DEMO_DIR = resource_dir("demo")
 DEMO_SLIDE = DEMO_DIR / "CMU-1-Small-Region.svs"
 DEMO_PATCHES = DEMO_DIR / "patches"
 DEMO_QUERY = DEMO_DIR / "query" / "tumour-query.tif"
@@ -26,6 +27,9 @@ def default_demo_library() -> Path:
 def build_demo_library(library_path: Optional[str | Path] = None,
                        progress: Optional[ProgressCallback] = None) -> tuple[Path, object]:
     """Index the demo slide and patches (sources already stored are skipped)."""
+    for bundled in (DEMO_SLIDE, DEMO_PATCHES):
+        if not bundled.exists():
+            raise HashViewError(bundled, "demo data missing from this HashView copy")
     from hashview.errors import LibraryError
     from hashview.indexing import index_paths
     from hashview.library import Library

@@ -17,26 +17,22 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from hashview.errors import HashViewError
+from hashview.resources import find_dir, resource_dir
 
 APP_ID = "org.hashview.HashView"
 ICON_SIZES = (16, 24, 32, 48, 64, 128, 256, 512)
-_PACKAGE = Path(__file__).resolve().parent
 # Characters that oblige an Exec argument to be quoted (desktop entry spec, "The Exec key").
 _RESERVED = set(" \t\n\"'\\><~|&;$*?#()`")
 
 
-def _first_dir(*candidates: Path) -> Optional[Path]:
-    return next((c for c in candidates if c.is_dir()), None)
-
-
 def icon_dir() -> Optional[Path]:
     """``resources/icons`` of a source checkout, or ``hashview/_resources/icons`` if installed."""
-    return _first_dir(_PACKAGE.parent / "resources" / "icons", _PACKAGE / "_resources" / "icons")
+    return find_dir("icons")
 
 
 def linux_dir() -> Optional[Path]:
     """The desktop entry and MIME package: ``packaging/linux`` (or ``_resources/linux``)."""
-    return _first_dir(_PACKAGE.parent / "packaging" / "linux", _PACKAGE / "_resources" / "linux")
+    return find_dir("linux")
 
 
 def window_icon_path() -> Optional[Path]:
@@ -94,17 +90,17 @@ def desktop_entry(command: Optional[Sequence[str]] = None) -> str:
 
 
 def _source(name: str) -> Path:
-    folder = linux_dir()
-    if folder is None or not (folder / name).is_file():
-        raise HashViewError(name, "desktop integration file missing from this HashView copy")
-    return folder / name
+    path = resource_dir("linux") / name
+    if not path.is_file():
+        raise HashViewError(path, "desktop integration file missing from this HashView copy")
+    return path
 
 
 def targets(base: Optional[Path] = None) -> dict[Path, Optional[Path]]:
     """Every file the integration installs: destination -> source (``None``: generated)."""
-    icons = icon_dir()
-    if icons is None:
-        raise HashViewError("resources/icons", "icon folder missing from this HashView copy")
+    icons = resource_dir("icons")
+    if not icons.is_dir():
+        raise HashViewError(icons, "icon folder missing from this HashView copy")
     sources = [None, _source(f"{APP_ID}.xml")]
     sources += [icons / f"hashview-{n}.png" for n in ICON_SIZES] + [icons / "hashview.svg"]
     for src in sources[1:]:

@@ -131,3 +131,18 @@ def test_install_desktop_reports_missing_tools(data_home, capsys, monkeypatch):
     assert code == 0, err
     assert "skipped update-mime-database (not installed)" in out
     assert (data_home / "mime" / "packages" / f"{desktop.APP_ID}.xml").is_file()
+
+
+def test_bundle_launcher_runs_hashview_modules_like_python_m(tmp_path):
+    """The bundle's program answers ``-m hashview...`` (how the app starts its job worker)."""
+    import sys
+
+    launcher = ROOT / "packaging" / "launcher.py"
+    env = {**os.environ, "HASHVIEW_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(launcher), "-m", "hashview", "models", "--json"],
+                          capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "dch-64" in {card["name"] for card in json.loads(done.stdout)}
+    done = subprocess.run([sys.executable, str(launcher), "-m", "os"], capture_output=True,
+                          text=True, env=env, check=False)
+    assert done.returncode == 2 and "only HashView's own modules" in done.stderr

@@ -3,6 +3,10 @@
 ``run_app(paths)`` opens what is given (slides, images, folders, libraries); with nothing given
 it reopens the last library, or else the demo library (built in the background on first run:
 indexing the sample slide and patches takes a few seconds) and shows the demo slide.
+
+When a HashView window is already running for this user, ``run_app`` hands it the paths (it opens
+them as if they were dropped on it, and comes to the front) and returns at once without opening
+a second window: ``hashview.gui.single_instance``.
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, Signal
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
 from hashview.desktop import window_icon_path
 from hashview.errors import HashViewError
+from hashview.gui.single_instance import InstanceServer, send_to_running
 
 
 class DemoLibraryBuilder(QObject):
@@ -117,11 +122,39 @@ def create_app(argv: Optional[list[str]] = None) -> QApplication:
     return app
 
 
-def run_app(paths: Sequence[str] = ()) -> int:
-    from hashview.gui.main_window import MainWindow
+def bring_to_front(window) -> None:
+    window.show()
+    window.setWindowState(window.windowState() & ~Qt.WindowState.WindowMinimized)
+    window.raise_()
+    window.activateWindow()
 
+
+def open_in_running_window(window, paths: Sequence[str]) -> None:
+    """What a later ``hashview PATH...`` does in this window: the same as dropping the paths."""
+    bring_to_front(window)
+    if paths:
+        window.handle_dropped_paths(list(paths))
+
+
+def serve_later_starts(window, name: Optional[str] = None) -> InstanceServer:
+    """Make ``window`` the one later ``hashview`` starts hand their paths to."""
+    server = InstanceServer(name, parent=window)
+    server.paths_received.connect(lambda paths: open_in_running_window(window, paths))
+    if not server.listen():  # the app works without it; later starts then open their own window
+        print(f"hashview: {server.name}: cannot listen for later starts "
+              f"({server.error_string()})", file=sys.stderr)
+    return server
+
+
+def run_app(paths: Sequence[str] = ()) -> int:
     app = create_app()
+    paths = [str(p) for p in paths]
+    if send_to_running(paths):
+        return 0
+    from hashview.gui.main_window import MainWindow  # after the hand-off check: it is slow
+
     window = MainWindow()
     window.show()
-    open_initial(window, [str(p) for p in paths])
+    serve_later_starts(window)
+    open_initial(window, paths)
     return app.exec()

@@ -1,9 +1,9 @@
 """Saving, finding and loading models: ``NAME.safetensors`` (weights) + ``NAME.json`` (card).
 
 Weights are read only through safetensors (never pickle), after checking their SHA-256 against
-the card. Models are looked up by name in the bundled directory (``resources/models`` next to the
-package, or ``hashview/_resources/models`` in an installed copy) and then in the user directory
-(``$HASHVIEW_HOME/models``, else ``$XDG_DATA_HOME/hashview/models``, else
+the card. Models are looked up by name in the bundled directory (``resources/models`` of a source
+checkout, or ``hashview/_resources/models`` in an installed copy: ``hashview.resources``) and then
+in the user directory (``$HASHVIEW_HOME/models``, else ``$XDG_DATA_HOME/hashview/models``, else
 ``~/.local/share/hashview/models``).
 
 ``DEFAULT_MODEL`` is the bundled model the app and the CLI use unless told otherwise: the one
@@ -25,13 +25,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-import hashview
 from hashview import __version__
 from hashview.errors import ModelError
 from hashview.models.base import HashingNet
 from hashview.models.cards import ModelCard
 from hashview.models.registry import build_model
 from hashview.fileio import atomic_write_bytes, user_data_dir
+from hashview.resources import find_dir as find_resource_dir
 
 DEFAULT_MODEL = "dch-64"
 WEIGHTS_SUFFIX = ".safetensors"
@@ -49,9 +49,8 @@ class LoadedModel:
 
 
 def bundled_models_dirs() -> list[Path]:
-    package_dir = Path(hashview.__file__).resolve().parent
-    candidates = [package_dir.parent / "resources" / "models", package_dir / "_resources" / "models"]
-    return [d for d in candidates if d.is_dir()]
+    found = find_resource_dir("models")
+    return [found] if found is not None else []
 
 
 def user_models_dir() -> Path:
@@ -96,6 +95,7 @@ def save_model(net: HashingNet, card: ModelCard, path_stem: PathLike,
         data = state_dict_bytes(net, fp16=fp16)
         card = dataclasses.replace(
             card, name=stem.name, arch=net.arch, bits=net.bits, input_size=net.input_size,
+            code_kind=getattr(net, "code_kind", "binary"),
             arch_kwargs=net.arch_kwargs(), sha256=hashlib.sha256(data).hexdigest(),
             created=card.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
             hashview_version=__version__, source=str(_files(stem)[0]))

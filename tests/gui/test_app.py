@@ -323,3 +323,81 @@ def test_dialogs_settings_training_and_about(qtbot, window, tmp_path, monkeypatc
     card = next(c for c in list_models() if c.name == window.library_info["model"]["name"])
     html = about_html(card)
     assert card.name in html and ("untrained" in html) != card.trained and "CC-BY 4.0" in html
+
+
+
+def _in_thread(target):
+    """Run a blocking client beside the Qt event loop (the server side needs the loop). The
+    client is a plain socket: PySide6's blocking waits hold the GIL, the loop's slots need it."""
+    import threading
+
+    done: list = []
+    threading.Thread(target=lambda: done.append(target()), daemon=True).start()
+    return done
+
+
+def send_raw(name: str, data: bytes) -> bytes:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(10)
+        client.connect(name)
+        client.sendall(data)
+        return client.recv(100)
+
+
+def test_a_second_start_opens_its_file_in_the_running_window(qtbot, window, library_path,
+                                                             tmp_path, monkeypatch):
+    """``hashview slide.svs`` (a desktop double-click) while the app runs: the running window
+    opens the slide and the new process exits without a window of its own."""
+    import subprocess
+    import sys
+
+    from hashview.gui.app import serve_later_starts
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))  # the socket lives in this test's folder
+    server = serve_later_starts(window)
+    assert server.server.isListening() and server.name.startswith(str(tmp_path))
+    assert window.source is None
+    # A relative path, as a shell gives it: the running app has another working folder.
+    second = subprocess.Popen([sys.executable, "-m", "hashview", SLIDE.name], cwd=SLIDE.parent,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        qtbot.waitUntil(lambda: second.poll() is not None, timeout=60_000)
+        assert second.returncode == 0, second.stderr.read()
+        qtbot.waitUntil(lambda: window.source_path == str(SLIDE.resolve()), timeout=10_000)
+        assert window.library_path == str(library_path.resolve())  # the library stays open
+    finally:
+        if second.poll() is None:
+            second.kill()
+        second.communicate()
+
+
+def test_instance_server_takes_over_a_stale_socket_and_checks_messages(qtbot, tmp_path):
+    import socket
+
+    from hashview.gui.single_instance import InstanceServer, encode_message, send_to_running
+
+    name = str(tmp_path / "hashview.sock")
+    stale = socket.socket(socket.AF_UNIX)  # the socket file of a HashView that crashed
+    stale.bind(name)
+    stale.close()
+    assert not send_to_running(["slide.svs"], name)  # nobody answers: open a window
+    server = InstanceServer(name)
+    assert server.listen()  # and take the name over
+
+    message = encode_message(["slide.svs", "/data/x.h5"])
+    with qtbot.waitSignal(server.paths_received, timeout=20_000) as received:
+        reply = _in_thread(lambda: send_raw(name, message))
+    assert received.args[0] == [str(Path("slide.svs").absolute()), "/data/x.h5"]
+    qtbot.waitUntil(lambda: reply == [b"ok\n"], timeout=10_000)
+
+    emitted = []
+    server.paths_received.connect(emitted.append)
+    for bad in (b"not json\n", b'{"paths": ["relative/path"]}\n', b'{"paths": "x"}\n'):
+        reply = _in_thread(lambda: send_raw(name, bad))
+        qtbot.waitUntil(lambda: bool(reply), timeout=10_000)
+        assert reply == [b"error\n"]
+    qtbot.wait(50)
+    assert emitted == []
+    server.close()
