@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from hashview import __version__
+from hashview.cli_models import cmd_eval, cmd_explain, cmd_models, cmd_train
+from hashview.cli_support import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, progress_bar
 from hashview.errors import HashViewError
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
-EXPLAIN_PANEL = 256  # side of each of the four panels of ``hashview explain --out``
 
 
 def _add_tiling_args(p: argparse.ArgumentParser) -> None:
@@ -65,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", "-m", default=None,
                    help="model file to encode the query with (default: the library's model)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--index", default="auto", choices=["auto", "flat", "ivf", "multihash"],
+                   help="auto: exact for small libraries, an approximate index (built once and "
+                        "saved next to the library) for large ones; flat: always exact")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("index-build", help="build and save a library's approximate search index")
+    p.add_argument("library", metavar="LIB.h5")
+    p.add_argument("--kind", default="auto", choices=["auto", "ivf", "multihash"],
+                   help="auto: only when the library is large enough to need one")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("info", help="describe a library")
@@ -76,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a hashing model on a labelled patch folder")
     p.add_argument("data", metavar="DATA", help="patch folder: class subfolders or labels.csv")
-    p.add_argument("--arch", required=True, help="architecture (hatdh, dch)")
-    p.add_argument("--bits", type=int, required=True, help="code length, a multiple of 8")
+    p.add_argument("--arch", required=True, help="architecture (hatdh, dch, dafh, lgffem, mth)")
+    p.add_argument("--bits", type=int, required=True,
+                   help="code length, a multiple of 8 (descriptor dimensions for lgffem)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="folder for the model, its split and checkpoints")
     p.add_argument("--epochs", type=int, default=30)
@@ -119,6 +128,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opacity", type=float, default=0.5, help="heat map opacity, 0..1")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("bench", help="measure indexing throughput, search latency and sizes")
+    speed = p.add_mutually_exclusive_group()
+    speed.add_argument("--quick", dest="mode", action="store_const", const="quick",
+                       help="a smoke run of a few seconds per section")
+    speed.add_argument("--full", dest="mode", action="store_const", const="full",
+                       help="the real numbers (minutes; the default)")
+    p.add_argument("--only", default=None, metavar="NAME[,NAME]",
+                   help="run only these sections (throughput, baseline, region, query, footprint)")
+    p.add_argument("--workdir", default=None, metavar="DIR",
+                   help="scratch folder for slides and libraries (default /tmp/hashview-bench)")
+    p.add_argument("--json", dest="json_out", default=None, metavar="OUT",
+                   help="write every section's table and raw numbers as JSON")
+    p.add_argument("--markdown", default=None, metavar="OUT", help="write the tables as Markdown")
+    p.add_argument("--update-docs", action="store_true",
+                   help="rewrite the sections' blocks in docs/benchmarks.md (full mode only)")
+
     p = sub.add_parser("demo", help="index the bundled sample slide and patches, run a sample query")
     p.add_argument("--library", default=None, metavar="LIB.h5",
                    help="where to build the demo library (default: the user data folder)")
@@ -133,12 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress_bar(enabled: bool):
-    from hashview.progress import StderrBar
-
-    return StderrBar(enabled=enabled)
-
-
 def cmd_index(args) -> int:
     from hashview.indexing import index_paths, model_tiling
     from hashview.models import DEFAULT_MODEL, load_model
@@ -148,7 +167,7 @@ def cmd_index(args) -> int:
     params = model_tiling(model.card, TilingParams(min_tissue=args.min_tissue, stride=args.stride,
                                                    max_tiles=args.max_tiles, seed=args.seed),
                           tile_size=args.tile_size, target_mpp=args.mpp)
-    bar = _progress_bar(not args.json)
+    bar = progress_bar(not args.json)
     result = index_paths(args.sources, args.library, model=model, params=params,
                          device=args.device, batch_size=args.batch_size, progress=bar)
     bar.close()
@@ -174,15 +193,40 @@ def cmd_search(args) -> int:
     except ValueError as exc:
         print(f"hashview: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    searcher, encoder = open_search(args.library, args.device, model=args.model)
+    searcher, encoder = open_search(args.library, args.device, model=args.model, index=args.index)
+    for note in searcher.index_notes:
+        print(f"hashview: {note}", file=sys.stderr)
+    if searcher.needs_index_build():  # once: the index is saved next to the library
+        print(f"hashview: building the {searcher.wanted_kind} index of {searcher.n_tiles:,} "
+              "tiles (once)", file=sys.stderr)
+        searcher.build_index()
     result = search_file(searcher, encoder, args.query, region=region, k=args.top_k,
                          exclude_source=args.exclude_source,
                          labels=set(args.labels) if args.labels else None,
                          sources=set(args.sources) if args.sources else None)
     if args.json:
-        print(json.dumps({"query": args.query, "region": region, **result.to_dict()}, indent=2))
+        print(json.dumps({"query": args.query, "region": region, **result.to_dict(),
+                          "index": searcher.index_info}, indent=2))
         return EXIT_OK
     print(result.to_text())
+    return EXIT_OK
+
+
+def cmd_index_build(args) -> int:
+    from hashview.query import build_library_index
+
+    bar = progress_bar(not args.json)
+    summary = build_library_index(args.library, args.kind, progress=bar)
+    bar.close()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif summary["sidecar"] is None:
+        print(f"{args.library}: {summary['tiles']:,} tiles; {summary['message']}")
+    else:
+        params = ", ".join(f"{k}={v}" for k, v in summary["params"].items() if k != "kind")
+        print(f"{args.library}: {summary['kind']} index of {summary['tiles']:,} tiles ({params}; "
+              f"recall@10 {summary['recall']:.3f}) in {summary['seconds']:.1f} s -> "
+              f"{summary['sidecar']}")
     return EXIT_OK
 
 
@@ -202,156 +246,40 @@ def cmd_info(args) -> int:
     return EXIT_OK
 
 
-def _metrics_summary(metrics: dict) -> str:
-    """mAP and vote accuracy from a card, mean ± std over its splits when it has several."""
-    mean, std = metrics.get("splits_mean") or {}, metrics.get("splits_std") or {}
-    parts = []
-    for key, name in (("map", "mAP"), ("vote_accuracy@10", "vote@10"),
-                      ("balanced_accuracy@10", "balanced@10")):
-        if isinstance(mean.get(key), (int, float)):
-            spread = f" ± {std[key]:.3f}" if isinstance(std.get(key), (int, float)) else ""
-            parts.append(f"{name} {mean[key]:.3f}{spread}")
-    if parts:
-        seeds = metrics.get("split_seeds") or []
-        parts.append(f"({metrics.get('protocol', '?')} protocol, {len(seeds)} split(s))")
-    return "  ".join(parts)
+def cmd_bench(args) -> int:
+    from hashview.bench import DEFAULT_WORKDIR
+    from hashview.bench.runner import DOCS_BENCHMARKS, bench_command, resolve_names, run_cli
 
-
-def cmd_models(args) -> int:
-    from hashview.models import DEFAULT_MODEL, list_models
-
-    cards = list_models()
-    if args.json:
-        print(json.dumps([c.to_dict() for c in cards], indent=2))
-        return EXIT_OK
-    for card in cards:
-        default = "*" if card.name == DEFAULT_MODEL else " "
-        status = "trained" if card.trained else "untrained"
-        print(f"{default} {card.name:<12} {card.arch:<6} {card.bits:>4} bits  {status:<9}"
-              f"  {_metrics_summary(card.metrics or {})}")
-    print("* default model")
-    return EXIT_OK
-
-
-def _parse_options(pairs: Sequence[str]) -> dict:
-    """``KEY=VALUE`` pairs; values parsed as JSON when they can be (numbers, booleans)."""
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"--option must be KEY=VALUE, got {pair!r}")
-        try:
-            options[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.replace("-", "_")] = value
-    return options
-
-
-def cmd_train(args) -> int:
-    from hashview.training import train_from_folder
-
+    mode = args.mode or "full"
+    if args.update_docs and mode != "full":
+        print("hashview: --update-docs records full-mode numbers only; add --full", file=sys.stderr)
+        return EXIT_USAGE
+    only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
     try:
-        options = _parse_options(args.option)
+        resolve_names(only)
     except ValueError as exc:
         print(f"hashview: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.input_size:
-        options["input_size"] = args.input_size
-    bar = _progress_bar(not args.json)
-    result = train_from_folder(args.data, args.arch, args.bits, args.out, epochs=args.epochs,
-                               batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                               split_file=args.split, protocol=args.protocol, progress=bar,
-                               resume=args.resume, device=args.device, **options)
-    bar.close()
-    summary = {"model": str(result.model_path), "seconds": round(result.seconds, 1),
-               "final_loss": result.history[-1] if result.history else None}
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(f"model written to {result.model_path} ({result.seconds:.0f} s)")
-    return EXIT_OK
-
-
-def cmd_eval(args) -> int:
-    from hashview.evaluation import evaluate_baseline, evaluate_model, plot_curves
-
-    seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
-    bar = _progress_bar(not args.json)
-    if args.baseline:
-        result = evaluate_baseline(args.baseline, args.data, bits=args.bits, split=args.split,
-                                   protocol=args.protocol, seeds=seeds, progress=bar)
-    else:
-        from hashview.models import DEFAULT_MODEL
-
-        result = evaluate_model(args.model or DEFAULT_MODEL, args.data, split=args.split,
-                                protocol=args.protocol, seeds=seeds, device=args.device,
-                                progress=bar)
-    bar.close()
-    if args.plot:
-        plot_curves(result, args.plot)
-    if args.json:
-        print(json.dumps(result, indent=2, default=str))
-        return EXIT_OK
-    for warning in result.get("warnings", []):
-        print(f"warning: {warning}", file=sys.stderr)
-    mean, std = result["mean"], result["std"]
-    n = len(result.get("splits", [])) or 1
-    print(f"{result.get('name') or args.baseline} on {args.data} ({n} split(s), "
-          f"{result.get('split_source', args.protocol)})")
-    for key in sorted(mean):
-        if isinstance(mean[key], (int, float)):
-            print(f"  {key:<28} {mean[key]:.4f} ± {std.get(key, 0.0):.4f}")
+    markdown = run_cli(
+        mode, only, Path(args.workdir) if args.workdir else DEFAULT_WORKDIR,
+        Path(args.json_out) if args.json_out else None,
+        Path(args.markdown) if args.markdown else None,
+        DOCS_BENCHMARKS if args.update_docs else None,
+        command=bench_command([f"--{mode}"] + (["--only", args.only] if only else [])
+                              + (["--update-docs"] if args.update_docs else [])),
+        log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(markdown)
     return EXIT_OK
 
 
 def cmd_demo(args) -> int:
     from hashview.demo import run_demo
 
-    output = run_demo(library_path=args.library, progress=_progress_bar(not args.json))
+    output = run_demo(library_path=args.library, progress=progress_bar(not args.json))
     if args.json:
         print(json.dumps(output, indent=2, default=str))
     else:
         print(output["text"])
-    return EXIT_OK
-
-
-def cmd_explain(args) -> int:
-    from hashview.errors import SourceError
-    from hashview.explain import explain_pair, load_input, side_by_side
-    from hashview.models import DEFAULT_MODEL, load_model
-
-    if not 0.0 <= args.opacity <= 1.0:
-        print(f"hashview: --opacity must be between 0 and 1, got {args.opacity}", file=sys.stderr)
-        return EXIT_USAGE
-    model = load_model(args.model or DEFAULT_MODEL)
-    query = load_input(args.query, model.card)
-    hit = load_input(args.hit, model.card)
-    result = explain_pair(model, query, hit, method=args.method, device="cpu")
-    stats = result.stats
-    caption = (f"{model.card.name}  {args.method}  similarity {result.similarity:+.3f}  "
-               f"hamming {stats['hamming']}/{stats['bits']}")
-    figure = side_by_side(query, hit, result, opacity=args.opacity, panel=EXPLAIN_PANEL,
-                          caption=caption)
-    try:
-        figure.save(args.out, format="PNG")
-    except (OSError, ValueError) as exc:
-        raise SourceError(args.out, f"cannot write the figure ({exc})") from exc
-    summary = {"query": args.query, "hit": args.hit, "model": model.card.name,
-               "method": args.method, "similarity": result.similarity,
-               "similarity_reverse": stats["similarity_ba"], "hamming": stats["hamming"],
-               "bits": stats["bits"], "query_map": stats["map_a"], "hit_map": stats["map_b"],
-               "query_map_empty": stats["a_empty"], "hit_map_empty": stats["b_empty"],
-               "out": str(args.out)}
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        return EXIT_OK
-    print(f"{caption}  -> {args.out}")
-    for name, key in (("query", "query_map"), ("hit", "hit_map")):
-        s = summary[key]
-        com = s["centre_of_mass"]
-        where = "none (empty map)" if com is None else f"({com[0]:.2f}, {com[1]:.2f})"
-        print(f"  {name:<5} map: mean {s['mean']:.3f}  max {s['max']:.3f}  "
-              f"above 0.5 {s['frac_above_0_5']:.1%}  centre of mass {where}")
     return EXIT_OK
 
 
@@ -396,10 +324,11 @@ def cmd_uninstall_desktop(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"index": cmd_index, "search": cmd_search, "info": cmd_info, "models": cmd_models,
+COMMANDS = {"index": cmd_index, "search": cmd_search, "index-build": cmd_index_build,
+            "info": cmd_info, "models": cmd_models,
             "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo,
             "explain": cmd_explain, "install-desktop": cmd_install_desktop,
-            "uninstall-desktop": cmd_uninstall_desktop}
+            "uninstall-desktop": cmd_uninstall_desktop, "bench": cmd_bench}
 
 
 def _open_app(paths: Sequence[str]) -> Optional[int]:

@@ -1,0 +1,154 @@
+"""``hashview models | train | eval | explain``: the model sub-commands (see :mod:`hashview.cli`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Sequence
+
+from hashview.cli_support import EXIT_OK, EXIT_USAGE, progress_bar
+
+EXPLAIN_PANEL = 256  # side of each of the four panels of ``hashview explain --out``
+
+
+def _metrics_summary(metrics: dict) -> str:
+    """mAP and vote accuracy from a card, mean ± std over its splits when it has several."""
+    mean, std = metrics.get("splits_mean") or {}, metrics.get("splits_std") or {}
+    parts = []
+    for key, name in (("map", "mAP"), ("vote_accuracy@10", "vote@10"),
+                      ("balanced_accuracy@10", "balanced@10")):
+        if isinstance(mean.get(key), (int, float)):
+            spread = f" ± {std[key]:.3f}" if isinstance(std.get(key), (int, float)) else ""
+            parts.append(f"{name} {mean[key]:.3f}{spread}")
+    if parts:
+        seeds = metrics.get("split_seeds") or []
+        parts.append(f"({metrics.get('protocol', '?')} protocol, {len(seeds)} split(s))")
+    return "  ".join(parts)
+
+
+def cmd_models(args) -> int:
+    from hashview.models import DEFAULT_MODEL, list_models
+
+    cards = list_models()
+    if args.json:
+        print(json.dumps([c.to_dict() for c in cards], indent=2))
+        return EXIT_OK
+    for card in cards:
+        default = "*" if card.name == DEFAULT_MODEL else " "
+        status = "trained" if card.trained else "untrained"
+        unit = "dims" if card.code_kind == "float" else "bits"  # float descriptors
+        print(f"{default} {card.name:<12} {card.arch:<6} {card.bits:>4} {unit}  {status:<9}"
+              f"  {_metrics_summary(card.metrics or {})}")
+    print("* default model")
+    return EXIT_OK
+
+
+def _parse_options(pairs: Sequence[str]) -> dict:
+    """``KEY=VALUE`` pairs; values parsed as JSON when they can be (numbers, booleans)."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--option must be KEY=VALUE, got {pair!r}")
+        try:
+            options[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.replace("-", "_")] = value
+    return options
+
+
+def cmd_train(args) -> int:
+    from hashview.training import train_from_folder
+
+    try:
+        options = _parse_options(args.option)
+    except ValueError as exc:
+        print(f"hashview: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.input_size:
+        options["input_size"] = args.input_size
+    bar = progress_bar(not args.json)
+    result = train_from_folder(args.data, args.arch, args.bits, args.out, epochs=args.epochs,
+                               batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                               split_file=args.split, protocol=args.protocol, progress=bar,
+                               resume=args.resume, device=args.device, **options)
+    bar.close()
+    summary = {"model": str(result.model_path), "seconds": round(result.seconds, 1),
+               "final_loss": result.history[-1] if result.history else None}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"model written to {result.model_path} ({result.seconds:.0f} s)")
+    return EXIT_OK
+
+
+def cmd_eval(args) -> int:
+    from hashview.evaluation import evaluate_baseline, evaluate_model, plot_curves
+
+    seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+    bar = progress_bar(not args.json)
+    if args.baseline:
+        result = evaluate_baseline(args.baseline, args.data, bits=args.bits, split=args.split,
+                                   protocol=args.protocol, seeds=seeds, progress=bar)
+    else:
+        from hashview.models import DEFAULT_MODEL
+
+        result = evaluate_model(args.model or DEFAULT_MODEL, args.data, split=args.split,
+                                protocol=args.protocol, seeds=seeds, device=args.device,
+                                progress=bar)
+    bar.close()
+    if args.plot:
+        plot_curves(result, args.plot)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return EXIT_OK
+    for warning in result.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    mean, std = result["mean"], result["std"]
+    n = len(result.get("splits", [])) or 1
+    print(f"{result.get('name') or args.baseline} on {args.data} ({n} split(s), "
+          f"{result.get('split_source', args.protocol)})")
+    for key in sorted(mean):
+        if isinstance(mean[key], (int, float)):
+            print(f"  {key:<28} {mean[key]:.4f} ± {std.get(key, 0.0):.4f}")
+    return EXIT_OK
+
+
+def cmd_explain(args) -> int:
+    from hashview.errors import SourceError
+    from hashview.explain import explain_pair, load_input, side_by_side
+    from hashview.models import DEFAULT_MODEL, load_model
+
+    if not 0.0 <= args.opacity <= 1.0:
+        print(f"hashview: --opacity must be between 0 and 1, got {args.opacity}", file=sys.stderr)
+        return EXIT_USAGE
+    model = load_model(args.model or DEFAULT_MODEL)
+    query = load_input(args.query, model.card)
+    hit = load_input(args.hit, model.card)
+    result = explain_pair(model, query, hit, method=args.method, device="cpu")
+    stats = result.stats
+    caption = (f"{model.card.name}  {args.method}  similarity {result.similarity:+.3f}  "
+               f"hamming {stats['hamming']}/{stats['bits']}")
+    figure = side_by_side(query, hit, result, opacity=args.opacity, panel=EXPLAIN_PANEL,
+                          caption=caption)
+    try:
+        figure.save(args.out, format="PNG")
+    except (OSError, ValueError) as exc:
+        raise SourceError(args.out, f"cannot write the figure ({exc})") from exc
+    summary = {"query": args.query, "hit": args.hit, "model": model.card.name,
+               "method": args.method, "similarity": result.similarity,
+               "similarity_reverse": stats["similarity_ba"], "hamming": stats["hamming"],
+               "bits": stats["bits"], "query_map": stats["map_a"], "hit_map": stats["map_b"],
+               "query_map_empty": stats["a_empty"], "hit_map_empty": stats["b_empty"],
+               "out": str(args.out)}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return EXIT_OK
+    print(f"{caption}  -> {args.out}")
+    for name, key in (("query", "query_map"), ("hit", "hit_map")):
+        s = summary[key]
+        com = s["centre_of_mass"]
+        where = "none (empty map)" if com is None else f"({com[0]:.2f}, {com[1]:.2f})"
+        print(f"  {name:<5} map: mean {s['mean']:.3f}  max {s['max']:.3f}  "
+              f"above 0.5 {s['frac_above_0_5']:.1%}  centre of mass {where}")
+    return EXIT_OK
