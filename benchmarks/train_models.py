@@ -68,6 +68,7 @@ _DCH_IDC = dict(input_size=50, epochs=8, pretrain_epochs=3, batch_size=64, sampl
 # patients' patches: all the contended CPU allowed).
 _DAFH_KATHER = dict(input_size=64, epochs=15, batch_size=32, weight_decay=1e-4)
 _MTH_KATHER = dict(input_size=64, epochs=15, batch_size=32)
+_MTH_KATHER_LONG = dict(input_size=64, epochs=40, batch_size=32)
 _DAFH_IDC = dict(input_size=50, epochs=2, steps_per_epoch=40, batch_size=32, weight_decay=1e-4)
 _MTH_IDC = dict(input_size=50, epochs=2, steps_per_epoch=40, batch_size=32)
 
@@ -84,9 +85,11 @@ RECIPES = {
     **{f"dafh-{bits}": dict(data=KATHER, arch="dafh", bits=bits, protocol="hatdh",
                             options=_DAFH_KATHER, tiling=KATHER_TILING, bundled=False)
        for bits in (16, 32, 48)},
-    **{f"mth-{bits}": dict(data=KATHER, arch="mth", bits=bits, protocol="hatdh",
-                           options=_MTH_KATHER, tiling=KATHER_TILING, bundled=False)
-       for bits in (32, 64)},
+    "mth-32": dict(data=KATHER, arch="mth", bits=32, protocol="hatdh", options=_MTH_KATHER,
+                   tiling=KATHER_TILING, bundled=False),
+    # Bundled: 40 epochs instead of 15 lifted split 0 from 0.791 to 0.860 mAP (~2 min a model).
+    "mth-64": dict(data=KATHER, arch="mth", bits=64, protocol="hatdh", options=_MTH_KATHER_LONG,
+                   tiling=KATHER_TILING),
     # DAFH with the classifier on Linear1 (the paper's text) instead of the codes (Algorithm 1)
     "dafh-32-text": dict(data=KATHER, arch="dafh", bits=32, protocol="hatdh",
                          options={**_DAFH_KATHER, "arch_kwargs": {"classifier_input": "fusion"}},
