@@ -32,3 +32,26 @@ def kather_batch(size: int):
                         size)
     x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255
     return (x - 0.5) / 0.25, torch.from_numpy(data.labels)
+
+
+def check_trained_model_reloads_identically(arch: str, out_dir, size: int):
+    """Train ``arch`` for two tiny steps on the test Kather tiles, reload the saved model and
+    check it encodes exactly like the net in memory; returns the training result."""
+    import numpy as np
+
+    from hashview.encode import Encoder
+    from hashview.models import LoadedModel, load_model
+    from hashview.slides.folders import scan_patch_folder
+    from hashview.training import TrainConfig, train
+
+    entries = scan_patch_folder(Path(__file__).resolve().parent / "data" / "kather")
+    cfg = TrainConfig(arch=arch, bits=16, epochs=1, batch_size=8, input_size=size,
+                      steps_per_epoch=2, seed=1, device="cpu")
+    result = train(cfg, entries, out_dir)
+    loaded = load_model(result.model_path)
+    assert loaded.net.arch_kwargs() == result.net.arch_kwargs()
+    images = [Image.open(e.path).convert("RGB") for e in entries]
+    from_file = Encoder(loaded, device="cpu").encode_relaxed(images)
+    in_memory = Encoder(LoadedModel(result.net, result.card), device="cpu").encode_relaxed(images)
+    np.testing.assert_array_equal(from_file, in_memory)
+    return result

@@ -4,21 +4,14 @@ DAFH losses against hand-computed values, and save/reload encoding identically."
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from hashview.encode import Encoder
-from hashview.models import LoadedModel, build_model, load_model
-from _model_helpers import kather_batch
-from hashview.slides.folders import scan_patch_folder
-from hashview.training import TrainConfig, train
+from hashview.models import build_model
+from _model_helpers import check_trained_model_reloads_identically, kather_batch
 from hashview.training.triplet_class_losses import DAFHLoss, euclidean_distances, focal_loss
 
-KATHER = Path(__file__).resolve().parent / "data" / "kather"
 SIZE = 64
 
 
@@ -115,15 +108,6 @@ def test_euclidean_distances_have_finite_gradients_on_identical_rows():
 
 
 def test_trained_model_reloads_and_encodes_identically(tmp_path):
-    entries = scan_patch_folder(KATHER)
-    cfg = TrainConfig(arch="dafh", bits=16, epochs=1, batch_size=8, input_size=SIZE,
-                      steps_per_epoch=2, seed=1, device="cpu")
-    result = train(cfg, entries, tmp_path)
-    assert result.card.arch == "dafh" and result.card.training["config"]["objective_options"][
-        "focal_gamma"] == 1.5
-    loaded = load_model(result.model_path)
-    assert loaded.net.arch_kwargs() == result.net.arch_kwargs()
-    images = [Image.open(e.path).convert("RGB") for e in entries]
-    from_file = Encoder(loaded, device="cpu").encode_relaxed(images)
-    in_memory = Encoder(LoadedModel(result.net, result.card), device="cpu").encode_relaxed(images)
-    np.testing.assert_array_equal(from_file, in_memory)
+    result = check_trained_model_reloads_identically("dafh", tmp_path, SIZE)
+    assert result.card.arch == "dafh"
+    assert result.card.training["config"]["objective_options"]["focal_gamma"] == 1.5

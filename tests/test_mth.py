@@ -5,22 +5,15 @@ save/reload encoding identically."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from hashview.encode import Encoder
-from hashview.models import LoadedModel, build_model, load_model
+from hashview.models import build_model
 from hashview.models.mth import ConvSelfAttention, DenseBlock
-from _model_helpers import kather_batch
-from hashview.slides.folders import scan_patch_folder
-from hashview.training import TrainConfig, train
+from _model_helpers import check_trained_model_reloads_identically, kather_batch
 from hashview.training.triplet_class_losses import MTHLoss
 
-KATHER = Path(__file__).resolve().parent / "data" / "kather"
 SIZE = 64
 
 
@@ -110,15 +103,6 @@ def test_mth_loss_by_hand():
 
 
 def test_trained_model_reloads_and_encodes_identically(tmp_path):
-    entries = scan_patch_folder(KATHER)
-    cfg = TrainConfig(arch="mth", bits=16, epochs=1, batch_size=8, input_size=SIZE,
-                      steps_per_epoch=2, seed=1, device="cpu")
-    result = train(cfg, entries, tmp_path)
-    assert result.card.arch == "mth" and result.card.training["config"]["objective_options"][
-        "eta"] == 0.5
-    loaded = load_model(result.model_path)
-    assert loaded.net.arch_kwargs() == result.net.arch_kwargs()
-    images = [Image.open(e.path).convert("RGB") for e in entries]
-    from_file = Encoder(loaded, device="cpu").encode_relaxed(images)
-    in_memory = Encoder(LoadedModel(result.net, result.card), device="cpu").encode_relaxed(images)
-    np.testing.assert_array_equal(from_file, in_memory)
+    result = check_trained_model_reloads_identically("mth", tmp_path, SIZE)
+    assert result.card.arch == "mth"
+    assert result.card.training["config"]["objective_options"]["eta"] == 0.5
