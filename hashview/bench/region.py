@@ -34,6 +34,7 @@ from hashview.models import DEFAULT_MODEL, LoadedModel, load_model
 from hashview.progress import ProgressCallback, report
 from hashview.query import open_search, region_tiles
 from hashview.slides import Source, open_source
+from hashview.slides.thumbnail import read_thumbnail
 from hashview.tiling import plan_tiles
 
 THUMB = 104  # the results grid's thumbnail side (hashview.gui.results.THUMB)
@@ -106,13 +107,8 @@ class HitReader:
         return self.sources[path]
 
     def thumbnail(self, hit) -> Image.Image:
-        source = self.source(hit.source_path)
-        level = source.get_best_level_for_downsample(hit.size / THUMB)
-        ds = source.level_downsamples[level]
-        side = max(1, round(hit.size / ds))
-        image = source.read_region((hit.x, hit.y), level, (side, side))
-        image.thumbnail((THUMB, THUMB), Image.Resampling.LANCZOS)
-        return image
+        return read_thumbnail(self.source(hit.source_path), (hit.x, hit.y, hit.size, hit.size),
+                              THUMB)
 
     def load(self, hits) -> list[Image.Image]:
         for hit in hits:  # open on this thread: the cache is not shared while reading

@@ -16,7 +16,8 @@ from typing import Optional
 from PIL import Image
 from PySide6.QtCore import QObject, QRunnable, Signal
 
-from hashview.gui.thumbnails import BackgroundReader, Region, SourceCache, read_thumbnail
+from hashview.gui.thumbnails import BackgroundReader, SourceCache
+from hashview.slides.thumbnail import Region, read_thumbnail
 
 
 class _ExplainJob(QRunnable):
