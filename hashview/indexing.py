@@ -29,9 +29,9 @@ from hashview.slides import InputItem, expand_inputs, open_source
 from hashview.slides.image_source import load_rgb_image
 from hashview.timing import NO_TIMES, StageTimes
 from hashview.tiling import (DEFAULT_TARGET_MPP, DEFAULT_TILE_SIZE, Tile, TilePlan, TilingParams,
-                             fit_tile, plan_tiles, read_tile_pixels, square_tile)
+                             plan_tiles, read_tile_pixels, square_tile)
 
-# Tiles read ahead of the forward pass, in batches: one batch being encoded, this many queued.
+# On a GPU, tiles read ahead of the forward pass, in batches: one being encoded, this many queued.
 PREFETCH_BATCHES = 2
 
 
@@ -85,14 +85,11 @@ def _batched(items: Sequence, size: int) -> Iterator[Sequence]:
 
 
 def reader_threads(encoder: Encoder) -> int:
-    """Threads reading and decoding tiles.
-
-    On a CPU the forward pass takes ~95% of the time and every core already (torch threads), so
-    two readers are enough to stay ahead and more would only contend with torch. A GPU consumes
-    tiles an order of magnitude faster, so decoding gets most of the cores to keep ahead of it.
-    """
+    """Threads reading and decoding tiles: every core (up to 8) on a CPU, where they run
+    between forward passes (see :func:`_loaded`); on a GPU, all but one core, so decoding
+    keeps ahead of a forward pass an order of magnitude faster than a CPU's."""
     cores = os.cpu_count() or 2
-    return max(2, min(16, cores - 1)) if encoder.is_cuda else 2
+    return max(2, min(16, cores - 1)) if encoder.is_cuda else max(2, min(8, cores))
 
 
 def _prefetched(load, items: Sequence, pool: ThreadPoolExecutor, depth: int) -> Iterator:
@@ -115,24 +112,50 @@ def _prefetched(load, items: Sequence, pool: ThreadPoolExecutor, depth: int) -> 
         wait(pending)
 
 
+def _batchwise(load, items: Sequence, pool: ThreadPoolExecutor, batch: int) -> Iterator:
+    """``load(item)`` for each item, in order: one batch at a time on every reader thread, and
+    nothing in flight while the caller works on what was yielded."""
+    for chunk in _batched(items, batch):
+        futures = [pool.submit(load, item) for item in chunk]
+        wait(futures)
+        for future in futures:
+            yield future.result()
+
+
+def _loaded(load, items: Sequence, pool: ThreadPoolExecutor, encoder: Encoder) -> Iterator:
+    """``load(item)`` for each item, in order, scheduled for ``encoder``'s device.
+
+    A GPU encodes while reader threads decode the next batches (prefetch). On a CPU the forward
+    pass already keeps every core busy, and readers running beside it stall torch's threads (a
+    parallel operation waits for its slowest thread), so a batch is read on every core, then
+    encoded: on the synthetic 3,321-tile slide (docs/benchmarks.md) 277-291 tiles/s against
+    232-272 with reading overlapped, three runs each, alternating.
+    """
+    if encoder.is_cuda:
+        return _prefetched(load, items, pool, depth=PREFETCH_BATCHES * encoder.batch_size)
+    return _batchwise(load, items, pool, encoder.batch_size)
+
+
 def tile_loader(source, plan: TilePlan, encoder: Encoder, times=NO_TIMES):
-    """The per-tile work done on reader threads: read (with OpenSlide's decode), resample to the
-    tile size, then to the model's input array, so the forward thread only stacks a batch."""
+    """The per-tile work done on reader threads: read (with OpenSlide's decode), then resample
+    once, straight to the model's input array, so the forward thread only stacks a batch.
+
+    ``plan`` should be made with ``input_size=encoder.input_size`` so the read comes from the
+    coarsest level that still has the model's resolution (what region queries read too)."""
     def load(tile: Tile) -> np.ndarray:
         with times.stage("read"):
             pixels = read_tile_pixels(source, tile, plan)
         with times.stage("resize"):
-            image = fit_tile(pixels, plan)
-        with times.stage("transform"):
-            return encoder.to_input(image)
+            return encoder.to_input(pixels)
     return load
 
 
 def encode_tiles(source, plan: TilePlan, encoder: Encoder, pool: ThreadPoolExecutor,
                  times=NO_TIMES) -> Iterator[np.ndarray]:
-    """Packed codes of ``plan.tiles``, one array per batch; reading overlaps the forward pass."""
+    """Packed codes of ``plan.tiles``, one array per batch; reading is scheduled by
+    :func:`_loaded`."""
     load = tile_loader(source, plan, encoder, times)
-    inputs = _prefetched(load, plan.tiles, pool, depth=PREFETCH_BATCHES * encoder.batch_size)
+    inputs = _loaded(load, plan.tiles, pool, encoder)
     with closing(inputs):
         yield from encoder.encode_batches(inputs, total=len(plan.tiles), times=times)
 
@@ -219,7 +242,7 @@ def _index_slide(item: InputItem, library: Library, encoder: Encoder, params: Ti
     name = Path(item.path).name
     with open_source(item.path) as source:
         with times.stage("tissue mask"):
-            plan = plan_tiles(source, params)
+            plan = plan_tiles(source, params, input_size=encoder.input_size)
         report_.warnings.extend(f"{item.path}: {w}" for w in plan.warnings)
         codes = []
         done = 0
@@ -269,8 +292,7 @@ def _index_patches(patches: list[InputItem], library: Library, encoder: Encoder,
         return image.size, encoder.to_input(square_tile(image, encoder.input_size))
 
     done = 0
-    # the next batches are decoded on the reader threads while this one is encoded and written
-    loads = _prefetched(load, todo, pool, depth=PREFETCH_BATCHES * batch)
+    loads = _loaded(load, todo, pool, encoder)
     with closing(loads):
         for chunk in _batched(todo, batch):
             loaded = [next(loads) for _ in chunk]

@@ -115,18 +115,20 @@ def parse_region(text: str) -> tuple[int, int, int, int]:
 
 
 def region_tiles(source: Source, region: tuple[int, int, int, int],
-                 params: TilingParams) -> list[Image.Image]:
+                 params: TilingParams, input_size: Optional[int] = None) -> list[Image.Image]:
     """Read a level-0 region as library-sized tiles at the library's resolution.
 
     A region no bigger than one tile (in either direction) is read as one tile centred on the
-    region, so a right-click anywhere gives the tile under the cursor.
+    region, so a right-click anywhere gives the tile under the cursor. With ``input_size`` (the
+    encoder's) tiles are read exactly as indexing reads them (:func:`hashview.tiling.read_tile`)
+    and come back at that size.
     """
     x, y, w, h = region
     width, height = source.dimensions
     if x < 0 or y < 0 or x >= width or y >= height:
         raise SourceError(source.path, f"region {x},{y},{w},{h} lies outside the slide "
                                        f"({width}x{height})")
-    geometry = plan_geometry(source, params)
+    geometry = plan_geometry(source, params, input_size)
     side = geometry.tile_level0
     cols, rows = max(1, round(w / side)), max(1, round(h / side))
     if cols * rows > MAX_REGION_TILES:
@@ -171,7 +173,7 @@ def search_file(searcher: Searcher, encoder: Encoder, path: str | Path,
         images = [load_patch(path, encoder.input_size)]
     else:
         with open_source(path) as source:
-            images = region_tiles(source, region, params)
+            images = region_tiles(source, region, params, encoder.input_size)
     if exclude_source:
         own = searcher.source_id_for_path(str(Path(path).resolve()))
         if own is not None:

@@ -6,7 +6,12 @@ Choices:
   a 20x and a 40x scan of one tissue give comparable tiles. When the file records no µm/px, level
   0 is assumed to be 20x (0.5 µm/px) and the plan says so (``mpp_assumed`` and a warning).
 - Pixels are read from the coarsest pyramid level that is still at least as fine as needed, then
-  resampled (antialiased Lanczos) to ``tile_size``; never upsampled from a coarser level.
+  resampled (antialiased Lanczos) once, straight to the size they are used at; never upsampled
+  from a coarser level. "Needed" is the model's input when the plan is made for a model whose
+  input is smaller than ``tile_size`` (``input_size``): a 150 px tile seen by a 64 px model is
+  read from a 2x level when the slide has one, not decoded at full resolution and shrunk twice.
+  Indexing and region queries plan with the same ``input_size``, so a tile and the same tile
+  queried get the same pixels.
 - ``stride`` is in output pixels (the units of ``tile_size``); ``None`` means no overlap. Only
   whole tiles inside the image are planned; the grid starts at (0, 0).
 - The tissue mask is computed once on a thumbnail in which one tile spans about 16 mask pixels
@@ -87,7 +92,7 @@ class Tile:
 class TilePlan:
     tiles: list[Tile]
     level: int                 # pyramid level the pixels are read from
-    read_size: int             # side read at that level, resized to tile_size afterwards
+    read_size: int             # side read at that level, resampled once to where it is used
     tile_size: int
     mpp: float                 # level-0 µm/px used for planning (assumed when mpp_assumed)
     mpp_assumed: bool
@@ -99,6 +104,7 @@ class TilePlan:
     mask_downsample: tuple[float, float] = (1.0, 1.0)  # level-0 px per mask px, (x, y)
     grid_count: int = 0        # whole tiles on the grid before the tissue filter
     tissue_count: int = 0      # tiles passing the tissue filter, before max_tiles
+    input_size: int | None = None  # the model input the level was chosen for (None: tile_size)
 
 
 def _otsu_threshold(values: np.ndarray) -> int | None:
@@ -200,10 +206,13 @@ def _mask_thumbnail_side(dimensions: tuple[int, int], tile_level0: int) -> int:
     return int(min(max(wanted, min(_MASK_MIN_SIDE, longest)), _MASK_MAX_SIDE))
 
 
-def plan_geometry(source: Source, params: TilingParams | None = None) -> TilePlan:
+def plan_geometry(source: Source, params: TilingParams | None = None,
+                  input_size: int | None = None) -> TilePlan:
     """The tile geometry of ``source`` at ``params`` (level, read size, level-0 side), no tiles.
 
-    Used on its own to read arbitrary tiles (a query region) at a library's resolution.
+    ``input_size``: the side of the model input the pixels are for; when it is smaller than
+    ``tile_size`` the level is chosen for it (see the module notes). Used on its own to read
+    arbitrary tiles (a query region) at a library's resolution.
     """
     params = params or TilingParams()
     params.validate()
@@ -218,17 +227,21 @@ def plan_geometry(source: Source, params: TilingParams | None = None) -> TilePla
     tile_level0 = max(1, round(params.tile_size * level0_per_output))
     stride_output = params.stride if params.stride is not None else params.tile_size
     stride_level0 = max(1, round(stride_output * level0_per_output))
-    level = source.get_best_level_for_downsample(tile_level0 / params.tile_size)
+    used_size = min(params.tile_size, input_size or params.tile_size)
+    level = source.get_best_level_for_downsample(tile_level0 / used_size)
     read_size = max(1, round(tile_level0 / source.level_downsamples[level]))
     return TilePlan(tiles=[], level=level, read_size=read_size, tile_size=params.tile_size,
                     mpp=mpp, mpp_assumed=mpp_assumed, target_mpp=params.target_mpp,
-                    stride=stride_level0, tile_level0=tile_level0, warnings=warnings)
+                    stride=stride_level0, tile_level0=tile_level0, warnings=warnings,
+                    input_size=input_size)
 
 
-def plan_tiles(source: Source, params: TilingParams | None = None) -> TilePlan:
-    """Plan the tissue tiles of ``source`` (see the module notes for every choice made)."""
+def plan_tiles(source: Source, params: TilingParams | None = None,
+               input_size: int | None = None) -> TilePlan:
+    """Plan the tissue tiles of ``source`` (see the module notes for every choice made);
+    ``input_size`` as in :func:`plan_geometry`."""
     params = params or TilingParams()
-    plan = plan_geometry(source, params)
+    plan = plan_geometry(source, params, input_size)
     tile_level0, stride_level0, warnings = plan.tile_level0, plan.stride, plan.warnings
 
     width, height = source.dimensions
@@ -279,24 +292,18 @@ def plan_tiles(source: Source, params: TilingParams | None = None) -> TilePlan:
 
 
 def read_tile(source: Source, tile: Tile, plan: TilePlan) -> Image.Image:
-    """The pixels of ``tile`` as an RGB image of ``plan.tile_size`` x ``plan.tile_size``."""
-    return fit_tile(read_tile_pixels(source, tile, plan), plan)
+    """The pixels of ``tile`` as used: an RGB square of ``plan.input_size`` (else
+    ``plan.tile_size``) px, resampled once from the plan's level."""
+    return square_tile(read_tile_pixels(source, tile, plan), plan.input_size or plan.tile_size)
 
 
 def read_tile_pixels(source: Source, tile: Tile, plan: TilePlan) -> Image.Image:
     """The pixels of ``tile`` at the plan's pyramid level (``plan.read_size`` px, not resized).
 
-    Split from :func:`fit_tile` so indexing can time reading (which includes OpenSlide's JPEG
+    Split from :func:`read_tile` so indexing can time reading (which includes OpenSlide's JPEG
     decode) apart from resampling.
     """
     return source.read_region((tile.x, tile.y), plan.level, (plan.read_size, plan.read_size))
-
-
-def fit_tile(region: Image.Image, plan: TilePlan) -> Image.Image:
-    """``region`` resampled (antialiased Lanczos) to ``plan.tile_size``, if it is not already."""
-    if region.size != (plan.tile_size, plan.tile_size):
-        region = region.resize((plan.tile_size, plan.tile_size), Image.Resampling.LANCZOS)
-    return region
 
 
 def square_tile(image: Image.Image, size: int) -> Image.Image:

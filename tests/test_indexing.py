@@ -103,7 +103,7 @@ def test_stage_timing_sees_every_tile_and_does_not_change_the_codes(slide_librar
     with Library.open(tmp_path / "timed.h5") as lib:
         np.testing.assert_array_equal(lib.codes(), expected)  # batch size and threads: same codes
     stats = times.to_dict()
-    for stage in ("read", "resize", "transform", "batch", "forward", "pack", "write"):
+    for stage in ("read", "resize", "batch", "forward", "pack", "write"):
         assert stats[stage]["items"] == n, stage
         assert stats[stage]["seconds"] >= 0
     assert stats["tissue mask"]["items"] == 1
@@ -155,6 +155,37 @@ def test_prefetch_keeps_order_and_bounds_reads_ahead():
         assert list(_prefetched(load, range(20), pool, depth=3)) == [i * i for i in range(20)]
 
 
+def test_batchwise_reading_keeps_order_and_reads_nothing_while_the_caller_works():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hashview.indexing import _batchwise
+
+    running, lock = [0], threading.Lock()
+    seen_running = []
+
+    def load(i):
+        with lock:
+            running[0] += 1
+        try:
+            return i * i
+        finally:
+            with lock:
+                running[0] -= 1
+
+    with ThreadPoolExecutor(2) as pool:
+        out = []
+        for value in _batchwise(load, range(23), pool, batch=5):
+            seen_running.append(running[0])  # the caller "encodes" here
+            out.append(value)
+        assert out == [i * i for i in range(23)]
+        assert set(seen_running) == {0}
+        gen = _batchwise(load, range(100), pool, batch=5)
+        assert next(gen) == 0
+        gen.close()
+        assert running[0] == 0
+
+
 def test_numpy_morphology_matches_pillow_rank_filters():
     from PIL import Image, ImageFilter
 
@@ -193,3 +224,34 @@ def test_a_single_query_tile_is_encoded_on_one_thread_and_the_setting_restored(m
     assert seen[0] == (1, 1) and seen[1] == (8, before)
     assert torch.get_num_threads() == before
     assert one.shape == (1, encoder.bits // 8) and many.shape == (8, encoder.bits // 8)
+
+
+def test_region_query_reads_a_tile_exactly_as_indexing_did_from_a_coarser_level(tmp_path):
+    """A 150 px tile at 1.6 µm/px seen by the 64 px default model spans 485 level-0 px: both
+    indexing and a region query read it from the 4x level (not level 0), resampled once, so
+    querying an indexed tile gives back its own code at distance 0."""
+    from hashview.bench.synthetic import make_synthetic_slide
+    from hashview.encode import Encoder
+    from hashview.models import DEFAULT_MODEL, load_model
+    from hashview.query import region_tiles
+    from hashview.slides import open_source
+    from hashview.tiling import plan_geometry
+
+    slide = make_synthetic_slide(tmp_path / "pyramid.tiff", KATHER, 2400)
+    loaded = load_model(DEFAULT_MODEL)
+    params = TilingParams(tile_size=150, target_mpp=1.6, min_tissue=0.3)
+    encoder = Encoder(loaded, device="cpu")
+    with open_source(slide) as source:
+        assert source.level_downsamples[:2] == (1.0, 4.0)
+        assert plan_geometry(source, params).level == 0  # enough pixels only at level 0 for 150
+        assert plan_geometry(source, params, encoder.input_size).level == 1  # 64 px: 4x will do
+    report = index_paths([slide], tmp_path / "lib.h5", model=loaded, params=params)
+    assert report.tiles_added >= 4 and not report.failed
+    with Library.open(tmp_path / "lib.h5") as lib:
+        table, codes = lib.tile_table(), lib.codes()
+    with open_source(slide) as source:
+        tiles = [region_tiles(source, (int(x), int(y), int(s), int(s)), params,
+                              encoder.input_size)[0]
+                 for x, y, s in zip(table["x"], table["y"], table["size"])]
+    assert {t.size for t in tiles} == {(encoder.input_size, encoder.input_size)}
+    np.testing.assert_array_equal(encoder.encode(tiles), codes)

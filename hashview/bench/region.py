@@ -50,7 +50,7 @@ def slide_codes(loaded: LoadedModel, slide: Path, limit: Optional[int]) -> tuple
     encoder = Encoder(loaded, device="cpu")
     params = model_tiling(loaded.card)
     with open_source(slide) as source:
-        plan = plan_tiles(source, params)
+        plan = plan_tiles(source, params, input_size=encoder.input_size)
         tiles = plan.tiles[:limit] if limit else plan.tiles
         load = tile_loader(source, plan, encoder)
         codes = np.concatenate(list(encoder.encode_batches([load(t) for t in tiles])))
@@ -141,7 +141,7 @@ def query_loop(searcher, encoder, slides: list[Path], params, n_queries: int, k:
                 side = round(params.tile_size * params.target_mpp / (source.mpp or 0.5))
                 region = (int(rng.integers(0, width - side)), int(rng.integers(0, height - side)),
                           side, side)
-                images = region_tiles(source, region, params)
+                images = region_tiles(source, region, params, encoder.input_size)
             t1 = time.perf_counter()
             codes = encoder.encode(images)
             t2 = time.perf_counter()

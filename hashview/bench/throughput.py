@@ -10,8 +10,8 @@ see :mod:`hashview.bench.synthetic`):
   the same batch size (stacking, forward, packing): the ceiling the pipeline can reach. It runs
   before and after the end-to-end run and the mean is the reference, so a change of machine load
   during the run shows in the data;
-- **per stage**: seconds per tile of each stage from :class:`hashview.timing.StageTimes`. Read,
-  resize and transform run on reader threads beside the forward pass, so their seconds are
+- **per stage**: seconds per tile of each stage from :class:`hashview.timing.StageTimes`. Read
+  and resize run on reader threads beside the forward pass, so their seconds are
   thread-seconds hidden behind the forward pass, not added to it. OpenSlide decodes JPEG inside
   ``read_region``: "read" is file read plus decode.
 
@@ -41,7 +41,7 @@ from hashview.tiling import TilingParams, plan_tiles
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = Path(os.environ.get("HASHVIEW_DATA", REPO.parent / "shared" / "data"))
-STAGES = ["read", "resize", "transform", "batch", "forward", "pack", "write"]
+STAGES = ["read", "resize", "batch", "forward", "pack", "write"]
 
 # mode -> (synthetic slide side in px, max tiles per real slide, max tiles of the synthetic one)
 PLANS = {"quick": (600, 8, 8), "full": (12000, None, None)}
@@ -88,7 +88,7 @@ def measure_slide(path: Path, loaded: LoadedModel, params: TilingParams, device:
     """End to end and encoder-alone numbers for one slide (see the module notes)."""
     encoder = Encoder(loaded, device=device, batch_size=batch_size)
     with open_source(path) as source:
-        plan = plan_tiles(source, params)
+        plan = plan_tiles(source, params, input_size=encoder.input_size)
         load = tile_loader(source, plan, encoder)
         picks = np.linspace(0, len(plan.tiles) - 1, min(sample, len(plan.tiles))).astype(int)
         inputs = [load(plan.tiles[i]) for i in picks]
@@ -157,8 +157,8 @@ def run(mode: str, workdir: Path, progress: Optional[ProgressCallback] = None) -
         "through the same encoder and batch size, timed before and after the end-to-end run "
         "(mean); ratio = end to end tiles/s / encoder alone tiles/s.",
         "ms/tile columns are thread-seconds per tile: read (OpenSlide read_region, which "
-        "includes JPEG decode), resize and transform run on reader threads overlapped with the "
-        "forward pass.",
+        "includes JPEG decode) and resize (one Lanczos resample to the model input) run on "
+        "reader threads overlapped with the forward pass.",
         f"The synthetic slide ({PLANS[mode][0]} px square, {measured[-1]['tissue_tiles']} "
         f"tissue tiles) is a JPEG pyramidal TIFF of real Kather-2016 tiles built by "
         f"`hashview.bench.synthetic`"

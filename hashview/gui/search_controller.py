@@ -159,7 +159,7 @@ class _Engine:
         elif request.kind == "region":
             params = TilingParams(tile_size=searcher.tile_size, target_mpp=searcher.target_mpp)
             with open_source(request.source_path) as source:
-                images = region_tiles(source, request.region, params)
+                images = region_tiles(source, request.region, params, encoder.input_size)
         else:
             images = [square_tile(image.convert("RGB"), encoder.input_size)
                       for image in request.images]

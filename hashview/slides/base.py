@@ -33,6 +33,8 @@ def composite_on_white(image: Image.Image) -> Image.Image:
     """Return an RGB copy of an RGBA/LA/PA image flattened onto white (RGB passes through)."""
     if image.mode == "RGB":
         return image
+    if image.mode == "RGBA" and image.getchannel("A").getextrema() == (255, 255):
+        return image.convert("RGB")  # opaque (inside a slide): dropping alpha is 3x cheaper
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         canvas = Image.new("RGB", rgba.size, WHITE)
