@@ -104,6 +104,15 @@ RECIPES = {
                        options=dict(input_size=50, epochs=6, batch_size=64, sampler="balanced"),
                        tiling=IDC_TILING, splits=(0,)),
 }
+# Kather after breast IDC: the mth-64 recipe started from the bundled mth-64-idc weights
+# (IDC split-0 train patients; a different data set, so no Kather query is ever seen).
+RECIPES["mth-64-from-idc"] = dict(data=KATHER, arch="mth", bits=64, protocol="hatdh",
+                                  options={**_MTH_KATHER_LONG, "init_from": "mth-64-idc"},
+                                  tiling=KATHER_TILING, bundled=False)
+RECIPES["mth-64-from-idc-96"] = dict(data=KATHER, arch="mth", bits=64, protocol="hatdh",
+                                     options={**_MTH_KATHER_LONG, "input_size": 96,
+                                              "init_from": "mth-64-idc"},
+                                     tiling=KATHER_TILING, bundled=False)
 ARCH_TEXT = {"hatdh": "HATDH (MobileNetV1-0.5 + HCAM)", "dch": "DCH (4-conv + FC2048, 4x4 pooled)",
              "dafh": "DAFH (EfficientNet-B0 + CBAM + layer fusion + Ptanh)",
              "mth": "MTH (multi-scale dense blocks + self-attention, reconstructed)"}

@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default="hatdh", choices=["hatdh", "patient"],
                    help="hatdh: 70/30 per class; patient: no patient on both sides")
     p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--init", metavar="MODEL", default=None,
+                   help="start from this trained model's weights (same arch and bits; name or "
+                        ".safetensors path): fine-tune it on DATA")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",

@@ -67,6 +67,8 @@ def cmd_train(args) -> int:
         return EXIT_USAGE
     if args.input_size:
         options["input_size"] = args.input_size
+    if args.init:
+        options["init_from"] = args.init
     bar = progress_bar(not args.json)
     result = train_from_folder(args.data, args.arch, args.bits, args.out, epochs=args.epochs,
                                batch_size=args.batch_size, lr=args.lr, seed=args.seed,

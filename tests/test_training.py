@@ -274,6 +274,29 @@ def test_train_from_folder_saves_the_split(tmp_path):
     assert result.card.training["data"]["images"] == 8
 
 
+def test_init_from_starts_from_a_trained_model_and_refuses_another_arch(entries, tmp_path):
+    from hashview.training.init import init_weights
+    from hashview.models import build_model
+
+    first = train(tiny_config(arch="mth", epochs=1), entries, tmp_path / "a")
+    fresh = build_model("mth", 16, input_size=SIZE)
+    summary = init_weights(fresh, "mth", 16, str(first.model_path))
+    trained = load_model(first.model_path).net.state_dict()
+    for name, tensor in fresh.state_dict().items():
+        torch.testing.assert_close(tensor, trained[name], rtol=0, atol=0)
+    assert summary["tensors_copied"] == len(trained) and summary["tensors_kept_fresh"] == []
+    # a run started from it records where it started, and its first loss is the trained one's
+    second = train(tiny_config(arch="mth", epochs=1, init_from=str(first.model_path)), entries,
+                   tmp_path / "b")
+    assert second.card.training["init_from"]["sha256"] == first.card.sha256
+    scratch = train(tiny_config(arch="mth", epochs=1), entries, tmp_path / "c")
+    assert second.history[0] < scratch.history[0]
+    with pytest.raises(ModelError, match="it is mth-16, the run trains mth-32"):
+        init_weights(build_model("mth", 32, input_size=SIZE), "mth", 32, str(first.model_path))
+    with pytest.raises(ModelError, match="the run trains dch-16"):
+        train(tiny_config(arch="dch", init_from=str(first.model_path)), entries, tmp_path / "d")
+
+
 # ---------------------------------------------------------------- objectives and config
 
 def test_every_registered_model_with_an_objective_is_trainable():

@@ -45,6 +45,10 @@ class TrainConfig:
     amp: bool = True                      # fp16 autocast + GradScaler on CUDA (ignored on CPU)
     arch_kwargs: dict = field(default_factory=dict)
     objective_options: dict = field(default_factory=dict)  # the objective's own knobs
+    # A trained model (name or .safetensors path) of the same arch and bits to start from:
+    # every weight whose name and shape match is copied (class heads of another label set
+    # are not), see hashview.training.init.
+    init_from: Optional[str] = None
     # HATDH loss (None: paper values for `dataset`)
     triplet_mode: str = "random"          # "random" (paper) | "batch-hard" | "semi-hard"
     normalise_by_bits: bool = False

@@ -29,6 +29,7 @@ from torch import nn
 from hashview.encode import pick_device
 from hashview.errors import ModelError
 from hashview.models import ModelCard, build_model, save_model
+from hashview.training.init import init_weights
 from hashview.models.cards import DEFAULT_MEAN, DEFAULT_STD
 from hashview.progress import Cancelled, ProgressCallback, report
 from hashview.training import checkpoint as ckpt
@@ -63,6 +64,8 @@ class _Run:
         torch.manual_seed(cfg.seed)
         self.net = build_model(cfg.arch, cfg.bits, input_size=cfg.input_size,
                                **objective_cls.build_kwargs(cfg, n_classes))
+        self.init_summary = (init_weights(self.net, cfg.arch, cfg.bits, cfg.init_from)
+                             if cfg.init_from else None)
         self.objective = objective_cls(cfg, self.net, n_classes)
         self.stages = self.objective.stages()
         self.net.to(device, memory_format=torch.channels_last)
@@ -352,6 +355,8 @@ def _finish(run: _Run, cfg: TrainConfig, data: PatchDataset, device: torch.devic
                 "device": str(device), "torch_threads": torch.get_num_threads(),
                 "torch_version": torch.__version__, "data": data.describe(),
                 "history": run.history, "log": run.log}
+    if run.init_summary is not None:
+        training["init_from"] = run.init_summary
     card = ModelCard(
         name=cfg.model_name(), arch=cfg.arch, bits=cfg.bits, input_size=cfg.input_size,
         description=f"{cfg.arch.upper()} {cfg.bits}-bit, trained by HashView on "
