@@ -128,6 +128,9 @@ def main() -> int:
     save(window, "03-hit-in-second-viewer")
 
     dialog = TrainDialog(window, folder=str(DEMO_SLIDE.parent / "patches"))
+    dialog.arch.setCurrentIndex(dialog.arch.findData("mth"))
+    dialog.bits.setValue(64)  # fine-tune the default model on the demo patches
+    dialog.start_from.setCurrentIndex(dialog.start_from.findData("mth-64-from-idc"))
     dialog.show()
     wait_until(app, lambda: dialog.isVisible(), 5, "the train dialog")
     save(dialog, "04-train-dialog")

@@ -55,9 +55,16 @@ class TrainDialog(QDialog):
         self.epochs.setRange(1, 1000)
         self.epochs.setValue(30)
         self.name = QLineEdit()
+        # Fine-tuning: any installed model of the chosen arch and code length can be the start.
+        self.start_from = QComboBox()
+        self.start_from.setToolTip("Start from a trained model's weights (fine-tune it on your "
+                                   "patches) or from random weights")
         for signal in (self.folder.textChanged, self.arch.currentIndexChanged,
                        self.bits.valueChanged):
             signal.connect(self._update_name_hint)
+        for signal in (self.arch.currentIndexChanged, self.bits.valueChanged):
+            signal.connect(self._update_start_choices)
+        self._update_start_choices()
         note = QLabel("Training runs in the background (Jobs panel); on a CPU it takes from "
                       "minutes to hours. The model appears in Settings ▸ Model when done.")
         note.setWordWrap(True)
@@ -69,6 +76,7 @@ class TrainDialog(QDialog):
         form.addRow("Architecture", self.arch)
         form.addRow("Code length", self.bits)
         form.addRow("Epochs", self.epochs)
+        form.addRow("Start from", self.start_from)
         form.addRow("Model name", self.name)
         self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok
                                         | QDialogButtonBox.StandardButton.Cancel)
@@ -83,6 +91,16 @@ class TrainDialog(QDialog):
 
     def _update_name_hint(self, *_args) -> None:
         self.name.setPlaceholderText(f"{self.default_model_name()} (default)")
+
+    def _update_start_choices(self, *_args) -> None:
+        from hashview.models import list_models
+
+        arch, bits = self.arch.currentData(), self.bits.value()
+        self.start_from.clear()
+        self.start_from.addItem("Random weights (train from scratch)", None)
+        for card in list_models():
+            if card.arch == arch and int(card.bits) == bits and card.trained:
+                self.start_from.addItem(f"{card.name} (fine-tune it)", card.name)
 
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Patch folder", self.folder.text())
@@ -100,10 +118,13 @@ class TrainDialog(QDialog):
     def job_args(self) -> dict:
         """Keyword arguments of ``hashview.training.train_from_folder``."""
         name = self.model_name()
-        return {"data_folder": str(Path(self.folder.text().strip()).resolve()),
+        args = {"data_folder": str(Path(self.folder.text().strip()).resolve()),
                 "arch": self.arch.currentData(), "bits": self.bits.value(),
                 "epochs": self.epochs.value(), "out_dir": str(runs_dir() / name),
                 "name": name, "device": self.device}
+        if self.start_from.currentData():
+            args["init_from"] = self.start_from.currentData()
+        return args
 
     def _accept(self) -> None:
         folder = Path(self.folder.text().strip())

@@ -183,7 +183,7 @@ class MainWindow(SearchMixin, JobsMixin, QMainWindow):
         info = self.library_info
         self.status_library.setText(f"Library: {Path(path).name}")
         self.status_library.setToolTip(path)
-        self.status_tiles.setText(f"{info['n_tiles']} tiles")
+        self.status_tiles.setText(f"{info['n_tiles']:,} tiles")  # the index is added once loaded
         self.status_model.setText(f"model: {info['model']['name']}")
         self._update_title()
         if self.source is not None:
@@ -252,7 +252,10 @@ class MainWindow(SearchMixin, JobsMixin, QMainWindow):
         state = "" if info.model_trained else " (untrained)"
         self.status_model.setText(f"model: {info.model_name}{state}")
         self.status_device.setText(f"device: {info.device}")
-        self.status_tiles.setText(f"{info.n_tiles} tiles")
+        from hashview.gui.search_controller import describe_index
+
+        # the index is chosen by library size; say which one answers, and when it is building
+        self.status_tiles.setText(f"{info.n_tiles:,} tiles · {describe_index(info.index)}")
 
     # ---------------------------------------------------------------- file dialogs
     def ask_open_slide(self) -> None:

@@ -78,6 +78,21 @@ class LoadedLibrary:
     index: str = "flat"  # the index searches use: "flat", "flat-ip", "ivf", "flat (ivf building)"
 
 
+_INDEX_WORDS = {"flat": "exact search", "flat-ip": "exact cosine search", "ivf": "IVF index",
+                "multihash": "MultiHash index"}
+
+
+def describe_index(kind: str) -> str:
+    """``LoadedLibrary.index`` in words for the status bar: "exact search", "IVF index",
+    "exact search (IVF index building)"."""
+    base, _, rest = kind.partition(" (")
+    words = _INDEX_WORDS.get(base, base)
+    if rest.endswith(" building)"):
+        wanted = rest[:-len(" building)")]
+        words += f" ({_INDEX_WORDS.get(wanted, wanted)} building)"
+    return words
+
+
 class SearchError(Exception):
     """A search that could not run; ``str()`` is the one line shown to the user."""
 

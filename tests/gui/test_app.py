@@ -67,7 +67,8 @@ def test_open_slide_shows_it_in_the_viewer(qtbot, window):
     assert window.library_panel.visible_count() == 3
     assert "13 sources" in window.library_panel.header.text()
     stats = window.library_info
-    assert window.status_tiles.text() == f"{stats['n_tiles']} tiles"
+    qtbot.waitUntil(lambda: window.status_tiles.text()
+                    == f"{stats['n_tiles']:,} tiles · exact search", timeout=30_000)
     slide_tiles = stats["n_tiles"] - 12  # all but the 12 patches
     assert len(window.viewer._outlines) == slide_tiles  # for View ▸ Show tile outlines
 
@@ -231,7 +232,8 @@ def test_index_job_with_progress_and_cancel_keeps_the_ui_responsive(qtbot, windo
     assert spec.kind == "index" and len(result["added"]) == 12
     assert any(e["done"] == e["total"] == 12 for e in progress)
     assert window.library_panel.visible_count() == 12  # refreshed when the job finished
-    assert window.status_tiles.text() == "12 tiles"
+    qtbot.waitUntil(lambda: window.status_tiles.text() == "12 tiles · exact search",
+                    timeout=30_000)
     print(f"max UI stall while the job ran: {meter.max_gap * 1000:.0f} ms")
     assert meter.max_gap < 0.5
 
@@ -307,6 +309,14 @@ def test_dialogs_settings_training_and_about(qtbot, window, tmp_path, monkeypatc
     args = train.job_args()
     assert args["arch"] == "hatdh" and args["bits"] == 32 and args["name"] == "hatdh-32-kather"
     assert args["data_folder"] == str(KATHER) and args["epochs"] == 30
+    assert "init_from" not in args  # from scratch unless a start is picked
+    # the start choices follow arch and bits: the bundled MTH 64-bit models can be fine-tuned
+    train.arch.setCurrentIndex(train.arch.findData("mth"))
+    train.bits.setValue(64)
+    starts = [train.start_from.itemData(i) for i in range(train.start_from.count())]
+    assert starts[0] is None and {"mth-64", "mth-64-idc", "mth-64-from-idc"} <= set(starts)
+    train.start_from.setCurrentIndex(starts.index("mth-64-from-idc"))
+    assert train.job_args()["init_from"] == "mth-64-from-idc"
 
     # a finished training job: its model is installed and listed
     net = build_model("dch", 16, input_size=32)

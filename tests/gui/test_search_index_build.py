@@ -39,3 +39,12 @@ def test_index_is_built_in_the_background_saved_and_used(qtbot, slide_library, t
     qtbot.waitUntil(lambda: controller.loaded_library is not None, timeout=WAIT_MS)
     assert controller.loaded_library.index == "ivf"
     controller.wait(WAIT_MS)
+
+
+def test_the_status_bar_names_the_index_in_words():
+    from hashview.gui.search_controller import describe_index
+
+    assert describe_index("flat") == "exact search"
+    assert describe_index("flat-ip") == "exact cosine search"
+    assert describe_index("ivf") == "IVF index"
+    assert describe_index("flat (ivf building)") == "exact search (IVF index building)"
