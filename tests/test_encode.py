@@ -77,7 +77,7 @@ def test_encoder_on_tissue_tiles(default_model):
     relaxed = encoder.encode_relaxed(images)
     assert codes.shape == (12, 8) and codes.dtype == np.uint8
     assert relaxed.shape == (12, 64) and relaxed.dtype == np.float32
-    assert np.all(np.abs(relaxed) < 1)
+    assert np.all(np.abs(relaxed) <= 1)  # tanh; a saturated unit is exactly 1.0 in float32
     assert np.array_equal(codes, pack_codes(relaxed))
     # Another encoder with a different batch size: same codes except at near-zero values.
     small = Encoder(load_model(DEFAULT_MODEL), device="cpu", batch_size=5).encode_relaxed(images)

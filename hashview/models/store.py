@@ -33,7 +33,7 @@ from hashview.models.registry import build_model
 from hashview.fileio import atomic_write_bytes, user_data_dir
 from hashview.resources import find_dir as find_resource_dir
 
-DEFAULT_MODEL = "mth-64"
+DEFAULT_MODEL = "mth-64-from-idc"
 WEIGHTS_SUFFIX = ".safetensors"
 CARD_SUFFIX = ".json"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".tar")
