@@ -299,34 +299,28 @@ class Searcher:
 
     # ----------------------------------------------------------------- helpers
     def _check_queries(self, query_codes) -> np.ndarray:
+        """Packed codes (binary library) or descriptors (float library) as the 2-D array the
+        index takes; a wrong dtype or shape is a ValueError, another model's codes a
+        LibraryError naming the library."""
         q = np.asarray(query_codes)
-        if self.code_kind == "float":
-            return self._check_float_queries(q)
-        if q.dtype != np.uint8:
-            raise ValueError(f"query codes must be packed np.uint8, not {q.dtype}")
-        if q.ndim == 1:
-            q = q[None, :]
-        if q.ndim != 2:
-            raise ValueError(f"query codes must have shape (n, {self.code_bytes}), not {q.shape}")
-        if q.shape[1] != self.code_bytes:
-            raise LibraryError(self.path, f"query codes are {q.shape[1] * 8}-bit but this "
-                                          f"library holds {self.bits}-bit codes (model "
-                                          f"'{self.model_name}'); encode the query with the "
-                                          "library's model")
-        return np.ascontiguousarray(q)
-
-    def _check_float_queries(self, q: np.ndarray) -> np.ndarray:
-        if q.dtype.kind != "f":
-            raise ValueError(f"query descriptors must be floating point, not {q.dtype}")
+        is_float = self.code_kind == "float"
+        what, width = (("query descriptors", self.bits) if is_float
+                       else ("query codes", self.code_bytes))
+        if is_float and q.dtype.kind != "f":
+            raise ValueError(f"{what} must be floating point, not {q.dtype}")
+        if not is_float and q.dtype != np.uint8:
+            raise ValueError(f"{what} must be packed np.uint8, not {q.dtype}")
         q = q[None, :] if q.ndim == 1 else q
         if q.ndim != 2:
-            raise ValueError(f"query descriptors must have shape (n, {self.bits}), not {q.shape}")
-        if q.shape[1] != self.bits:
-            raise LibraryError(self.path, f"query descriptors have {q.shape[1]} dimensions but "
-                                          f"this library holds {self.bits}-d descriptors (model "
-                                          f"'{self.model_name}'); encode the query with the "
-                                          "library's model")
-        return normalize_rows(q)
+            raise ValueError(f"{what} must have shape (n, {width}), not {q.shape}")
+        if q.shape[1] != width:
+            have = (f"have {q.shape[1]} dimensions" if is_float
+                    else f"are {q.shape[1] * 8}-bit")
+            holds = f"{self.bits}-d descriptors" if is_float else f"{self.bits}-bit codes"
+            raise LibraryError(self.path, f"{what} {have} but this library holds {holds} "
+                                          f"(model '{self.model_name}'); encode the query with "
+                                          "the library's model")
+        return normalize_rows(q) if is_float else np.ascontiguousarray(q)
 
     def _candidates(self, exclude_sources, sources, labels):
         """(tile ids or None for all, index over them). Filtered indexes keep ascending tile

@@ -211,3 +211,13 @@ def test_index_and_search_a_float_library_through_the_cli(tmp_path, capsys):
     for hit in hits:
         expected = 1.0 - float(codes[rows[hit["source_path"]]] @ query_code)
         assert hit["distance"] == pytest.approx(expected, abs=2e-3)
+    # queries of the wrong kind or width are refused with the library named
+    from hashview.errors import LibraryError
+    from hashview.search import Searcher
+
+    with Library.open(library) as lib:
+        searcher = Searcher(lib)
+    with pytest.raises(LibraryError, match="have 8 dimensions but this library holds 16-d"):
+        searcher.search(np.zeros((1, 8), np.float32))
+    with pytest.raises(ValueError, match="must be floating point"):
+        searcher.search(np.zeros((1, 16), np.uint8))
