@@ -279,3 +279,16 @@ def test_saving_the_same_weights_twice_gives_the_same_file(tmp_path):
     second = save_model(net, card, tmp_path / "b")
     assert first.sha256 == second.sha256
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+
+
+def test_loading_the_default_model_does_not_import_torchvision():
+    """Only DAFH and LGFFEM need torchvision (~1 s to import): the app's start-up path, which
+    loads the default model, must not pay for it (a fresh interpreter, so nothing is cached)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from hashview.models import load_model, DEFAULT_MODEL; "
+            "load_model(DEFAULT_MODEL); print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
