@@ -129,8 +129,10 @@ def cmd_explain(args) -> int:
     hit = load_input(args.hit, model.card)
     result = explain_pair(model, query, hit, method=args.method, device="cpu")
     stats = result.stats
+    distance = (f"hamming {stats['hamming']}/{stats['bits']}" if stats["hamming"] is not None
+                else f"cosine distance {stats['distance']:.3f}")
     caption = (f"{model.card.name}  {args.method}  similarity {result.similarity:+.3f}  "
-               f"hamming {stats['hamming']}/{stats['bits']}")
+               f"{distance}")
     figure = side_by_side(query, hit, result, opacity=args.opacity, panel=EXPLAIN_PANEL,
                           caption=caption)
     try:
@@ -140,6 +142,7 @@ def cmd_explain(args) -> int:
     summary = {"query": args.query, "hit": args.hit, "model": model.card.name,
                "method": args.method, "similarity": result.similarity,
                "similarity_reverse": stats["similarity_ba"], "hamming": stats["hamming"],
+               "distance": stats["distance"],
                "bits": stats["bits"], "query_map": stats["map_a"], "hit_map": stats["map_b"],
                "query_map_empty": stats["a_empty"], "hit_map_empty": stats["b_empty"],
                "out": str(args.out)}

@@ -10,6 +10,9 @@ Target score
 
         s(A -> B) = < tanh(h(A)), stopgrad(sign(h(B))) > / bits      (in (-1, 1))
 
+    (for a float-descriptor model such as LGFFEM, ``s(A -> B) = <d(A), stopgrad(d(B))>``, the
+    cosine its search ranks by, since its descriptors are unit vectors)
+
     ``tanh(h(A))`` is A's relaxed code (``HashingNet.forward``) and ``sign(h(B))`` is B's binary
     code as stored in the library (sign(0) = -1, the bit convention of :mod:`hashview.encode`).
     ``1 - s`` is, up to the relaxation, the normalised Hamming distance: raising ``s`` lowers the
@@ -103,9 +106,24 @@ def _signed(relaxed: torch.Tensor) -> torch.Tensor:
     return torch.where(relaxed > 0, 1.0, -1.0).to(relaxed.dtype)
 
 
-def _cam(net, x: torch.Tensor, target_sign: torch.Tensor, method: str,
+def _is_float(net) -> bool:
+    return getattr(net, "code_kind", "binary") == "float"
+
+
+def _target(net, codes: torch.Tensor) -> torch.Tensor:
+    """B's code as the search compares it, scaled so that ``<A's output, target>`` is the score:
+    sign bits / bits for a binary model (``<tanh h(A), sign h(B)> / bits``); for a float model
+    (unit descriptors) the descriptor itself, so the score is the cosine the search ranks by
+    (its distance is ``1 - cosine``)."""
+    if _is_float(net):
+        return codes
+    return _signed(codes) / codes.shape[-1]
+
+
+def _cam(net, x: torch.Tensor, target: torch.Tensor, method: str,
          out_size: tuple[int, int]) -> tuple[np.ndarray, float, bool]:
-    """(map (H, W) in [0,1], similarity, empty) of ``x`` against the fixed code ``target_sign``."""
+    """(map (H, W) in [0,1], similarity, empty) of ``x`` against the fixed ``target`` (see
+    :func:`_target`)."""
     layer = net.feature_layer()
     owner = threading.get_ident()
     store: dict = {}
@@ -125,7 +143,7 @@ def _cam(net, x: torch.Tensor, target_sign: torch.Tensor, method: str,
         with torch.inference_mode(False), torch.enable_grad():
             x = x.detach().clone().requires_grad_(True)
             codes = net(x)                                        # (1, bits) relaxed
-            score = (codes * target_sign.detach()).sum() / codes.shape[1]
+            score = (codes * target.detach()).sum()
             if "act" not in store:
                 raise RuntimeError("the feature layer's hook did not fire")
             (direct,) = torch.autograd.grad(score, store["act"])
@@ -155,13 +173,13 @@ def _cam(net, x: torch.Tensor, target_sign: torch.Tensor, method: str,
 
 def similarity(loaded_model: LoadedModel, image_a: Image.Image, image_b: Image.Image,
                device: Union[str, torch.device] = "cpu") -> float:
-    """``s(A -> B) = <tanh h(A), sign h(B)> / bits`` (the score the maps explain), no grads."""
+    """``s(A -> B)``, the score the maps explain (see :func:`_target`), no grads."""
     net = loaded_model.net.eval()
     dev = pick_device(device)
     xa, xb = preprocess(image_a, loaded_model, dev), preprocess(image_b, loaded_model, dev)
     with torch.inference_mode():
         ca, cb = net(torch.cat([xa, xb]))
-    return float((ca * _signed(cb)).mean())
+    return float((ca * _target(net, cb)).sum())
 
 
 def similarities(loaded_model: LoadedModel, images_a, image_b: Image.Image,
@@ -172,9 +190,9 @@ def similarities(loaded_model: LoadedModel, images_a, image_b: Image.Image,
     xa = torch.cat([preprocess(im, loaded_model, dev) for im in images_a])
     xb = preprocess(image_b, loaded_model, dev)
     with torch.inference_mode():
-        cb = _signed(net(xb))
+        target = _target(net, net(xb))
         ca = net(xa)
-    return (ca * cb).mean(dim=1).cpu().numpy()
+    return (ca * target).sum(dim=1).cpu().numpy()
 
 
 def explain_pair(loaded_model: LoadedModel, image_a: Image.Image, image_b: Image.Image,
@@ -184,7 +202,9 @@ def explain_pair(loaded_model: LoadedModel, image_a: Image.Image, image_b: Image
 
     ``map_a`` / ``map_b`` are float32 arrays of ``image_a`` / ``image_b``'s own (H, W), in
     [0, 1]. ``similarity`` is ``s(A -> B)``; ``stats`` holds ``similarity_ba`` (``s(B -> A)``),
-    ``hamming`` (between the binary codes), ``a_empty``/``b_empty`` and :func:`map_stats` of
+    ``hamming`` (between the binary codes; None for a float model), ``distance`` (the
+    search's: Hamming, or 1 - cosine for a float model), ``a_empty``/``b_empty`` and
+    :func:`map_stats` of
     each map under ``map_a``/``map_b``.
     """
     if method not in METHODS:
@@ -197,12 +217,17 @@ def explain_pair(loaded_model: LoadedModel, image_a: Image.Image, image_b: Image
     xb = preprocess(image_b, loaded_model, dev)
     with torch.inference_mode(False):
         codes = _codes(net, torch.cat([xa, xb]))
-    sign_a, sign_b = _signed(codes[0:1]), _signed(codes[1:2])
-    map_a, s_ab, empty_a = _cam(net, xa, sign_b, method, (image_a.height, image_a.width))
-    map_b, s_ba, empty_b = _cam(net, xb, sign_a, method, (image_b.height, image_b.width))
-    hamming = int((sign_a != sign_b).sum())
+    map_a, s_ab, empty_a = _cam(net, xa, _target(net, codes[1:2]), method,
+                                (image_a.height, image_a.width))
+    map_b, s_ba, empty_b = _cam(net, xb, _target(net, codes[0:1]), method,
+                                (image_b.height, image_b.width))
+    if _is_float(net):  # the search's distance between the two descriptors
+        hamming, distance = None, float(1.0 - (codes[0] * codes[1]).sum())
+    else:
+        hamming = int((_signed(codes[0:1]) != _signed(codes[1:2])).sum())
+        distance = float(hamming)
     stats = {"method": method, "similarity_ab": s_ab, "similarity_ba": s_ba,
-             "hamming": hamming, "bits": int(codes.shape[1]),
+             "hamming": hamming, "distance": distance, "bits": int(codes.shape[1]),
              "a_empty": empty_a, "b_empty": empty_b,
              "map_a": map_stats(map_a), "map_b": map_stats(map_b)}
     return PairExplanation(map_a=map_a, map_b=map_b, similarity=s_ab, stats=stats)

@@ -221,3 +221,23 @@ def test_index_and_search_a_float_library_through_the_cli(tmp_path, capsys):
         searcher.search(np.zeros((1, 8), np.float32))
     with pytest.raises(ValueError, match="must be floating point"):
         searcher.search(np.zeros((1, 16), np.uint8))
+
+
+def test_explanations_of_a_float_model_explain_the_cosine_its_search_ranks_by():
+    from hashview.explain import explain_pair, similarities, similarity
+
+    torch.manual_seed(0)
+    net = build_model("lgffem", 16, input_size=SIZE, **TINY).eval()
+    loaded = LoadedModel(net, ModelCard(name="tiny", arch="lgffem", bits=16, input_size=SIZE,
+                                        code_kind="float"))
+    images = [Image.open(p).convert("RGB") for p in sorted(KATHER.glob("*/*.tif"))[:3]]
+    a, b = images[0], images[1]
+    descriptors = Encoder(loaded, device="cpu").encode([a, b])  # unit vectors
+    cosine = float(descriptors[0] @ descriptors[1])
+    assert similarity(loaded, a, b) == pytest.approx(cosine, abs=1e-5)
+    assert similarities(loaded, [a, b], b)[1] == pytest.approx(1.0, abs=1e-5)
+    result = explain_pair(loaded, a, b)
+    assert result.similarity == pytest.approx(cosine, abs=1e-5)
+    assert result.stats["hamming"] is None
+    assert result.stats["distance"] == pytest.approx(1.0 - cosine, abs=1e-5)
+    assert result.map_a.shape == (a.height, a.width) and 0.0 <= result.map_a.min()
