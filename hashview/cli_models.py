@@ -33,11 +33,12 @@ def cmd_models(args) -> int:
     if args.json:
         print(json.dumps([c.to_dict() for c in cards], indent=2))
         return EXIT_OK
+    width = max([12] + [len(card.name) for card in cards])
     for card in cards:
         default = "*" if card.name == DEFAULT_MODEL else " "
         status = "trained" if card.trained else "untrained"
         unit = "dims" if card.code_kind == "float" else "bits"  # float descriptors
-        print(f"{default} {card.name:<12} {card.arch:<6} {card.bits:>4} {unit}  {status:<9}"
+        print(f"{default} {card.name:<{width}} {card.arch:<6} {card.bits:>4} {unit}  {status:<9}"
               f"  {_metrics_summary(card.metrics or {})}")
     print("* default model")
     return EXIT_OK
