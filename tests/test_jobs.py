@@ -175,6 +175,17 @@ def test_run_job_trains_a_tiny_model_in_process(tmp_path):
     assert run_job(bad, events.append) == "failed"
     assert "unknown train argument(s): no_such_option" in events[-1]["message"]
 
+    # an architecture's own objective options are accepted, as on the command line
+    events.clear()
+    mth = JobSpec("train", {**spec.args, "arch": "mth", "out_dir": tmp_path / "mth",
+                            "eta": 0.4})
+    assert run_job(mth, events.append) == "done", events[-1]
+    card = json.loads(Path(events[-1]["result"]["model_path"]).with_suffix(".json").read_text())
+    assert card["training"]["config"]["objective_options"]["eta"] == 0.4
+    events.clear()
+    assert run_job(JobSpec("train", {**spec.args, "eta": 0.4}), events.append) == "failed"
+    assert "unknown train argument(s): eta" in events[-1]["message"]  # not a DCH option
+
 
 # ------------------------------------------------------------------------------ the worker
 def _run_worker(spec: JobSpec, tmp_path: Path) -> subprocess.CompletedProcess:

@@ -129,8 +129,15 @@ def _run_index(spec: JobSpec, progress: ProgressEmitter, emit: Emit) -> dict:
 def _run_train(spec: JobSpec, progress: ProgressEmitter, emit: Emit) -> dict:
     from hashview.training import TrainConfig, train_from_folder
 
-    # train_from_folder passes **options on to TrainConfig, so its fields are valid too.
-    _check_args(spec, train_from_folder, {f.name for f in dataclasses.fields(TrainConfig)})
+    # train_from_folder passes **options on to TrainConfig: its fields are valid too, and so
+    # are the architecture's own objective options (e.g. MTH's eta), as on the command line.
+    extra = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:
+        from hashview.training.objectives import objective_class
+        extra |= set(objective_class(str(spec.args.get("arch", ""))).options)
+    except HashViewError:
+        pass  # an unknown arch: train_from_folder says so in one line
+    _check_args(spec, train_from_folder, extra)
     result = train_from_folder(progress=progress, **spec.args)
     card = result.card
     history = [float(x) for x in result.history]
