@@ -297,6 +297,23 @@ def test_init_from_starts_from_a_trained_model_and_refuses_another_arch(entries,
         train(tiny_config(arch="dch", init_from=str(first.model_path)), entries, tmp_path / "d")
 
 
+def test_adamw_is_available_with_decoupled_weight_decay(dataset):
+    cfg = tiny_config(arch="dch", optimizer="adamw", weight_decay=0.05).resolved()
+    assert cfg.lr == 1e-3  # AdamW's default rate where the objective does not set one
+    run = _Run(cfg, dataset, torch.device("cpu"))
+    assert type(run.optimizer) is torch.optim.AdamW
+    assert run.optimizer.param_groups[0]["weight_decay"] == 0.05
+    with pytest.raises(ModelError, match="unknown optimizer"):
+        tiny_config(optimizer="sgd").resolved()
+    # LGFFEM's defaults are the paper's AdamW at 5e-3 (decay 0.05, ours); they go with AdamW only
+    paper = TrainConfig(arch="lgffem").resolved()
+    assert (paper.optimizer, paper.lr, paper.weight_decay) == ("adamw", 5e-3, 0.05)
+    adam = TrainConfig(arch="lgffem", optimizer="adam").resolved()
+    assert (adam.lr, adam.weight_decay) == (1e-3, 0.0)
+    mth = TrainConfig(arch="mth").resolved()
+    assert (mth.optimizer, mth.lr, mth.weight_decay) == ("adam", 1e-3, 0.0)
+
+
 # ---------------------------------------------------------------- objectives and config
 
 def test_every_registered_model_with_an_objective_is_trainable():

@@ -16,8 +16,10 @@ from typing import Optional
 from hashview.errors import ModelError
 from hashview.training.losses import TRIPLET_MODES
 
-OPTIMISERS = ("adam", "adadelta")
-DEFAULT_LR = {"adam": 1e-3, "adadelta": 1.0}   # HATDH: Adam 1e-3; Keras Adadelta default 1.0
+OPTIMISERS = ("adam", "adamw", "adadelta")
+# HATDH: Adam 1e-3; Keras Adadelta default 1.0; AdamW (LGFFEM's paper) at Adam's rate. AdamW
+# applies `weight_decay` decoupled from the gradient; Adam adds it to the gradient (L2).
+DEFAULT_LR = {"adam": 1e-3, "adamw": 1e-3, "adadelta": 1.0}
 # DCH default optimiser: Adam. benchmarks/train_quick.py (Kather subset, 64 bits, seed 0):
 # mAP 0.680 vs 0.645 (10 epochs) and 0.738 vs 0.703 (25 epochs) for Adam 1e-3 vs the paper's
 # Adadelta lr 1.0; docs/training.md has the table.
@@ -32,7 +34,7 @@ class TrainConfig:
     batch_size: int = 64                  # images per batch (HATDH: P classes x K images)
     lr: Optional[float] = None            # None: 1e-3 for Adam, 1.0 for Adadelta
     seed: int = 0
-    weight_decay: float = 0.0
+    weight_decay: Optional[float] = None  # None: the objective's (0 for all but LGFFEM)
     input_size: Optional[int] = None      # None: the objective's (HATDH 224, DCH 128...)
     device: str = "auto"
     dataset: str = "kather"               # picks the paper's HATDH margins (kather | breakhis)
@@ -99,10 +101,15 @@ class TrainConfig:
         if unknown:
             raise ModelError(None, f"invalid training config: {arch} has no option "
                                    f"{unknown[0]!r} (options: {sorted(objective.options)})")
+        own = optimizer == objective.optimizer  # the objective's lr / decay go with its optimizer
         cfg = dataclasses.replace(
             self, arch=arch, optimizer=optimizer,
             sampler=objective.sampler if self.sampler == "auto" else self.sampler,
-            lr=DEFAULT_LR[optimizer] if self.lr is None else float(self.lr),
+            lr=(float(self.lr) if self.lr is not None
+                else objective.lr if own and objective.lr is not None
+                else DEFAULT_LR[optimizer]),
+            weight_decay=(float(self.weight_decay) if self.weight_decay is not None
+                          else objective.weight_decay if own else 0.0),
             input_size=self.input_size or objective.input_size,
             arch_kwargs=dict(self.arch_kwargs),
             objective_options={**objective.options, **self.objective_options})

@@ -113,6 +113,8 @@ class _Run:
         if cfg.optimizer == "adadelta":
             self.optimizer = torch.optim.Adadelta(params, lr=cfg.lr, rho=0.95, eps=1e-7,
                                                   weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
             self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         total = max(1, self.steps_per_epoch * self._stage_epochs(stage))

@@ -23,6 +23,10 @@ class Objective:
     title: ClassVar[str] = ""              # one line for the app's train dialog
     input_size: ClassVar[int] = 224        # default input side in px (cfg.input_size=None)
     optimizer: ClassVar[str] = "adam"      # what cfg.optimizer="auto" means
+    # cfg.lr / cfg.weight_decay = None with that optimizer (lr None: the optimizer's default;
+    # with another optimizer: its default rate and no decay)
+    lr: ClassVar[Optional[float]] = None
+    weight_decay: ClassVar[float] = 0.0
     sampler: ClassVar[str] = "balanced"    # what cfg.sampler="auto" means
     options: ClassVar[dict] = {}           # defaults of cfg.objective_options (all keys)
 
