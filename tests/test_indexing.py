@@ -157,6 +157,7 @@ def test_prefetch_keeps_order_and_bounds_reads_ahead():
 
 def test_batchwise_reading_keeps_order_and_reads_nothing_while_the_caller_works():
     import threading
+    import time
     from concurrent.futures import ThreadPoolExecutor
 
     from hashview.indexing import _batchwise
@@ -168,6 +169,7 @@ def test_batchwise_reading_keeps_order_and_reads_nothing_while_the_caller_works(
         with lock:
             running[0] += 1
         try:
+            time.sleep(0.01 * (i % 5))  # later items of a batch still read when the first is done
             return i * i
         finally:
             with lock:
