@@ -17,6 +17,7 @@ The IDC model's documented numbers use ``--splits 0`` (the default there; traini
     python benchmarks/train_models.py dch-64 --out /tmp/hv-models            # 5 splits
     python benchmarks/train_models.py hatdh-64 --out /tmp/hv-models --splits 0
     python benchmarks/train_models.py --all --out /tmp/hv-models --install
+    python benchmarks/train_models.py mth-64-from-idc --splits 0 --set lr=5e-4 --out /tmp/v
 
 Timing: the recipes are sized for a few minutes per training on 2 shared CPU cores. Use
 ``--threads`` to set torch's thread count (recorded in the card); default: torch's default.
@@ -150,6 +151,8 @@ def run_model(name: str, args) -> dict:
     from hashview.training import train_from_folder
 
     recipe = RECIPES[name]
+    if args.set:  # a variant of the recipe: measured, never installed
+        recipe = {**recipe, "options": {**recipe["options"], **args.set}, "bundled": False}
     data = args.data_root / recipe["data"]
     if not data.is_dir():
         raise SystemExit(f"error: data folder not found: {data}\n(expected ../shared/data/"
@@ -209,6 +212,13 @@ def run_model(name: str, args) -> dict:
     return summary
 
 
+def _json_or_text(value: str):
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", help=f"any of {sorted(RECIPES)}")
@@ -222,7 +232,14 @@ def main(argv=None) -> int:
                         help="write the split-0 model to resources/models/ (needs seed 0)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe option (a variant; JSON values, e.g. lr=5e-4, "
+                             "epochs=60, init_from=PATH); the model is not installed")
     args = parser.parse_args(argv)
+    if any("=" not in pair for pair in args.set):
+        parser.error("--set must be KEY=VALUE")
+    args.set = {key: _json_or_text(value) for key, _, value in
+                (pair.partition("=") for pair in args.set)}
     names = sorted(RECIPES) if args.all else args.models
     unknown = [n for n in names if n not in RECIPES]
     if not names or unknown:

@@ -128,8 +128,8 @@ def _loaded(load, items: Sequence, pool: ThreadPoolExecutor, encoder: Encoder) -
     A GPU encodes while reader threads decode the next batches (prefetch). On a CPU the forward
     pass already keeps every core busy, and readers running beside it stall torch's threads (a
     parallel operation waits for its slowest thread), so a batch is read on every core, then
-    encoded: on the synthetic 3,321-tile slide (docs/benchmarks.md) 277-291 tiles/s against
-    232-272 with reading overlapped, three runs each, alternating.
+    encoded: on the synthetic 3,321-tile slide 271-300 tiles/s against 255-274 with reading
+    overlapped, three runs each, alternating (``benchmarks/tile_reads.py --only schedule``).
     """
     if encoder.is_cuda:
         return _prefetched(load, items, pool, depth=PREFETCH_BATCHES * encoder.batch_size)
