@@ -48,6 +48,14 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def prepare(mode: str, workdir) -> Path:
+    """Every section's start: a valid ``mode`` and its scratch folder, created."""
+    check_mode(mode)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
 # Thread settings the latency sections measure under: the defaults (torch and FAISS use every
 # core) and one thread, which wins for single queries on a busy machine (OpenMP workers spin).
 THREADS = [("default", None), ("1", 1)]

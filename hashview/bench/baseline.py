@@ -26,7 +26,7 @@ from typing import Optional
 
 import numpy as np
 
-from hashview.bench import THREADS, Section, check_mode, compute_threads
+from hashview.bench import THREADS, Section, prepare, compute_threads
 from hashview.bench.throughput import slides_for
 from hashview.encode import Encoder, pick_device
 from hashview.indexing import index_paths, model_tiling
@@ -156,9 +156,7 @@ def large_n(n: int, card, repeats: int, workdir: Path, seed: int = 0) -> dict:
 def run(mode: str, workdir: Path, progress: Optional[ProgressCallback] = None) -> Section:
     import faiss
 
-    check_mode(mode)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = prepare(mode, workdir)
     per_slide, n_large, repeats = SIZES[mode]
     loaded = load_model(DEFAULT_MODEL)
     device = pick_device("auto")

@@ -33,7 +33,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from hashview.bench import Section, check_mode
+from hashview.bench import Section, prepare
 from hashview.library import Library, fingerprint_file
 from hashview.library.legacy import write_schema1
 from hashview.progress import ProgressCallback, report
@@ -205,10 +205,8 @@ def float16_recall(n: int, dim: int, n_queries: int, k: int = 10, seed: int = 0)
 
 
 def run(mode: str, workdir: Path, progress: Optional[ProgressCallback] = None) -> Section:
-    check_mode(mode)
+    workdir = prepare(mode, workdir)
     plan = PLANS[mode]
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     steps = [("real slides", lambda: _real_slides(workdir, plan["real_max_tiles"])),
              ("IDC patches", lambda: _idc_patches(workdir, plan["idc"])),
              ("synthetic slides", lambda: _synthetic_slides(workdir, *plan["slides"])),

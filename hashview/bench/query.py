@@ -37,7 +37,7 @@ import faiss
 import numpy as np
 
 from hashview import index_store
-from hashview.bench import Section, check_mode
+from hashview.bench import Section, prepare
 from hashview.progress import ProgressCallback, report
 from hashview.search import exact_topk, faiss_threads
 
@@ -126,16 +126,25 @@ def latencies_ms(search_one, queries: np.ndarray) -> tuple[float, float]:
     return float(np.percentile(times, 50)), float(np.percentile(times, 95))
 
 
+def timed_build(build):
+    """``(index, seconds, MB of resident memory gained)`` of ``build()``."""
+    before = rss_mb()
+    started = time.perf_counter()
+    index = build()
+    return index, time.perf_counter() - started, rss_mb() - before
+
+
 def measure_binary(codes: np.ndarray, bits: int, queries: np.ndarray, kinds: list[str],
                    progress: ProgressCallback = None) -> list[dict]:
     """One dict per index kind: latency, recall, build time, memory, parameters."""
     results = []
-    before = rss_mb()
-    started = time.perf_counter()
-    flat = faiss.IndexBinaryFlat(bits)
-    flat.add(codes)
-    flat_build = time.perf_counter() - started
-    flat_mem = rss_mb() - before
+
+    def exact_index():
+        index = faiss.IndexBinaryFlat(bits)
+        index.add(codes)
+        return index
+
+    flat, flat_build, flat_mem = timed_build(exact_index)
     exact_d, _ = flat.search(queries, K)
     p50, p95 = latencies_ms(lambda q: exact_topk(flat, q, K), queries)
     results.append(dict(kind="flat", p50_ms=p50, p95_ms=p95, recall=1.0, build_s=flat_build,
@@ -167,12 +176,12 @@ def measure_float(n: int, dim: int, queries: int, seed: int = 0) -> dict:
         noise = rng.normal(scale=0.3, size=(stop - start, dim)).astype(np.float32)
         data[start:stop] = np.maximum(centres[rng.integers(0, 64, stop - start)] + noise, 0)
     query = data[rng.integers(0, n, queries)] + 0.05
-    before = rss_mb()
-    started = time.perf_counter()
-    index = faiss.IndexFlatL2(dim)
-    index.add(data)
-    build = time.perf_counter() - started
-    memory = rss_mb() - before
+    def float_index():
+        index = faiss.IndexFlatL2(dim)
+        index.add(data)
+        return index
+
+    index, build, memory = timed_build(float_index)
     p50, p95 = latencies_ms(lambda q: index.search(q, K), query)
     return dict(kind="float-l2", p50_ms=p50, p95_ms=p95, recall=1.0, build_s=build,
                 memory_mb=memory, params={"dim": dim}, bytes_per_tile=dim * 4)
@@ -215,9 +224,8 @@ def measure_startup(workdir: Path, n_tiles: int, centres: np.ndarray,
 # ---------------------------------------------------------------------------------- section
 
 def run(mode: str, workdir: Path, progress: Optional[ProgressCallback] = None) -> Section:
-    plan = PLANS[check_mode(mode)]
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = prepare(mode, workdir)
+    plan = PLANS[mode]
     records = []
     centres_by_bits = {}
     for bits in plan["bits"]:

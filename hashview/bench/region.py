@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from hashview.bench import THREADS, Section, check_mode, compute_threads
+from hashview.bench import THREADS, Section, prepare, compute_threads
 from hashview.bench.throughput import real_slides
 from hashview.encode import Encoder, pack_codes
 from hashview.indexing import model_tiling, tile_loader
@@ -160,9 +160,7 @@ def query_loop(searcher, encoder, slides: list[Path], params, n_queries: int, k:
 
 
 def run(mode: str, workdir: Path, progress: Optional[ProgressCallback] = None) -> Section:
-    check_mode(mode)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = prepare(mode, workdir)
     n_tiles, n_queries, k = SIZES[mode]
     loaded = load_model(DEFAULT_MODEL)
     slides = real_slides()

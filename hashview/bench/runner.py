@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from hashview.bench import SECTIONS, Section, check_mode
+from hashview.bench import SECTIONS, Section, prepare
 from hashview.progress import ProgressCallback, report
 
 DOCS_BENCHMARKS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
@@ -74,9 +74,7 @@ def run_sections(names: Sequence[str], mode: str, workdir: Path,
                  progress: Optional[ProgressCallback] = None,
                  log: Callable[[str], None] = lambda _: None) -> list[tuple[Section, dict]]:
     """Run each section; returns ``(section, meta)`` with the machine state at its start."""
-    check_mode(mode)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = prepare(mode, workdir)
     results = []
     for n, name in enumerate(names):
         report(progress, "bench", n, len(names), name)

@@ -29,7 +29,7 @@ from typing import Optional
 
 import numpy as np
 
-from hashview.bench import Section, check_mode
+from hashview.bench import Section, prepare
 from hashview.bench.synthetic import make_synthetic_slide
 from hashview.encode import Encoder
 from hashview.indexing import index_paths, model_tiling, tile_loader
@@ -133,9 +133,7 @@ def _row(m: dict) -> list:
 def run(mode: str, workdir: Path, progress: Optional[ProgressCallback] = None) -> Section:
     import torch
 
-    check_mode(mode)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = prepare(mode, workdir)
     loaded = load_model(DEFAULT_MODEL)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     measured = []

@@ -62,6 +62,7 @@ class TrainDialog(QDialog):
         for signal in (self.folder.textChanged, self.arch.currentIndexChanged,
                        self.bits.valueChanged):
             signal.connect(self._update_name_hint)
+        self._installed = None  # model cards, read once when the choices are first filled
         for signal in (self.arch.currentIndexChanged, self.bits.valueChanged):
             signal.connect(self._update_start_choices)
         self._update_start_choices()
@@ -95,10 +96,12 @@ class TrainDialog(QDialog):
     def _update_start_choices(self, *_args) -> None:
         from hashview.models import list_models
 
+        if self._installed is None:
+            self._installed = list_models()
         arch, bits = self.arch.currentData(), self.bits.value()
         self.start_from.clear()
         self.start_from.addItem("Random weights (train from scratch)", None)
-        for card in list_models():
+        for card in self._installed:
             if card.arch == arch and int(card.bits) == bits and card.trained:
                 self.start_from.addItem(f"{card.name} (fine-tune it)", card.name)
 

@@ -9,7 +9,6 @@ from hashview.models.registry import available_architectures, build_model, regis
 from hashview.models.store import (DEFAULT_MODEL, LoadedModel, bundled_models_dirs,
                                    install_model, list_models, load_model, save_model,
                                    user_models_dir)
-from hashview.models import dch, hatdh  # noqa: F401  (registers "dch" and "hatdh")
 
 __all__ = [
     "DEFAULT_MODEL", "HashingNet", "LoadedModel", "ModelCard", "available_architectures",

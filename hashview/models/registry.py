@@ -30,17 +30,16 @@ def available_architectures() -> list[str]:
     return sorted(_BUILDERS)
 
 
-# The module of each built-in architecture, imported when that architecture is first built:
+# Built-in architectures, each module imported when that architecture is first built:
 # DAFH and LGFFEM import torchvision (~1.1 s on 2 cores), which loading an MTH, DCH or HATDH
 # model (the app's start-up) never needs.
-_BUILTIN_MODULES = {"hatdh": "hatdh", "dch": "dch", "dafh": "dafh", "mth": "mth",
-                    "lgffem": "lgffem"}
+_BUILTIN = ("hatdh", "dch", "dafh", "mth", "lgffem")  # hashview/models/NAME.py registers NAME
 
 
 def build_model(arch: str, bits: int, **kw):
     """Build a fresh (randomly initialised) net of architecture ``arch`` with ``bits`` bits."""
-    if arch in _BUILTIN_MODULES and arch not in _BUILDERS:
-        importlib.import_module(f"hashview.models.{_BUILTIN_MODULES[arch]}")
+    if arch in _BUILTIN and arch not in _BUILDERS:
+        importlib.import_module(f"hashview.models.{arch}")
     builder = _BUILDERS.get(arch)
     if builder is None:
         _ensure_builtin_architectures()  # so that the error lists every known one
@@ -58,5 +57,5 @@ def build_model(arch: str, bits: int, **kw):
 def _ensure_builtin_architectures() -> None:
     # Importing the modules runs their @register decorators; done lazily so that importing
     # the registry alone never creates a circular import.
-    for module in _BUILTIN_MODULES.values():
-        importlib.import_module(f"hashview.models.{module}")
+    for name in _BUILTIN:
+        importlib.import_module(f"hashview.models.{name}")
