@@ -3,8 +3,44 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (``/proc``); else
+    set and restored at once, through the most restrictive value so that a file another thread
+    creates meanwhile is never more open than it should be."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o077)
+    os.umask(old)
+    return old
+
+
+def new_file_mode() -> int:
+    """The permission bits ``open()`` would give a new file: ``0o666`` less the umask.
+
+    ``tempfile.mkstemp`` makes files 0600; a file built in one and renamed into place gets
+    this mode first, so a group (or everyone) can share it as the user's umask intends."""
+    return 0o666 & ~current_umask()
+
+
+def set_mode(path_or_fd: str | os.PathLike | int, mode: int) -> None:
+    """chmod, quietly skipped where the platform or file system cannot (Windows, some mounts)."""
+    try:
+        if isinstance(path_or_fd, int):
+            os.fchmod(path_or_fd, mode)
+        else:
+            os.chmod(path_or_fd, mode)
+    except (OSError, AttributeError, NotImplementedError):
+        pass
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -12,10 +48,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
     The bytes go to a temporary file in the same folder, are fsync'ed, then renamed over ``path``
     (``os.replace`` is atomic on POSIX and Windows); the temporary file never outlives a failure.
+    The file gets the permissions of the one it replaces, or those a new file gets (the umask).
     """
     path = Path(path)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = new_file_mode()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        set_mode(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

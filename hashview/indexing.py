@@ -2,8 +2,10 @@
 
 ``index_paths`` is what ``hashview index`` and the app's background indexing jobs run. It goes on
 past a bad file (recording its one-line reason), never stores a source twice (sources are keyed by
-a content fingerprint), and writes each source in one append so that a cancelled or failed run
-leaves every source already stored intact.
+a content fingerprint: a file whose content is already stored, or met earlier in the same run, is
+skipped before it is encoded), and writes each source in one append so that a cancelled or
+failed run leaves every source already stored intact. A failed write (disk full...) ends the run
+with :class:`~hashview.library.LibraryWriteError`: the library keeps what was committed.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 
 from hashview.encode import Encoder
 from hashview.errors import HashViewError
-from hashview.library import Library, fingerprint_file
+from hashview.library import Library, LibraryWriteError, fingerprint_file
 from hashview.models import DEFAULT_MODEL, LoadedModel, load_model
 from hashview.progress import ProgressCallback, report
 from hashview.slides import InputItem, expand_inputs, open_source
@@ -41,9 +43,11 @@ class IndexReport:
 
     library: str
     added: list[dict] = field(default_factory=list)  # {"path", "tiles"}
-    skipped: list[str] = field(default_factory=list)  # already in the library
+    skipped: list[str] = field(default_factory=list)  # already in the library (or duplicates)
     failed: list[str] = field(default_factory=list)  # one-line reasons
     warnings: list[str] = field(default_factory=list)
+    # files skipped because another file of this run has the same content: {"path", "duplicate_of"}
+    duplicates: list[dict] = field(default_factory=list)
 
     @property
     def tiles_added(self) -> int:
@@ -56,8 +60,23 @@ class IndexReport:
             "skipped": self.skipped,
             "failed": self.failed,
             "warnings": self.warnings,
+            "duplicates": self.duplicates,
             "tiles_added": self.tiles_added,
         }
+
+    def duplicate(self, path, first) -> None:
+        """``path`` has the content of ``first``, met earlier in this run: skipped, not encoded."""
+        self.skipped.append(str(path))
+        self.duplicates.append({"path": str(path), "duplicate_of": str(first)})
+
+    def summarise_duplicates(self) -> None:
+        if self.duplicates:
+            n = len(self.duplicates)
+            example = self.duplicates[0]
+            self.warnings.append(
+                f"{n} file{'s' if n > 1 else ''} skipped as duplicate{'s' if n > 1 else ''} "
+                f"(same content as another file of this run), e.g. "
+                f"{example['path']} = {example['duplicate_of']}")
 
 
 def _source_record(item: InputItem, fingerprint: str, *, kind: str, width: int, height: int,
@@ -195,6 +214,7 @@ def index_paths(paths: Iterable[str | Path], library_path: str | Path,
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     card = loaded.card
     params = params or model_tiling(card)
+    params.validate()  # before a library is made: e.g. max_tiles 0 would store empty slides
     report_ = IndexReport(library=str(library_path))
 
     items, errors = expand_inputs([Path(p) for p in paths])
@@ -215,6 +235,7 @@ def index_paths(paths: Iterable[str | Path], library_path: str | Path,
                                          target_mpp=library.target_mpp)
         encoder = Encoder(loaded, device=device, batch_size=batch_size)
         batch = encoder.batch_size
+        seen: dict[str, str] = {}  # fingerprint -> the file of this run stored with it
         with ThreadPoolExecutor(max_workers=reader_threads(encoder),
                                 thread_name_prefix="hashview-read") as pool:
             slides = [it for it in items if it.kind == "slide"]
@@ -222,22 +243,33 @@ def index_paths(paths: Iterable[str | Path], library_path: str | Path,
             for n, item in enumerate(slides):
                 report(progress, "slides", n, len(slides), Path(item.path).name)
                 try:
-                    _index_slide(item, library, encoder, params, pool, report_, progress, times)
+                    _index_slide(item, library, encoder, params, pool, report_, progress, times,
+                                 seen)
+                except LibraryWriteError:
+                    raise  # the library cannot take more: end the run (committed ones stay)
                 except HashViewError as exc:
                     report_.failed.append(exc.message)
             if slides:
                 report(progress, "slides", len(slides), len(slides))
             if patches:
-                _index_patches(patches, library, encoder, params, batch, pool, report_, progress)
+                _index_patches(patches, library, encoder, params, batch, pool, report_, progress,
+                               seen)
+    report_.summarise_duplicates()
     return report_
 
 
 def _index_slide(item: InputItem, library: Library, encoder: Encoder, params: TilingParams,
                  pool: ThreadPoolExecutor, report_: IndexReport,
-                 progress: Optional[ProgressCallback], times=NO_TIMES) -> None:
+                 progress: Optional[ProgressCallback], times=NO_TIMES,
+                 seen: Optional[dict[str, str]] = None) -> None:
+    seen = {} if seen is None else seen
     fingerprint = fingerprint_file(item.path)
+    if fingerprint in seen:
+        report_.duplicate(item.path, seen[fingerprint])
+        return
     if library.find_source(fingerprint=fingerprint) is not None:
         report_.skipped.append(str(item.path))
+        seen[fingerprint] = str(item.path)
         return
     name = Path(item.path).name
     with open_source(item.path) as source:
@@ -265,12 +297,16 @@ def _index_slide(item: InputItem, library: Library, encoder: Encoder, params: Ti
                            ys=np.array([t.y for t in plan.tiles], dtype=np.int64),
                            sizes=np.array([t.size for t in plan.tiles], dtype=np.int64))
     report_.added.append({"path": str(item.path), "tiles": len(plan.tiles)})
+    seen[fingerprint] = str(item.path)
 
 
 def _index_patches(patches: list[InputItem], library: Library, encoder: Encoder,
                    params: TilingParams, batch: int, pool: ThreadPoolExecutor,
-                   report_: IndexReport, progress: Optional[ProgressCallback]) -> None:
-    """Each patch image is one source holding one tile (the whole image, resized)."""
+                   report_: IndexReport, progress: Optional[ProgressCallback],
+                   seen: Optional[dict[str, str]] = None) -> None:
+    """Each patch image is one source holding one tile (the whole image, resized). Copies of
+    one image (same fingerprint) are encoded and stored once: the others are skipped."""
+    seen = {} if seen is None else seen
     todo = []
     for item in patches:
         try:
@@ -278,10 +314,14 @@ def _index_patches(patches: list[InputItem], library: Library, encoder: Encoder,
         except HashViewError as exc:
             report_.failed.append(exc.message)
             continue
-        if library.find_source(fingerprint=fingerprint) is not None:
+        if fingerprint in seen:
+            report_.duplicate(item.path, seen[fingerprint])
+        elif library.find_source(fingerprint=fingerprint) is not None:
             report_.skipped.append(str(item.path))
+            seen[fingerprint] = str(item.path)
         else:
             todo.append((item, fingerprint))
+            seen[fingerprint] = str(item.path)
 
     def load(entry):
         item, _ = entry

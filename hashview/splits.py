@@ -27,9 +27,15 @@ from typing import Optional, Sequence
 import numpy as np
 
 from hashview.errors import HashViewError
+from hashview.fileio import atomic_write_bytes
 
 PROTOCOLS = ("hatdh", "patient")
 SPLIT_FORMAT = 1
+
+
+def _reason(error: OSError) -> str:
+    text = error.strerror or str(error) or type(error).__name__
+    return text[0].lower() + text[1:]
 
 
 def _check_fraction(train_fraction: float) -> None:
@@ -131,7 +137,12 @@ class Split:
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json(), encoding="utf-8")
+        """Write the split as JSON, atomically: a failed write (disk full...) leaves the file
+        that was there, never an empty or cut one; the error is one line naming the file."""
+        try:
+            atomic_write_bytes(path, self.to_json().encode("utf-8"))
+        except OSError as error:
+            raise HashViewError(path, f"cannot write split ({_reason(error)})") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "Split":

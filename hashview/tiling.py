@@ -77,8 +77,9 @@ class TilingParams:
             raise ValueError(f"min_tissue must be in [0, 1], got {self.min_tissue}")
         if self.stride is not None and self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
-        if self.max_tiles is not None and self.max_tiles < 0:
-            raise ValueError(f"max_tiles must be >= 0, got {self.max_tiles}")
+        if self.max_tiles is not None and self.max_tiles < 1:
+            # 0 would store a slide with no tiles, which then counts as indexed for good
+            raise ValueError(f"max_tiles must be at least 1, got {self.max_tiles}")
 
 
 @dataclass(frozen=True)

@@ -472,7 +472,7 @@ def test_failed_upgrade_leaves_the_schema1_file_untouched(tmp_path, monkeypatch)
     monkeypatch.setattr("hashview.library.legacy.os.replace", failing_replace)
     with pytest.raises(LibraryError) as e:
         Library.open(path, "a")
-    assert str(e.value) == (f"{path}: cannot upgrade to schema 2 (No space left on device); the "
+    assert str(e.value) == (f"{path}: cannot upgrade to schema 2 (no space left on device); the "
                             "schema-1 file is unchanged")
     assert file_digest(path) == before and [p.name for p in tmp_path.iterdir()] == ["old.h5"]
 

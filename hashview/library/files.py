@@ -25,14 +25,18 @@ a library being written cannot be opened until the writer closes it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import re
 import struct
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Iterator, Optional
+
+from hashview.fileio import new_file_mode, set_mode
 
 try:
     import fcntl
@@ -133,11 +137,15 @@ class FileLocks:
             self._fd = None
 
 
-def make_temp_library(path: Path) -> tuple[str, FileLocks]:
+def make_temp_library(path: Path, mode: Optional[int] = None) -> tuple[str, FileLocks]:
     """A new empty ``NAME.XXXXXXXX.tmp`` next to ``path``, writer-locked so that no clean-up
-    removes it while this process builds it (close the returned locks after the rename)."""
+    removes it while this process builds it (close the returned locks after the rename).
+
+    It gets ``mode``, by default the permissions of a new file under the umask (``mkstemp``
+    alone would make it 0600, so no group could share the library)."""
     for _ in range(5):
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        set_mode(fd, new_file_mode() if mode is None else mode)
         os.close(fd)
         try:
             locks = FileLocks(tmp, writable=True)
@@ -188,3 +196,178 @@ def remove_stale_temporaries(path: Path) -> list[str]:
         finally:
             locks.close()
     return removed
+
+
+def publish(tmp: str, path: Path, overwrite: bool) -> None:
+    """Put the finished file ``tmp`` at ``path``: atomically, and without ever replacing a file
+    that appeared there meanwhile unless ``overwrite`` (then a library another process has
+    open for writing is refused, not swapped away from under it).
+
+    Raises FileExistsError when ``path`` exists (and not ``overwrite``), LockBusy when it is open
+    for writing (and ``overwrite``). ``tmp`` is left for the caller to remove where it is still
+    there (after a hard link it is removed here: the library is the same file).
+    """
+    if overwrite:
+        with _writer_locked_if_present(path):
+            os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # fails if path exists (FileExistsError): two creators cannot both win
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK,
+                           errno.EXDEV, errno.EACCES, errno.ENOTSUP):
+            raise
+        # A file system without hard links: claim the name first (O_EXCL), then move in. A
+        # creator that loses sees the claim; a reader may briefly find an empty file (refused).
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                if os.path.getsize(path) == 0:
+                    os.unlink(path)
+            raise
+        return
+    os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _writer_locked_if_present(path: Path) -> Iterator[None]:
+    try:
+        locks = FileLocks(path, writable=True)
+    except FileNotFoundError:
+        yield
+        return
+    except OSError:  # not ours to lock (e.g. read-only file): the rename decides
+        yield
+        return
+    try:
+        locks.acquire(WRITER_BYTE, exclusive=True)  # LockBusy: a writer has it open
+        yield
+    finally:
+        locks.close()
+
+
+# ------------------------------------------------------------------ writing HDF5 safely
+# HDF5 may report a failed write while it closes a dataset or file handle, where h5py can only
+# print the error and go on (and a later close of the same handle may crash the process). So
+# the library writes with no raw-data chunk cache (each write reaches the file, or raises, at
+# once), reserves the file's space before every flush (so the flush cannot run out of it half-way
+# and leave damaged metadata), and after any failure abandons the handle without letting HDF5
+# write anything more (the file stays as the last successful flush left it).
+
+WRITER_CHUNK_CACHE = 0  # h5py.File(rdcc_nbytes=...) of handles that write a library
+
+
+def _fallocate():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        func = getattr(libc, "fallocate64", None) or libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    func.restype = ctypes.c_int
+    return func
+
+
+_FALLOCATE = _fallocate()
+_NO_FALLOCATE = {errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.ENODEV}
+FALLOC_FL_KEEP_SIZE = 1
+
+
+def reserve_space(fd: int, start: int, size: int) -> None:
+    """Make the file behind ``fd`` hold real blocks for bytes ``start .. size`` (its length is
+    left as it is), so that writes below ``size`` cannot fail for lack of space.
+
+    Raises OSError (ENOSPC, EDQUOT, EFBIG...) when the space is not there. Where the file system
+    cannot allocate ahead (no ``fallocate``), the free space is checked instead.
+    """
+    if size <= start:
+        return
+    if _FALLOCATE is not None:
+        if _FALLOCATE(fd, FALLOC_FL_KEEP_SIZE, start, size - start) == 0:
+            return
+        code = ctypes.get_errno()
+        if code == errno.EINTR:
+            return reserve_space(fd, start, size)
+        if code not in _NO_FALLOCATE:
+            raise OSError(code, os.strerror(code))
+    try:  # no allocation ahead on this file system: check the free space instead
+        st = os.fstat(fd)
+        vfs = os.fstatvfs(fd)
+    except (OSError, AttributeError):
+        return  # cannot tell: the writes will say
+    held = st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+    if size - held > vfs.f_bavail * vfs.f_frsize:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+_FSYNC_UNSUPPORTED = {errno.EINVAL, errno.EROFS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
+
+
+def fsync(fd: int) -> None:
+    """fsync that raises when data may be lost (EIO, a delayed ENOSPC...), not where the file
+    system merely has nothing to sync."""
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in _FSYNC_UNSUPPORTED:
+            raise
+
+
+def _sink() -> int:
+    """A writable file descriptor whose contents nobody reads: in memory where Linux allows (the
+    full disk may well be the temporary folder's), else a temporary file, else the null device."""
+    if hasattr(os, "memfd_create"):
+        with contextlib.suppress(OSError):
+            return os.memfd_create("hashview-discarded-writes")
+    with contextlib.suppress(OSError):
+        with tempfile.TemporaryFile() as spill:
+            return os.dup(spill.fileno())
+    return os.open(os.devnull, os.O_RDWR)
+
+
+def abandon(h5) -> None:
+    """Close the h5py file ``h5`` without writing anything more to its file.
+
+    HDF5 has no "close without flushing": the descriptor HDF5 writes through is swapped for a
+    scratch file first, so whatever it still holds (the metadata of an append that failed) goes
+    there, and the file keeps what the last successful flush wrote. Never raises.
+    """
+    try:
+        fd = h5.id.get_vfd_handle()
+    except Exception:
+        fd = None
+    if isinstance(fd, int) and fd >= 0:
+        with contextlib.suppress(Exception):
+            sink = _sink()
+            try:
+                os.dup2(sink, fd)
+            finally:
+                os.close(sink)
+    with contextlib.suppress(Exception):
+        h5.close()
+
+
+def write_failure_reason(e: BaseException) -> str:
+    """The one-line reason of a failed write: ``"no space left on device"`` from the errno that
+    HDF5 buries in a long message, else its first line without HDF5's details."""
+    code = getattr(e, "errno", None)
+    text = str(e)
+    if not isinstance(code, int) or code <= 0:
+        found = re.search(r"errno = (\d+)", text)
+        code = int(found.group(1)) if found else None
+    if code:
+        with contextlib.suppress(ValueError, OverflowError):
+            reason = os.strerror(code)
+            if reason and not reason.startswith("Unknown error"):
+                return reason[0].lower() + reason[1:]
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    if first.count("(") > first.count(")"):  # an HDF5 detail cut by a line break
+        first = first[:first.rfind("(")].strip() or first
+    return first

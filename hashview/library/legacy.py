@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -85,7 +86,7 @@ def upgrade(path: Path) -> None:
     times sources were added are kept. A source whose tiles have different sizes cannot be
     stored in schema 2 and makes the upgrade fail with a one-line error.
     """
-    from hashview.library.files import make_temp_library
+    from hashview.library.files import make_temp_library, write_failure_reason
     from hashview.library.store import Library
 
     with Library.open(path, "r") as old:
@@ -97,7 +98,7 @@ def upgrade(path: Path) -> None:
         if len(sizes) and sizes.min() != sizes.max():
             raise LibraryError(path, f"cannot upgrade to schema 2: the tiles of source "
                                      f"{s.name!r} have different sizes")
-    tmp, locks = make_temp_library(path)
+    tmp, locks = make_temp_library(path, mode=stat.S_IMODE(os.stat(path).st_mode))
     try:
         new = Library._create_unlisted(Path(tmp), snapshot.model, locks, snapshot.created)
         with new:
@@ -113,7 +114,7 @@ def upgrade(path: Path) -> None:
             new._flush()
         os.replace(tmp, path)
     except OSError as e:
-        raise LibraryError(path, f"cannot upgrade to schema 2 ({e.strerror or e}); the "
+        raise LibraryError(path, f"cannot upgrade to schema 2 ({write_failure_reason(e)}); the "
                                  "schema-1 file is unchanged") from None
     finally:
         locks.close()

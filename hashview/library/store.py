@@ -47,6 +47,7 @@ class Library(LibraryWriting):
         self._owns_locks = owns_locks
         self._inode = inode
         self._closed = False
+        self._reserved = 0  # bytes at the file's start known to have their blocks (writers)
         self._use(snapshot)
         if mode == "a":
             OPEN_FOR_WRITING.add(os.path.realpath(path))
@@ -76,8 +77,7 @@ class Library(LibraryWriting):
                                     target_mpp, path, code_kind)
         path = Path(path)
         if path.exists() and not overwrite:
-            raise LibraryError(path, "already exists (open it, or pass overwrite=True to "
-                                     "replace it)")
+            raise _Exists(path, "already exists (open it, or pass overwrite=True to replace it)")
         if os.path.realpath(path) in OPEN_FOR_WRITING:
             raise LibraryError(path, "already open for writing in this program")
         if info.code_kind == "binary" and (info.bits <= 0 or info.bits % 8):
@@ -88,30 +88,37 @@ class Library(LibraryWriting):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             files.remove_stale_temporaries(path)
-            # Build in a temporary file and rename, so a crash never leaves a half-made library.
+            # Build in a temporary file and put it in place in one step, so a crash never leaves
+            # a half-made library, and a file another process created meanwhile is never
+            # replaced (``files.publish``). The writer lock taken on the temporary file stays
+            # on the library: no other process can take it over before this one writes.
             tmp, locks = files.make_temp_library(path)
             try:
-                with h5py.File(tmp, "w", locking=files.HDF5_LOCKING) as f:
-                    write_skeleton(f, info)
-                os.replace(tmp, path)
-            finally:
+                _write_new(Path(tmp), info)
+                files.publish(tmp, path, overwrite)
+            except BaseException:
                 locks.close()
+                raise
+            finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
-        except OSError as e:
-            raise LibraryError(path, f"cannot create ({e.strerror or e})") from None
-        return cls.open(path, "a")
+        except FileExistsError:
+            raise _Exists(path, "already exists (open it, or pass overwrite=True to replace "
+                                "it)") from None
+        except LockBusy:
+            raise LibraryError(path, "file is in use by another process (locked)") from None
+        except (OSError, RuntimeError, ValueError) as e:
+            raise LibraryError(path, f"cannot create ({files.write_failure_reason(e)})") from None
+        return cls._open_for_writing(path, locks)
 
     @classmethod
     def _create_unlisted(cls, path: Path, info: ModelInfo, locks: FileLocks,
                          created: Optional[str] = None) -> "Library":
         """A writer on a new file at ``path`` that the caller has writer-locked (``locks``) and
         will rename into place itself (used to upgrade schema-1 files)."""
-        with h5py.File(path, "w", locking=files.HDF5_LOCKING) as f:
-            write_skeleton(f, info)
-            if created:
-                f.attrs["created"] = created
-        h5 = h5py.File(path, "r+", locking=files.HDF5_LOCKING)
+        _write_new(path, info, created)
+        h5 = h5py.File(path, "r+", locking=files.HDF5_LOCKING,
+                       rdcc_nbytes=files.WRITER_CHUNK_CACHE)
         lib = cls(path, "a", schema.load(h5, path), h5, locks, owns_locks=False)
         lib._prepare_for_writing()
         return lib
@@ -144,19 +151,29 @@ class Library(LibraryWriting):
         return cls._open_for_writing(path)
 
     @classmethod
-    def _open_for_writing(cls, path: Path) -> "Library":
+    def _open_for_writing(cls, path: Path, locks: Optional[FileLocks] = None) -> "Library":
+        """Open for appending; ``locks``: the writer lock already held on the file (a new one)."""
         files.remove_stale_temporaries(path)
-        try:
-            locks = FileLocks(path, writable=True)
-        except OSError as e:
-            raise LibraryError(path, reason_from_oserror(e, True)) from None
+        if locks is None:
+            try:
+                locks = FileLocks(path, writable=True)
+            except OSError as e:
+                raise LibraryError(path, reason_from_oserror(e, True)) from None
         h5 = None
         try:
             try:
                 locks.acquire(files.WRITER_BYTE, exclusive=True)
             except LockBusy:
                 raise LibraryError(path, "file is in use by another process (locked)") from None
-            h5 = h5py.File(path, "r+", locking=files.HDF5_LOCKING)
+            # no raw-data chunk cache: every write reaches the file, or fails, at once
+            h5 = h5py.File(path, "r+", locking=files.HDF5_LOCKING,
+                           rdcc_nbytes=files.WRITER_CHUNK_CACHE)
+            inode = locks.inode()
+            if inode is not None:
+                st = os.fstat(h5.id.get_vfd_handle())
+                if (st.st_dev, st.st_ino) != inode:  # replaced between the lock and the open
+                    raise LibraryError(path, "library file was replaced while being opened; "
+                                             "try again")
             if schema.file_version(h5, path) == 1:
                 h5.close()
                 h5 = None
@@ -189,8 +206,11 @@ class Library(LibraryWriting):
         keeps its own (compare with :attr:`tile_size`/:attr:`target_mpp` and follow them).
         """
         if not Path(path).exists():
-            return cls.create(path, model_name, model_arch, bits, model_sha256, tile_size,
-                              target_mpp, code_kind=code_kind)
+            try:
+                return cls.create(path, model_name, model_arch, bits, model_sha256, tile_size,
+                                  target_mpp, code_kind=code_kind)
+            except _Exists:
+                pass  # another process created it first: append to that one (its lock decides)
         lib = cls.open(path, "a")
         try:
             lib.check_model(model_name, model_arch, bits, model_sha256)
@@ -236,12 +256,12 @@ class Library(LibraryWriting):
             return
         self._closed = True
         if self._f is not None:
-            try:  # closing writes whatever HDF5 still holds: not while a reader reads
-                with self._exclusive():
+            try:  # whatever HDF5 still holds goes out by a checked flush first (space reserved)
+                self._flush()
+                with self._exclusive():  # closing writes to the file: not while a reader reads
                     self._f.close()
             except Exception:
-                with contextlib.suppress(Exception):
-                    self._f.close()
+                self._abandon()  # the file keeps the last commit
             self._f = None
         if self._locks is not None and self._owns_locks:
             self._locks.close()
@@ -379,6 +399,9 @@ class Library(LibraryWriting):
         if self._closed:
             raise LibraryError(self._path, "library is closed")
         if self._mode == "a":
+            if self._f is None:
+                raise LibraryError(self._path, "cannot be used after a failed write; open it "
+                                               "again")
             with self._guard():
                 yield self._f
             return
@@ -390,24 +413,48 @@ class Library(LibraryWriting):
                 yield f
 
     @contextlib.contextmanager
-    def _guard(self, writing: bool = False):
-        """Turn HDF5/OS errors into one-line LibraryErrors naming the file."""
+    def _guard(self):
+        """Turn HDF5/OS errors of a read into one-line LibraryErrors naming the file (writes:
+        ``LibraryWriting._writing``)."""
         try:
             yield
         except LibraryError:
             raise
         except (OSError, KeyError, ValueError, RuntimeError) as e:
-            if writing:
-                detail = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
-                raise LibraryError(self._path, f"write failed ({detail}); sources stored "
-                                               "before are kept") from None
             raise LibraryError(self._path, reason_from_oserror(e, False)) from None
 
     @property
     def _file(self) -> h5py.File:
         if self._f is None:
-            raise LibraryError(self._path, "library is closed")
+            raise LibraryError(self._path, "library is closed" if self._closed else
+                               "cannot be used after a failed write; open it again")
         return self._f
+
+
+class _Exists(LibraryError):
+    """Library.create found a file at the path (or one appeared there while it built its own)."""
+
+
+def _write_new(path: Path, info: ModelInfo, created: Optional[str] = None) -> None:
+    """An empty library at ``path`` (a new temporary file), written and flushed with every error
+    checked (on a full disk: the reason, and nothing half-closed left to HDF5)."""
+    h5 = h5py.File(path, "w", locking=files.HDF5_LOCKING, rdcc_nbytes=files.WRITER_CHUNK_CACHE)
+    try:
+        write_skeleton(h5, info)
+        if created:
+            h5.attrs["created"] = created
+        fd = h5.id.get_vfd_handle()
+        files.reserve_space(fd, 0, h5.id.get_filesize())
+        h5.flush()
+        files.fsync(fd)
+    except BaseException:
+        files.abandon(h5)
+        raise
+    try:
+        h5.close()
+    except BaseException:
+        files.abandon(h5)
+        raise
 
 
 @contextlib.contextmanager

@@ -1,12 +1,17 @@
 """Appending to a library: validation, the two-flush commit, and repairing an interrupted one.
 
 Mixed into :class:`hashview.library.Library`; the protocol is in docs/library-format.md
-("Appending and crash safety").
+("Appending and crash safety"). Every HDF5 error of an append is caught before its commit mark:
+the raw data goes to the file at once (no chunk cache), the file's space is reserved before each
+flush, what was written is read back, and after any failure the handle is abandoned without
+writing anything more (``files.abandon``), so the file keeps exactly the sources committed
+before and the append is reported as failed (:class:`LibraryWriteError`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from dataclasses import replace
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -15,7 +20,7 @@ import numpy as np
 
 from hashview.errors import LibraryError
 from hashview.library import files
-from hashview.library.files import LockBusy
+from hashview.library.files import LockBusy, write_failure_reason
 from hashview.library.records import SourceRecord
 from hashview.library.schema import (SOURCE_COLUMNS, STATUS_COMMITTED, TILE_COLUMNS,
                                      source_rows, utc_now, validate_tiles)
@@ -24,6 +29,12 @@ _MAX_LABELS = np.iinfo(np.int16).max
 # A second writer in this process is refused by this set (real paths) with its own message, before
 # it would reach the writer lock.
 OPEN_FOR_WRITING: set[str] = set()
+
+
+class LibraryWriteError(LibraryError):
+    """Writing to a library failed (disk full, I/O error...): nothing of the failed append was
+    committed, the sources stored before are intact, and the library object can no longer
+    write (open the file again once the cause is fixed)."""
 
 
 class LibraryWriting:
@@ -91,31 +102,32 @@ class LibraryWriting:
         recs = [replace(p[0], id=row0 + j, tile_start=int(starts[j]), tile_count=counts[j],
                         added=p[0].added or now) for j, p in enumerate(pending)]
         end = row0 + len(recs)
-        with self._guard(writing=True):
-            label_ids = self._label_ids([label for p in pending for label in p[5]])
+        labels = [label for p in pending for label in p[5]]
+        self._check_label_room(labels)
+        f = self._file
+        with self._writing():
+            label_ids = self._label_ids(labels)
             # 1. tiles, past the committed end: invisible until their source rows are complete
             columns = {"codes": np.concatenate([p[1] for p in pending]),
                        "source_id": np.repeat(np.arange(row0, end, dtype=np.int32), counts),
                        "x": np.concatenate([p[2] for p in pending]),
                        "y": np.concatenate([p[3] for p in pending]), "label_id": label_ids}
-            tiles = self._file["tiles"]
+            written = []  # (dataset path, first row, values): read back after the flush
             for name, data in columns.items():
-                tiles[name].resize(start + total, axis=0)
-                tiles[name][start:] = data
+                written.append(_append_rows(f, f"tiles/{name}", start, data))
             # 2. the source rows and their text; `status` last, after a flush: the commit mark.
-            sources = self._file["sources"]
-            text_start = len(sources["text"])
+            text_start = len(f["sources/text"])
             values, text = source_rows(recs, [p[4] for p in pending], text_start)
-            sources["text"].resize(text_start + len(text), axis=0)
-            sources["text"][text_start:] = np.frombuffer(text, np.uint8)
+            written.append(_append_rows(f, "sources/text", text_start,
+                                        np.frombuffer(text, np.uint8)))
             for name, data in values.items():
-                sources[name].resize(end, axis=0)
-                sources[name][row0:end] = data
+                written.append(_append_rows(f, f"sources/{name}", row0, data))
             self._flush()
-            sources["status"].resize(end, axis=0)
-            sources["status"][row0:end] = STATUS_COMMITTED
+            self._verify(written)
+            _append_rows(f, "sources/status", row0, np.full(end - row0, STATUS_COMMITTED,
+                                                            np.uint8))
             # 3. counts (informative; readers derive them from the complete rows)
-            attrs = self._file.attrs
+            attrs = f.attrs
             generation = self._snapshot.generation + 1
             attrs["n_tiles"], attrs["n_sources"] = start + total, end
             attrs["updated"], attrs["generation"] = now, generation
@@ -131,6 +143,59 @@ class LibraryWriting:
         return recs
 
     @contextlib.contextmanager
+    def _writing(self):
+        """Around every write: any failure abandons the handle (nothing more reaches the file)
+        and becomes a one-line LibraryWriteError saying the stored sources are kept."""
+        try:
+            yield
+        except BaseException as e:
+            self._abandon()
+            if isinstance(e, LibraryWriteError) or not isinstance(e, Exception):
+                raise
+            reason = e.reason if isinstance(e, LibraryError) else write_failure_reason(e)
+            raise LibraryWriteError(self._path, self._failure_message(reason)) from None
+
+    def _failure_message(self, reason: str) -> str:
+        n = len(self._sources)
+        if n == 0:
+            return f"write failed ({reason}); the library stays empty"
+        return (f"write failed ({reason}); the {n} source{'' if n == 1 else 's'} stored before "
+                f"{'is' if n == 1 else 'are'} kept")
+
+    def _abandon(self) -> None:
+        """Drop the HDF5 handle without letting it write (see ``files.abandon``); the writer
+        lock stays held until :meth:`close`."""
+        h5, self._f = self._f, None
+        if h5 is None:
+            return
+        try:  # readers in this process share HDF5's file (and descriptor): not while one reads
+            with self._exclusive():
+                files.abandon(h5)
+        except LibraryError:  # readers held it too long: go ahead
+            files.abandon(h5)
+
+    def _verify(self, written: list[tuple[str, int, np.ndarray]]) -> None:
+        """Read back what the append wrote (raw data comes from the file: no chunk cache);
+        codes by their first and last rows, everything else whole."""
+        f = self._file
+        for name, first, data in written:
+            if not len(data):
+                continue
+            ds = f[name]
+            if len(ds) != first + len(data):
+                raise OSError(errno.EIO, f"/{name} has {len(ds)} rows after writing, expected "
+                                         f"{first + len(data)}")
+            stop = first + len(data)
+            want = np.ascontiguousarray(data, dtype=ds.dtype)  # bytes: NaN (unknown mpp) too
+            if name == "tiles/codes" and len(data) > 2:
+                same = (ds[first].tobytes() == want[0].tobytes()
+                        and ds[stop - 1].tobytes() == want[-1].tobytes())
+            else:
+                same = ds[first:stop].tobytes() == want.tobytes()
+            if not same:
+                raise OSError(errno.EIO, f"/{name} reads back different from what was written")
+
+    @contextlib.contextmanager
     def _exclusive(self):
         """Hold the commit lock: readers wait until HDF5 has written its metadata."""
         if self._locks is None:
@@ -140,16 +205,23 @@ class LibraryWriting:
             with self._locks.exclusive_commit(timeout=files.COMMIT_TIMEOUT_S):
                 yield
         except LockBusy:
-            raise LibraryError(self._path, f"write failed (readers held the library for over "
-                                           f"{files.COMMIT_TIMEOUT_S:.0f} s); sources stored "
-                                           "before are kept") from None
+            raise LibraryError(self._path, f"readers held the library for over "
+                                           f"{files.COMMIT_TIMEOUT_S:.0f} s") from None
 
     def _flush(self) -> None:
+        """Write HDF5's metadata: space first (a flush that ran out of it half-way could leave
+        the committed part damaged), then the flush, then fsync; any error raises."""
+        f = self._file
+        fd = f.id.get_vfd_handle()
+        size = f.id.get_filesize()  # HDF5's end of allocated space (or the file's end)
+        files.reserve_space(fd, self._reserved, size)
         with self._exclusive():
-            self._file.flush()
-        # fsync narrows the power-loss window; process crashes are covered by flush alone.
-        with contextlib.suppress(Exception):
-            os.fsync(self._file.id.get_vfd_handle())
+            f.flush()
+        # fsync narrows the power-loss window; process crashes are covered by flush alone. An
+        # error here (e.g. a delayed ENOSPC or EIO) means the data may not be there: a failure.
+        files.fsync(fd)
+        # HDF5 may have cut the file back to its allocated end: blocks below it stay reserved
+        self._reserved = min(size, os.fstat(fd).st_size)
 
     def _prepare_for_writing(self) -> None:
         # Keep dirty HDF5 metadata in memory until our explicit flushes, so the file on disk only
@@ -170,17 +242,21 @@ class LibraryWriting:
                   "labels/text_end": len(self._labels)}
         stale = {name: n for name, n in wanted.items() if len(f[name]) != n}
         if stale or int(f.attrs.get("n_tiles", -1)) != self._n_tiles:
-            with self._guard(writing=True):
+            with self._writing():
                 for name, n in stale.items():
                     f[name].resize(n, axis=0)
                 f.attrs["n_tiles"], f.attrs["n_sources"] = self._n_tiles, n_sources
                 self._flush()
 
+    def _check_label_room(self, labels: list[Optional[str]]) -> None:
+        new = {name for name in labels if name and name not in self._label_index}
+        if len(self._labels) + len(new) > _MAX_LABELS:
+            raise LibraryError(self._path, f"too many labels (at most {_MAX_LABELS})")
+
     def _label_ids(self, labels: list[Optional[str]]) -> np.ndarray:
         new = [name for name in dict.fromkeys(labels) if name and name not in self._label_index]
         if new:
-            if len(self._labels) + len(new) > _MAX_LABELS:
-                raise LibraryError(self._path, f"too many labels (at most {_MAX_LABELS})")
+            self._check_label_room(new)
             # A label added here but never used (crash before commit) is harmless: it has no tiles.
             text, ends = self._file["labels/text"], self._file["labels/text_end"]
             blobs = [(name + "\0").encode("utf-8") for name in new]
@@ -193,3 +269,16 @@ class LibraryWriting:
                 self._label_index[name] = len(self._labels)
                 self._labels.append(name)
         return np.array([self._label_index[name] if name else -1 for name in labels], np.int16)
+
+
+def _append_rows(f, name: str, first: int, data: np.ndarray) -> tuple[str, int, np.ndarray]:
+    """Grow dataset ``name`` to ``first + len(data)`` rows and write ``data`` there, through one
+    handle closed at once (so an error of HDF5's close is raised here, never lost)."""
+    ds = f[name]
+    try:
+        ds.resize(first + len(data), axis=0)
+        if len(data):
+            ds[first:] = data
+    finally:
+        ds.id._close()
+    return name, first, data

@@ -11,9 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from hashview.errors import ModelError
 from hashview.progress import ProgressCallback
 from hashview.training.config import TrainConfig
-from hashview.training.loop import TrainResult, train
+from hashview.training.loop import TrainResult, check_resumable_folder, train
 
 SPLIT_FILE = "split.json"
 
@@ -27,9 +28,11 @@ def train_from_folder(data_folder, arch: str, bits: int, out_dir, epochs: int = 
                       train_fraction: float = 0.7, **options) -> TrainResult:
     """Train ``arch``-``bits`` on the train part of a labelled patch folder.
 
-    The split comes from ``split_file`` if given; else, when resuming, from ``out_dir/split.json``
-    of the interrupted run; else it is made with ``protocol`` ("hatdh": 70/30 per class,
-    image-level; "patient": patient-level, needs patient ids in labels.csv) and ``seed``.
+    ``resume`` continues the run whose checkpoint is in ``out_dir`` (a ModelError when there is
+    none). The split comes from ``split_file`` if given; else, when resuming, from
+    ``out_dir/split.json`` of the interrupted run; else it is made with ``protocol`` ("hatdh":
+    70/30 per class, image-level; "patient": patient-level, needs patient ids in labels.csv) and
+    ``seed``.
     ``options`` are further :class:`TrainConfig` fields (``input_size``, ``device``,
     ``triplet_mode``, ``aux_ce_weight``, ...) or keys of the architecture's
     ``objective_options``; ``dataset`` defaults to the folder's name.
@@ -38,6 +41,8 @@ def train_from_folder(data_folder, arch: str, bits: int, out_dir, epochs: int = 
     from hashview.splits import Split
 
     out_dir = Path(out_dir)
+    if resume:
+        check_resumable_folder(out_dir)
     data = load_dataset(data_folder)
     saved = out_dir / SPLIT_FILE
     if split_file is None and resume and saved.is_file():
@@ -50,7 +55,11 @@ def train_from_folder(data_folder, arch: str, bits: int, out_dir, epochs: int = 
     config = TrainConfig.from_options(arch=arch, bits=int(bits), epochs=int(epochs),
                                       batch_size=int(batch_size), lr=lr, seed=int(seed),
                                       **{"dataset": data.name, **options})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    split.save(saved)  # before training: a resumed run must find the same split
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(out_dir, f"cannot make the output folder ({exc.strerror or exc})") \
+            from None
+    split.save(saved)  # before training (atomically): a resumed run must find the same split
     return train(config, [data.entries[i] for i in train_idx], out_dir, progress=progress,
                  resume=resume, split=split.to_dict())

@@ -260,6 +260,14 @@ class _Run:
         self._saved_gens = {k[4:]: v for k, v in tensors.items() if k.startswith("gen.")}
 
 
+def check_resumable_folder(out_dir: Path) -> None:
+    """Raise a one-line ModelError unless ``out_dir`` holds a training checkpoint to resume."""
+    if not ckpt.checkpoint_exists(out_dir):
+        where = "(the folder does not exist)" if not Path(out_dir).exists() else "in this folder"
+        raise ModelError(out_dir, f"no training checkpoint to resume {where}; run without "
+                                  "--resume to start afresh")
+
+
 def _check_resumable(meta: dict, cfg: TrainConfig, class_names: list[str], out_dir: Path) -> None:
     # via from_dict: fields added since the checkpoint was written compare as their defaults
     saved = TrainConfig.from_dict(meta.get("config", {})).to_dict()
@@ -283,20 +291,22 @@ def train(config: TrainConfig, train_entries: Sequence, out_dir, progress: Optio
     Writes ``out_dir/checkpoint.*`` after every epoch (and when cancelled) and finally
     ``out_dir/NAME.safetensors`` + ``NAME.json`` (``NAME`` = ``config.name`` or
     ``ARCH-BITS-DATASET``). ``resume`` continues from the checkpoint in ``out_dir`` (which must
-    come from the same config and classes); without a checkpoint it starts afresh. ``Cancelled``
+    come from the same config and classes); without one it is a ModelError. ``Cancelled``
     raised by ``progress`` writes a checkpoint and is re-raised. ``val_entries`` adds a per-epoch
     mAP (database = training set, queries = val) to the log. ``split`` (a Split's JSON dict) is
     recorded in the model card.
     """
     cfg = config.resolved()
     out_dir = Path(out_dir)
+    if resume:
+        check_resumable_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     started = time.perf_counter()
     data = PatchDataset(train_entries, cfg.input_size)
     val = PatchDataset(val_entries, cfg.input_size, data.class_names) if val_entries else None
     run = _Run(cfg, data, device)
-    if resume and ckpt.checkpoint_exists(out_dir):
+    if resume:
         _, _, meta = ckpt.load_checkpoint(out_dir)
         _check_resumable(meta, cfg, data.class_names, out_dir)
         run.restore(out_dir)
