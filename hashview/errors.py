@@ -11,17 +11,31 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def printable(text: object) -> str:
+    """``text`` safe to show on a terminal or in a one-line message: characters that are not
+    printable (control characters such as ESC or newline, bidirectional overrides, unpaired
+    surrogates from undecodable file names) become escapes like ``\\x1b``, so a name taken
+    from a file cannot move the cursor, recolour the terminal or break a message in two."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
 class HashViewError(Exception):
     """Base class: a problem with the user's input, explained in one line."""
 
     def __init__(self, path: str | Path | None, reason: str):
         self.path = None if path is None else str(path)
-        self.reason = reason.strip().splitlines()[0] if reason.strip() else "unknown error"
+        # Reasons may quote names from files; the message stays one printable line.
+        first = reason.strip().splitlines()[0] if reason.strip() else "unknown error"
+        self.reason = printable(first)
         super().__init__(self.message)
 
     @property
     def message(self) -> str:
-        return f"{self.path}: {self.reason}" if self.path else self.reason
+        return f"{printable(self.path)}: {self.reason}" if self.path else self.reason
 
 
 class SourceError(HashViewError):
