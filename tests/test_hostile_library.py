@@ -330,6 +330,73 @@ def test_schema1_library_is_checked_too(tmp_path, lib_path):
         assert "tile 0 has source_id 3" in refused(old, lib.tile_table)
 
 
+# ------------------------------------------------------------------ the library's model name
+def _default_model_library(path: Path, name: str) -> Path:
+    """An empty library of the bundled default model whose ``model_name`` says ``name``."""
+    from hashview.models import DEFAULT_MODEL, load_model
+
+    with Library.create(path, load_model(DEFAULT_MODEL).card):
+        pass
+    edit(path, set_attr("model_name", name))
+    return path
+
+
+def _model_copy(folder: Path, stem: str) -> Path:
+    """The default model's files under another name (same weights, so the sha256 matches)."""
+    from hashview.models import DEFAULT_MODEL
+    from hashview.models.store import bundled_models_dirs
+
+    source = bundled_models_dirs()[0] / DEFAULT_MODEL
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(source.with_name(source.name + suffix), folder / (stem + suffix))
+    return folder / stem
+
+
+@pytest.mark.parametrize("name", ["{model}", "../{stem}", "{stem}\x1b[2J", ".."])
+def test_a_library_model_name_is_never_a_path(tmp_path, name):
+    from hashview.query import open_search
+
+    model = _model_copy(tmp_path, "planted")
+    path = _default_model_library(tmp_path / "lib.h5",
+                                  name.format(model=model, stem=model.name))
+    message = refused(path, lambda: open_search(path))
+    assert "is not a model name" in message and "\x1b" not in message
+
+
+def test_a_plain_library_model_name_is_not_looked_up_in_the_working_folder(tmp_path,
+                                                                             monkeypatch):
+    """``load_model("planted")`` would take ./planted.json when a file ./planted exists."""
+    from hashview.query import open_search
+
+    folder = tmp_path / "cwd"
+    folder.mkdir()
+    _model_copy(folder, "planted")
+    (folder / "planted").write_bytes(b"")
+    monkeypatch.chdir(folder)
+    path = _default_model_library(tmp_path / "lib.h5", "planted")
+    assert "unknown model 'planted'" in refused(path, lambda: open_search(path))
+
+
+def test_a_library_model_name_finds_the_installed_model_and_checks_its_weights(tmp_path):
+    from hashview.models import DEFAULT_MODEL
+    from hashview.query import open_search
+
+    path = _default_model_library(tmp_path / "lib.h5", DEFAULT_MODEL)
+    searcher, encoder = open_search(path)
+    assert searcher.n_tiles == 0 and encoder is not None
+    edit(path, set_attr("model_sha256", "0" * 64))
+    assert "cannot search it with model" in refused(path, lambda: open_search(path))
+
+
+def test_search_cli_refuses_a_path_like_model_name(tmp_path, capsys):
+    model = _model_copy(tmp_path, "planted")
+    path = _default_model_library(tmp_path / "lib.h5", str(model))
+    patch = next(KATHER.rglob("*.tif"))
+    assert cli_main(["search", str(path), str(patch)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "is not a model name" in err
+
+
 # ------------------------------------------------------------------ names shown to people
 def test_printable_escapes_control_characters():
     assert printable("plain name é") == "plain name é"
