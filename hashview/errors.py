@@ -13,14 +13,20 @@ from pathlib import Path
 
 def printable(text: object) -> str:
     """``text`` safe to show on a terminal or in a one-line message: characters that are not
-    printable (control characters such as ESC or newline, bidirectional overrides, unpaired
-    surrogates from undecodable file names) become escapes like ``\\x1b``, so a name taken
-    from a file cannot move the cursor, recolour the terminal or break a message in two."""
+    printable (control characters such as ESC or newline, bidirectional overrides) become
+    escapes like ``\\x1b``, and bytes of a file name that were not UTF-8 show as ``\\xe9``;
+    so a name taken from a file cannot move the cursor, recolour the terminal, break a message
+    in two or fail to print."""
     text = str(text)
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                   for c in text)
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    if "\udc80" <= char <= "\udcff":  # an undecodable byte, as os.fsdecode keeps it
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    return char.encode("unicode_escape").decode("ascii")
 
 
 class HashViewError(Exception):

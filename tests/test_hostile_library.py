@@ -402,6 +402,7 @@ def test_printable_escapes_control_characters():
     assert printable("plain name é") == "plain name é"
     assert printable("a\x1b[31mb\nc\u202ed\x9b") == "a\\x1b[31mb\\nc\\u202ed\\x9b"
     assert printable(printable("x\x07")) == printable("x\x07") == "x\\x07"
+    assert printable(os.fsdecode(b"caf\xe9.png")) == "caf\\xe9.png"  # not UTF-8: the byte
 
 
 def test_error_messages_stay_one_printable_line(tmp_path):
