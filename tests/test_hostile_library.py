@@ -252,6 +252,12 @@ def test_n_tiles_is_never_negative(lib_path, capsys):
     assert "n tiles" not in captured.out and "tile_start -10" in captured.err
 
 
+def test_attributes_that_are_not_numbers_are_refused_in_one_line(lib_path):
+    edit(lib_path, set_attr("generation", "many"))
+    assert "attribute generation is not an integer" in refused(lib_path)
+    assert "attribute generation" in refused(lib_path, lambda: Library.current_generation(lib_path))
+
+
 def test_unrepresentable_times_do_not_stop_reading(lib_path):
     edit(lib_path, set_value("sources/added", 0, 2 ** 62))
     with Library.open(lib_path) as lib:

@@ -22,7 +22,8 @@ from hashview.errors import LibraryError
 from hashview.library.records import FORMAT_NAME, STATUS_COMPLETE, SourceRecord
 from hashview.library.schema import Snapshot
 from hashview.library.validation import (StoredData, code_row_shape, committed_rows, damaged,
-                                         model_from_attrs, non_negative, tile_ranges)
+                                         generation_of, model_from_attrs, non_negative,
+                                         tile_ranges)
 
 if TYPE_CHECKING:
     from hashview.library.store import Library
@@ -77,7 +78,7 @@ def load_v1(f: h5py.File, path: Path) -> Snapshot:
     a = f.attrs
     return Snapshot(version=1, model=model, sources=sources, source_tile_size=None,
                     labels=list(data.read(names, len(names))), n_tiles=n_tiles,
-                    generation=int(a.get("n_sources", n)), created=str(a["created"]),
+                    generation=generation_of(f, path), created=str(a["created"]),
                     updated=str(a["updated"]))
 
 

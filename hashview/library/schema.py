@@ -30,7 +30,8 @@ from hashview import __version__
 from hashview.errors import LibraryError
 from hashview.library.records import (FORMAT_NAME, SCHEMA_VERSION, ModelInfo, SourceRecord)
 from hashview.library.validation import (INT32_MAX, StoredData, code_row_shape, committed_rows,
-                                         model_from_attrs, non_negative, tile_ranges)
+                                         generation_of, model_from_attrs, non_negative,
+                                         tile_ranges)
 
 TILE_COLUMNS: dict[str, str] = {"source_id": "int32", "x": "int32", "y": "int32",
                                 "label_id": "int16"}
@@ -268,7 +269,7 @@ def load(f: h5py.File, path: Path) -> Snapshot:
     return Snapshot(version=2, model=model, sources=sources,
                     source_tile_size=cols["tile_size"].astype(np.int32),
                     labels=labels, n_tiles=n_tiles,
-                    generation=int(a.get("generation", 0)), created=str(a["created"]),
+                    generation=generation_of(f, path), created=str(a["created"]),
                     updated=str(a["updated"]))
 
 

@@ -26,7 +26,7 @@ from hashview.library.files import FileLocks, LockBusy
 from hashview.library.records import ModelInfo, SourceRecord, TileRecord
 from hashview.library.schema import (Snapshot, model_info_from_args, reason_from_oserror,
                                      write_skeleton)
-from hashview.library.validation import check_tile_rows
+from hashview.library.validation import check_tile_rows, generation_of
 from hashview.library.writing import OPEN_FOR_WRITING, LibraryWriting
 
 
@@ -220,7 +220,7 @@ class Library(LibraryWriting):
         commit (cheap: reads one attribute). Compare with :attr:`generation`."""
         path = Path(path)
         with _read_access(path) as (f, _):
-            return _generation_of(f)
+            return generation_of(f, path)
 
     def has_changed(self) -> bool:
         """True when the file on disk has moved on from this read-only snapshot (a commit since
@@ -229,7 +229,7 @@ class Library(LibraryWriting):
             return False  # this object is the only writer
         try:
             with _read_access(self._path) as (f, inode):
-                return inode != self._inode or _generation_of(f) != self.generation
+                return inode != self._inode or generation_of(f, self._path) != self.generation
         except LibraryError:
             return True
 
@@ -467,8 +467,3 @@ def _load_any(f: h5py.File, path: Path) -> Snapshot:
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
         raise LibraryError(path, reason_from_oserror(e, False)) from None
-
-
-def _generation_of(f: h5py.File) -> int:
-    a = f.attrs
-    return int(a.get("generation", a.get("n_sources", 0)))

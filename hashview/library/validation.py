@@ -52,7 +52,8 @@ def _scalar_attr(f: h5py.File, path: Path, key: str):
     return value
 
 
-def _int_attr(f: h5py.File, path: Path, key: str, low: int, high: int) -> int:
+def int_attr(f: h5py.File, path: Path, key: str, low: int, high: int) -> int:
+    """The integer attribute ``key`` within ``low .. high``, or LibraryError."""
     value = _scalar_attr(f, path, key)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise damaged(path, f"attribute {key} is not an integer: {printable(repr(value))[:80]}")
@@ -72,10 +73,10 @@ def model_from_attrs(f: h5py.File, path: Path) -> ModelInfo:
     if kind not in CODE_KINDS:
         raise damaged(path, f"code_kind is {printable(repr(kind))[:80]}, not one of "
                             f"{', '.join(CODE_KINDS)}")
-    bits = _int_attr(f, path, "bits", 1, MAX_CODE_BITS)
+    bits = int_attr(f, path, "bits", 1, MAX_CODE_BITS)
     if kind == "binary" and bits % 8:
         raise damaged(path, f"binary codes of {bits} bits: the length must be a multiple of 8")
-    tile_size = _int_attr(f, path, "tile_size", 1, INT32_MAX)
+    tile_size = int_attr(f, path, "tile_size", 1, INT32_MAX)
     target_mpp = _scalar_attr(f, path, "target_mpp")
     if (isinstance(target_mpp, (bool, np.bool_)) or not isinstance(target_mpp, numbers.Real)
             or not np.isfinite(target_mpp) or target_mpp <= 0):
@@ -84,6 +85,12 @@ def model_from_attrs(f: h5py.File, path: Path) -> ModelInfo:
     return ModelInfo(name=values["model_name"], arch=values["model_arch"], bits=bits,
                      sha256=values["model_sha256"], tile_size=tile_size,
                      target_mpp=float(target_mpp), code_kind=str(kind))
+
+
+def generation_of(f: h5py.File, path: Path) -> int:
+    """The commit count (schema 1 has none: its source count grows with every commit)."""
+    key = "generation" if "generation" in f.attrs else "n_sources"
+    return int_attr(f, path, key, 0, 2 ** 62) if key in f.attrs else 0
 
 
 def code_row_shape(model: ModelInfo) -> tuple[int]:
