@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from PIL import Image
 
@@ -19,6 +19,10 @@ from hashview.errors import SourceError
 from hashview.search import Hit, Searcher, Vote, vote
 from hashview.slides import Source, open_source
 from hashview.tiling import Tile, TilingParams, load_patch, plan_geometry, read_tile
+
+if TYPE_CHECKING:
+    from hashview.library import ModelInfo
+    from hashview.models import LoadedModel
 
 # A region more than this many library tiles wide or high is refused: it would take minutes on a CPU.
 MAX_REGION_TILES = 64
@@ -67,21 +71,47 @@ def open_search(library_path: str | Path, device: str = "auto",
     :class:`~hashview.search.Searcher` (an approximate index comes from the library's sidecar
     file when one is valid; ``searcher.needs_index_build()`` says when it must be built).
     """
-    from hashview.errors import LibraryError
-    from hashview.library import Library, ModelInfo
-    from hashview.models import load_model
+    from hashview.library import Library
 
     # Only the copy is made with the file open (milliseconds): loading the model takes about a
     # second, and an indexing job that starts meanwhile would find the file locked.
     with Library.open(library_path, mode="r") as library:
         searcher = Searcher(library, index=index)
         stored = library.model
-    loaded = load_model(model or stored.name)
+    return searcher, Encoder(load_library_model(library_path, stored, model), device=device)
+
+
+def load_library_model(library_path: str | Path, stored: "ModelInfo",
+                       model: Optional[str | Path] = None) -> "LoadedModel":
+    """The model that encodes queries for a library whose codes come from ``stored``.
+
+    ``model`` (a name or path the user gave) or else the library's own model, which is looked
+    up by name among the installed models only: a library may come from anyone, and its
+    ``model_name`` must not make HashView load whatever file it points at. Either must have the
+    library's weights (sha256) and bits, or ``LibraryError`` says why.
+    """
+    from hashview.errors import LibraryError, ModelError, printable
+    from hashview.library import ModelInfo
+    from hashview.models.store import is_plain_model_name, load_installed_model, load_model
+
+    if model:
+        loaded = load_model(model)
+    elif not is_plain_model_name(stored.name):
+        raise LibraryError(library_path, f"its model name {printable(repr(stored.name))[:120]} "
+                                         "is not a model name (it is looked up among installed "
+                                         "models only); give the model to use explicitly")
+    else:
+        try:
+            loaded = load_installed_model(stored.name)
+        except ModelError as e:
+            if e.path is not None:  # an installed model file that is broken: name that file
+                raise
+            raise LibraryError(library_path, f"its model is not installed: {e.reason}") from None
     other = ModelInfo.coerce(loaded.card)
     if (other.sha256, other.bits) != (stored.sha256, stored.bits):
         raise LibraryError(library_path, f"made with {stored.describe()}; cannot search it "
                                          f"with {other.describe()}")
-    return searcher, Encoder(loaded, device=device)
+    return loaded
 
 
 def build_library_index(library_path: str | Path, kind: str = "auto",

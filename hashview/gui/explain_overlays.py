@@ -70,11 +70,11 @@ class ExplainLoader(BackgroundReader):
         with self._lock:
             if library not in self._models:
                 from hashview.library import Library
-                from hashview.models import load_model
+                from hashview.query import load_library_model
 
                 with Library.open(library, mode="r") as lib:
-                    name = lib.model.name
-                self._models[library] = load_model(name)
+                    stored = lib.model
+                self._models[library] = load_library_model(library, stored)
             return self._models[library]
 
     def request(self, key: str, library: str, query: Image.Image, path: str,

@@ -21,7 +21,10 @@ import numpy as np
 
 from hashview.errors import LibraryError
 from hashview.library.records import FORMAT_NAME, STATUS_COMPLETE, SourceRecord
-from hashview.library.schema import Snapshot, model_from_attrs, require
+from hashview.library.schema import Snapshot
+from hashview.library.validation import (StoredData, code_row_shape, committed_rows, damaged,
+                                         generation_of, model_from_attrs, non_negative,
+                                         tile_ranges)
 
 if TYPE_CHECKING:
     from hashview.library.store import Library
@@ -39,17 +42,22 @@ TILE_COLUMNS_V1: dict[str, str] = {
 
 
 def load_v1(f: h5py.File, path: Path) -> Snapshot:
-    require(f, path, ["tiles/codes", "labels/names", *(f"tiles/{n}" for n in TILE_COLUMNS_V1),
-                      *(f"sources/{n}" for n in SOURCE_COLUMNS_V1)])
-    model = model_from_attrs(f)
-    src = f["sources"]
-    n_rows = min(len(src[name]) for name in SOURCE_COLUMNS_V1)
-    status = src["status"].asstr()[:n_rows]
-    n = 0
-    while n < n_rows and status[n] == STATUS_COMPLETE:
-        n += 1
-    cols = {name: (src[name].asstr() if kind == "str" else src[name])[:n]
-            for name, kind in SOURCE_COLUMNS_V1.items()}
+    """Read a schema-1 library's complete sources, checking columns as ``schema.load`` does."""
+    model = model_from_attrs(f, path)
+    if model.code_kind != "binary":
+        raise damaged(path, "schema 1 stores binary codes only")
+    data = StoredData(f, path)
+    src = {name: data.dataset(f"sources/{name}", kind)
+           for name, kind in SOURCE_COLUMNS_V1.items()}
+    tiles = {name: data.dataset(f"tiles/{name}", kind) for name, kind in TILE_COLUMNS_V1.items()}
+    tiles["codes"] = data.dataset("tiles/codes", "uint8", code_row_shape(model))
+    names = data.dataset("labels/names", "str")
+    n_rows = min(len(ds) for ds in src.values())
+    n, _ = committed_rows(data, src["status"], n_rows, STATUS_COMPLETE)
+    cols = {name: data.read(ds, n) for name, ds in src.items() if name != "status"}
+    n_tiles = tile_ranges(path, cols["tile_start"], cols["tile_count"])
+    for what in ("width", "height", "byte_size"):
+        non_negative(path, what, cols[what])
     sources = []
     for i in range(n):
         mpp = float(cols["mpp"][i])
@@ -63,15 +71,15 @@ def load_v1(f: h5py.File, path: Path) -> Snapshot:
             tile_start=int(cols["tile_start"][i]), tile_count=int(cols["tile_count"][i]),
             mpp_assumed=bool(cols["mpp_assumed"][i]), added=str(cols["added"][i]),
             status=STATUS_COMPLETE))
-    n_tiles = sources[-1].tile_start + sources[-1].tile_count if sources else 0
-    shortest = min(len(f["tiles"][name]) for name in ("codes", *TILE_COLUMNS_V1))
-    if shortest < n_tiles or f["tiles/codes"].shape[1] != model.bits // 8:
-        raise LibraryError(path, "library is inconsistent (tile arrays shorter than the "
-                                 "sources table says); the file is damaged")
+    for ds in tiles.values():
+        if len(ds) < n_tiles:
+            raise LibraryError(path, "library is inconsistent (tile arrays shorter than the "
+                                     "sources table says); the file is damaged")
+        data.reserve(ds, n_tiles)  # read later, as asked for
     a = f.attrs
     return Snapshot(version=1, model=model, sources=sources, source_tile_size=None,
-                    labels=list(f["labels/names"].asstr()[:]), n_tiles=n_tiles,
-                    generation=int(a.get("n_sources", n)), created=str(a["created"]),
+                    labels=list(data.read(names, len(names))), n_tiles=n_tiles,
+                    generation=generation_of(f, path), created=str(a["created"]),
                     updated=str(a["updated"]))
 
 

@@ -29,6 +29,9 @@ import numpy as np
 from hashview import __version__
 from hashview.errors import LibraryError
 from hashview.library.records import (FORMAT_NAME, SCHEMA_VERSION, ModelInfo, SourceRecord)
+from hashview.library.validation import (INT32_MAX, StoredData, code_row_shape, committed_rows,
+                                         generation_of, model_from_attrs, non_negative,
+                                         tile_ranges)
 
 TILE_COLUMNS: dict[str, str] = {"source_id": "int32", "x": "int32", "y": "int32",
                                 "label_id": "int16"}
@@ -44,7 +47,6 @@ STATUS_COMMITTED = 1
 CHUNK_BYTES = 1 << 14  # 16 KiB: small libraries stay small; reads of 10**7 rows stay fast
 SOURCE_CHUNK_ROWS = 256
 FLOAT_DTYPE = np.float16
-INT32_MAX = np.iinfo(np.int32).max
 
 
 @dataclass
@@ -75,9 +77,13 @@ def iso_to_epoch(text: str) -> int:
 
 
 def epoch_to_iso(seconds: int) -> str:
+    """The ISO time of ``seconds``; "" when unknown (0) or beyond what a date can say."""
     if seconds <= 0:
         return ""
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return ""
 
 
 def reason_from_oserror(e: BaseException, writing: bool) -> str:
@@ -154,21 +160,6 @@ def file_version(f: h5py.File, path: Path) -> int:
     return version
 
 
-def require(f: h5py.File, path: Path, names: list[str]) -> None:
-    missing = [name for name in names if name not in f]
-    if missing:
-        raise LibraryError(path, f"library is incomplete (missing /{missing[0]})")
-
-
-def model_from_attrs(f: h5py.File) -> ModelInfo:
-    a = f.attrs
-    kind = a.get("code_kind", "binary")
-    return ModelInfo(name=str(a["model_name"]), arch=str(a["model_arch"]), bits=int(a["bits"]),
-                     sha256=str(a["model_sha256"]), tile_size=int(a["tile_size"]),
-                     target_mpp=float(a["target_mpp"]),
-                     code_kind=kind.decode() if isinstance(kind, bytes) else str(kind))
-
-
 def model_info_from_args(model_name, model_arch, bits, model_sha256, tile_size, target_mpp,
                          path, code_kind: Optional[str] = None) -> ModelInfo:
     """ModelInfo from Library.create-style arguments (model_name may be a card, dict...)."""
@@ -201,11 +192,12 @@ def split_text(blob: np.ndarray, n_rows: int, per_row: int, path: Path) -> list[
     return values[:-1]
 
 
-def read_labels(f: h5py.File, path: Path) -> list[str]:
-    ends = f["labels/text_end"][:]
-    text = f["labels/text"]
+def read_labels(data: StoredData, path: Path) -> list[str]:
+    ends_ds = data.dataset("labels/text_end", "int64")
+    ends = data.read(ends_ds, len(ends_ds))
+    text = data.dataset("labels/text", "uint8")
     n = int(np.searchsorted(ends, len(text), side="right"))  # names whose bytes are all there
-    return split_text(text[: int(ends[n - 1])] if n else np.zeros(0, np.uint8), n, 1, path)
+    return split_text(data.read(text, int(ends[n - 1]) if n else 0), n, 1, path)
 
 
 # ------------------------------------------------------------------ rows
@@ -229,21 +221,33 @@ def source_rows(recs: list[SourceRecord], tile_sizes: list[int],
 
 
 def load(f: h5py.File, path: Path) -> Snapshot:
-    """Read a schema-2 library's committed prefix (see "Reading" in docs/library-format.md)."""
-    require(f, path, ["tiles/codes", "sources/text", "labels/text", "labels/text_end",
-                      *(f"tiles/{n}" for n in TILE_COLUMNS),
-                      *(f"sources/{n}" for n in SOURCE_COLUMNS)])
-    model = model_from_attrs(f)
-    src = f["sources"]
-    n_rows = min(len(src[name]) for name in SOURCE_COLUMNS)
-    not_done = np.flatnonzero(src["status"][:n_rows] != STATUS_COMMITTED)
-    n = int(not_done[0]) if len(not_done) else n_rows
-    cols = {name: src[name][:n] for name in SOURCE_COLUMNS}
+    """Read a schema-2 library's committed prefix (see "Reading" in docs/library-format.md),
+    checking every column before it is read (``validation.py``)."""
+    model = model_from_attrs(f, path)
+    data = StoredData(f, path)
+    src = {name: data.dataset(f"sources/{name}", kind) for name, kind in SOURCE_COLUMNS.items()}
+    tiles = {name: data.dataset(f"tiles/{name}", kind) for name, kind in TILE_COLUMNS.items()}
+    tiles["codes"] = data.dataset("tiles/codes", "float16" if model.code_kind == "float"
+                                  else "uint8", code_row_shape(model))
+    source_text = data.dataset("sources/text", "uint8")
+    n_rows = min(len(ds) for ds in src.values())
+    n, status = committed_rows(data, src["status"], n_rows, STATUS_COMMITTED)
+    cols = {name: data.read(ds, n) for name, ds in src.items() if name != "status"}
+    cols["status"] = status
+    n_tiles = tile_ranges(path, cols["tile_start"], cols["tile_count"])
+    for what in ("tile_size", "width", "height", "byte_size"):
+        non_negative(path, what, cols[what])
     text_end = int(cols["text_end"][-1]) if n else 0
-    if len(src["text"]) < text_end:
+    if not 0 <= text_end <= len(source_text):
         raise LibraryError(path, "library is inconsistent (source text is shorter than the "
                                  "sources table says); the file is damaged")
-    text = split_text(src["text"][:text_end], n, len(TEXT_FIELDS), path)
+    text = split_text(data.read(source_text, text_end), n, len(TEXT_FIELDS), path)
+    for ds in tiles.values():
+        if len(ds) < n_tiles:
+            raise LibraryError(path, "library is inconsistent (tile arrays shorter than the "
+                                     "sources table says); the file is damaged")
+        data.reserve(ds, n_tiles)  # read later, as asked for
+    labels = read_labels(data, path)
     lists = {name: col.tolist() for name, col in cols.items()}
     added_iso: dict[int, str] = {}
     sources = []
@@ -261,26 +265,18 @@ def load(f: h5py.File, path: Path) -> Snapshot:
             label=label or None, patient_id=patient or None,
             tile_start=lists["tile_start"][i], tile_count=lists["tile_count"][i],
             mpp_assumed=bool(flags & FLAG_MPP_ASSUMED), added=added_iso[added]))
-    n_tiles = sources[-1].tile_start + sources[-1].tile_count if sources else 0
-    row_width = model.bits if model.code_kind == "float" else model.bits // 8
-    shortest = min(len(f["tiles"][name]) for name in ("codes", *TILE_COLUMNS))
-    if shortest < n_tiles or f["tiles/codes"].shape[1] != row_width:
-        raise LibraryError(path, "library is inconsistent (tile arrays shorter than the "
-                                 "sources table says); the file is damaged")
     a = f.attrs
     return Snapshot(version=2, model=model, sources=sources,
                     source_tile_size=cols["tile_size"].astype(np.int32),
-                    labels=read_labels(f, path), n_tiles=n_tiles,
-                    generation=int(a.get("generation", 0)), created=str(a["created"]),
+                    labels=labels, n_tiles=n_tiles,
+                    generation=generation_of(f, path), created=str(a["created"]),
                     updated=str(a["updated"]))
 
 
-def read_tiles(f: h5py.File, snap: Snapshot, start: int, stop: int) -> dict[str, np.ndarray]:
-    """Per-tile ``source_id, x, y, size, label_id`` of rows ``start:stop``."""
+def read_tiles(f: h5py.File, start: int, stop: int) -> dict[str, np.ndarray]:
+    """The stored per-tile columns (``source_id, x, y, label_id``) of rows ``start:stop``."""
     t = f["tiles"]
-    out = {name: t[name][start:stop] for name in TILE_COLUMNS}
-    out["size"] = snap.source_tile_size[out["source_id"]]
-    return {name: out[name] for name in ("source_id", "x", "y", "size", "label_id")}
+    return {name: t[name][start:stop] for name in TILE_COLUMNS}
 
 
 def validate_tiles(path: Path, model: ModelInfo, rec: SourceRecord, codes, xs, ys, sizes):

@@ -26,6 +26,7 @@ from hashview.library.files import FileLocks, LockBusy
 from hashview.library.records import ModelInfo, SourceRecord, TileRecord
 from hashview.library.schema import (Snapshot, model_info_from_args, reason_from_oserror,
                                      write_skeleton)
+from hashview.library.validation import check_tile_rows, generation_of
 from hashview.library.writing import OPEN_FOR_WRITING, LibraryWriting
 
 
@@ -60,6 +61,7 @@ class Library(LibraryWriting):
         self._labels = snapshot.labels
         self._label_index = {name: i for i, name in enumerate(self._labels)}
         self._n_tiles = snapshot.n_tiles
+        self._ends = np.zeros(0, np.int64)
 
     # ----------------------------------------------------------------- opening
     @classmethod
@@ -238,7 +240,7 @@ class Library(LibraryWriting):
         commit (cheap: reads one attribute). Compare with :attr:`generation`."""
         path = Path(path)
         with _read_access(path) as (f, _):
-            return _generation_of(f)
+            return generation_of(f, path)
 
     def has_changed(self) -> bool:
         """True when the file on disk has moved on from this read-only snapshot (a commit since
@@ -247,7 +249,7 @@ class Library(LibraryWriting):
             return False  # this object is the only writer
         try:
             with _read_access(self._path) as (f, inode):
-                return inode != self._inode or _generation_of(f) != self.generation
+                return inode != self._inode or generation_of(f, self._path) != self.generation
         except LibraryError:
             return True
 
@@ -389,10 +391,25 @@ class Library(LibraryWriting):
 
     # ----------------------------------------------------------------- helpers
     def _tiles(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Per-tile ``source_id, x, y, size, label_id`` of rows ``start:stop``, checked."""
         with self._reading() as f:
             if self._snapshot.version == 1:
-                return legacy.read_tiles_v1(f, start, stop)
-            return schema.read_tiles(f, self._snapshot, start, stop)
+                out = legacy.read_tiles_v1(f, start, stop)
+            else:
+                out = schema.read_tiles(f, start, stop)
+        check_tile_rows(self._path, self._tile_ends(), len(self._labels), start,
+                        out["source_id"], out["label_id"])
+        if self._snapshot.version == 1:
+            return out
+        out["size"] = self._snapshot.source_tile_size[out["source_id"]]
+        return {name: out[name] for name in ("source_id", "x", "y", "size", "label_id")}
+
+    def _tile_ends(self) -> np.ndarray:
+        """Each source's end tile (exclusive), recomputed when sources were appended."""
+        if len(self._ends) != len(self._sources):
+            self._ends = np.fromiter((s.tile_start + s.tile_count for s in self._sources),
+                                     np.int64, len(self._sources))
+        return self._ends
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[h5py.File]:
@@ -497,8 +514,3 @@ def _load_any(f: h5py.File, path: Path) -> Snapshot:
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
         raise LibraryError(path, reason_from_oserror(e, False)) from None
-
-
-def _generation_of(f: h5py.File) -> int:
-    a = f.attrs
-    return int(a.get("generation", a.get("n_sources", 0)))

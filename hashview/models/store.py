@@ -26,7 +26,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from hashview import __version__
-from hashview.errors import ModelError
+from hashview.errors import ModelError, printable
 from hashview.models.base import HashingNet
 from hashview.models.cards import ModelCard
 from hashview.models.registry import build_model
@@ -199,12 +199,33 @@ def load_model(name_or_path: PathLike, device: Union[str, torch.device, None] = 
             raise ModelError(path, "not a model file (expected NAME.safetensors with NAME.json)")
         loaded = _load_files(path, source=str(path))
     else:
-        found = _find_named(text)
-        if found is not None:
-            loaded = _load_files(*found)
-        else:
-            names = ", ".join(sorted({c.name for c in list_models()})) or "none"
-            raise ModelError(None, f"unknown model {text!r} (available: {names})")
+        return load_installed_model(text, device)
+    return _to_device(loaded, device)
+
+
+def is_plain_model_name(name: object) -> bool:
+    """True for a name that can only mean a file in a models directory: no path separator,
+    drive, ``.``/``..``, control character, and at most 255 characters."""
+    return (isinstance(name, str) and 0 < len(name) <= 255 and name not in (".", "..")
+            and name.isprintable() and not any(c in name for c in "/\\:"))
+
+
+def load_installed_model(name: str,
+                         device: Union[str, torch.device, None] = None) -> LoadedModel:
+    """Load a bundled or user model by its name only, never from a path: for names read from
+    files (a library's ``model_name``), which must not make HashView load files they point at.
+    """
+    if not is_plain_model_name(name):
+        raise ModelError(None, f"{printable(repr(name))[:120]} is not a model name (models "
+                               "named by a library are looked up among installed models)")
+    found = _find_named(name)
+    if found is None:
+        names = ", ".join(sorted({c.name for c in list_models()})) or "none"
+        raise ModelError(None, f"unknown model {name!r} (available: {names})")
+    return _to_device(_load_files(*found), device)
+
+
+def _to_device(loaded: LoadedModel, device: Union[str, torch.device, None]) -> LoadedModel:
     if device is not None:
         from hashview.encode import pick_device
         loaded.net.to(pick_device(device))

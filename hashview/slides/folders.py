@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..errors import HashViewError, SourceError
+from ..errors import HashViewError, SourceError, printable
 from .openslide_source import load_openslide
 
 # Formats only ever used for whole slides (never for patches).
@@ -207,11 +207,6 @@ def is_utf8_path(path: str | Path) -> bool:
     return True
 
 
-def printable_path(path: str | Path) -> str:
-    """The path with undecodable bytes shown as ``\\xe9``: safe in any message or log."""
-    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
-
-
 def expand_inputs(paths) -> tuple[list[InputItem], list[HashViewError]]:
     """Turn command-line paths into items to index, collecting problems instead of raising.
 
@@ -228,7 +223,7 @@ def expand_inputs(paths) -> tuple[list[InputItem], list[HashViewError]]:
             return
         seen.add(key)
         if not is_utf8_path(item.path):
-            errors.append(SourceError(printable_path(item.path), NOT_UTF8_REASON))
+            errors.append(SourceError(printable(os.fspath(item.path)), NOT_UTF8_REASON))
         else:
             items.append(item)
 
