@@ -87,7 +87,9 @@ def open_search(library_path: str | Path, device: str = "auto",
 def build_library_index(library_path: str | Path, kind: str = "auto",
                         progress=None) -> dict:
     """Build and save the approximate index of a library (``kind`` "auto": only when the
-    library is large enough to want one). Returns what was done, JSON-ready."""
+    library is large enough to want one). Returns what was done, JSON-ready; ``LibraryError``
+    when the index cannot be saved (its whole point here)."""
+    from hashview import index_store
     from hashview.library import Library
 
     with Library.open(library_path, mode="r") as library:
@@ -97,7 +99,10 @@ def build_library_index(library_path: str | Path, kind: str = "auto",
     if searcher.wanted_kind == "flat":
         summary["message"] = "exact search is fast enough at this size; no index was built"
         return summary
-    built = searcher.build_index(progress=progress)
+    # a sidecar that cannot be saved is refused before the build, not after minutes of it
+    index_store.check_sidecar_writable(searcher.sidecar_path)
+    built = searcher.build_index(progress=progress, save=False)
+    searcher.save_index()
     summary.update(kind=built.kind, params=built.params, recall=built.recall,
                    seconds=round(built.seconds, 3), sidecar=str(searcher.sidecar_path))
     return summary

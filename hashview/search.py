@@ -222,8 +222,10 @@ class Searcher:
 
     def build_index(self, progress: ProgressCallback = None, save: bool = True,
                     kind: Optional[str] = None) -> index_store.BuiltIndex:
-        """Build the approximate index (``kind`` or the wanted one), save it next to the
-        library (atomically) and use it from now on. Searches may run meanwhile (exact)."""
+        """Build the approximate index (``kind`` or the wanted one), use it from now on and,
+        with ``save``, save it next to the library (atomically). Searches may run meanwhile
+        (exact). The sidecar is only a cache: when it cannot be saved (read-only share, full
+        disk) the index is still used and a note says why (:attr:`index_notes`)."""
         kind = kind or self.wanted_kind
         if self.code_kind != "binary" or kind not in index_store.APPROXIMATE_KINDS:
             raise LibraryError(self.path, f"no approximate index for a {self.code_kind} "
@@ -231,12 +233,23 @@ class Searcher:
         if self.n_tiles == 0:
             raise LibraryError(self.path, "the library is empty; there is nothing to index")
         built = index_store.build_binary_index(self._codes, self.bits, kind, progress=progress)
-        if save:
-            index_store.save_sidecar(self.sidecar_path, built, self.identity())
         self.wanted_kind = kind
         self._approximate = built
         self._index = built.index  # one assignment: a search running meanwhile stays exact
+        if save:
+            try:
+                self.save_index()
+            except LibraryError as exc:
+                note = f"{exc}; the index is kept in memory only (built again next time)"
+                built.notes.append(note)
+                self.index_notes.append(note)
         return built
+
+    def save_index(self) -> None:
+        """Save the approximate index in use to the sidecar; ``LibraryError`` when it cannot."""
+        if self._approximate is None:
+            raise LibraryError(self.path, "there is no approximate index to save")
+        index_store.save_sidecar(self.sidecar_path, self._approximate, self.identity())
 
     def identity(self) -> index_store.Identity:
         if self._identity is None:
