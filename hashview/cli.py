@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region", metavar="X,Y,W,H", help="level-0 region of a slide to search with")
     p.add_argument("--top-k", "-k", type=int, default=10)
     p.add_argument("--exclude-source", action="store_true",
-                   help="leave out hits from the query's own slide")
+                   help="leave out hits from the query's own slide (recognised by its "
+                        "content, also when moved or copied)")
     p.add_argument("--label", action="append", dest="labels", metavar="LABEL",
                    help="only return tiles with this label (repeatable)")
     p.add_argument("--source", action="append", dest="sources", type=int, metavar="ID",

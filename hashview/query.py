@@ -180,7 +180,6 @@ def search_file(searcher: Searcher, encoder: Encoder, path: str | Path,
         with open_source(path) as source:
             images = region_tiles(source, region, params, encoder.input_size)
     if exclude_source:
-        own = searcher.source_id_for_path(str(Path(path).resolve()))
-        if own is not None:
-            filters["exclude_sources"] = set(filters.get("exclude_sources") or ()) | {own}
+        filters["exclude_sources"] = (set(filters.get("exclude_sources") or ())
+                                      | searcher.source_ids_of_file(path))
     return search_images(searcher, encoder, images, k=k, **filters)

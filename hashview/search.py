@@ -16,6 +16,7 @@ Float libraries (``code_kind == "float"``): L2-normalised descriptors in an exac
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -25,7 +26,8 @@ import faiss
 import numpy as np
 
 from hashview import index_store
-from hashview.errors import LibraryError
+from hashview.errors import LibraryError, SourceError
+from hashview.library.fingerprint import fingerprint_file
 from hashview.progress import ProgressCallback
 
 
@@ -179,6 +181,7 @@ class Searcher:
         records = library.sources()
         self._source_names = [s.name for s in records]
         self._source_paths = [s.path for s in records]
+        self._source_fingerprints = [s.fingerprint for s in records]
         self._labels = library.label_names()
         self._label_index = {name: i for i, name in enumerate(self._labels)}
         self._approximate: Optional[index_store.BuiltIndex] = None
@@ -277,12 +280,18 @@ class Searcher:
             self.index_notes.extend(built.notes)
             self._approximate = built
 
-    def source_id_for_path(self, path: str) -> Optional[int]:
-        """The id of the source stored under ``path`` (absolute), or None."""
+    def source_ids_of_file(self, path: str | os.PathLike) -> set[int]:
+        """Ids of the stored sources that are the file at ``path``: the same content
+        (fingerprint), wherever the file now lives (moved, copied, renamed), or the same path.
+        What "exclude the query's own slide" leaves out."""
+        names = {os.path.abspath(path), os.path.realpath(path)}
+        ids = {sid for sid, stored in enumerate(self._source_paths) if stored in names}
         try:
-            return self._source_paths.index(path)
-        except ValueError:
-            return None
+            fingerprint = fingerprint_file(path)
+        except SourceError:  # unreadable now: its path is all there is to go by
+            return ids
+        return ids | {sid for sid, stored in enumerate(self._source_fingerprints)
+                      if stored == fingerprint}
 
     def search(self, query_codes: np.ndarray, k: int = 10,
                exclude_sources: Optional[Iterable[int]] = None,

@@ -55,6 +55,29 @@ def test_search_by_slide_region_and_exclude_source(slide_library, capsys):
     assert result["query_tiles"] == 4 and len(result["hits"]) == 10
 
 
+@pytest.mark.parametrize("query_kind", ["slide region", "patch"])
+def test_exclude_source_leaves_out_a_copied_query_slide(slide_library, tmp_path, capsys,
+                                                        query_kind):
+    """The query's own slide is recognised by content, not by path: a copy under another name
+    (or the same file moved) gets none of its stored twin's tiles."""
+    path, _ = slide_library
+    original = (SLIDE if query_kind == "slide region"
+                else sorted((KATHER / "04_LYMPHO").iterdir())[0])
+    copy = tmp_path / f"renamed copy{original.suffix}"
+    shutil.copy(original, copy)
+    with Library.open(path) as lib:
+        stored = lib.find_source(path=str(original.resolve())).path
+    argv = ["search", path, copy, "--json", "-k", "5"]
+    argv += ["--region", "1000,1000,224,224"] if query_kind == "slide region" else []
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert json.loads(out)["hits"][0]["source_path"] == stored  # its twin is the nearest
+    code, out, err = run(capsys, *argv, "--exclude-source")
+    assert code == 0, err
+    hits = json.loads(out)["hits"]
+    assert len(hits) == 5 and all(h["source_path"] != stored for h in hits)
+
+
 def test_search_on_read_only_storage_is_exact_and_says_why(slide_library, small_disk, capsys,
                                                            monkeypatch):
     library = small_disk.path / "library.h5"

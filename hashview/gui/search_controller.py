@@ -182,8 +182,8 @@ class _Engine:
                       for image in request.images]
         filters = {}
         if request.exclude_source:
-            own = {searcher.source_id_for_path(str(Path(p).resolve())) for p in request.own_paths()}
-            filters["exclude_sources"] = {sid for sid in own if sid is not None}
+            filters["exclude_sources"] = {sid for path in request.own_paths()
+                                          for sid in searcher.source_ids_of_file(path)}
         result = search_images(searcher, encoder, images, k=request.k, **filters)
         return SearchOutcome(request, result, images, self.key[0],
                              time.perf_counter() - started, warnings)
