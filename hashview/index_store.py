@@ -322,7 +322,7 @@ def _reading(path: Path) -> Iterator[Optional[BinaryIO]]:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            what = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+            what = next((name for test, name in _NOT_REGULAR if test(mode)), "no regular file")
             raise LibraryError(path, f"is {what}, not an index file")
         with os.fdopen(fd, "rb") as f:
             fd = -1  # closed by the file object from here on
