@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region", metavar="X,Y,W,H", help="level-0 region of a slide to search with")
     p.add_argument("--top-k", "-k", type=int, default=10)
     p.add_argument("--exclude-source", action="store_true",
-                   help="leave out hits from the query's own slide")
+                   help="leave out hits from the query's own slide (recognised by its "
+                        "content, also when moved or copied)")
     p.add_argument("--label", action="append", dest="labels", metavar="LABEL",
                    help="only return tiles with this label (repeatable)")
     p.add_argument("--source", action="append", dest="sources", type=int, metavar="ID",
@@ -199,10 +200,8 @@ def cmd_search(args) -> int:
     searcher, encoder = open_search(args.library, args.device, model=args.model, index=args.index)
     for note in searcher.index_notes:
         print(f"hashview: {note}", file=sys.stderr)
-    if searcher.needs_index_build():  # once: the index is saved next to the library
-        print(f"hashview: building the {searcher.wanted_kind} index of {searcher.n_tiles:,} "
-              "tiles (once)", file=sys.stderr)
-        searcher.build_index()
+    if searcher.needs_index_build():
+        _build_index_to_keep(searcher)
     result = search_file(searcher, encoder, args.query, region=region, k=args.top_k,
                          exclude_source=args.exclude_source,
                          labels=set(args.labels) if args.labels else None,
@@ -215,12 +214,33 @@ def cmd_search(args) -> int:
     return EXIT_OK
 
 
+def _build_index_to_keep(searcher) -> None:
+    """Build the approximate index a search wants, once: it is saved next to the library for
+    the searches to come. One search alone is answered faster exactly than by building, so
+    where the index cannot be saved (a read-only share) the search is exact, and says why."""
+    from hashview import index_store
+
+    try:
+        index_store.check_sidecar_writable(searcher.sidecar_path)
+    except HashViewError as exc:
+        note = f"{exc.message}; searching exactly"
+        searcher.index_notes.append(note)
+        print(f"hashview: {note}", file=sys.stderr)
+        return
+    print(f"hashview: building the {searcher.wanted_kind} index of {searcher.n_tiles:,} "
+          "tiles (once)", file=sys.stderr)
+    for note in searcher.build_index().notes:  # e.g. a disk that filled up: not saved
+        print(f"hashview: {note}", file=sys.stderr)
+
+
 def cmd_index_build(args) -> int:
     from hashview.query import build_library_index
 
     bar = progress_bar(not args.json)
-    summary = build_library_index(args.library, args.kind, progress=bar)
-    bar.close()
+    try:
+        summary = build_library_index(args.library, args.kind, progress=bar)
+    finally:
+        bar.close()
     if args.json:
         print(json.dumps(summary, indent=2))
     elif summary["sidecar"] is None:

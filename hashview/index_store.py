@@ -21,11 +21,17 @@ Choices (measured in ``docs/benchmarks.md``, query section, ``hashview bench --o
 Sidecar file (``LIB.h5.hvindex``): the 8 bytes ``HVINDEX1``, the header length (uint64 little
 endian), a JSON header (kind, parameters, the library identity it was built from, payload size
 and SHA-256) and the FAISS index serialised by ``faiss.serialize_index_binary`` (FAISS's own
-format, not pickle). It is written atomically. On load the header, sizes and payload checksum
-are checked before FAISS sees a byte; the identity (model SHA-256, bits, tile count, SHA-256 of
-the codes) must match the library, so a stale sidecar is never used. A library that grew by
-appends (same first codes, at most :data:`MAX_GROWTH` times the indexed tiles) reuses the index
-and the new codes are added to it.
+format, not pickle). It is written atomically. On load only a regular file is opened (never
+blocking: a named pipe at that path is refused, not waited on); every header field is checked
+for type and range in one place, and the declared sizes against the file's, before anything is
+allocated or FAISS sees a byte; then the payload checksum. The identity (model SHA-256, bits,
+tile count, SHA-256 of the codes) must match the library, so a stale sidecar is never used. A
+library that grew by appends (same first codes, at most :data:`MAX_GROWTH` times the indexed
+tiles) reuses the index and the new codes are added to it.
+
+The sidecar is a cache and never stops a search: a bad one is a one-line ``LibraryError`` that
+the searcher notes and searches exactly; one that cannot be written (read-only share, full
+disk) is a one-line ``LibraryError`` "<sidecar>: not saved (<reason>)".
 """
 
 from __future__ import annotations
@@ -34,11 +40,14 @@ import hashlib
 import json
 import math
 import os
+import stat
 import struct
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import BinaryIO, Iterator, Optional
 
 import faiss
 import numpy as np
@@ -197,7 +206,23 @@ def apply_params(index, params: dict) -> None:
 
 # ---------------------------------------------------------------------------------- sidecar
 
+@dataclass(frozen=True)
+class SidecarHeader:
+    """A sidecar's header once every field has been checked (:func:`_parse_header`)."""
+
+    kind: str
+    params: dict
+    identity: Identity
+    recall: Optional[float]
+    build_seconds: float
+    payload_bytes: int
+    payload_sha256: str
+    offset: int  # where the payload starts in the file
+
+
 def save_sidecar(path: str | os.PathLike, built: BuiltIndex, identity: Identity) -> None:
+    """Write the sidecar atomically; ``LibraryError`` "<path>: not saved (<reason>)" when the
+    storage refuses (read-only, full, a folder in the way). The old file, if any, is kept."""
     payload = faiss.serialize_index_binary(built.index).tobytes()
     header = {
         "format": "hashview-index", "version": FORMAT_VERSION, "kind": built.kind,
@@ -207,33 +232,33 @@ def save_sidecar(path: str | os.PathLike, built: BuiltIndex, identity: Identity)
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     head = json.dumps(header).encode()
-    atomic_write_bytes(path, MAGIC + struct.pack("<Q", len(head)) + head + payload)
-
-
-def read_sidecar_header(path: str | os.PathLike) -> dict:
-    """The header of a sidecar file; ``LibraryError`` naming the file when it is not one."""
-    path = Path(path)
     try:
-        with open(path, "rb") as f:
-            start = f.read(16)
-            if len(start) < 16 or start[:8] != MAGIC:
-                raise LibraryError(path, "not a HashView index file (bad magic)")
-            (length,) = struct.unpack("<Q", start[8:])
-            if length > _MAX_HEADER:
-                raise LibraryError(path, f"corrupt index file (header of {length} bytes)")
-            header = json.loads(f.read(length).decode())
+        atomic_write_bytes(path, MAGIC + struct.pack("<Q", len(head)) + head + payload)
     except OSError as exc:
-        raise LibraryError(path, f"cannot read the index file: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise LibraryError(path, "corrupt index file (header is not JSON)") from None
-    if not isinstance(header, dict) or header.get("format") != "hashview-index":
-        raise LibraryError(path, "corrupt index file (not a hashview-index header)")
-    if header.get("version") != FORMAT_VERSION:
-        raise LibraryError(path, f"index file version {header.get('version')} is not supported")
-    if header.get("kind") not in APPROXIMATE_KINDS:
-        raise LibraryError(path, f"index file holds an unknown kind {header.get('kind')!r}")
-    header["_offset"] = 16 + length
-    return header
+        raise LibraryError(path, f"not saved ({_os_reason(exc)})") from None
+
+
+def check_sidecar_writable(path: str | os.PathLike) -> None:
+    """Raise the ``LibraryError`` :func:`save_sidecar` would, when the sidecar's folder takes no
+    new file (e.g. a read-only share), before minutes are spent building an index to save."""
+    path = Path(path)
+    if path.is_dir():
+        raise LibraryError(path, "not saved (a folder is in the way)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise LibraryError(path, f"not saved ({_os_reason(exc)})") from None
+
+
+def read_sidecar_header(path: str | os.PathLike) -> SidecarHeader:
+    """The checked header of a sidecar file; ``LibraryError`` naming the file when it is not one."""
+    path = Path(path)
+    with _reading(path) as f:
+        if f is None:
+            raise LibraryError(path, "no such file")
+        return _read_header(f, path)
 
 
 def load_sidecar(path: str | os.PathLike, identity: Identity,
@@ -242,31 +267,26 @@ def load_sidecar(path: str | os.PathLike, identity: Identity,
 
     ``codes`` (all of the library's codes) lets an index of an earlier, smaller state of the
     library be reused: its codes must be the library's first ones, and the rest are added.
-    Raises ``LibraryError`` (one line, naming the file) when the file is corrupt.
+    Raises ``LibraryError`` (one line, naming the file) when the file is corrupt or is not a
+    regular file.
     """
     path = Path(path)
-    if not path.exists():
-        return None
-    header = read_sidecar_header(path)
-    try:
-        stored = Identity(**header["identity"])
-    except (TypeError, KeyError):
-        raise LibraryError(path, "corrupt index file (no library identity)") from None
-    if (stored.model_sha256, stored.bits) != (identity.model_sha256, identity.bits):
-        return None
-    if stored.n_tiles != identity.n_tiles or stored.codes_sha256 != identity.codes_sha256:
-        grown = (codes is not None and identity.n_tiles > stored.n_tiles > 0
-                 and identity.n_tiles <= MAX_GROWTH * stored.n_tiles
-                 and codes_digest(codes[:stored.n_tiles]) == stored.codes_sha256)
-        if not grown:
+    with _reading(path) as f:
+        if f is None:
             return None
-    index = _read_payload(path, header)
-    if index.ntotal != stored.n_tiles or index.d != stored.bits:
-        raise LibraryError(path, f"corrupt index file ({index.ntotal} codes of {index.d} bits, "
-                                 f"header says {stored.n_tiles} of {stored.bits})")
-    apply_params(index, header.get("params") or {})
-    built = BuiltIndex(index, header["kind"], header.get("params") or {},
-                       float(header.get("build_seconds") or 0), header.get("recall"),
+        header = _read_header(f, path)
+        stored = header.identity
+        if (stored.model_sha256, stored.bits) != (identity.model_sha256, identity.bits):
+            return None
+        if stored.n_tiles != identity.n_tiles or stored.codes_sha256 != identity.codes_sha256:
+            grown = (codes is not None and identity.n_tiles > stored.n_tiles
+                     and identity.n_tiles <= MAX_GROWTH * stored.n_tiles
+                     and codes_digest(codes[:stored.n_tiles]) == stored.codes_sha256)
+            if not grown:
+                return None
+        index = _read_payload(f, path, header)
+    apply_params(index, header.params)
+    built = BuiltIndex(index, header.kind, header.params, header.build_seconds, header.recall,
                        stored.n_tiles)
     if identity.n_tiles > stored.n_tiles:
         index.add(np.ascontiguousarray(codes[stored.n_tiles:identity.n_tiles]))
@@ -275,21 +295,174 @@ def load_sidecar(path: str | os.PathLike, identity: Identity,
     return built
 
 
-def _read_payload(path: Path, header: dict) -> faiss.IndexBinary:
-    size = header.get("payload_bytes")
-    if not isinstance(size, int) or path.stat().st_size != header["_offset"] + size:
+def _os_reason(exc: OSError) -> str:
+    """"read-only file system", "no space left on device": the OS's words, as a clause."""
+    text = exc.strerror or str(exc) or type(exc).__name__
+    return text[:1].lower() + text[1:]
+
+
+_NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"),
+                (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[Optional[BinaryIO]]:
+    """The sidecar opened for reading, or None when there is none. Only a regular file is read:
+    the open does not block (a named pipe would wait forever for a writer) and what was opened
+    is checked, so nothing else can be swapped in between the check and the read."""
+    flags = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        yield None
+        return
+    except OSError as exc:
+        raise LibraryError(path, f"cannot read the index file ({_os_reason(exc)})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = next((name for test, name in _NOT_REGULAR if test(mode)), "no regular file")
+            raise LibraryError(path, f"is {what}, not an index file")
+        with os.fdopen(fd, "rb") as f:
+            fd = -1  # closed by the file object from here on
+            yield f
+    except OSError as exc:
+        raise LibraryError(path, f"cannot read the index file ({_os_reason(exc)})") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _read_header(f: BinaryIO, path: Path) -> SidecarHeader:
+    """Magic, header length and JSON header, checked against the file's size before anything
+    that size declares is read or allocated."""
+    file_size = os.fstat(f.fileno()).st_size
+    start = f.read(16)
+    if len(start) < 16 or start[:8] != MAGIC:
+        raise LibraryError(path, "not a HashView index file (bad magic)")
+    (length,) = struct.unpack("<Q", start[8:])
+    if length > min(_MAX_HEADER, file_size - 16):
+        raise LibraryError(path, f"corrupt index file (header of {length} bytes in a file of "
+                                 f"{file_size})")
+    try:
+        raw = json.loads(f.read(length).decode())
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        # ValueError: not JSON, or an integer too long to convert; RecursionError: deep nesting
+        raise LibraryError(path, "corrupt index file (header is not JSON)") from None
+    return _parse_header(path, raw, offset=16 + length, file_size=file_size)
+
+
+_MISSING = object()
+
+
+def _shown(value) -> str:
+    """A header value as an error message may quote it: scalars shortened, containers named
+    (a deeply nested one cannot even be printed)."""
+    if isinstance(value, (dict, list)):
+        return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
+    text = repr(value) if not _is_int(value) or value.bit_length() < 128 else "a huge integer"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _is_sha256(value) -> bool:
+    return (isinstance(value, str) and len(value) == 64
+            and all(c in "0123456789abcdef" for c in value))
+
+
+def _parse_header(path: Path, raw, offset: int, file_size: int) -> SidecarHeader:
+    """Every header field, with its type and range: the one place a header is trusted."""
+
+    def field_(mapping: dict, key: str, valid, wanted: str, where: str = ""):
+        value = mapping.get(key, _MISSING)
+        if value is _MISSING:
+            raise LibraryError(path, f"corrupt index file (no {where}{key})")
+        if not valid(value):
+            raise LibraryError(path, f"corrupt index file ({where}{key} must be {wanted}, "
+                                     f"not {_shown(value)})")
+        return value
+
+    if not isinstance(raw, dict) or raw.get("format") != "hashview-index":
+        raise LibraryError(path, "corrupt index file (not a hashview-index header)")
+    version = raw.get("version")
+    if not _is_int(version) or version != FORMAT_VERSION:
+        raise LibraryError(path, f"index file version {_shown(version)} is not supported")
+    kind = raw.get("kind")
+    if not isinstance(kind, str) or kind not in APPROXIMATE_KINDS:
+        raise LibraryError(path, f"index file holds an unknown kind {_shown(kind)}")
+    ident = field_(raw, "identity", lambda v: isinstance(v, dict), "an object")
+    bits = field_(ident, "bits", lambda v: _is_int(v) and 8 <= v <= 1 << 16 and v % 8 == 0,
+                  "a multiple of 8 from 8 to 65536", "identity.")
+    identity = Identity(
+        field_(ident, "model_sha256", lambda v: isinstance(v, str) and 0 < len(v) <= 128,
+               "a string", "identity."),
+        bits,
+        field_(ident, "n_tiles", lambda v: _is_int(v) and 1 <= v <= 1 << 40,
+               "a positive tile count", "identity."),
+        field_(ident, "codes_sha256", _is_sha256, "a SHA-256 in hex", "identity."))
+    params = field_(raw, "params", lambda v: isinstance(v, dict), "an object")
+    checked = {"kind": kind}
+    if kind == "ivf":
+        checked["nlist"] = field_(params, "nlist", lambda v: _is_int(v) and 1 <= v <= 1 << 20,
+                                  "an integer from 1 to 1048576", "params.")
+        checked["nprobe"] = field_(params, "nprobe",
+                                   lambda v: _is_int(v) and 1 <= v <= checked["nlist"],
+                                   f"an integer from 1 to nlist ({checked['nlist']})", "params.")
+    else:
+        checked["hash_bits"] = field_(params, "hash_bits", lambda v: _is_int(v) and 1 <= v <= 64,
+                                      "an integer from 1 to 64", "params.")
+        checked["nhash"] = field_(
+            params, "nhash", lambda v: _is_int(v) and 1 <= v * checked["hash_bits"] <= bits,
+            "a positive integer with nhash x hash_bits <= bits", "params.")
+        checked["nflip"] = field_(params, "nflip",
+                                  lambda v: _is_int(v) and 0 <= v <= checked["hash_bits"],
+                                  "an integer from 0 to hash_bits", "params.")
+    recall = field_(raw, "recall", lambda v: v is None or (_is_number(v) and 0 <= v <= 1),
+                    "null or a number from 0 to 1")
+    seconds = field_(raw, "build_seconds", lambda v: _is_number(v) and v >= 0,
+                     "a number of seconds")
+    payload_bytes = field_(raw, "payload_bytes",
+                           lambda v: _is_int(v) and 0 < v and offset + v <= file_size,
+                           f"a size that fits the file ({file_size - offset} bytes after the "
+                           "header)")
+    if offset + payload_bytes != file_size:
         raise LibraryError(path, "corrupt index file (truncated or wrong size)")
-    with open(path, "rb") as f:
-        f.seek(header["_offset"])
-        payload = f.read(size)
-    if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
+    return SidecarHeader(kind, checked, identity, None if recall is None else float(recall),
+                         float(seconds), payload_bytes,
+                         field_(raw, "payload_sha256", _is_sha256, "a SHA-256 in hex"), offset)
+
+
+def _read_payload(f: BinaryIO, path: Path, header: SidecarHeader) -> faiss.IndexBinary:
+    f.seek(header.offset)
+    payload = f.read(header.payload_bytes)
+    if len(payload) != header.payload_bytes:
+        raise LibraryError(path, "corrupt index file (truncated or wrong size)")
+    if hashlib.sha256(payload).hexdigest() != header.payload_sha256:
         raise LibraryError(path, "corrupt index file (checksum mismatch)")
     try:
         index = faiss.deserialize_index_binary(np.frombuffer(payload, np.uint8))
-    except RuntimeError as exc:
-        raise LibraryError(path, f"corrupt index file ({str(exc).splitlines()[0]})") from None
-    wanted = faiss.IndexBinaryIVF if header["kind"] == "ivf" else faiss.IndexBinaryMultiHash
+    except (RuntimeError, MemoryError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LibraryError(path, f"corrupt index file ({reason})") from None
+    wanted = faiss.IndexBinaryIVF if header.kind == "ivf" else faiss.IndexBinaryMultiHash
     if not isinstance(index, wanted):
         raise LibraryError(path, f"corrupt index file (holds a {type(index).__name__}, header "
-                                 f"says {header['kind']})")
+                                 f"says {header.kind})")
+    stored = header.identity
+    shape = {key: value for key, value in header.params.items() if key in ("nlist", "nhash",
+                                                                           "hash_bits")}
+    if (index.ntotal, index.d) != (stored.n_tiles, stored.bits) or \
+            _shape_params(index, header.kind) != shape:
+        raise LibraryError(path, f"corrupt index file (holds {index.ntotal} codes of {index.d} "
+                                 f"bits, {_shape_params(index, header.kind)}; header says "
+                                 f"{stored.n_tiles} of {stored.bits}, {shape})")
     return index

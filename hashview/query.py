@@ -117,7 +117,9 @@ def load_library_model(library_path: str | Path, stored: "ModelInfo",
 def build_library_index(library_path: str | Path, kind: str = "auto",
                         progress=None) -> dict:
     """Build and save the approximate index of a library (``kind`` "auto": only when the
-    library is large enough to want one). Returns what was done, JSON-ready."""
+    library is large enough to want one). Returns what was done, JSON-ready; ``LibraryError``
+    when the index cannot be saved (its whole point here)."""
+    from hashview import index_store
     from hashview.library import Library
 
     with Library.open(library_path, mode="r") as library:
@@ -127,7 +129,10 @@ def build_library_index(library_path: str | Path, kind: str = "auto",
     if searcher.wanted_kind == "flat":
         summary["message"] = "exact search is fast enough at this size; no index was built"
         return summary
-    built = searcher.build_index(progress=progress)
+    # a sidecar that cannot be saved is refused before the build, not after minutes of it
+    index_store.check_sidecar_writable(searcher.sidecar_path)
+    built = searcher.build_index(progress=progress, save=False)
+    searcher.save_index()
     summary.update(kind=built.kind, params=built.params, recall=built.recall,
                    seconds=round(built.seconds, 3), sidecar=str(searcher.sidecar_path))
     return summary
@@ -205,7 +210,6 @@ def search_file(searcher: Searcher, encoder: Encoder, path: str | Path,
         with open_source(path) as source:
             images = region_tiles(source, region, params, encoder.input_size)
     if exclude_source:
-        own = searcher.source_id_for_path(str(Path(path).resolve()))
-        if own is not None:
-            filters["exclude_sources"] = set(filters.get("exclude_sources") or ()) | {own}
+        filters["exclude_sources"] = (set(filters.get("exclude_sources") or ())
+                                      | searcher.source_ids_of_file(path))
     return search_images(searcher, encoder, images, k=k, **filters)

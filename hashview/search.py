@@ -16,6 +16,7 @@ Float libraries (``code_kind == "float"``): L2-normalised descriptors in an exac
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -25,7 +26,8 @@ import faiss
 import numpy as np
 
 from hashview import index_store
-from hashview.errors import LibraryError
+from hashview.errors import LibraryError, SourceError
+from hashview.library.fingerprint import fingerprint_file
 from hashview.progress import ProgressCallback
 
 
@@ -179,6 +181,7 @@ class Searcher:
         records = library.sources()
         self._source_names = [s.name for s in records]
         self._source_paths = [s.path for s in records]
+        self._source_fingerprints = [s.fingerprint for s in records]
         self._labels = library.label_names()
         self._label_index = {name: i for i, name in enumerate(self._labels)}
         self._approximate: Optional[index_store.BuiltIndex] = None
@@ -222,8 +225,10 @@ class Searcher:
 
     def build_index(self, progress: ProgressCallback = None, save: bool = True,
                     kind: Optional[str] = None) -> index_store.BuiltIndex:
-        """Build the approximate index (``kind`` or the wanted one), save it next to the
-        library (atomically) and use it from now on. Searches may run meanwhile (exact)."""
+        """Build the approximate index (``kind`` or the wanted one), use it from now on and,
+        with ``save``, save it next to the library (atomically). Searches may run meanwhile
+        (exact). The sidecar is only a cache: when it cannot be saved (read-only share, full
+        disk) the index is still used and a note says why (:attr:`index_notes`)."""
         kind = kind or self.wanted_kind
         if self.code_kind != "binary" or kind not in index_store.APPROXIMATE_KINDS:
             raise LibraryError(self.path, f"no approximate index for a {self.code_kind} "
@@ -231,12 +236,23 @@ class Searcher:
         if self.n_tiles == 0:
             raise LibraryError(self.path, "the library is empty; there is nothing to index")
         built = index_store.build_binary_index(self._codes, self.bits, kind, progress=progress)
-        if save:
-            index_store.save_sidecar(self.sidecar_path, built, self.identity())
         self.wanted_kind = kind
         self._approximate = built
         self._index = built.index  # one assignment: a search running meanwhile stays exact
+        if save:
+            try:
+                self.save_index()
+            except LibraryError as exc:
+                note = f"{exc}; the index is kept in memory only (built again next time)"
+                built.notes.append(note)
+                self.index_notes.append(note)
         return built
+
+    def save_index(self) -> None:
+        """Save the approximate index in use to the sidecar; ``LibraryError`` when it cannot."""
+        if self._approximate is None:
+            raise LibraryError(self.path, "there is no approximate index to save")
+        index_store.save_sidecar(self.sidecar_path, self._approximate, self.identity())
 
     def identity(self) -> index_store.Identity:
         if self._identity is None:
@@ -264,12 +280,18 @@ class Searcher:
             self.index_notes.extend(built.notes)
             self._approximate = built
 
-    def source_id_for_path(self, path: str) -> Optional[int]:
-        """The id of the source stored under ``path`` (absolute), or None."""
+    def source_ids_of_file(self, path: str | os.PathLike) -> set[int]:
+        """Ids of the stored sources that are the file at ``path``: the same content
+        (fingerprint), wherever the file now lives (moved, copied, renamed), or the same path.
+        What "exclude the query's own slide" leaves out."""
+        names = {os.path.abspath(path), os.path.realpath(path)}
+        ids = {sid for sid, stored in enumerate(self._source_paths) if stored in names}
         try:
-            return self._source_paths.index(path)
-        except ValueError:
-            return None
+            fingerprint = fingerprint_file(path)
+        except SourceError:  # unreadable now: its path is all there is to go by
+            return ids
+        return ids | {sid for sid, stored in enumerate(self._source_fingerprints)
+                      if stored == fingerprint}
 
     def search(self, query_codes: np.ndarray, k: int = 10,
                exclude_sources: Optional[Iterable[int]] = None,

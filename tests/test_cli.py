@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
+from _mounts import small_disk  # noqa: F401  (a fixture)
 from conftest import KATHER, SLIDE
+from hashview import index_store
 from hashview.cli import main
 from hashview.library import Library
 
@@ -50,6 +53,73 @@ def test_search_by_slide_region_and_exclude_source(slide_library, capsys):
     assert code == 0, err
     result = json.loads(out)
     assert result["query_tiles"] == 4 and len(result["hits"]) == 10
+
+
+@pytest.mark.parametrize("query_kind", ["slide region", "patch"])
+def test_exclude_source_leaves_out_a_copied_query_slide(slide_library, tmp_path, capsys,
+                                                        query_kind):
+    """The query's own slide is recognised by content, not by path: a copy under another name
+    (or the same file moved) gets none of its stored twin's tiles."""
+    path, _ = slide_library
+    original = (SLIDE if query_kind == "slide region"
+                else sorted((KATHER / "04_LYMPHO").iterdir())[0])
+    copy = tmp_path / f"renamed copy{original.suffix}"
+    shutil.copy(original, copy)
+    with Library.open(path) as lib:
+        stored = lib.find_source(path=str(original.resolve())).path
+    argv = ["search", path, copy, "--json", "-k", "5"]
+    argv += ["--region", "1000,1000,224,224"] if query_kind == "slide region" else []
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert json.loads(out)["hits"][0]["source_path"] == stored  # its twin is the nearest
+    code, out, err = run(capsys, *argv, "--exclude-source")
+    assert code == 0, err
+    hits = json.loads(out)["hits"]
+    assert len(hits) == 5 and all(h["source_path"] != stored for h in hits)
+
+
+def test_search_on_read_only_storage_is_exact_and_says_why(slide_library, small_disk, capsys,
+                                                           monkeypatch):
+    library = small_disk.path / "library.h5"
+    shutil.copy(slide_library[0], library)
+    small_disk.read_only()
+    query = sorted((KATHER / "04_LYMPHO").iterdir())[0]
+    code, out, err = run(capsys, "search", library, query, "--index", "flat", "--json", "-k", "5")
+    assert code == 0, err
+    exact = json.loads(out)["hits"]
+    warning = (f"hashview: {index_store.sidecar_path(library)}: not saved (read-only file "
+               "system); searching exactly\n")
+    # asked for an IVF index, or a library large enough to want one
+    monkeypatch.setattr(index_store, "EXACT_LIMIT_BITS", 1)
+    for argv in (["--index", "ivf"], ["--index", "auto", "--exclude-source"]):
+        code, out, err = run(capsys, "search", library, query, "--json", "-k", "5", *argv)
+        assert code == 0 and err == warning
+        answer = json.loads(out)
+        assert answer["index"]["exact"] and answer["index"]["notes"] == [warning[10:-1]]
+        want = exact if "--exclude-source" not in argv else [
+            h for h in exact if h["source_path"] != str(query.resolve())]
+        assert [h["tile_index"] for h in answer["hits"]][:len(want)] == \
+            [h["tile_index"] for h in want]
+    code, out, err = run(capsys, "search", library, query, "--index", "ivf")  # the table
+    assert code == 0 and err == warning and "rank" in out and "vote:" in out
+    assert not index_store.sidecar_path(library).exists()
+
+
+def test_search_on_a_full_disk_uses_the_index_it_could_not_save(slide_library, small_disk,
+                                                                 capsys):
+    library = small_disk.path / "library.h5"
+    shutil.copy(slide_library[0], library)
+    small_disk.fill()
+    query = sorted((KATHER / "04_LYMPHO").iterdir())[0]
+    code, out, err = run(capsys, "search", library, query, "--index", "ivf", "--json", "-k", "5")
+    assert code == 0, err
+    side = index_store.sidecar_path(library)
+    assert err.splitlines()[1:] == [f"hashview: {side}: not saved (no space left on device); "
+                                    "the index is kept in memory only (built again next time)"]
+    answer = json.loads(out)
+    assert answer["index"]["kind"] == "ivf" and len(answer["hits"]) == 5
+    assert answer["hits"][0]["distance"] == 0
+    assert sorted(p.name for p in small_disk.path.iterdir()) == ["filler", "library.h5"]
 
 
 def test_info_and_models(slide_library, capsys):

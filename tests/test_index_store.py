@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import struct
+import threading
 
 import numpy as np
 import pytest
 
+from _mounts import small_disk  # noqa: F401  (a fixture)
 from conftest import KATHER
 from hashview import index_store
 from hashview.cli import main
@@ -158,6 +162,207 @@ def test_corrupt_sidecar_is_one_line_error_and_search_falls_back(indexed_library
     assert searcher.index_kind == "flat" and searcher.needs_index_build()
     assert "ignored" in searcher.index_notes[0]
     assert len(searcher.search(queries, k=10)[0]) == 10
+
+
+def with_header(valid: bytes, change=None, raw: dict | None = None) -> bytes:
+    """The sidecar ``valid`` with its JSON header changed by ``change(header)``; string values
+    ``"@RAW:<text>"`` are replaced by ``<text>`` unquoted (JSON that json.dumps cannot write)."""
+    (length,) = struct.unpack("<Q", valid[8:16])
+    header = json.loads(valid[16:16 + length])
+    if change is not None:
+        change(header)
+    text = json.dumps(header)
+    for placeholder, replacement in (raw or {}).items():
+        text = text.replace(json.dumps(placeholder), replacement)
+    head = text.encode()
+    return index_store.MAGIC + struct.pack("<Q", len(head)) + head + valid[16 + length:]
+
+
+def _set(*keys_and_value):
+    *keys, value = keys_and_value
+
+    def change(header):
+        target = header
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+    return change
+
+
+def _drop(*keys):
+    def change(header):
+        target = header
+        for key in keys[:-1]:
+            target = target[key]
+        del target[keys[-1]]
+    return change
+
+
+BAD_HEADERS = {
+    "nprobe negative": dict(change=_set("params", "nprobe", -1)),
+    "nprobe a string": dict(change=_set("params", "nprobe", "x")),
+    "nprobe a bool": dict(change=_set("params", "nprobe", True)),
+    "nprobe huge": dict(change=_set("params", "nprobe", 10 ** 30)),
+    "nprobe above nlist": dict(
+        change=lambda h: h["params"].update(nprobe=h["params"]["nlist"] + 1)),
+    "nlist a float": dict(change=_set("params", "nlist", 16.0)),
+    "nlist not the index's": dict(
+        change=lambda h: h["params"].update(nlist=h["params"]["nlist"] * 2, nprobe=1)),
+    "bits nested": dict(change=_set("identity", "bits", {"a": [1, {"b": [2]}]})),
+    "bits a string": dict(change=_set("identity", "bits", "64")),
+    "n_tiles zero": dict(change=_set("identity", "n_tiles", 0)),
+    "identity a list": dict(change=_set("identity", [1, 2])),
+    "params deeply nested": dict(change=_set("params", "@RAW:nest"),
+                                 raw={"@RAW:nest": "[" * 100_000 + "]" * 100_000}),
+    "integer of 5000 digits": dict(change=_set("payload_bytes", "@RAW:long"),
+                                   raw={"@RAW:long": "9" * 5000}),
+    "build_seconds 1e400": dict(change=_set("build_seconds", "@RAW:inf"),
+                                raw={"@RAW:inf": "1e400"}),
+    "recall above 1": dict(change=_set("recall", 7)),
+    "payload_bytes beyond the file": dict(change=_set("payload_bytes", 1 << 62)),
+    "payload_sha256 a number": dict(change=_set("payload_sha256", 12)),
+    "no identity": dict(change=_drop("identity")),
+    "no params": dict(change=_drop("params")),
+    "no nprobe": dict(change=_drop("params", "nprobe")),
+    "no payload_bytes": dict(change=_drop("payload_bytes")),
+    "no payload_sha256": dict(change=_drop("payload_sha256")),
+    "kind an object": dict(change=_set("kind", {"ivf": 1})),
+    "version a bool": dict(change=_set("version", True)),
+    "header an array": dict(change=lambda h: None, raw={}),
+}
+
+
+def _assert_ignored_then_rebuilt(library, side, queries):
+    """A bad sidecar: one-line LibraryError, exact search meanwhile, then rebuilt and used."""
+    with Library.open(library) as lib:
+        identity = index_store.Identity.of(lib.model_sha256, BITS, lib.codes())
+        with pytest.raises(LibraryError) as error:
+            index_store.load_sidecar(side, identity, lib.codes())
+        searcher = Searcher(lib)
+        exact = Searcher(lib, index="flat")
+    message = str(error.value)
+    assert message.startswith(f"{side}: ") and "\n" not in message and len(message) < 300
+    assert searcher.index_kind == "flat" and searcher.needs_index_build()
+    assert searcher.index_notes == [f"{message} (ignored; searching exactly until it is rebuilt)"]
+    assert searcher.search(queries, k=10) == exact.search(queries, k=10)
+    searcher.build_index()
+    assert searcher.index_notes[1:] == []  # saved over the bad file
+    with Library.open(library) as lib:
+        assert Searcher(lib).index_kind == "ivf"
+
+
+@pytest.mark.parametrize("bad", list(BAD_HEADERS))
+def test_every_bad_header_field_is_ignored_with_one_line(indexed_library, queries, tmp_path,
+                                                         monkeypatch, bad):
+    monkeypatch.setattr(index_store, "EXACT_LIMIT_BITS", 1000)
+    library = tmp_path / "lib.h5"
+    shutil.copy(indexed_library[0], library)
+    side = index_store.sidecar_path(library)
+    if bad == "header an array":
+        head = b"[1, 2]"
+        side.write_bytes(index_store.MAGIC + struct.pack("<Q", len(head)) + head)
+    else:
+        side.write_bytes(with_header(indexed_library[1], **BAD_HEADERS[bad]))
+    _assert_ignored_then_rebuilt(library, side, queries)
+
+
+def test_header_length_beyond_the_file_is_refused_before_reading(indexed_library, queries,
+                                                                 tmp_path, monkeypatch):
+    monkeypatch.setattr(index_store, "EXACT_LIMIT_BITS", 1000)
+    library = tmp_path / "lib.h5"
+    shutil.copy(indexed_library[0], library)
+    side = index_store.sidecar_path(library)
+    valid = indexed_library[1]
+    side.write_bytes(valid[:8] + struct.pack("<Q", len(valid)) + valid[16:])
+    _assert_ignored_then_rebuilt(library, side, queries)
+
+
+def _release_fifo_reader(path) -> None:
+    """Give a reader blocked on opening the named pipe its writer, so a failing test ends."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass  # no reader waiting
+
+
+@pytest.mark.parametrize("what", ["folder", "named pipe"])
+def test_a_sidecar_that_is_not_a_regular_file_is_never_opened(library, queries, monkeypatch,
+                                                               what):
+    monkeypatch.setattr(index_store, "EXACT_LIMIT_BITS", 1000)
+    side = index_store.sidecar_path(library)
+    if what == "folder":
+        side.mkdir()
+    else:
+        os.mkfifo(side)
+    outcome = {}
+
+    def open_library():
+        try:
+            with Library.open(library) as lib:
+                outcome["searcher"] = Searcher(lib)
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=open_library, daemon=True)
+    worker.start()
+    worker.join(60)
+    if worker.is_alive():
+        _release_fifo_reader(side)
+        worker.join(10)
+        pytest.fail(f"opening a library whose sidecar is a {what} blocked")
+    assert "error" not in outcome, outcome.get("error")
+    searcher = outcome["searcher"]
+    assert searcher.index_kind == "flat" and searcher.needs_index_build()
+    assert searcher.index_notes == [f"{side}: is a {what}, not an index file (ignored; "
+                                    "searching exactly until it is rebuilt)"]
+    assert len(searcher.search(queries, k=10)[0]) == 10
+    searcher.build_index()
+    if what == "folder":  # cannot be replaced: the index is used, unsaved, and that is said
+        assert side.is_dir() and "not saved" in searcher.index_notes[-1]
+        with pytest.raises(LibraryError, match="not saved"):
+            index_store.check_sidecar_writable(side)
+    else:  # the pipe is replaced by the rebuilt index
+        assert searcher.index_notes[1:] == []
+        with Library.open(library) as lib:
+            assert Searcher(lib).index_kind == "ivf"
+
+
+@pytest.mark.parametrize("fault, reason", [("read_only", "read-only file system"),
+                                           ("fill", "no space left on device")])
+def test_a_sidecar_that_cannot_be_saved_never_stops_the_index(small_disk, codes, queries,
+                                                              monkeypatch, fault, reason):
+    monkeypatch.setattr(index_store, "EXACT_LIMIT_BITS", 1000)
+    library = make_library(small_disk.path / "lib.h5", codes)
+    before = library.read_bytes()
+    getattr(small_disk, fault)()
+    with Library.open(library) as lib:
+        searcher = Searcher(lib)
+    assert searcher.needs_index_build()
+    built = searcher.build_index()  # the app's background build
+    side = index_store.sidecar_path(library)
+    note = f"{side}: not saved ({reason}); the index is kept in memory only (built again next time)"
+    assert built.notes == [note] and searcher.index_notes == [note]
+    assert searcher.index_kind == "ivf" and len(searcher.search(queries, k=10)[0]) == 10
+    assert not side.exists() and library.read_bytes() == before
+    assert sorted(p.name for p in small_disk.path.iterdir()) == sorted(
+        ["lib.h5"] + (["filler"] if fault == "fill" else []))  # no temporary file left
+    with pytest.raises(LibraryError) as error:
+        searcher.save_index()
+    assert str(error.value) == f"{side}: not saved ({reason})"
+
+
+@pytest.mark.parametrize("fault, reason", [("read_only", "read-only file system"),
+                                           ("fill", "no space left on device")])
+def test_cli_index_build_that_cannot_save_fails_with_one_line(small_disk, codes, capsys, fault,
+                                                              reason):
+    library = make_library(small_disk.path / "lib.h5", codes)
+    before = library.read_bytes()
+    getattr(small_disk, fault)()
+    assert main(["index-build", str(library), "--kind", "ivf"]) == 1
+    out, err = capsys.readouterr()
+    side = index_store.sidecar_path(library)
+    assert out == "" and err == f"hashview: {side}: not saved ({reason})\n"
+    assert library.read_bytes() == before and not side.exists()
 
 
 def test_float_library_is_searched_by_cosine(tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import faiss
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 
 from hashview.errors import LibraryError
-from hashview.library import Library
+from hashview.library import Library, fingerprint_file
 from hashview.search import (Hit, Searcher, SourceSummary, Vote, aggregate_by_source, exact_topk,
                              hits_to_dict, vote)
 
@@ -140,6 +142,38 @@ def test_bad_queries(searcher, library_path):
     with pytest.raises(ValueError, match="k must be"):
         searcher.search(np.zeros((1, 2), np.uint8), k=0)
     assert searcher.search(np.zeros((0, 2), np.uint8)) == []
+
+
+def test_the_query_file_is_its_stored_source_by_content_or_path(tmp_path):
+    """What "exclude the query's own slide" leaves out: the stored source with the query file's
+    content wherever it now lives (moved, copied, linked), and whatever is stored at its path."""
+    stored = tmp_path / "stored"
+    stored.mkdir()
+    slides = []
+    for n in range(3):
+        slides.append(stored / f"slide{n}.svs")
+        slides[-1].write_bytes(bytes([n]) * 5000)
+    with Library.create(tmp_path / "lib.h5", "m16", "hatdh", 16, "c" * 64) as lib:
+        for path in slides:
+            lib.add_source({"path": str(path), "fingerprint": fingerprint_file(path)},
+                           np.zeros((2, 2), np.uint8), [0, 1], [0, 0], [224, 224])
+    moved = tmp_path / "elsewhere" / "renamed.svs"
+    moved.parent.mkdir()
+    shutil.move(slides[1], moved)
+    copied = tmp_path / "copy of slide2.svs"
+    shutil.copy(slides[2], copied)
+    linked = tmp_path / "link.svs"
+    os.symlink(copied, linked)
+    with Library.open(tmp_path / "lib.h5") as lib:
+        searcher = Searcher(lib)
+    assert searcher.source_ids_of_file(slides[0]) == {0}  # where it was indexed
+    assert searcher.source_ids_of_file(moved) == {1}
+    assert searcher.source_ids_of_file(copied) == {2}
+    assert searcher.source_ids_of_file(linked) == {2}
+    assert searcher.source_ids_of_file(slides[1]) == {1}  # gone from there: by its path alone
+    other = tmp_path / "other.svs"
+    other.write_bytes(b"something else")
+    assert searcher.source_ids_of_file(other) == set()
 
 
 def test_empty_library(tmp_path):

@@ -256,6 +256,8 @@ class MainWindow(SearchMixin, JobsMixin, QMainWindow):
 
         # the index is chosen by library size; say which one answers, and when it is building
         self.status_tiles.setText(f"{info.n_tiles:,} tiles · {describe_index(info.index)}")
+        if info.notes:  # e.g. the index could not be saved next to the library
+            self.show_message(info.notes[-1], 10000)
 
     # ---------------------------------------------------------------- file dialogs
     def ask_open_slide(self) -> None:

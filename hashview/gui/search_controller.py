@@ -76,6 +76,7 @@ class LoadedLibrary:
     tile_size: int
     target_mpp: float
     index: str = "flat"  # the index searches use: "flat", "flat-ip", "ivf", "flat (ivf building)"
+    notes: tuple[str, ...] = ()  # one-line messages about the index (e.g. its sidecar not saved)
 
 
 _INDEX_WORDS = {"flat": "exact search", "flat-ip": "exact cosine search", "ivf": "IVF index",
@@ -128,7 +129,7 @@ class _Engine:
             index += f" ({searcher.wanted_kind} building)"
         return LoadedLibrary(searcher.path, searcher.n_tiles, card.name, bool(card.trained),
                              str(self.encoder.device), searcher.tile_size, searcher.target_mpp,
-                             index)
+                             index, tuple(searcher.index_notes))
 
     def _build_index_in_background(self) -> None:
         searcher = self.searcher
@@ -137,7 +138,8 @@ class _Engine:
 
         def build() -> None:
             try:
-                searcher.build_index()
+                for note in searcher.build_index().notes:  # e.g. not saved: a read-only share
+                    print(f"hashview: {note}", file=sys.stderr)
             except Exception:  # noqa: BLE001  (searches stay exact; never crash the app)
                 traceback.print_exc()
                 return
@@ -180,8 +182,8 @@ class _Engine:
                       for image in request.images]
         filters = {}
         if request.exclude_source:
-            own = {searcher.source_id_for_path(str(Path(p).resolve())) for p in request.own_paths()}
-            filters["exclude_sources"] = {sid for sid in own if sid is not None}
+            filters["exclude_sources"] = {sid for path in request.own_paths()
+                                          for sid in searcher.source_ids_of_file(path)}
         result = search_images(searcher, encoder, images, k=request.k, **filters)
         return SearchOutcome(request, result, images, self.key[0],
                              time.perf_counter() - started, warnings)
