@@ -11,6 +11,7 @@ import importlib
 from typing import Callable, Dict
 
 from hashview.errors import ModelError
+from hashview.models.card_limits import ARCHITECTURES
 
 _BUILDERS: Dict[str, Callable] = {}
 
@@ -33,7 +34,7 @@ def available_architectures() -> list[str]:
 # Built-in architectures, each module imported when that architecture is first built:
 # DAFH and LGFFEM import torchvision (~1.1 s on 2 cores), which loading an MTH, DCH or HATDH
 # model (the app's start-up) never needs.
-_BUILTIN = ("hatdh", "dch", "dafh", "mth", "lgffem")  # hashview/models/NAME.py registers NAME
+_BUILTIN = tuple(ARCHITECTURES)  # hashview/models/NAME.py registers NAME
 
 
 def build_model(arch: str, bits: int, **kw):

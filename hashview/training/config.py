@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from hashview.errors import ModelError
+from hashview.models.card_limits import (PLAIN_NAME_RULE, architecture_problem, is_number,
+                                         is_plain_name, plain_name)
 from hashview.training.losses import TRIPLET_MODES
 
 OPTIMISERS = ("adam", "adamw", "adadelta")
@@ -67,7 +69,7 @@ class TrainConfig:
     pretrain_epochs: Optional[int] = None  # stage 1 epochs (of `epochs`); None: epochs // 3
 
     def model_name(self) -> str:
-        return self.name or f"{self.arch}-{self.bits}-{self.dataset}"
+        return self.name or plain_name(f"{self.arch}-{self.bits}-{self.dataset}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -130,6 +132,17 @@ class TrainConfig:
             raise bad("batch_size must be >= 2")
         if self.bits <= 0 or self.bits % 8:
             raise bad("bits must be a positive multiple of 8")
+        # What a model card may hold (checked again when the model is read): refused here, not
+        # after hours of training.
+        problem = architecture_problem(self.arch, self.bits, self.input_size, self.arch_kwargs)
+        if problem:
+            raise bad(problem)
+        if self.name is not None and not is_plain_name(self.name):
+            raise bad(f"name must be a plain name ({PLAIN_NAME_RULE})")
+        if not (is_number(self.lr) and self.lr > 0):
+            raise bad(f"lr must be a positive number, got {self.lr!r}")
+        if not (is_number(self.weight_decay) and self.weight_decay >= 0):
+            raise bad(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
         if self.triplet_mode not in TRIPLET_MODES:
             raise bad(f"triplet_mode must be one of {TRIPLET_MODES}")
         if self.schedule not in ("cosine", "constant"):
