@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -107,3 +108,65 @@ def test_demo_builds_its_library_and_finds_tumour_tiles(capsys, tmp_path, monkey
     result = json.loads(out)
     assert result["index"]["failed"] == [] and len(result["index"]["added"]) == 33
     assert result["vote"]["label"] == "01_TUMOR"
+
+
+def _hostile_models(tmp_path):
+    """--model values that must each be refused in one line: name -> (path, expected words)."""
+    import shutil
+
+    from hashview.models.store import bundled_models_dirs
+
+    weights = bundled_models_dirs()[0] / "dch-16.safetensors"
+    made = {}
+
+    def model(name, card_bytes=None):
+        shutil.copy(weights, tmp_path / f"{name}.safetensors")
+        if card_bytes is not None:
+            (tmp_path / f"{name}.json").write_bytes(card_bytes)
+        return tmp_path / f"{name}.json"
+
+    (tmp_path / "folder").mkdir()
+    made["folder"] = (tmp_path / "folder", "not a model file")
+    model("dir")
+    (tmp_path / "dir.json").mkdir()
+    made["card is a folder"] = (tmp_path / "dir.json", "directory")
+    model("fifo")
+    os.mkfifo(tmp_path / "fifo.json")
+    made["card is a FIFO"] = (tmp_path / "fifo.json", "FIFO")
+    made["missing"] = (tmp_path / "missing.safetensors", "not found")
+    made["not an object"] = (model("array", b"[1, 2]"), "not a JSON object")
+    made["not UTF-8"] = (model("latin", b'{"name": "\xe9t\xe9"}'), "not valid JSON")
+    made["nested too deeply"] = (model("deep", b"[" * 100_000 + b"]" * 100_000), "nested")
+    card = json.loads((weights.with_suffix(".json")).read_text())
+    card["training"] = json.loads('{"a": ' * 200 + "1" + "}" * 200)
+    made["deep inside"] = (model("inside", json.dumps(card).encode()), "nested")
+    return made
+
+
+def test_hostile_model_paths_are_refused_in_one_line(tmp_path, capsys):
+    query = sorted((KATHER / "01_TUMOR").iterdir())[0]
+    for what, (path, words) in _hostile_models(tmp_path).items():
+        for argv in (["index", query, "--library", tmp_path / "lib.h5", "--model", path],
+                     ["explain", query, query, "--out", tmp_path / "o.png", "--model", path]):
+            code, out, err = run(capsys, *argv)
+            lines = err.strip().splitlines()
+            assert code == 1 and len(lines) == 1, (what, err)
+            assert lines[0].startswith("hashview: ") and path.stem in lines[0], (what, err)
+            assert words in lines[0], (what, err)
+    assert not (tmp_path / "lib.h5").exists() and not (tmp_path / "o.png").exists()
+
+
+def test_listing_models_skips_a_fifo_card_instead_of_hanging(tmp_path):
+    """A FIFO named like a card in the user's models folder would block a plain read forever."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    os.mkfifo(home / "models" / "stuck.json")
+    (home / "models" / "stuck.safetensors").write_bytes(b"\0" * 16)
+    out = subprocess.run([sys.executable, "-m", "hashview", "models", "--json"],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "HASHVIEW_HOME": str(home)})
+    assert out.returncode == 0, out.stderr
+    assert "stuck" not in {m["name"] for m in json.loads(out.stdout)}
