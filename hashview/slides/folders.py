@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..errors import HashViewError, SourceError
+from ..errors import HashViewError, SourceError, printable
 from .openslide_source import load_openslide
 
 # Formats only ever used for whole slides (never for patches).
@@ -208,8 +208,9 @@ def is_utf8_path(path: str | Path) -> bool:
 
 
 def printable_path(path: str | Path) -> str:
-    """The path with undecodable bytes shown as ``\\xe9``: safe in any message or log."""
-    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+    """The path with undecodable bytes shown as ``\\xe9`` (and control characters escaped):
+    safe in any message or log."""
+    return printable(os.fsdecode(path))
 
 
 def expand_inputs(paths) -> tuple[list[InputItem], list[HashViewError]]:
