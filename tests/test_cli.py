@@ -170,3 +170,86 @@ def test_listing_models_skips_a_fifo_card_instead_of_hanging(tmp_path):
                          env={**os.environ, "HASHVIEW_HOME": str(home)})
     assert out.returncode == 0, out.stderr
     assert "stuck" not in {m["name"] for m in json.loads(out.stdout)}
+
+
+def test_names_with_escape_sequences_and_newlines_are_printed_escaped(tmp_path, capsys):
+    """File names and labels come from anyone's disk: printed raw, an escape sequence would
+    recolour or clear the terminal and a newline would fake a line of output."""
+    import shutil
+
+    label = "tum\x1b[31mour"
+    folder = tmp_path / "patches" / label
+    folder.mkdir(parents=True)
+    good = folder / "evil\x1b[31m\nname.tif"
+    shutil.copy(sorted((KATHER / "01_TUMOR").iterdir())[0], good)
+    (folder / "broken\x1b[2J\n.png").write_bytes(b"not an image")
+    library = tmp_path / "lib.h5"
+    outputs = [run(capsys, "index", tmp_path / "patches", "--library", library),
+               run(capsys, "search", library, good),
+               run(capsys, "info", library)]
+    assert [code for code, _, _ in outputs] == [3, 0, 0]  # one file failed, one indexed
+    for _, out, err in outputs:
+        assert "\x1b" not in out + err
+        assert all(line.startswith(("hashview: ", "warning: ")) for line in err.splitlines())
+    (_, _, index_err), (_, search_out, _), (_, info_out, _) = outputs
+    assert "broken\\x1b[2J\\n.png: " in index_err and len(index_err.splitlines()) == 1
+    assert "evil\\x1b[31m\\nname.tif" in search_out and "tum\\x1b[31mour" in search_out
+    assert len(search_out.splitlines()) == 3  # header, the one hit, the vote
+    assert "tum\\x1b[31mour" in info_out
+
+
+def test_output_into_a_reader_that_leaves_ends_quietly(tmp_path):
+    """``hashview models --json | head -1``: the JSON is far larger than a pipe's buffer, so the
+    command is still writing when head exits; it must stop without a traceback."""
+    import subprocess
+    import sys
+
+    writer = subprocess.Popen([sys.executable, "-m", "hashview", "models", "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    head = subprocess.run(["head", "-1"], stdin=writer.stdout, capture_output=True, timeout=120)
+    writer.stdout.close()
+    err = writer.stderr.read().decode()
+    assert writer.wait(timeout=120) == 141, err
+    assert head.stdout.decode().strip() == "[" and err == ""
+
+
+_Q = sorted((KATHER / "01_TUMOR").iterdir())[0]
+_INDEX = ["index", _Q, "--library", "{lib}"]
+_SEARCH = ["search", "{lib}", _Q]
+_TRAIN = ["train", KATHER, "--arch", "mth", "--bits", "16", "--out", "{out}"]
+
+
+@pytest.mark.parametrize("argv, option", [
+    (_SEARCH + ["-k", "0"], "--top-k"), (_SEARCH + ["-k", "-1"], "--top-k"),
+    (_SEARCH + ["-k", "ten"], "--top-k"), (_SEARCH + ["--source", "-1"], "--source"),
+    (_INDEX + ["--mpp", "-1"], "--mpp"), (_INDEX + ["--mpp", "0"], "--mpp"),
+    (_INDEX + ["--mpp", "nan"], "--mpp"), (_INDEX + ["--tile-size", "0"], "--tile-size"),
+    (_INDEX + ["--tile-size", "1"], "--tile-size"), (_INDEX + ["--stride", "0"], "--stride"),
+    (_INDEX + ["--stride", "1"], "--stride"), (_INDEX + ["--max-tiles", "-5"], "--max-tiles"),
+    (_INDEX + ["--max-tiles", "0"], "--max-tiles"),
+    (_INDEX + ["--min-tissue", "2"], "--min-tissue"),
+    (_INDEX + ["--min-tissue", "-0.5"], "--min-tissue"), (_INDEX + ["--seed", "-1"], "--seed"),
+    (_INDEX + ["--batch-size", "0"], "--batch-size"),
+    (_INDEX + ["--batch-size", "10000000"], "--batch-size"),
+    (_TRAIN + ["--epochs", "0"], "--epochs"), (_TRAIN + ["--batch-size", "1"], "--batch-size"),
+    (_TRAIN + ["--lr", "-1"], "--lr"), (_TRAIN + ["--lr", "inf"], "--lr"),
+    (_TRAIN + ["--seed", "-3"], "--seed"), (_TRAIN + ["--input-size", "0"], "--input-size"),
+    (_TRAIN + ["--input-size", "100000"], "--input-size"),
+    (_TRAIN[:5] + ["12"] + _TRAIN[6:], "--bits"),
+    (_TRAIN[:5] + [str(2**30)] + _TRAIN[6:], "--bits"),
+    (["eval", KATHER, "--seeds", "a,b"], "--seeds"), (["eval", KATHER, "--seeds", ","], "--seeds"),
+    (["eval", KATHER, "--baseline", "lsh-pixels", "--bits", "0"], "--bits"),
+    (["explain", _Q, _Q, "--opacity", "2"], "--opacity"),
+])
+def test_bad_numbers_are_usage_errors_not_tracebacks(tmp_path, capsys, argv, option):
+    names = {"lib": tmp_path / "lib.h5", "out": tmp_path / "out"}
+    argv = [str(a).format(**names) for a in argv]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    _, err = capsys.readouterr()
+    assert code == 2, err
+    assert "Traceback" not in err and option.lstrip("-").split("-")[0] in err
+    assert err.strip().splitlines()[-1].startswith(("hashview", "usage"))
+    assert not (tmp_path / "lib.h5").exists() and not (tmp_path / "out").exists()
