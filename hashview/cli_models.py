@@ -52,7 +52,7 @@ def _parse_options(pairs: Sequence[str]) -> dict:
             raise ValueError(f"--option must be KEY=VALUE, got {pair!r}")
         try:
             options[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # plain text (or absurdly nested)
             options[key.replace("-", "_")] = value
     return options
 
@@ -64,15 +64,21 @@ def cmd_train(args) -> int:
         options = _parse_options(args.option)
     except ValueError as exc:
         return usage_error(str(exc))
+    named = {"data_folder": args.data, "arch": args.arch, "bits": args.bits,
+             "out_dir": args.out, "epochs": args.epochs, "batch_size": args.batch_size,
+             "lr": args.lr, "seed": args.seed, "split_file": args.split,
+             "protocol": args.protocol, "resume": args.resume, "device": args.device,
+             "progress": None}
     if args.input_size is not None:
-        options["input_size"] = args.input_size
+        named["input_size"] = args.input_size
     if args.init:
-        options["init_from"] = args.init
+        named["init_from"] = args.init
+    clash = sorted(set(options) & set(named))
+    if clash:
+        return usage_error(f"--option cannot set {clash[0]!r}, which a named argument of "
+                           "'hashview train' sets (see --help)")
     bar = progress_bar(not args.json)
-    result = train_from_folder(args.data, args.arch, args.bits, args.out, epochs=args.epochs,
-                               batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                               split_file=args.split, protocol=args.protocol, progress=bar,
-                               resume=args.resume, device=args.device, **options)
+    result = train_from_folder(**{**named, **options, "progress": bar})
     bar.close()
     summary = {"model": str(result.model_path), "seconds": round(result.seconds, 1),
                "final_loss": result.history[-1] if result.history else None}

@@ -240,6 +240,7 @@ _TRAIN = ["train", KATHER, "--arch", "mth", "--bits", "16", "--out", "{out}"]
     (["eval", KATHER, "--seeds", "a,b"], "--seeds"), (["eval", KATHER, "--seeds", ","], "--seeds"),
     (["eval", KATHER, "--baseline", "lsh-pixels", "--bits", "0"], "--bits"),
     (["explain", _Q, _Q, "--opacity", "2"], "--opacity"),
+    (_TRAIN + ["--option", "epochs=abc"], "--option"), (_TRAIN + ["--option", "bits"], "--option"),
 ])
 def test_bad_numbers_are_usage_errors_not_tracebacks(tmp_path, capsys, argv, option):
     names = {"lib": tmp_path / "lib.h5", "out": tmp_path / "out"}

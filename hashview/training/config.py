@@ -10,12 +10,13 @@ cards store them so); later architectures keep theirs in ``objective_options``.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 from hashview.errors import ModelError
-from hashview.models.card_limits import (PLAIN_NAME_RULE, architecture_problem, is_number,
-                                         is_plain_name, plain_name)
+from hashview.models.card_limits import (PLAIN_NAME_RULE, architecture_problem, is_int,
+                                         is_number, is_plain_name, plain_name, shown)
 from hashview.training.losses import TRIPLET_MODES
 
 OPTIMISERS = ("adam", "adamw", "adadelta")
@@ -94,6 +95,10 @@ class TrainConfig:
         """A copy with every ``None``/"auto" default filled in; raises ModelError if invalid."""
         from hashview.training.objectives import objective_class
 
+        problem = self._type_problem()  # before any value is used (options come as text/JSON)
+        if problem:
+            raise ModelError(None, f"invalid training config: {problem}")
+
         arch = self.arch.lower()
         objective = objective_class(arch)
         optimizer = objective.optimizer if self.optimizer == "auto" else self.optimizer
@@ -122,6 +127,17 @@ class TrainConfig:
         if reason:
             raise ModelError(None, f"invalid training config: {reason}")
         return cfg
+
+    def _type_problem(self) -> Optional[str]:
+        """The first field whose value is not of its annotated type, or None."""
+        hints = typing.get_type_hints(type(self))
+        for item in dataclasses.fields(self):
+            value, hint = getattr(self, item.name), hints[item.name]
+            allowed = typing.get_args(hint) if typing.get_origin(hint) is Union else (hint,)
+            if not any(_is_of(value, kind) for kind in allowed):
+                names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
+                return f"{item.name} must be {names}, got {shown(value)}"
+        return None
 
     def _validate(self) -> None:
         def bad(reason: str) -> ModelError:
@@ -155,3 +171,16 @@ class TrainConfig:
             raise bad("ema_decay must be in [0, 1)")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise bad("steps_per_epoch must be >= 1")
+
+
+def _is_of(value, kind) -> bool:
+    """``isinstance`` as a config means it: a bool is no int, an int is a float."""
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return is_int(value)
+    if kind is float:
+        return is_number(value)
+    return isinstance(value, kind)
