@@ -11,6 +11,8 @@ from conftest import KATHER, SLIDE
 from hashview.cli import main
 from hashview.library import Library
 
+ROOT = KATHER.parents[2]  # this checkout, so subprocesses import its hashview whatever the cwd
+
 
 def run(capsys, *argv):
     code = main([str(a) for a in argv])
@@ -166,7 +168,7 @@ def test_listing_models_skips_a_fifo_card_instead_of_hanging(tmp_path):
     os.mkfifo(home / "models" / "stuck.json")
     (home / "models" / "stuck.safetensors").write_bytes(b"\0" * 16)
     out = subprocess.run([sys.executable, "-m", "hashview", "models", "--json"],
-                         capture_output=True, text=True, timeout=120,
+                         capture_output=True, text=True, timeout=120, cwd=ROOT,
                          env={**os.environ, "HASHVIEW_HOME": str(home)})
     assert out.returncode == 0, out.stderr
     assert "stuck" not in {m["name"] for m in json.loads(out.stdout)}
@@ -205,7 +207,7 @@ def test_output_into_a_reader_that_leaves_ends_quietly(tmp_path):
     import sys
 
     writer = subprocess.Popen([sys.executable, "-m", "hashview", "models", "--json"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     head = subprocess.run(["head", "-1"], stdin=writer.stdout, capture_output=True, timeout=120)
     writer.stdout.close()
     err = writer.stderr.read().decode()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -343,8 +344,9 @@ def test_a_huge_weights_file_is_refused_by_size_in_little_memory(tmp_path):
             "except ModelError as exc:\n"
             "    message = str(exc)\n"
             "print(json.dumps({'grew': peak() - before, 'message': message}))\n")
+    root = Path(__file__).resolve().parents[1]  # this checkout's hashview, whatever the cwd
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "big.safetensors")],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, cwd=root)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
     assert result["message"] and "\n" not in result["message"]
