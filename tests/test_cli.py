@@ -200,6 +200,16 @@ def test_names_with_escape_sequences_and_newlines_are_printed_escaped(tmp_path, 
     assert "tum\\x1b[31mour" in info_out
 
 
+def test_printable_makes_every_invisible_character_visible():
+    from hashview.errors import SourceError, printable
+
+    assert printable("plain name é 名.png") == "plain name é 名.png"
+    assert printable("a\x1b[31mb\nc\td\x7f") == "a\\x1b[31mb\\nc\\td\\x7f"
+    assert printable("evil\u202egnp.exe") == "evil\\u202egnp.exe"  # right-to-left override
+    assert printable(os.fsdecode(b"latin1-\xe9.png")) == "latin1-\\xe9.png"
+    assert str(SourceError("two\nlines.png", "bad")) == "two\\nlines.png: bad"
+
+
 def test_output_into_a_reader_that_leaves_ends_quietly(tmp_path):
     """``hashview models --json | head -1``: the JSON is far larger than a pipe's buffer, so the
     command is still writing when head exits; it must stop without a traceback."""

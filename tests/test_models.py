@@ -178,6 +178,16 @@ def test_every_shipped_card_is_within_the_limits():
         ModelCard.read(path)  # raises if a field is out of range
 
 
+def test_an_oversized_card_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    from hashview.models import cards
+
+    path = tmp_path / "m.json"
+    path.write_text(ModelCard("m", "dch", 16, 128).to_json())
+    monkeypatch.setattr(cards, "MAX_CARD_BYTES", 100)
+    with pytest.raises(ModelError, match=r"m.json: cannot read model card \(file too large"):
+        ModelCard.read(path)
+
+
 def test_saving_refuses_a_name_that_is_not_plain(tmp_path):
     net = build_model("dch", 16)
     for name in (".hidden", "two words", "tab\there"):
