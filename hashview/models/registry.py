@@ -2,7 +2,9 @@
 
 Builders are plain functions ``builder(bits: int, **kw) -> HashingNet`` registered with
 ``@register("name")``; ``build_model`` is the only way the rest of HashView constructs a net, so a
-model card's ``arch`` + ``bits`` + ``arch_kwargs`` is enough to rebuild it.
+model card's ``arch`` + ``bits`` + ``arch_kwargs`` is enough to rebuild it. The built-in
+architectures are those of :data:`hashview.models.card_limits.ARCHITECTURES`, which also bounds
+each one's keyword arguments: a card naming any other architecture is refused when read.
 """
 
 from __future__ import annotations

@@ -272,10 +272,10 @@ def _read_checked(stem: Path) -> tuple[ModelCard, bytes]:
 
 
 def _load_files(stem: Path, source: str) -> LoadedModel:
+    card_path, weights_path = _files(stem)
     card, data = _read_checked(stem)
     card.source = source
-    net = _build_for_card(card, _files(stem)[0])
-    weights_path = _files(stem)[1]
+    net = _build_for_card(card, card_path)
     _load_state_into(net, data, weights_path)
     return LoadedModel(net.eval(), card, weights_path)
 
