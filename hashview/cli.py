@@ -8,29 +8,39 @@ machine-readable result on stdout.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from hashview import __version__
 from hashview.cli_models import cmd_eval, cmd_explain, cmd_models, cmd_train
-from hashview.cli_support import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, progress_bar
+from hashview.cli_support import (BATCH_SIZE, EXIT_FAILED, EXIT_OK, EXIT_PARTIAL,
+                                  FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER,
+                                  TRAIN_BATCH_SIZE, code_bits, int_list, model_input_size,
+                                  progress_bar, say, say_lines, target_mpp, tile_size,
+                                  usage_error)
 from hashview.errors import HashViewError
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
 
 
 def _add_tiling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mpp", type=float, default=None,
+    p.add_argument("--mpp", type=target_mpp, default=None,
                    help="target resolution in µm/px (default: the model's, else 0.5, about 20x)")
-    p.add_argument("--tile-size", type=int, default=None,
+    p.add_argument("--tile-size", type=tile_size, default=None,
                    help="tile side in pixels (default: the model's, else 224)")
-    p.add_argument("--min-tissue", type=float, default=0.5,
-                   help="minimum tissue fraction of a kept tile (default 0.5)")
-    p.add_argument("--stride", type=int, default=None,
-                   help="grid step in pixels at the target resolution (default: tile size)")
-    p.add_argument("--max-tiles", type=int, default=None,
+    p.add_argument("--min-tissue", type=FRACTION, default=0.5,
+                   help="minimum tissue fraction of a kept tile, 0..1 (default 0.5)")
+    p.add_argument("--stride", type=POSITIVE_INT, default=None,
+                   help="grid step in pixels at the target resolution, at least 1/8 of the tile "
+                        "size (default: tile size)")
+    p.add_argument("--max-tiles", type=POSITIVE_INT, default=None,
                    help="seeded random subsample of at most this many tiles per slide")
-    p.add_argument("--seed", type=int, default=0, help="seed of the subsample (default 0)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0,
+                   help="seed of the subsample (default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--library", "-l", required=True, metavar="LIB.h5")
     p.add_argument("--model", "-m", default=None, help="model name or .safetensors path")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=BATCH_SIZE, default=None)
     _add_tiling_args(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -54,13 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("library", metavar="LIB.h5")
     p.add_argument("query", metavar="QUERY", help="image file, or a slide with --region")
     p.add_argument("--region", metavar="X,Y,W,H", help="level-0 region of a slide to search with")
-    p.add_argument("--top-k", "-k", type=int, default=10)
+    p.add_argument("--top-k", "-k", type=POSITIVE_INT, default=10)
     p.add_argument("--exclude-source", action="store_true",
                    help="leave out hits from the query's own slide (recognised by its "
                         "content, also when moved or copied)")
     p.add_argument("--label", action="append", dest="labels", metavar="LABEL",
                    help="only return tiles with this label (repeatable)")
-    p.add_argument("--source", action="append", dest="sources", type=int, metavar="ID",
+    p.add_argument("--source", action="append", dest="sources", type=NON_NEGATIVE_INT,
+                   metavar="ID",
                    help="only return tiles of this source id (repeatable)")
     p.add_argument("--model", "-m", default=None,
                    help="model file to encode the query with (default: the library's model)")
@@ -86,19 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a hashing model on a labelled patch folder")
     p.add_argument("data", metavar="DATA", help="patch folder: class subfolders or labels.csv")
     p.add_argument("--arch", required=True, help="architecture (hatdh, dch, dafh, lgffem, mth)")
-    p.add_argument("--bits", type=int, required=True,
+    p.add_argument("--bits", type=code_bits, required=True,
                    help="code length, a multiple of 8 (descriptor dimensions for lgffem)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="folder for the model, its split and checkpoints")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=POSITIVE_INT, default=30)
+    p.add_argument("--batch-size", type=TRAIN_BATCH_SIZE, default=64)
+    p.add_argument("--lr", type=POSITIVE_NUMBER, default=None)
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
     p.add_argument("--split", metavar="FILE", default=None,
                    help="split JSON to train on (default: made from --protocol and --seed)")
     p.add_argument("--protocol", default="hatdh", choices=["hatdh", "patient"],
                    help="hatdh: 70/30 per class; patient: no patient on both sides")
-    p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--input-size", type=model_input_size, default=None,
+                   help="model input side in pixels (default: the architecture's)")
     p.add_argument("--init", metavar="MODEL", default=None,
                    help="start from this trained model's weights (same arch and bits; name or "
                         ".safetensors path): fine-tune it on DATA")
@@ -115,9 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split JSON (default: the model's own split for this folder, "
                         "else --protocol over --seeds)")
     p.add_argument("--protocol", default="hatdh", choices=["hatdh", "patient"])
-    p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated split seeds")
+    p.add_argument("--seeds", type=int_list(0), default=(0, 1, 2, 3, 4),
+                   help="comma-separated split seeds (default 0,1,2,3,4)")
     p.add_argument("--baseline", default=None, help="evaluate a baseline instead (lsh-pixels)")
-    p.add_argument("--bits", type=int, default=64, help="code length of the baseline")
+    p.add_argument("--bits", type=code_bits, default=64, help="code length of the baseline")
     p.add_argument("--plot", metavar="PNG", default=None, help="write P@k and P-R curves")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true")
@@ -129,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++"])
     p.add_argument("--out", "-o", default="overlay.png", metavar="PNG",
                    help="side-by-side figure to write (default overlay.png)")
-    p.add_argument("--opacity", type=float, default=0.5, help="heat map opacity, 0..1")
+    p.add_argument("--opacity", type=FRACTION, default=0.5, help="heat map opacity, 0..1")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("bench", help="measure indexing throughput, search latency and sizes")
@@ -168,9 +181,14 @@ def cmd_index(args) -> int:
     from hashview.tiling import TilingParams
 
     model = load_model(args.model or DEFAULT_MODEL)
-    params = model_tiling(model.card, TilingParams(min_tissue=args.min_tissue, stride=args.stride,
-                                                   max_tiles=args.max_tiles, seed=args.seed),
-                          tile_size=args.tile_size, target_mpp=args.mpp)
+    try:  # each value passed its option's check; together (stride vs tile size) they may not
+        params = model_tiling(
+            model.card, TilingParams(min_tissue=args.min_tissue, max_tiles=args.max_tiles,
+                                     seed=args.seed),
+            tile_size=args.tile_size, target_mpp=args.mpp)
+        params = dataclasses.replace(params, stride=args.stride)
+    except ValueError as exc:
+        return usage_error(f"--stride/--tile-size: {exc}")
     bar = progress_bar(not args.json)
     result = index_paths(args.sources, args.library, model=model, params=params,
                          device=args.device, batch_size=args.batch_size, progress=bar)
@@ -179,11 +197,11 @@ def cmd_index(args) -> int:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         for warning in result.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
+            say(f"warning: {warning}", err=True)
         for failure in result.failed:
-            print(f"hashview: {failure}", file=sys.stderr)
-        print(f"{args.library}: added {len(result.added)} source(s), {result.tiles_added} tiles; "
-              f"{len(result.skipped)} already indexed; {len(result.failed)} failed")
+            say(f"hashview: {failure}", err=True)
+        say(f"{args.library}: added {len(result.added)} source(s), {result.tiles_added} tiles; "
+            f"{len(result.skipped)} already indexed; {len(result.failed)} failed")
     if result.failed:
         return EXIT_PARTIAL if result.added or result.skipped else EXIT_FAILED
     return EXIT_OK
@@ -195,11 +213,10 @@ def cmd_search(args) -> int:
     try:
         region = parse_region(args.region) if args.region else None
     except ValueError as exc:
-        print(f"hashview: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(str(exc))
     searcher, encoder = open_search(args.library, args.device, model=args.model, index=args.index)
     for note in searcher.index_notes:
-        print(f"hashview: {note}", file=sys.stderr)
+        say(f"hashview: {note}", err=True)
     if searcher.needs_index_build():
         _build_index_to_keep(searcher)
     result = search_file(searcher, encoder, args.query, region=region, k=args.top_k,
@@ -210,7 +227,7 @@ def cmd_search(args) -> int:
         print(json.dumps({"query": args.query, "region": region, **result.to_dict(),
                           "index": searcher.index_info}, indent=2))
         return EXIT_OK
-    print(result.to_text())
+    say_lines(result.to_text())
     return EXIT_OK
 
 
@@ -244,12 +261,12 @@ def cmd_index_build(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     elif summary["sidecar"] is None:
-        print(f"{args.library}: {summary['tiles']:,} tiles; {summary['message']}")
+        say(f"{args.library}: {summary['tiles']:,} tiles; {summary['message']}")
     else:
         params = ", ".join(f"{k}={v}" for k, v in summary["params"].items() if k != "kind")
-        print(f"{args.library}: {summary['kind']} index of {summary['tiles']:,} tiles ({params}; "
-              f"recall@10 {summary['recall']:.3f}) in {summary['seconds']:.1f} s -> "
-              f"{summary['sidecar']}")
+        say(f"{args.library}: {summary['kind']} index of {summary['tiles']:,} tiles ({params}; "
+            f"recall@10 {summary['recall']:.3f}) in {summary['seconds']:.1f} s -> "
+            f"{summary['sidecar']}")
     return EXIT_OK
 
 
@@ -265,7 +282,7 @@ def cmd_info(args) -> int:
         for key, value in stats.items():
             if isinstance(value, float):
                 value = f"{value:.4g}"
-            print(f"{key.replace('_', ' '):>{width}}: {value}")
+            say(f"{key.replace('_', ' '):>{width}}: {value}")
     return EXIT_OK
 
 
@@ -275,14 +292,12 @@ def cmd_bench(args) -> int:
 
     mode = args.mode or "full"
     if args.update_docs and mode != "full":
-        print("hashview: --update-docs records full-mode numbers only; add --full", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error("--update-docs records full-mode numbers only; add --full")
     only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
     try:
         resolve_names(only)
     except ValueError as exc:
-        print(f"hashview: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(str(exc))
     markdown = run_cli(
         mode, only, Path(args.workdir) if args.workdir else DEFAULT_WORKDIR,
         Path(args.json_out) if args.json_out else None,
@@ -302,18 +317,18 @@ def cmd_demo(args) -> int:
     if args.json:
         print(json.dumps(output, indent=2, default=str))
     else:
-        print(output["text"])
+        say_lines(output["text"])
     return EXIT_OK
 
 
 def _print_refreshed(report: list) -> None:
     for entry in report:
         if entry["ran"] and not entry.get("returncode"):
-            print(f"ran {entry['tool']}")
+            say(f"ran {entry['tool']}")
         elif entry["ran"]:
-            print(f"warning: {entry['tool']} failed: {entry.get('reason')}", file=sys.stderr)
+            say(f"warning: {entry['tool']} failed: {entry.get('reason')}", err=True)
         else:
-            print(f"skipped {entry['tool']} ({entry['reason']})")
+            say(f"skipped {entry['tool']} ({entry['reason']})")
 
 
 def cmd_install_desktop(args) -> int:
@@ -324,11 +339,11 @@ def cmd_install_desktop(args) -> int:
         print(json.dumps(result, indent=2))
         return EXIT_OK
     for path in result["written"]:
-        print(f"wrote {path}")
+        say(f"wrote {path}")
     for path in result["unchanged"]:
-        print(f"unchanged {path}")
+        say(f"unchanged {path}")
     _print_refreshed(result["refreshed"])
-    print(f"HashView is in the application menu (Exec={result['exec']})")
+    say(f"HashView is in the application menu (Exec={result['exec']})")
     return EXIT_OK
 
 
@@ -340,9 +355,9 @@ def cmd_uninstall_desktop(args) -> int:
         print(json.dumps(result, indent=2))
         return EXIT_OK
     for path in result["removed"]:
-        print(f"removed {path}")
+        say(f"removed {path}")
     if not result["removed"]:
-        print(f"nothing to remove under {result['data_home']}")
+        say(f"nothing to remove under {result['data_home']}")
     _print_refreshed(result["refreshed"])
     return EXIT_OK
 
@@ -379,10 +394,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return EXIT_OK
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, so that a reader that left is noticed inside the try
+        return code
     except HashViewError as exc:
-        print(f"hashview: {exc.message}", file=sys.stderr)
+        say(f"hashview: {exc.message}", err=True)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print("hashview: interrupted", file=sys.stderr)
+        say("hashview: interrupted", err=True)
         return 130
+    except BrokenPipeError:
+        # The reader of our output left (``hashview info LIB | head -1``): nothing more can be
+        # shown, so stop quietly. Python's flush of stdout at exit would fail again and print
+        # a warning, so stdout is pointed at devnull first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE

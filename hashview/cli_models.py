@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Sequence
 
-from hashview.cli_support import EXIT_OK, EXIT_USAGE, progress_bar
+from hashview.cli_support import EXIT_OK, progress_bar, say, usage_error
 
 EXPLAIN_PANEL = 256  # side of each of the four panels of ``hashview explain --out``
 
@@ -38,9 +37,9 @@ def cmd_models(args) -> int:
         default = "*" if card.name == DEFAULT_MODEL else " "
         status = "trained" if card.trained else "untrained"
         unit = "dims" if card.code_kind == "float" else "bits"  # float descriptors
-        print(f"{default} {card.name:<{width}} {card.arch:<6} {card.bits:>4} {unit}  {status:<9}"
-              f"  {_metrics_summary(card.metrics or {})}")
-    print("* default model")
+        say(f"{default} {card.name:<{width}} {card.arch:<6} {card.bits:>4} {unit}  {status:<9}"
+            f"  {_metrics_summary(card.metrics or {})}")
+    say("* default model")
     return EXIT_OK
 
 
@@ -53,7 +52,7 @@ def _parse_options(pairs: Sequence[str]) -> dict:
             raise ValueError(f"--option must be KEY=VALUE, got {pair!r}")
         try:
             options[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # plain text (or absurdly nested)
             options[key.replace("-", "_")] = value
     return options
 
@@ -64,31 +63,36 @@ def cmd_train(args) -> int:
     try:
         options = _parse_options(args.option)
     except ValueError as exc:
-        print(f"hashview: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.input_size:
-        options["input_size"] = args.input_size
+        return usage_error(str(exc))
+    named = {"data_folder": args.data, "arch": args.arch, "bits": args.bits,
+             "out_dir": args.out, "epochs": args.epochs, "batch_size": args.batch_size,
+             "lr": args.lr, "seed": args.seed, "split_file": args.split,
+             "protocol": args.protocol, "resume": args.resume, "device": args.device,
+             "progress": None}
+    if args.input_size is not None:
+        named["input_size"] = args.input_size
     if args.init:
-        options["init_from"] = args.init
+        named["init_from"] = args.init
+    clash = sorted(set(options) & set(named))
+    if clash:
+        return usage_error(f"--option cannot set {clash[0]!r}, which a named argument of "
+                           "'hashview train' sets (see --help)")
     bar = progress_bar(not args.json)
-    result = train_from_folder(args.data, args.arch, args.bits, args.out, epochs=args.epochs,
-                               batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                               split_file=args.split, protocol=args.protocol, progress=bar,
-                               resume=args.resume, device=args.device, **options)
+    result = train_from_folder(**{**named, **options, "progress": bar})
     bar.close()
     summary = {"model": str(result.model_path), "seconds": round(result.seconds, 1),
                "final_loss": result.history[-1] if result.history else None}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"model written to {result.model_path} ({result.seconds:.0f} s)")
+        say(f"model written to {result.model_path} ({result.seconds:.0f} s)")
     return EXIT_OK
 
 
 def cmd_eval(args) -> int:
     from hashview.evaluation import evaluate_baseline, evaluate_model, plot_curves
 
-    seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+    seeds = args.seeds
     bar = progress_bar(not args.json)
     if args.baseline:
         result = evaluate_baseline(args.baseline, args.data, bits=args.bits, split=args.split,
@@ -106,14 +110,14 @@ def cmd_eval(args) -> int:
         print(json.dumps(result, indent=2, default=str))
         return EXIT_OK
     for warning in result.get("warnings", []):
-        print(f"warning: {warning}", file=sys.stderr)
+        say(f"warning: {warning}", err=True)
     mean, std = result["mean"], result["std"]
     n = len(result.get("splits", [])) or 1
-    print(f"{result.get('name') or args.baseline} on {args.data} ({n} split(s), "
-          f"{result.get('split_source', args.protocol)})")
+    say(f"{result.get('name') or args.baseline} on {args.data} ({n} split(s), "
+        f"{result.get('split_source', args.protocol)})")
     for key in sorted(mean):
         if isinstance(mean[key], (int, float)):
-            print(f"  {key:<28} {mean[key]:.4f} ± {std.get(key, 0.0):.4f}")
+            say(f"  {key:<28} {mean[key]:.4f} ± {std.get(key, 0.0):.4f}")
     return EXIT_OK
 
 
@@ -122,9 +126,6 @@ def cmd_explain(args) -> int:
     from hashview.explain import explain_pair, load_input, side_by_side
     from hashview.models import DEFAULT_MODEL, load_model
 
-    if not 0.0 <= args.opacity <= 1.0:
-        print(f"hashview: --opacity must be between 0 and 1, got {args.opacity}", file=sys.stderr)
-        return EXIT_USAGE
     model = load_model(args.model or DEFAULT_MODEL)
     query = load_input(args.query, model.card)
     hit = load_input(args.hit, model.card)
@@ -150,11 +151,11 @@ def cmd_explain(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return EXIT_OK
-    print(f"{caption}  -> {args.out}")
+    say(f"{caption}  -> {args.out}")
     for name, key in (("query", "query_map"), ("hit", "hit_map")):
         s = summary[key]
         com = s["centre_of_mass"]
         where = "none (empty map)" if com is None else f"({com[0]:.2f}, {com[1]:.2f})"
-        print(f"  {name:<5} map: mean {s['mean']:.3f}  max {s['max']:.3f}  "
-              f"above 0.5 {s['frac_above_0_5']:.1%}  centre of mass {where}")
+        say(f"  {name:<5} map: mean {s['mean']:.3f}  max {s['max']:.3f}  "
+            f"above 0.5 {s['frac_above_0_5']:.1%}  centre of mass {where}")
     return EXIT_OK

@@ -10,23 +10,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
-def printable(text: object) -> str:
-    """``text`` safe to show on a terminal or in a one-line message: characters that are not
-    printable (control characters such as ESC or newline, bidirectional overrides) become
-    escapes like ``\\x1b``, and bytes of a file name that were not UTF-8 show as ``\\xe9``;
-    so a name taken from a file cannot move the cursor, recolour the terminal, break a message
-    in two or fail to print."""
+
+def printable(text: str) -> str:
+    """``text`` made safe to show as (part of) one line on a terminal, in a log or a dialog.
+
+    Names come from files and libraries that anyone may have made: an escape sequence in a file
+    name could recolour or rewrite the terminal, a newline could fake a line of output. Every
+    character that is not printable (controls, line and paragraph separators, invisible
+    formatting such as bidirectional overrides) becomes a visible escape: ``\\x1b``, ``\\n``,
+    ``\\u202e``. Bytes of a file name that were not UTF-8 (lone surrogates) show as ``\\xNN``.
+    """
     text = str(text)
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else _escape(c) for c in text)
+    return "".join(ch if ch.isprintable() else _escaped(ch) for ch in text)
 
 
-def _escape(char: str) -> str:
-    if "\udc80" <= char <= "\udcff":  # an undecodable byte, as os.fsdecode keeps it
-        return f"\\x{ord(char) - 0xDC00:02x}"
-    return char.encode("unicode_escape").decode("ascii")
+def _escaped(ch: str) -> str:
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that os.fsdecode could not decode
+        return f"\\x{code - 0xDC00:02x}"
+    if ch in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[ch]
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 class HashViewError(Exception):

@@ -2,10 +2,47 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def open_regular_file(path: str | os.PathLike) -> BinaryIO:
+    """``path`` opened for binary reading, refusing anything but a regular file.
+
+    Opened non-blocking, so a FIFO named like a model file raises instead of waiting for a writer
+    forever; a device never ends and a directory cannot be read. Raises ``OSError`` whose
+    ``strerror`` says what the path is.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+            raise OSError(errno.EINVAL, f"{kind}, not a regular file", os.fspath(path))
+        return os.fdopen(fd, "rb")  # O_NONBLOCK does not affect reads of a regular file
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular_file(path: str | os.PathLike, limit: int) -> bytes:
+    """The bytes of the regular file ``path`` (see :func:`open_regular_file`); ``OSError`` when
+    it holds more than ``limit`` bytes, found before anything is read."""
+    with open_regular_file(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(limit + 1) if size <= limit else b""
+        if size > limit or len(data) > limit:
+            raise OSError(errno.EFBIG, f"file too large ({max(size, len(data)):,} bytes, "
+                                       f"limit {limit:,})", os.fspath(path))
+        return data
 
 
 def current_umask() -> int:

@@ -190,10 +190,12 @@ def model_tiling(card, params: Optional[TilingParams] = None, tile_size: Optiona
                  target_mpp: Optional[float] = None) -> TilingParams:
     """Tiling for a new library: explicit values, else the model's training tiling, else defaults."""
     params = params or TilingParams()
+    # An explicit value is used as given (TilingParams refuses 0), never replaced by a default.
     return dataclasses.replace(
         params,
-        tile_size=tile_size or card.tile_size or DEFAULT_TILE_SIZE,
-        target_mpp=target_mpp or card.target_mpp or DEFAULT_TARGET_MPP)
+        tile_size=tile_size if tile_size is not None else card.tile_size or DEFAULT_TILE_SIZE,
+        target_mpp=(target_mpp if target_mpp is not None
+                    else card.target_mpp or DEFAULT_TARGET_MPP))
 
 
 def index_paths(paths: Iterable[str | Path], library_path: str | Path,

@@ -13,6 +13,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
+from hashview.errors import printable
+
 
 @dataclass
 class Progress:
@@ -60,9 +62,9 @@ class StderrBar:
             width = 30
             filled = int(width * min(p.done, p.total) / p.total)
             bar = "#" * filled + "-" * (width - filled)
-            text = f"\r{p.stage:<9} [{bar}] {p.done}/{p.total} {p.message[:40]}"
+            text = f"\r{p.stage:<9} [{bar}] {p.done}/{p.total} {printable(p.message)[:40]}"
         else:
-            text = f"\r{p.stage:<9} {p.done} {p.message[:40]}"
+            text = f"\r{p.stage:<9} {p.done} {printable(p.message)[:40]}"
         self.stream.write(text.ljust(100)[:100])
         if finished:
             self.stream.write("\n")

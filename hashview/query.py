@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 from PIL import Image
 
 from hashview.encode import Encoder
-from hashview.errors import SourceError
+from hashview.errors import SourceError, printable
 from hashview.search import Hit, Searcher, Vote, vote
 from hashview.slides import Source, open_source
 from hashview.tiling import Tile, TilingParams, load_patch, plan_geometry, read_tile
@@ -50,13 +50,14 @@ class QueryResult:
         for hit in self.hits:
             # Hamming distances are ints; float libraries give 1 - cosine
             dist = f"{hit.distance:.4f}" if isinstance(hit.distance, float) else hit.distance
-            lines.append(f"{hit.rank + 1:>4} {dist:>6}  {(hit.label or '-'):<12} "
-                         f"{hit.x:>7} {hit.y:>7} {hit.size:>5}  {hit.source_name}")
+            # Labels and names come from the indexed files: escaped, so they stay on their line.
+            lines.append(f"{hit.rank + 1:>4} {dist:>6}  {printable(hit.label or '-'):<12} "
+                         f"{hit.x:>7} {hit.y:>7} {hit.size:>5}  {printable(hit.source_name)}")
         if not self.hits:
             lines.append("  (no hits: the library is empty or the filters exclude every tile)")
         if self.vote is not None:
             v = self.vote
-            lines.append(f"vote: {v.count}/{v.total} {v.label} ({v.share:.0%})")
+            lines.append(f"vote: {v.count}/{v.total} {printable(v.label)} ({v.share:.0%})")
         return "\n".join(lines)
 
 

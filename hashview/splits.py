@@ -27,7 +27,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from hashview.errors import HashViewError
-from hashview.fileio import atomic_write_bytes
+from hashview.fileio import atomic_write_bytes, read_regular_file
+
+# A split lists every image's path: 1 GiB would hold about ten million of them.
+MAX_SPLIT_BYTES = 2**30
 
 PROTOCOLS = ("hatdh", "patient")
 SPLIT_FORMAT = 1
@@ -127,11 +130,15 @@ class Split:
             raise HashViewError(None, f"not a split description ({error!r})") from None
 
     @classmethod
-    def from_json(cls, text: str) -> "Split":
+    def from_json(cls, text: str | bytes) -> "Split":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise HashViewError(None, f"not a split file (invalid JSON: {error.msg})") from None
+        except UnicodeDecodeError:
+            raise HashViewError(None, "not a split file (not UTF-8 text)") from None
+        except RecursionError:
+            raise HashViewError(None, "not a split file (JSON nested too deeply)") from None
         if not isinstance(data, dict):
             raise HashViewError(None, "not a split file (expected a JSON object)")
         return cls.from_dict(data)
@@ -147,7 +154,7 @@ class Split:
     @classmethod
     def load(cls, path: str | Path) -> "Split":
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = read_regular_file(path, MAX_SPLIT_BYTES)
         except OSError as error:
             raise HashViewError(path, f"cannot read split: {error.strerror or error}") from None
         try:

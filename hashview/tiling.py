@@ -26,12 +26,14 @@ Choices:
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
+from .errors import SourceError
 from .slides.base import Source
 from .slides.image_source import load_rgb_image
 
@@ -57,10 +59,29 @@ _MASK_MAX_SIDE = 2048
 
 DEFAULT_TILE_SIZE = 224
 DEFAULT_TARGET_MPP = 0.5
+# Bounds that keep a plan's cost sane: below 16 px a tile holds no tissue structure (and a slide
+# gives millions of them); above 4096 px one tile decodes to 50 MB; a stride under an eighth of
+# the tile reads each pixel more than 64 times; µm/px outside [0.01, 1000] is no microscope's.
+MIN_TILE_SIZE, MAX_TILE_SIZE = 16, 4096
+MIN_TARGET_MPP, MAX_TARGET_MPP = 0.01, 1000.0
+MIN_STRIDE_FRACTION = 8  # stride >= tile_size / 8
+# A plan's grid is held in memory (a few arrays of this many entries): a 100,000 px slide tiled
+# at the densest allowed stride gives about 3 million; far more means parameters gone wrong.
+MAX_GRID_TILES = 10_000_000
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
 class TilingParams:
+    """How a slide is cut into tiles; refuses (``ValueError``) values outside the sane bounds."""
+
     tile_size: int = DEFAULT_TILE_SIZE    # output side in pixels
     target_mpp: float = DEFAULT_TARGET_MPP  # µm per output pixel
     min_tissue: float = 0.5    # keep tiles whose tissue fraction is at least this
@@ -68,18 +89,39 @@ class TilingParams:
     max_tiles: int | None = None
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
-        if self.tile_size < 1:
-            raise ValueError(f"tile_size must be >= 1, got {self.tile_size}")
-        if not self.target_mpp > 0:
-            raise ValueError(f"target_mpp must be > 0, got {self.target_mpp}")
-        if not 0.0 <= self.min_tissue <= 1.0:
-            raise ValueError(f"min_tissue must be in [0, 1], got {self.min_tissue}")
-        if self.stride is not None and self.stride < 1:
-            raise ValueError(f"stride must be >= 1, got {self.stride}")
-        if self.max_tiles is not None and self.max_tiles < 1:
-            # 0 would store a slide with no tiles, which then counts as indexed for good
-            raise ValueError(f"max_tiles must be at least 1, got {self.max_tiles}")
+        """Raise ``ValueError`` saying why these parameters are refused (done on construction,
+        so neither the CLI nor the API can plan with them)."""
+        problem = self._problem()
+        if problem:
+            raise ValueError(problem)
+
+    def _problem(self) -> str | None:
+        if not _is_int(self.tile_size) or not MIN_TILE_SIZE <= self.tile_size <= MAX_TILE_SIZE:
+            return (f"tile_size must be an integer from {MIN_TILE_SIZE} to {MAX_TILE_SIZE} px, "
+                    f"got {self.tile_size!r}")
+        if not _is_real(self.target_mpp) or not (
+                MIN_TARGET_MPP <= self.target_mpp <= MAX_TARGET_MPP):
+            return (f"target_mpp must be from {MIN_TARGET_MPP:g} to {MAX_TARGET_MPP:g} µm/px, "
+                    f"got {self.target_mpp!r}")
+        if not _is_real(self.min_tissue) or not 0.0 <= self.min_tissue <= 1.0:
+            return f"min_tissue must be a fraction from 0 to 1, got {self.min_tissue!r}"
+        if self.stride is not None:
+            smallest = math.ceil(self.tile_size / MIN_STRIDE_FRACTION)
+            if not _is_int(self.stride) or self.stride < 1:
+                return f"stride must be a positive integer, got {self.stride!r}"
+            if self.stride < smallest:
+                return (f"stride {self.stride} px is under 1/{MIN_STRIDE_FRACTION} of the "
+                        f"{self.tile_size} px tile (each pixel would be read more than "
+                        f"{MIN_STRIDE_FRACTION ** 2} times); use at least {smallest}")
+        if self.max_tiles is not None and (not _is_int(self.max_tiles) or self.max_tiles < 1):
+            return f"max_tiles must be a positive integer, got {self.max_tiles!r}"
+        if not _is_int(self.seed) or self.seed < 0:
+            return f"seed must be a non-negative integer, got {self.seed!r}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -258,6 +300,12 @@ def plan_tiles(source: Source, params: TilingParams | None = None,
                         f"({tile_level0} px at level 0); no tiles")
         return plan
 
+    grid = (((width - tile_level0) // stride_level0 + 1)
+            * ((height - tile_level0) // stride_level0 + 1))
+    if grid > MAX_GRID_TILES:
+        raise SourceError(source.path, f"the tiling gives {grid:,} tiles, more than "
+                                       f"{MAX_GRID_TILES:,}; use a larger tile size, µm/px or "
+                                       "stride")
     xs = np.arange(0, width - tile_level0 + 1, stride_level0)
     ys = np.arange(0, height - tile_level0 + 1, stride_level0)
     plan.grid_count = len(xs) * len(ys)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -12,6 +13,8 @@ from conftest import KATHER, SLIDE
 from hashview import index_store
 from hashview.cli import main
 from hashview.library import Library
+
+ROOT = KATHER.parents[2]  # this checkout, so subprocesses import its hashview whatever the cwd
 
 
 def run(capsys, *argv):
@@ -177,3 +180,159 @@ def test_demo_builds_its_library_and_finds_tumour_tiles(capsys, tmp_path, monkey
     result = json.loads(out)
     assert result["index"]["failed"] == [] and len(result["index"]["added"]) == 33
     assert result["vote"]["label"] == "01_TUMOR"
+
+
+def _hostile_models(tmp_path):
+    """--model values that must each be refused in one line: name -> (path, expected words)."""
+    import shutil
+
+    from hashview.models.store import bundled_models_dirs
+
+    weights = bundled_models_dirs()[0] / "dch-16.safetensors"
+    made = {}
+
+    def model(name, card_bytes=None):
+        shutil.copy(weights, tmp_path / f"{name}.safetensors")
+        if card_bytes is not None:
+            (tmp_path / f"{name}.json").write_bytes(card_bytes)
+        return tmp_path / f"{name}.json"
+
+    (tmp_path / "folder").mkdir()
+    made["folder"] = (tmp_path / "folder", "not a model file")
+    model("dir")
+    (tmp_path / "dir.json").mkdir()
+    made["card is a folder"] = (tmp_path / "dir.json", "directory")
+    model("fifo")
+    os.mkfifo(tmp_path / "fifo.json")
+    made["card is a FIFO"] = (tmp_path / "fifo.json", "FIFO")
+    made["missing"] = (tmp_path / "missing.safetensors", "not found")
+    made["not an object"] = (model("array", b"[1, 2]"), "not a JSON object")
+    made["not UTF-8"] = (model("latin", b'{"name": "\xe9t\xe9"}'), "not valid JSON")
+    made["nested too deeply"] = (model("deep", b"[" * 100_000 + b"]" * 100_000), "nested")
+    card = json.loads((weights.with_suffix(".json")).read_text())
+    card["training"] = json.loads('{"a": ' * 200 + "1" + "}" * 200)
+    made["deep inside"] = (model("inside", json.dumps(card).encode()), "nested")
+    return made
+
+
+def test_hostile_model_paths_are_refused_in_one_line(tmp_path, capsys):
+    query = sorted((KATHER / "01_TUMOR").iterdir())[0]
+    for what, (path, words) in _hostile_models(tmp_path).items():
+        for argv in (["index", query, "--library", tmp_path / "lib.h5", "--model", path],
+                     ["explain", query, query, "--out", tmp_path / "o.png", "--model", path]):
+            code, out, err = run(capsys, *argv)
+            lines = err.strip().splitlines()
+            assert code == 1 and len(lines) == 1, (what, err)
+            assert lines[0].startswith("hashview: ") and path.stem in lines[0], (what, err)
+            assert words in lines[0], (what, err)
+    assert not (tmp_path / "lib.h5").exists() and not (tmp_path / "o.png").exists()
+
+
+def test_listing_models_skips_a_fifo_card_instead_of_hanging(tmp_path):
+    """A FIFO named like a card in the user's models folder would block a plain read forever."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    os.mkfifo(home / "models" / "stuck.json")
+    (home / "models" / "stuck.safetensors").write_bytes(b"\0" * 16)
+    out = subprocess.run([sys.executable, "-m", "hashview", "models", "--json"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         env={**os.environ, "HASHVIEW_HOME": str(home)})
+    assert out.returncode == 0, out.stderr
+    assert "stuck" not in {m["name"] for m in json.loads(out.stdout)}
+
+
+def test_names_with_escape_sequences_and_newlines_are_printed_escaped(tmp_path, capsys):
+    """File names and labels come from anyone's disk: printed raw, an escape sequence would
+    recolour or clear the terminal and a newline would fake a line of output."""
+    import shutil
+
+    label = "tum\x1b[31mour"
+    folder = tmp_path / "patches" / label
+    folder.mkdir(parents=True)
+    good = folder / "evil\x1b[31m\nname.tif"
+    shutil.copy(sorted((KATHER / "01_TUMOR").iterdir())[0], good)
+    (folder / "broken\x1b[2J\n.png").write_bytes(b"not an image")
+    library = tmp_path / "lib.h5"
+    outputs = [run(capsys, "index", tmp_path / "patches", "--library", library),
+               run(capsys, "search", library, good),
+               run(capsys, "info", library)]
+    assert [code for code, _, _ in outputs] == [3, 0, 0]  # one file failed, one indexed
+    for _, out, err in outputs:
+        assert "\x1b" not in out + err
+        assert all(line.startswith(("hashview: ", "warning: ")) for line in err.splitlines())
+    (_, _, index_err), (_, search_out, _), (_, info_out, _) = outputs
+    assert "broken\\x1b[2J\\n.png: " in index_err and len(index_err.splitlines()) == 1
+    assert "evil\\x1b[31m\\nname.tif" in search_out and "tum\\x1b[31mour" in search_out
+    assert len(search_out.splitlines()) == 3  # header, the one hit, the vote
+    assert "tum\\x1b[31mour" in info_out
+
+
+def test_printable_makes_every_invisible_character_visible():
+    from hashview.errors import SourceError, printable
+
+    assert printable("plain name é 名.png") == "plain name é 名.png"
+    assert printable("a\x1b[31mb\nc\td\x7f") == "a\\x1b[31mb\\nc\\td\\x7f"
+    assert printable("evil\u202egnp.exe") == "evil\\u202egnp.exe"  # right-to-left override
+    assert printable(os.fsdecode(b"latin1-\xe9.png")) == "latin1-\\xe9.png"
+    assert str(SourceError("two\nlines.png", "bad")) == "two\\nlines.png: bad"
+
+
+def test_output_into_a_reader_that_leaves_ends_quietly(tmp_path):
+    """``hashview models --json | head -1``: the JSON is far larger than a pipe's buffer, so the
+    command is still writing when head exits; it must stop without a traceback."""
+    import subprocess
+    import sys
+
+    writer = subprocess.Popen([sys.executable, "-m", "hashview", "models", "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    head = subprocess.run(["head", "-1"], stdin=writer.stdout, capture_output=True, timeout=120)
+    writer.stdout.close()
+    err = writer.stderr.read().decode()
+    assert writer.wait(timeout=120) == 141, err
+    assert head.stdout.decode().strip() == "[" and err == ""
+
+
+_Q = sorted((KATHER / "01_TUMOR").iterdir())[0]
+_INDEX = ["index", _Q, "--library", "{lib}"]
+_SEARCH = ["search", "{lib}", _Q]
+_TRAIN = ["train", KATHER, "--arch", "mth", "--bits", "16", "--out", "{out}"]
+
+
+@pytest.mark.parametrize("argv, option", [
+    (_SEARCH + ["-k", "0"], "--top-k"), (_SEARCH + ["-k", "-1"], "--top-k"),
+    (_SEARCH + ["-k", "ten"], "--top-k"), (_SEARCH + ["--source", "-1"], "--source"),
+    (_INDEX + ["--mpp", "-1"], "--mpp"), (_INDEX + ["--mpp", "0"], "--mpp"),
+    (_INDEX + ["--mpp", "nan"], "--mpp"), (_INDEX + ["--tile-size", "0"], "--tile-size"),
+    (_INDEX + ["--tile-size", "1"], "--tile-size"), (_INDEX + ["--stride", "0"], "--stride"),
+    (_INDEX + ["--stride", "1"], "--stride"), (_INDEX + ["--max-tiles", "-5"], "--max-tiles"),
+    (_INDEX + ["--max-tiles", "0"], "--max-tiles"),
+    (_INDEX + ["--min-tissue", "2"], "--min-tissue"),
+    (_INDEX + ["--min-tissue", "-0.5"], "--min-tissue"), (_INDEX + ["--seed", "-1"], "--seed"),
+    (_INDEX + ["--batch-size", "0"], "--batch-size"),
+    (_INDEX + ["--batch-size", "10000000"], "--batch-size"),
+    (_TRAIN + ["--epochs", "0"], "--epochs"), (_TRAIN + ["--batch-size", "1"], "--batch-size"),
+    (_TRAIN + ["--lr", "-1"], "--lr"), (_TRAIN + ["--lr", "inf"], "--lr"),
+    (_TRAIN + ["--seed", "-3"], "--seed"), (_TRAIN + ["--input-size", "0"], "--input-size"),
+    (_TRAIN + ["--input-size", "100000"], "--input-size"),
+    (_TRAIN[:5] + ["12"] + _TRAIN[6:], "--bits"),
+    (_TRAIN[:5] + [str(2**30)] + _TRAIN[6:], "--bits"),
+    (["eval", KATHER, "--seeds", "a,b"], "--seeds"), (["eval", KATHER, "--seeds", ","], "--seeds"),
+    (["eval", KATHER, "--baseline", "lsh-pixels", "--bits", "0"], "--bits"),
+    (["explain", _Q, _Q, "--opacity", "2"], "--opacity"),
+    (_TRAIN + ["--option", "epochs=abc"], "--option"), (_TRAIN + ["--option", "bits"], "--option"),
+])
+def test_bad_numbers_are_usage_errors_not_tracebacks(tmp_path, capsys, argv, option):
+    names = {"lib": tmp_path / "lib.h5", "out": tmp_path / "out"}
+    argv = [str(a).format(**names) for a in argv]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    _, err = capsys.readouterr()
+    assert code == 2, err
+    assert "Traceback" not in err and option.lstrip("-").split("-")[0] in err
+    assert err.strip().splitlines()[-1].startswith(("hashview", "usage"))
+    assert not (tmp_path / "lib.h5").exists() and not (tmp_path / "out").exists()

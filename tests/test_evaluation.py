@@ -171,3 +171,17 @@ def test_plot_curves_needs_matplotlib(tmp_path):
             plot_curves(result, tmp_path / "curves.png")
     else:
         assert plot_curves(result, tmp_path / "curves.png").is_file()
+
+
+def test_split_files_that_are_not_json_text_are_refused_in_one_line(tmp_path):
+    import os
+
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "latin1.json").write_bytes(b'{"protocol": "\xe9"}')
+    os.mkfifo(tmp_path / "fifo.json")  # a plain read would wait for a writer forever
+    (tmp_path / "folder.json").mkdir()
+    for name, words in (("deep.json", "nested too deeply"), ("latin1.json", "not UTF-8"),
+                        ("fifo.json", "FIFO"), ("folder.json", "directory")):
+        with pytest.raises(HashViewError) as err:
+            Split.load(tmp_path / name)
+        assert str(err.value).startswith(str(tmp_path / name)) and words in str(err.value)

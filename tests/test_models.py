@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,6 +144,68 @@ def test_card_rejects_invalid_json():
         ModelCard.from_json("{not json", "x.json")
 
 
+@pytest.mark.parametrize("patch, field", [
+    ({"input_size": 100000}, "input_size"), ({"input_size": 8}, "input_size"),
+    ({"input_size": 512}, "input_size"),  # MTH's attention is quadratic in positions
+    ({"bits": 2**30}, "bits"), ({"bits": True}, "bits"),
+    ({"arch_kwargs": {"feature_dim": 10**9}}, "feature_dim"),
+    ({"arch_kwargs": {"width": 1.5}}, "width"),
+    ({"arch_kwargs": {"pooled_size": 4}}, "pooled_size"),  # DCH's, not MTH's
+    ({"arch": "resnet"}, "arch"), ({"code_kind": "float"}, "code_kind"),
+    ({"mean": [0.5, float("nan"), 0.5]}, "mean"), ({"std": [0.5, 1e999, 0.5]}, "std"),
+    ({"mean": [0.5, "x", 0.5]}, "mean"),
+    ({"name": "../../evil"}, "name"), ({"name": ".hidden"}, "name"),
+    ({"name": "a\x1b[31mb"}, "name"), ({"name": ""}, "name"),
+    ({"sha256": "not-a-digest"}, "sha256"), ({"tile_size": 1}, "tile_size"),
+    ({"target_mpp": -1}, "target_mpp"), ({"class_names": [1, 2]}, "class_names"),
+])
+def test_card_fields_are_checked_for_type_and_range(patch, field):
+    data = ModelCard("m", "mth", 64, 64, arch_kwargs={"width": 16, "feature_dim": 1024}).to_dict()
+    data.update(patch)
+    with pytest.raises(ModelError) as err:
+        ModelCard.from_json(json.dumps(data), "m.json")
+    message = str(err.value)
+    assert message.startswith("m.json: invalid model card: ") and field in message
+    assert "\n" not in message and len(message) < 300
+
+
+def test_every_shipped_card_is_within_the_limits():
+    from hashview.models.store import bundled_models_dirs
+
+    cards = sorted(bundled_models_dirs()[0].glob("*.json"))
+    assert len(cards) >= 10
+    for path in cards:
+        ModelCard.read(path)  # raises if a field is out of range
+
+
+def test_an_oversized_card_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    from hashview.models import cards
+
+    path = tmp_path / "m.json"
+    path.write_text(ModelCard("m", "dch", 16, 128).to_json())
+    monkeypatch.setattr(cards, "MAX_CARD_BYTES", 100)
+    with pytest.raises(ModelError, match=r"m.json: cannot read model card \(file too large"):
+        ModelCard.read(path)
+
+
+def test_saving_refuses_a_name_that_is_not_plain(tmp_path):
+    net = build_model("dch", 16)
+    for name in (".hidden", "two words", "tab\there"):
+        with pytest.raises(ModelError) as err:
+            save_model(net, ModelCard("x", "dch", 16, 128), tmp_path / name)
+        assert "plain name" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_training_names_a_model_plainly_after_any_folder():
+    from hashview.training import TrainConfig
+
+    assert TrainConfig(arch="dch", bits=16, dataset="my data/../x").model_name() == \
+        "dch-16-my_data_.._x"
+    with pytest.raises(ModelError):
+        TrainConfig(arch="dch", bits=16, name="../up").resolved()
+
+
 # ---------------------------------------------------------------- model files
 
 def _fp16_rounded(net: HashingNet) -> HashingNet:
@@ -237,6 +300,68 @@ def test_wrong_shapes_give_one_line_error(tmp_path):
         load_model(card_path)
     message = str(err.value)
     assert "\n" not in message and "shape mismatch" in message and "w.safetensors" in message
+
+
+def _rewrite_card(card_path, **changes):
+    data = json.loads(card_path.read_text())
+    data.update(changes)
+    card_path.write_text(json.dumps(data))
+
+
+def test_weights_that_do_not_fit_are_refused_from_the_header(tmp_path, monkeypatch):
+    """A card that lies about its sizes is refused from the safetensors header, before a single
+    tensor is made (here the file's tensors are DCH-16's and the card says 32 bits)."""
+    from hashview.models import store
+
+    save_model(build_model("dch", 16), ModelCard("w", "dch", 16, 128), tmp_path / "w")
+    _rewrite_card(tmp_path / "w.json", bits=32)
+
+    def never(data):
+        raise AssertionError("tensors were loaded from a file that does not fit the card")
+
+    monkeypatch.setattr(store, "load_safetensors_bytes", never)
+    with pytest.raises(ModelError) as err:
+        load_model(tmp_path / "w.json")
+    assert "shape mismatch" in str(err.value) and "lbe.weight" in str(err.value)
+
+
+def test_a_card_for_a_huge_net_is_refused_without_building_it(tmp_path):
+    save_model(build_model("dch", 16), ModelCard("h", "dch", 16, 128), tmp_path / "h")
+    # Every field in range, but together 179 million parameters.
+    _rewrite_card(tmp_path / "h.json", arch="lgffem", code_kind="float", input_size=96,
+                  arch_kwargs={"dims": [768] * 4, "depths": [12] * 4})
+    with pytest.raises(ModelError) as err:
+        load_model(tmp_path / "h.json")
+    assert "h.json" in str(err.value) and "parameters" in str(err.value)
+
+
+def test_a_huge_weights_file_is_refused_by_size_in_little_memory(tmp_path):
+    """A 3 GB (sparse) weights file with a plausible card: refused from its size, before it is
+    hashed or read, so the process's peak memory barely moves (ru_maxrss, in a subprocess)."""
+    import subprocess
+    import sys
+
+    save_model(build_model("dch", 16), ModelCard("big", "dch", 16, 128), tmp_path / "big")
+    with open(tmp_path / "big.safetensors", "r+b") as f:
+        f.truncate(3 * 2**30)
+    code = ("import json, resource, sys\n"
+            "from hashview.errors import ModelError\n"
+            "from hashview.models import load_model\n"
+            "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+            "before = peak()\n"
+            "try:\n"
+            "    load_model(sys.argv[1]); message = None\n"
+            "except ModelError as exc:\n"
+            "    message = str(exc)\n"
+            "print(json.dumps({'grew': peak() - before, 'message': message}))\n")
+    root = Path(__file__).resolve().parents[1]  # this checkout's hashview, whatever the cwd
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "big.safetensors")],
+                         capture_output=True, text=True, timeout=300, cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["message"] and "\n" not in result["message"]
+    assert "big.safetensors" in result["message"] and "larger than" in result["message"]
+    assert result["grew"] < 200 * 2**20, result
 
 
 def test_missing_card_or_weights(tmp_path):

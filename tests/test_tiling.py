@@ -181,3 +181,48 @@ def test_invalid_params_rejected():
             plan_tiles(source, TilingParams(min_tissue=1.5))
         with pytest.raises(ValueError):
             plan_tiles(source, TilingParams(tile_size=0))
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("tile_size", 0, "tile_size"), ("tile_size", 1, "tile_size"), ("tile_size", 15, "16"),
+    ("tile_size", 100_000, "tile_size"), ("tile_size", 224.0, "tile_size"),
+    ("target_mpp", 0, "target_mpp"), ("target_mpp", -1, "target_mpp"),
+    ("target_mpp", float("nan"), "target_mpp"), ("target_mpp", float("inf"), "target_mpp"),
+    ("min_tissue", 2, "min_tissue"), ("min_tissue", -0.1, "min_tissue"),
+    ("stride", 0, "stride"), ("stride", -1, "stride"), ("stride", 1, "1/8"),
+    ("stride", 27, "at least 28"), ("max_tiles", 0, "max_tiles"), ("max_tiles", -5, "max_tiles"),
+    ("seed", -1, "seed"),
+])
+def test_params_are_refused_when_made_not_only_when_planned(field, value, words):
+    """The API refuses what the CLI refuses: on construction, and on dataclasses.replace."""
+    with pytest.raises(ValueError, match=words):
+        TilingParams(**{field: value})
+    with pytest.raises(ValueError, match=words):
+        replace(TilingParams(), **{field: value})
+
+
+def test_params_at_the_bounds_are_accepted():
+    TilingParams(tile_size=16, target_mpp=0.01, min_tissue=0.0, stride=2, max_tiles=1, seed=0)
+    TilingParams(tile_size=224, stride=28, min_tissue=1.0, target_mpp=np.float32(0.5))
+
+
+def test_explicit_zero_tiling_is_refused_not_replaced_by_the_model_default():
+    from hashview.indexing import model_tiling
+    from hashview.models import ModelCard
+
+    card = ModelCard("m", "mth", 64, 64, tile_size=150, target_mpp=0.5)
+    assert model_tiling(card).tile_size == 150
+    with pytest.raises(ValueError, match="tile_size"):
+        model_tiling(card, tile_size=0)
+    with pytest.raises(ValueError, match="target_mpp"):
+        model_tiling(card, target_mpp=0.0)
+
+
+def test_a_grid_of_too_many_tiles_is_refused_before_it_is_built(monkeypatch):
+    import hashview.tiling as tiling
+    from hashview.errors import SourceError
+
+    monkeypatch.setattr(tiling, "MAX_GRID_TILES", 100)  # the CMU slide has 9 x 13 = 117
+    with open_source(SLIDE) as source:
+        with pytest.raises(SourceError, match="117 tiles, more than 100"):
+            plan_tiles(source, TilingParams(min_tissue=0.0))

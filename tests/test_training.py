@@ -340,6 +340,19 @@ def test_objective_options_defaults_overrides_and_unknown_keys():
         TrainConfig(arch="dch", epochs=2, pretrain_epochs=2).resolved()
 
 
+@pytest.mark.parametrize("options, words", [
+    ({"arch_kwargs": 5}, "arch_kwargs must be dict"),
+    ({"steps_per_epoch": "x"}, "steps_per_epoch"),
+    ({"augment": 1}, "augment must be bool"), ({"lr": -1.0}, "lr must be a positive"),
+    ({"input_size": 512}, "input_size"), ({"arch_kwargs": {"heads": 10**6}}, "heads"),
+])
+def test_options_of_the_wrong_type_or_range_are_refused_before_training(options, words):
+    """``--option`` values arrive as JSON or text: each is checked against its field's type and
+    the range a model card may hold, in one line, before anything is built."""
+    with pytest.raises(ModelError, match=words):
+        TrainConfig.from_options(arch="mth", bits=16, **options).resolved()
+
+
 def test_bundled_model_configs_resolve_unchanged():
     from hashview.models import list_models
 

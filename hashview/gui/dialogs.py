@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Optional
 
@@ -111,12 +110,16 @@ class TrainDialog(QDialog):
             self.folder.setText(folder)
 
     def default_model_name(self) -> str:
+        from hashview.models.card_limits import plain_name
+
         folder = Path(self.folder.text().strip()).name or "patches"
-        return f"{self.arch.currentData()}-{self.bits.value()}-{folder}"
+        return plain_name(f"{self.arch.currentData()}-{self.bits.value()}-{folder}")
 
     def model_name(self) -> str:
+        from hashview.models.card_limits import plain_name  # what a model card accepts
+
         typed = self.name.text().strip()
-        return re.sub(r"[^A-Za-z0-9_.-]+", "-", typed) if typed else self.default_model_name()
+        return plain_name(typed) if typed else self.default_model_name()
 
     def job_args(self) -> dict:
         """Keyword arguments of ``hashview.training.train_from_folder``."""

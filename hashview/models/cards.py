@@ -14,19 +14,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from hashview import __version__
 from hashview.errors import ModelError
+from hashview.fileio import read_regular_file
+from hashview.models.card_limits import (PLAIN_NAME_RULE, architecture_problem, is_int,
+                                         is_number, is_plain_name, shown)
 
 REQUIRED_KEYS = ("name", "arch", "bits", "input_size")
 # Default normalisation (x/255 - 0.5) / 0.5 maps pixels to [-1, 1], as Keras MobileNet's
 # preprocess_input does; it assumes no ImageNet statistics, which H&E tiles do not share anyway.
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.5, 0.5, 0.5)
-CODE_KINDS = ("binary", "float")
+# Real cards are a few hundred KB and 4 levels deep; the bounds keep a hostile card from costing
+# much memory, or the recursion that copying a deeply nested value takes.
+MAX_CARD_BYTES = 32 * 2**20
+MAX_CARD_DEPTH = 32
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}\Z")
 
 
 @dataclass
@@ -80,56 +88,95 @@ class ModelCard:
         known = {f.name for f in dataclasses.fields(cls)} - {"source"}
         # Unknown keys (written by a newer HashView) are ignored, not fatal.
         card = cls(**{k: v for k, v in data.items() if k in known})
-        card._validate(path)
+        card.validate(path)
         return card
 
     @classmethod
-    def from_json(cls, text: str, path: str | Path | None = None) -> "ModelCard":
+    def from_json(cls, text: str | bytes, path: str | Path | None = None) -> "ModelCard":
         try:
             data = json.loads(text)
-        except ValueError as exc:
+        except RecursionError:
+            raise ModelError(path, "model card is not valid JSON (nested too deeply)") from None
+        except ValueError as exc:  # also UnicodeDecodeError of bytes that are not UTF-8
             raise ModelError(path, f"model card is not valid JSON ({exc})") from exc
+        if _nesting_depth(data) > MAX_CARD_DEPTH:
+            raise ModelError(path, f"model card is nested more than {MAX_CARD_DEPTH} levels deep")
         return cls.from_dict(data, path)
 
     @classmethod
     def read(cls, path: str | Path) -> "ModelCard":
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ModelError(path, f"cannot read model card ({exc})") from exc
-        return cls.from_json(text, path)
+            data = read_regular_file(path, MAX_CARD_BYTES)
+        except OSError as exc:
+            raise ModelError(path, f"cannot read model card ({exc.strerror or exc})") from exc
+        return cls.from_json(data, path)
 
-    def _validate(self, path: str | Path | None) -> None:
-        def bad(reason: str) -> ModelError:
-            return ModelError(path, f"invalid model card: {reason}")
+    def validate(self, path: str | Path | None = None) -> None:
+        """Raise ``ModelError`` (naming ``path`` and the field) unless every field has its type
+        and range; done whenever a card is read or written."""
+        problem = self._problem()
+        if problem:
+            raise ModelError(path, f"invalid model card: {problem}")
 
-        if not isinstance(self.name, str) or not self.name:
-            raise bad("'name' must be a non-empty string")
-        if not isinstance(self.arch, str) or not self.arch:
-            raise bad("'arch' must be a non-empty string")
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or self.bits <= 0 \
-                or self.bits % 8:
-            raise bad(f"'bits' must be a positive multiple of 8, got {self.bits!r}")
-        if self.code_kind not in CODE_KINDS:
-            raise bad(f"'code_kind' must be one of {', '.join(CODE_KINDS)}, "
-                      f"got {self.code_kind!r}")
-        if isinstance(self.input_size, bool) or not isinstance(self.input_size, int) \
-                or self.input_size <= 0:
-            raise bad(f"'input_size' must be a positive integer, got {self.input_size!r}")
+    def _problem(self) -> Optional[str]:
+        """The first field that is missing its type or range, or None."""
+        if not is_plain_name(self.name):
+            return f"'name' must be a plain name ({PLAIN_NAME_RULE}), got {shown(self.name)}"
+        problem = architecture_problem(self.arch, self.bits, self.input_size, self.arch_kwargs,
+                                       self.code_kind)
+        if problem:
+            return problem
         for key in ("mean", "std"):
             value = getattr(self, key)
             if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-                raise bad(f"'{key}' must be a list of 3 numbers")
+                    is_number(v) for v in value):
+                return f"'{key}' must be a list of 3 finite numbers"
             setattr(self, key, tuple(float(v) for v in value))
         if any(s <= 0 for s in self.std):
-            raise bad("'std' values must be positive")
-        for key in ("arch_kwargs", "training", "metrics"):
+            return "'std' values must be positive"
+        for key in ("training", "metrics"):
             if not isinstance(getattr(self, key), dict):
-                raise bad(f"'{key}' must be a JSON object")
+                return f"'{key}' must be a JSON object"
         if self.split is not None and not isinstance(self.split, dict):
-            raise bad("'split' must be a JSON object or null")
-        if not isinstance(self.class_names, list):
-            raise bad("'class_names' must be a list")
-        if not isinstance(self.sha256, str):
-            raise bad("'sha256' must be a string")
+            return "'split' must be a JSON object or null"
+        if not isinstance(self.class_names, list) or not all(
+                isinstance(c, str) for c in self.class_names):
+            return "'class_names' must be a list of strings"
+        if self.n_classes is not None and not (is_int(self.n_classes) and self.n_classes >= 1):
+            return f"'n_classes' must be a positive integer or null, got {shown(self.n_classes)}"
+        if not isinstance(self.sha256, str) or (self.sha256 and not _SHA256.match(self.sha256)):
+            return "'sha256' must be 64 hexadecimal digits"
+        for key in ("description", "created", "hashview_version"):
+            if not isinstance(getattr(self, key), str):
+                return f"'{key}' must be a string"
+        if not isinstance(self.trained, bool):
+            return "'trained' must be true or false"
+        return self._tiling_problem()
+
+    def _tiling_problem(self) -> Optional[str]:
+        if self.tile_size is None and self.target_mpp is None:
+            return None
+        from hashview.tiling import TilingParams  # the tiling's own bounds, not a copy of them
+
+        try:
+            TilingParams(**{k: v for k, v in (("tile_size", self.tile_size),
+                                              ("target_mpp", self.target_mpp)) if v is not None})
+        except ValueError as exc:
+            return f"'tile_size'/'target_mpp': {exc}"
+        return None
+
+
+def _nesting_depth(value: Any) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (iterative: no recursion)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(
+            item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth + 1)
+        if deepest > MAX_CARD_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest

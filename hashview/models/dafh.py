@@ -38,13 +38,14 @@ from torch import nn
 from torchvision.models.efficientnet import EfficientNet, MBConvConfig
 
 from hashview.models.base import HashingNet
+from hashview.models.card_limits import DAFH_CLASSIFIER_INPUTS
 from hashview.models.registry import register
 
 # torchvision's EfficientNet-B0 stages: (expand, kernel, stride, in, out, layers).
 _B0_STAGES = [(1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2),
               (6, 3, 2, 40, 80, 3), (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4),
               (6, 3, 1, 192, 320, 1)]
-CLASSIFIER_INPUTS = ("fusion", "codes")
+CLASSIFIER_INPUTS = DAFH_CLASSIFIER_INPUTS
 
 
 class CBAM(nn.Module):

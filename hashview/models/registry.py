@@ -2,7 +2,9 @@
 
 Builders are plain functions ``builder(bits: int, **kw) -> HashingNet`` registered with
 ``@register("name")``; ``build_model`` is the only way the rest of HashView constructs a net, so a
-model card's ``arch`` + ``bits`` + ``arch_kwargs`` is enough to rebuild it.
+model card's ``arch`` + ``bits`` + ``arch_kwargs`` is enough to rebuild it. The built-in
+architectures are those of :data:`hashview.models.card_limits.ARCHITECTURES`, which also bounds
+each one's keyword arguments: a card naming any other architecture is refused when read.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import importlib
 from typing import Callable, Dict
 
 from hashview.errors import ModelError
+from hashview.models.card_limits import ARCHITECTURES
 
 _BUILDERS: Dict[str, Callable] = {}
 
@@ -33,7 +36,7 @@ def available_architectures() -> list[str]:
 # Built-in architectures, each module imported when that architecture is first built:
 # DAFH and LGFFEM import torchvision (~1.1 s on 2 cores), which loading an MTH, DCH or HATDH
 # model (the app's start-up) never needs.
-_BUILTIN = ("hatdh", "dch", "dafh", "mth", "lgffem")  # hashview/models/NAME.py registers NAME
+_BUILTIN = tuple(ARCHITECTURES)  # hashview/models/NAME.py registers NAME
 
 
 def build_model(arch: str, bits: int, **kw):

@@ -10,10 +10,13 @@ cards store them so); later architectures keep theirs in ``objective_options``.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 from hashview.errors import ModelError
+from hashview.models.card_limits import (PLAIN_NAME_RULE, architecture_problem, is_int,
+                                         is_number, is_plain_name, plain_name, shown)
 from hashview.training.losses import TRIPLET_MODES
 
 OPTIMISERS = ("adam", "adamw", "adadelta")
@@ -67,7 +70,7 @@ class TrainConfig:
     pretrain_epochs: Optional[int] = None  # stage 1 epochs (of `epochs`); None: epochs // 3
 
     def model_name(self) -> str:
-        return self.name or f"{self.arch}-{self.bits}-{self.dataset}"
+        return self.name or plain_name(f"{self.arch}-{self.bits}-{self.dataset}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -91,6 +94,10 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """A copy with every ``None``/"auto" default filled in; raises ModelError if invalid."""
         from hashview.training.objectives import objective_class
+
+        problem = self._type_problem()  # before any value is used (options come as text/JSON)
+        if problem:
+            raise ModelError(None, f"invalid training config: {problem}")
 
         arch = self.arch.lower()
         objective = objective_class(arch)
@@ -121,6 +128,17 @@ class TrainConfig:
             raise ModelError(None, f"invalid training config: {reason}")
         return cfg
 
+    def _type_problem(self) -> Optional[str]:
+        """The first field whose value is not of its annotated type, or None."""
+        hints = typing.get_type_hints(type(self))
+        for item in dataclasses.fields(self):
+            value, hint = getattr(self, item.name), hints[item.name]
+            allowed = typing.get_args(hint) if typing.get_origin(hint) is Union else (hint,)
+            if not any(_is_of(value, kind) for kind in allowed):
+                names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
+                return f"{item.name} must be {names}, got {shown(value)}"
+        return None
+
     def _validate(self) -> None:
         def bad(reason: str) -> ModelError:
             return ModelError(None, f"invalid training config: {reason}")
@@ -130,6 +148,17 @@ class TrainConfig:
             raise bad("batch_size must be >= 2")
         if self.bits <= 0 or self.bits % 8:
             raise bad("bits must be a positive multiple of 8")
+        # What a model card may hold (checked again when the model is read): refused here, not
+        # after hours of training.
+        problem = architecture_problem(self.arch, self.bits, self.input_size, self.arch_kwargs)
+        if problem:
+            raise bad(problem)
+        if self.name is not None and not is_plain_name(self.name):
+            raise bad(f"name must be a plain name ({PLAIN_NAME_RULE})")
+        if not (is_number(self.lr) and self.lr > 0):
+            raise bad(f"lr must be a positive number, got {self.lr!r}")
+        if not (is_number(self.weight_decay) and self.weight_decay >= 0):
+            raise bad(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
         if self.triplet_mode not in TRIPLET_MODES:
             raise bad(f"triplet_mode must be one of {TRIPLET_MODES}")
         if self.schedule not in ("cosine", "constant"):
@@ -142,3 +171,16 @@ class TrainConfig:
             raise bad("ema_decay must be in [0, 1)")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise bad("steps_per_epoch must be >= 1")
+
+
+def _is_of(value, kind) -> bool:
+    """``isinstance`` as a config means it: a bool is no int, an int is a float."""
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return is_int(value)
+    if kind is float:
+        return is_number(value)
+    return isinstance(value, kind)

@@ -310,6 +310,12 @@ def test_dialogs_settings_training_and_about(qtbot, window, tmp_path, monkeypatc
     assert args["arch"] == "hatdh" and args["bits"] == 32 and args["name"] == "hatdh-32-kather"
     assert args["data_folder"] == str(KATHER) and args["epochs"] == 30
     assert "init_from" not in args  # from scratch unless a start is picked
+    train.folder.setText(str(tmp_path / "my patches"))  # model names are plain names
+    assert train.job_args()["name"] == "hatdh-32-my_patches"
+    train.name.setText(".hidden/../name")
+    assert train.job_args()["name"] == "hidden_.._name"
+    train.name.setText("")
+    train.folder.setText(str(KATHER))
     # the start choices follow arch and bits: the bundled MTH 64-bit models can be fine-tuned
     train.arch.setCurrentIndex(train.arch.findData("mth"))
     train.bits.setValue(64)
