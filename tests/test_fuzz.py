@@ -65,6 +65,7 @@ def test_cases_mix_structural_and_byte_level_mutations(seeds, tmp_path):
 def test_classifier_reads_exit_status_and_stderr():
     assert classify(0, "", None, 1.0) == ("ok", "")
     assert classify(0, "hashview: index note\n", None, 1.0)[0] == "ok"
+    assert classify(3, "warning: tiling\nhashview: a.png: bad\n", None, 1.0)[0] == "refused"
     assert classify(1, "hashview: lib.h5: corrupt\n", None, 1.0) == (
         "refused", "hashview: lib.h5: corrupt")
     assert classify(1, "hashview: a\nb\n", None, 1.0)[0] == "bad-message"

@@ -3,8 +3,10 @@ that opens it the way HashView does.
 
 Kinds:
 
-- ``library``: a mutated ``library.h5``; the job runs ``hashview info LIB --json`` and then
-  ``hashview search LIB QUERY`` (exact search, as a library of this size gets);
+- ``library``: a mutated ``library.h5``; the job runs ``hashview info LIB`` (with ``--json``
+  in two cases of three) and ``hashview search LIB QUERY`` (exact search, as a library of this
+  size gets); every third case first appends a new patch (``hashview index NEW --library
+  LIB``), which opens the library for writing;
 - ``sidecar``: the intact library with a mutated ``library.h5.hvindex``; the job runs
   ``hashview search LIB QUERY --index ivf``, which loads the sidecar;
 - ``model``: a mutated ``NAME.json`` + ``NAME.safetensors``; the job runs ``hashview index
@@ -100,8 +102,11 @@ def _library_case(rng: random.Random, seeds: Seeds, case: Case) -> None:
     hot = seeds.hot_ranges(seeds.library.name)
     _mutate(rng, case, 0.6, [(lambda: mutate_hdf5(rng, library), 1)],
             [(lambda: mutate_file(rng, library, hot), 1)])
-    case.argv = [["info", str(library), "--json"],
-                 ["search", str(library), str(seeds.query), *SEARCH_OPTIONS]]
+    info = ["info", str(library)] + (["--json"] if case.index % 3 != 1 else [])
+    # no --json for index: its JSON report carries the failures on stdout, not stderr
+    append = ["index", str(seeds.new_patch), "--library", str(library), "--device", "cpu"]
+    case.argv = ([append] if case.index % 3 == 2 else []) + [
+        info, ["search", str(library), str(seeds.query), *SEARCH_OPTIONS]]
 
 
 def _sidecar_case(rng: random.Random, seeds: Seeds, case: Case) -> None:
@@ -145,6 +150,6 @@ def _model_case(rng: random.Random, seeds: Seeds, case: Case) -> None:
     library = case.folder / "indexed.h5"
     case.argv = [
         ["index", str(seeds.query), "--library", str(library), "--model", str(weights),
-         "--device", "cpu", "--json"],
+         "--device", "cpu"],
         ["search", str(library), str(seeds.query), "--model", str(weights), *SEARCH_OPTIONS]]
 

@@ -6,6 +6,7 @@
 - ``model/NAME.json`` + ``model/NAME.safetensors``: the default bundled model, also the
   smallest (its card is the real one, training record and split included);
 - ``query.tif``: a real Kather patch, the search query and the tile a model case indexes;
+- ``new-patch.png``: the same patch mirrored, a tile the library does not hold yet (to append);
 - ``alt-*.faiss``: other FAISS indexes serialised, to put into a sidecar in place of its own;
 - ``seeds.json``: the list above plus the byte ranges worth aiming at in each file (HDF5
   metadata rather than raw chunks, the safetensors header, the sidecar header and the start of
@@ -42,6 +43,7 @@ class Seeds:
     card: Path
     weights: Path
     query: Path
+    new_patch: Path
     alternative_indexes: tuple[Path, ...]
     hot: dict  # file name -> [[start, stop], ...]
 
@@ -74,6 +76,7 @@ def make_seeds(folder: str | os.PathLike) -> Seeds:
     return Seeds(folder=folder, library=folder / data["library"],
                  sidecar=folder / data["sidecar"], card=folder / data["card"],
                  weights=folder / data["weights"], query=folder / data["query"],
+                 new_patch=folder / data["new_patch"],
                  alternative_indexes=tuple(folder / p for p in data["alternative_indexes"]),
                  hot=data["hot"])
 
@@ -83,6 +86,7 @@ def make_seeds(folder: str | os.PathLike) -> Seeds:
 def _build(folder: Path) -> None:
     import faiss
     import numpy as np
+    from PIL import Image
 
     from hashview.indexing import index_paths
     from hashview.library import Library
@@ -108,6 +112,9 @@ def _build(folder: Path) -> None:
                         model_dir / (SEED_MODEL + suffix))
     query = folder / "query.tif"
     shutil.copyfile(sorted((DATA / "kather").glob("*/*.tif"))[0], query)
+    new_patch = folder / "new-patch.png"
+    with Image.open(query) as image:
+        image.convert("RGB").transpose(Image.FLIP_LEFT_RIGHT).save(new_patch)
 
     flat = faiss.IndexBinaryFlat(64)
     flat.add(codes)
@@ -125,7 +132,7 @@ def _build(folder: Path) -> None:
     listing = {
         "library": library.name, "sidecar": sidecar.name,
         "card": f"model/{SEED_MODEL}.json", "weights": f"model/{SEED_MODEL}.safetensors",
-        "query": query.name, "alternative_indexes": list(ALTERNATIVE_INDEXES),
+        "query": query.name, "new_patch": new_patch.name, "alternative_indexes": list(ALTERNATIVE_INDEXES),
         "hot": {library.name: hdf5_metadata_ranges(library),
                 weights.name: [[0, 8 + _length_prefix(weights)]],
                 sidecar.name: _sidecar_ranges(sidecar)},

@@ -10,7 +10,7 @@ file (file descriptor 2 is pointed at it), and so does the Python stack of a cra
 
 Outcomes (``class``): ``ok`` (exit 0, stderr only ``hashview: `` lines), ``refused`` (non-zero
 exit and exactly one ``hashview: `` line), ``bad-message`` (any other stderr: several lines,
-foreign text), ``traceback`` (an exception escaped the command), ``memory`` (MemoryError, an
+foreign text; ``warning: `` lines of ``hashview index`` are allowed anywhere), ``traceback`` (an exception escaped the command), ``memory`` (MemoryError, an
 allocation failure, or resident memory grown by more than RSS_LIMIT_MB). ``crash`` and ``hang``
 are decided by the parent (``runner.py``), which sees the worker die or fall silent.
 
@@ -188,7 +188,9 @@ def classify(rc: Optional[int], stderr: str, error: Optional[BaseException],
         return "traceback", what
     if peak_mb > RSS_LIMIT_MB:
         return "memory", f"resident memory grew by {peak_mb:.0f} MB (exit {rc})"
-    lines = [line for line in stderr.splitlines() if line.strip()]
+    # ``hashview index`` reports warnings on lines of their own, beside its one-line errors
+    lines = [line for line in stderr.splitlines()
+             if line.strip() and not line.startswith("warning: ")]
     if "Traceback (most recent call last)" in stderr:
         start = stderr.index("Traceback (most recent call last)")
         last = [line for line in stderr[start:].splitlines() if line and not line[0].isspace()]
