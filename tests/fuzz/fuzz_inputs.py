@@ -34,7 +34,7 @@ from tests.fuzz.seeds import make_seeds, subprocess_env
 CLASSES = ("ok", "refused", "bad-message", "traceback", "memory", "crash", "hang")
 PASSING = ("ok", "refused")
 DEFAULT_TIMEOUT_S = 20.0
-FRESH_WORKER_EVERY = 300  # cases; so that leaks or state left by one case stay bounded
+FRESH_WORKER_EVERY = 1000  # cases; so that leaks or state left by one case stay bounded
 DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "hashview-fuzz"
 
 
@@ -103,9 +103,18 @@ class FuzzReport:
                          + (" ..." if len(members[0].mutations) > 1 else "") + "]")
         return "\n".join(lines)
 
+    def refusals(self, top: int = 20) -> dict[str, dict[str, int]]:
+        """The most common refusal messages per kind: how deep the cases get."""
+        table: dict[str, Counter] = {}
+        for o in self.outcomes:
+            if o.outcome == "refused":
+                table.setdefault(o.kind, Counter())[signature(o.detail)] += 1
+        return {kind: dict(c.most_common(top)) for kind, c in table.items()}
+
     def to_json(self) -> dict:
         return {"seed": self.seed, "seconds": round(self.seconds, 1),
                 "counts": {k: dict(v) for k, v in self.counts().items()},
+                "refusals": self.refusals(),
                 "failure_classes": {name: [f"{o.kind}-{o.index}" for o in members]
                                     for name, members in self.failure_classes().items()},
                 "failures": [asdict(o) for o in self.failures]}
