@@ -26,6 +26,7 @@ import numpy as np
 
 from hashview.errors import LibraryError, printable
 from hashview.library.records import CODE_KINDS, ModelInfo
+from hashview.tiling import MAX_TARGET_MPP, MAX_TILE_SIZE, MIN_TARGET_MPP, MIN_TILE_SIZE
 
 MAX_CODE_BITS = 1 << 16  # far above any model's, low enough that one code row is small
 MAX_CHUNK_BYTES = 64 << 20  # HashView writes 16 KiB chunks; reading one row loads its chunk
@@ -76,12 +77,13 @@ def model_from_attrs(f: h5py.File, path: Path) -> ModelInfo:
     bits = int_attr(f, path, "bits", 1, MAX_CODE_BITS)
     if kind == "binary" and bits % 8:
         raise damaged(path, f"binary codes of {bits} bits: the length must be a multiple of 8")
-    tile_size = int_attr(f, path, "tile_size", 1, INT32_MAX)
+    # The tiling bounds every search plans with (a 1 px tile would cut a patch into 50,000).
+    tile_size = int_attr(f, path, "tile_size", MIN_TILE_SIZE, MAX_TILE_SIZE)
     target_mpp = _scalar_attr(f, path, "target_mpp")
     if (isinstance(target_mpp, (bool, np.bool_)) or not isinstance(target_mpp, numbers.Real)
-            or not np.isfinite(target_mpp) or target_mpp <= 0):
-        raise damaged(path, f"target_mpp is {printable(repr(target_mpp))[:80]}, not a "
-                            "positive number")
+            or not MIN_TARGET_MPP <= target_mpp <= MAX_TARGET_MPP):
+        raise damaged(path, f"target_mpp is {printable(repr(target_mpp))[:80]}, not a number "
+                            f"from {MIN_TARGET_MPP:g} to {MAX_TARGET_MPP:g} µm/px")
     return ModelInfo(name=values["model_name"], arch=values["model_arch"], bits=bits,
                      sha256=values["model_sha256"], tile_size=tile_size,
                      target_mpp=float(target_mpp), code_kind=str(kind))
