@@ -518,10 +518,12 @@ def test_max_tiles_below_one_is_refused_before_any_library_is_made(tmp_path):
     from hashview.indexing import index_paths
     from hashview.tiling import TilingParams
 
-    with pytest.raises(ValueError, match="max_tiles must be at least 1"):
-        TilingParams(max_tiles=0).validate()
+    with pytest.raises(ValueError, match="max_tiles must be a positive integer"):
+        TilingParams(max_tiles=0)
     TilingParams(max_tiles=1).validate()
+    params = TilingParams(max_tiles=1)
+    object.__setattr__(params, "max_tiles", 0)  # changed after it was made: indexing checks again
     lib = tmp_path / "lib.h5"
-    with pytest.raises(ValueError, match="max_tiles must be at least 1"):
-        index_paths([PATCHES[0]], lib, params=TilingParams(max_tiles=0), device="cpu")
+    with pytest.raises(ValueError, match="max_tiles must be a positive integer"):
+        index_paths([PATCHES[0]], lib, params=params, device="cpu")
     assert not lib.exists()
