@@ -54,6 +54,7 @@ import numpy as np
 
 from hashview.errors import LibraryError
 from hashview.fileio import atomic_write_bytes
+from hashview.index_payload import check_ivf_payload, check_list_ids
 from hashview.progress import ProgressCallback, report
 
 KINDS = ("flat", "ivf", "multihash")
@@ -448,6 +449,8 @@ def _read_payload(f: BinaryIO, path: Path, header: SidecarHeader) -> faiss.Index
         raise LibraryError(path, "corrupt index file (truncated or wrong size)")
     if hashlib.sha256(payload).hexdigest() != header.payload_sha256:
         raise LibraryError(path, "corrupt index file (checksum mismatch)")
+    if header.kind == "ivf":
+        check_ivf_payload(payload, header.identity, header.params["nlist"], path)
     try:
         index = faiss.deserialize_index_binary(np.frombuffer(payload, np.uint8))
     except (RuntimeError, MemoryError) as exc:
@@ -465,4 +468,8 @@ def _read_payload(f: BinaryIO, path: Path, header: SidecarHeader) -> faiss.Index
         raise LibraryError(path, f"corrupt index file (holds {index.ntotal} codes of {index.d} "
                                  f"bits, {_shape_params(index, header.kind)}; header says "
                                  f"{stored.n_tiles} of {stored.bits}, {shape})")
+    if header.kind == "ivf":
+        check_list_ids(index, path)
     return index
+
+

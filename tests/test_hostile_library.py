@@ -260,6 +260,15 @@ def test_attributes_that_are_not_numbers_are_refused_in_one_line(lib_path):
     assert "attribute generation" in refused(lib_path, lambda: Library.current_generation(lib_path))
 
 
+def test_a_count_attribute_of_another_shape_is_rewritten_when_appending(lib_path):
+    """``n_tiles`` is informative (readers derive it): opening for writing rewrites any value."""
+    edit(lib_path, set_attr("n_tiles", np.zeros((2, 2))))
+    with Library.open(lib_path, "a") as lib:
+        n_tiles = lib.n_tiles
+    with h5py.File(lib_path, "r") as f:
+        assert int(f.attrs["n_tiles"]) == n_tiles == N_TILES
+
+
 def test_unrepresentable_times_do_not_stop_reading(lib_path):
     edit(lib_path, set_value("sources/added", 0, 2 ** 62))
     with Library.open(lib_path) as lib:
@@ -311,6 +320,9 @@ def _one_dimensional_codes(f: h5py.File) -> None:
     (set_attr("code_kind", "float"), "/tiles/codes has shape (15, 8), expected (n, 64)"),
     (set_attr("tile_size", 0), "attribute tile_size is 0"),
     (set_attr("target_mpp", float("nan")), "target_mpp is nan"),
+    (set_attr("tile_size", 1), "attribute tile_size is 1"),
+    (set_attr("target_mpp", 1e-9), "target_mpp is 1e-09"),
+    (set_attr("schema_version", float("-inf")), "bad schema_version"),
     (set_attr("model_name", np.arange(3)), "attribute model_name is not a single value"),
     (_one_dimensional_codes, "/tiles/codes has shape (120,), expected (n, 8)"),
     (recreate("tiles/x", data=np.zeros(N_TILES), maxshape=(None,)), "/tiles/x holds float64"),

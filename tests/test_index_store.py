@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -416,3 +420,70 @@ def test_cli_index_build_and_search_with_an_approximate_index(slide_library, tmp
     assert "building" not in capsys.readouterr().err  # read from the sidecar this time
     assert main(["index-build", str(small), "--kind", "multihash"]) == 0
     assert "multihash index of" in capsys.readouterr().out
+
+
+def _with_payload(valid: bytes, edit) -> bytes:
+    """The sidecar ``valid`` with its FAISS payload changed by ``edit(bytearray)`` and the
+    header's checksum made to fit: a file crafted to pass the checksum."""
+    (length,) = struct.unpack("<Q", valid[8:16])
+    payload = bytearray(valid[16 + length:])
+    edit(payload)
+    sha = hashlib.sha256(bytes(payload)).hexdigest()
+    signed = with_header(valid, lambda header: header.update(payload_sha256=sha))
+    (length,) = struct.unpack("<Q", signed[8:16])
+    return signed[:16 + length] + bytes(payload)
+
+
+def _list_sizes_at(payload: bytearray) -> int:
+    """Offset of the first list size in an IVF payload ('ilar', nlist, code size, layout, count)."""
+    return payload.index(b"ilar") + 4 + 8 + 8 + 4 + 8
+
+
+def test_a_payload_naming_tiles_beyond_the_library_is_ignored(indexed_library, queries,
+                                                              tmp_path, monkeypatch):
+    monkeypatch.setattr(index_store, "EXACT_LIMIT_BITS", 1000)
+    library = tmp_path / "lib.h5"
+    shutil.copy(indexed_library[0], library)
+    side = index_store.sidecar_path(library)
+
+    def last_id_far_away(payload):  # the ids of the last list end the payload
+        payload[-8:] = struct.pack("<q", 10**12)
+    side.write_bytes(_with_payload(indexed_library[1], last_id_far_away))
+    _assert_ignored_then_rebuilt(library, side, queries)
+
+
+_LOAD_PEAK = """
+import sys
+from hashview import index_store
+from hashview.errors import LibraryError
+from hashview.library import Library
+with Library.open(sys.argv[1]) as lib:
+    identity = index_store.Identity.of(lib.model_sha256, lib.bits, lib.codes())
+before = int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")))
+try:
+    index_store.load_sidecar(index_store.sidecar_path(sys.argv[1]), identity)
+    print("loaded")
+except LibraryError as exc:
+    print(exc)
+after = int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")))
+print(after - before)
+"""
+
+
+def test_a_list_size_that_lies_is_refused_before_faiss_allocates_it(indexed_library, tmp_path):
+    library = tmp_path / "lib.h5"
+    shutil.copy(indexed_library[0], library)
+
+    def first_list_claims_more(payload):
+        at = _list_sizes_at(payload)
+        (size,) = struct.unpack_from("<Q", payload, at)
+        struct.pack_into("<Q", payload, at, size + 2**27)  # 1 GiB of codes and 1 GiB of ids
+    index_store.sidecar_path(library).write_bytes(
+        _with_payload(indexed_library[1], first_list_claims_more))
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", _LOAD_PEAK, str(library)], capture_output=True,
+                         text=True, timeout=300, cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    message, grew_kib = out.stdout.splitlines()
+    assert "corrupt index file" in message and "list sizes" in message
+    assert int(grew_kib) < 100 * 1024

@@ -147,7 +147,7 @@ def file_version(f: h5py.File, path: Path) -> int:
         raise LibraryError(path, f"not a HashView library (format is {str(fmt)!r})")
     try:
         version = int(f.attrs.get("schema_version"))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise LibraryError(path, "not a valid HashView library (bad schema_version)") from None
     if version > SCHEMA_VERSION:
         raise LibraryError(path, f"schema version {version} is newer than this HashView supports "

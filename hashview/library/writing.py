@@ -241,7 +241,8 @@ class LibraryWriting:
                   "sources/text": text_end, "labels/text": label_end,
                   "labels/text_end": len(self._labels)}
         stale = {name: n for name, n in wanted.items() if len(f[name]) != n}
-        if stale or int(f.attrs.get("n_tiles", -1)) != self._n_tiles:
+        # the count is informative only (readers derive it), so any other value is rewritten
+        if stale or not _attr_equals(f.attrs.get("n_tiles"), self._n_tiles):
             with self._writing():
                 for name, n in stale.items():
                     f[name].resize(n, axis=0)
@@ -282,3 +283,10 @@ def _append_rows(f, name: str, first: int, data: np.ndarray) -> tuple[str, int, 
     finally:
         ds.id._close()
     return name, first, data
+
+
+def _attr_equals(value: Any, expected: int) -> bool:
+    """Whether an attribute read from a file holds the single number ``expected``."""
+    value = np.asarray(value) if value is not None else None
+    return value is not None and value.shape == () and value.dtype.kind in "iu" \
+        and int(value) == expected
