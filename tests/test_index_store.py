@@ -168,6 +168,16 @@ def test_corrupt_sidecar_is_one_line_error_and_search_falls_back(indexed_library
     assert len(searcher.search(queries, k=10)[0]) == 10
 
 
+@pytest.fixture()
+def copied_library(indexed_library, tmp_path, monkeypatch):
+    """A copy of the indexed library, treated as large so that it wants its sidecar; and the
+    sidecar's path (for a test to write)."""
+    monkeypatch.setattr(index_store, "EXACT_LIMIT_BITS", 1000)
+    library = tmp_path / "lib.h5"
+    shutil.copy(indexed_library[0], library)
+    return library, index_store.sidecar_path(library)
+
+
 def with_header(valid: bytes, change=None, raw: dict | None = None) -> bytes:
     """The sidecar ``valid`` with its JSON header changed by ``change(header)``; string values
     ``"@RAW:<text>"`` are replaced by ``<text>`` unquoted (JSON that json.dumps cannot write)."""
@@ -256,12 +266,9 @@ def _assert_ignored_then_rebuilt(library, side, queries):
 
 
 @pytest.mark.parametrize("bad", list(BAD_HEADERS))
-def test_every_bad_header_field_is_ignored_with_one_line(indexed_library, queries, tmp_path,
-                                                         monkeypatch, bad):
-    monkeypatch.setattr(index_store, "EXACT_LIMIT_BITS", 1000)
-    library = tmp_path / "lib.h5"
-    shutil.copy(indexed_library[0], library)
-    side = index_store.sidecar_path(library)
+def test_every_bad_header_field_is_ignored_with_one_line(indexed_library, copied_library,
+                                                         queries, bad):
+    library, side = copied_library
     if bad == "header an array":
         head = b"[1, 2]"
         side.write_bytes(index_store.MAGIC + struct.pack("<Q", len(head)) + head)
@@ -270,12 +277,9 @@ def test_every_bad_header_field_is_ignored_with_one_line(indexed_library, querie
     _assert_ignored_then_rebuilt(library, side, queries)
 
 
-def test_header_length_beyond_the_file_is_refused_before_reading(indexed_library, queries,
-                                                                 tmp_path, monkeypatch):
-    monkeypatch.setattr(index_store, "EXACT_LIMIT_BITS", 1000)
-    library = tmp_path / "lib.h5"
-    shutil.copy(indexed_library[0], library)
-    side = index_store.sidecar_path(library)
+def test_header_length_beyond_the_file_is_refused_before_reading(indexed_library,
+                                                                 copied_library, queries):
+    library, side = copied_library
     valid = indexed_library[1]
     side.write_bytes(valid[:8] + struct.pack("<Q", len(valid)) + valid[16:])
     _assert_ignored_then_rebuilt(library, side, queries)
@@ -439,12 +443,9 @@ def _list_sizes_at(payload: bytearray) -> int:
     return payload.index(b"ilar") + 4 + 8 + 8 + 4 + 8
 
 
-def test_a_payload_naming_tiles_beyond_the_library_is_ignored(indexed_library, queries,
-                                                              tmp_path, monkeypatch):
-    monkeypatch.setattr(index_store, "EXACT_LIMIT_BITS", 1000)
-    library = tmp_path / "lib.h5"
-    shutil.copy(indexed_library[0], library)
-    side = index_store.sidecar_path(library)
+def test_a_payload_naming_tiles_beyond_the_library_is_ignored(indexed_library, copied_library,
+                                                              queries):
+    library, side = copied_library
 
     def last_id_far_away(payload):  # the ids of the last list end the payload
         payload[-8:] = struct.pack("<q", 10**12)
