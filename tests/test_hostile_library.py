@@ -323,6 +323,8 @@ def _one_dimensional_codes(f: h5py.File) -> None:
     (set_attr("tile_size", 1), "attribute tile_size is 1"),
     (set_attr("target_mpp", 1e-9), "target_mpp is 1e-09"),
     (set_attr("schema_version", float("-inf")), "bad schema_version"),
+    (set_attr("schema_version", 1 + 2j), "bad schema_version"),
+    (set_attr("schema_version", "2"), "bad schema_version"),
     (set_attr("model_name", np.arange(3)), "attribute model_name is not a single value"),
     (_one_dimensional_codes, "/tiles/codes has shape (120,), expected (n, 8)"),
     (recreate("tiles/x", data=np.zeros(N_TILES), maxshape=(None,)), "/tiles/x holds float64"),

@@ -145,10 +145,11 @@ def file_version(f: h5py.File, path: Path) -> int:
         fmt = fmt.decode("utf-8", "replace")
     if str(fmt) != FORMAT_NAME:
         raise LibraryError(path, f"not a HashView library (format is {str(fmt)!r})")
-    try:
-        version = int(f.attrs.get("schema_version"))
-    except (TypeError, ValueError, OverflowError):
-        raise LibraryError(path, "not a valid HashView library (bad schema_version)") from None
+    version = f.attrs.get("schema_version")
+    # an integer and nothing else: int() of a complex, a string or an array warns or raises
+    if not isinstance(version, (int, np.integer)) or isinstance(version, (bool, np.bool_)):
+        raise LibraryError(path, "not a valid HashView library (bad schema_version)")
+    version = int(version)
     if version > SCHEMA_VERSION:
         raise LibraryError(path, f"schema version {version} is newer than this HashView supports "
                                  f"({SCHEMA_VERSION}); upgrade HashView")
