@@ -4,12 +4,14 @@ Root attributes get values of the wrong type, sign or size, or go; datasets are 
 to nothing, up to 10**8 rows without writing them), replaced by ones of another dtype, rank or
 layout, filled with extreme values, deleted, or replaced by links (external, soft, hard),
 virtual datasets or external raw storage pointing outside the file (``/etc/hostname``, a
-missing file, the file itself). Nothing is ever written outside the library: external storage
-is created with fill time "never", so the file it names is only read.
+missing file, the file itself). External raw storage names a stand-in file in the case folder
+(a later write through it would otherwise reach the file named), so nothing outside the case
+folder is ever written.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import warnings
 from typing import Any, Callable
@@ -44,6 +46,10 @@ NEW_DTYPES = ("float64", "float16", "int8", "uint8", "int64", "uint64", "bool", 
 ROW_COUNTS: tuple[tuple[str, Callable[[int], int]], ...] = (
     ("0", lambda n: 0), ("1", lambda n: 1), ("n-1", lambda n: n - 1), ("n//2", lambda n: n // 2),
     ("n+1", lambda n: n + 1), ("n+1000", lambda n: n + 1000), ("10**8", lambda n: 10 ** 8))
+# HDF5 resolves a relative external-storage name against this prefix ("${ORIGIN}": the folder
+# of the file that names it), read from the environment at each dataset open; without it a
+# write through the stand-in would land in the current folder.
+EXTERNAL_FILES_HERE = os.environ.setdefault("HDF5_EXTFILE_PREFIX", "${ORIGIN}")
 OUTSIDE_FILES = ("/etc/hostname", "../../../../../../etc/hostname", "missing.bin", "/dev/zero",
                  "/etc")
 
@@ -252,7 +258,12 @@ def external_storage(rng: random.Random, f: h5py.File) -> str:
     if ds.dtype.kind == "O" or not ds.shape:
         return f"{name} left as it is (no external storage for it)"
     shape, dtype = ds.shape, ds.dtype
-    target = rng.choice(OUTSIDE_FILES)
+    # The reader must refuse external storage whatever it names, so the file named is always a
+    # stand-in inside the case folder: a later mutation that writes the dataset (or HDF5 itself)
+    # then writes there, never to /etc/hostname or the current folder.
+    named = rng.choice(OUTSIDE_FILES)
+    stand_in = "".join(c if c.isalnum() else "_" for c in named).strip("_") or "outside"
+    target = f"ext-{stand_in}"  # relative: resolved in the file's folder (EXTERNAL_FILES_HERE)
     nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
     del f[name]
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
@@ -261,7 +272,8 @@ def external_storage(rng: random.Random, f: h5py.File) -> str:
     dcpl.set_external(target.encode(), 0, nbytes)
     h5py.h5d.create(f.id, name.encode(), h5py.h5t.py_create(dtype),
                     h5py.h5s.create_simple(shape), dcpl=dcpl)
-    return f"replace {name} by external storage in {target}"
+    return (f"replace {name} by external storage in ext-{stand_in} of the case folder "
+            f"(standing in for {named})")
 
 
 def group_cycle(rng: random.Random, f: h5py.File) -> str:
