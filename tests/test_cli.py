@@ -81,12 +81,17 @@ def test_exclude_source_leaves_out_a_copied_query_slide(slide_library, tmp_path,
     assert len(hits) == 5 and all(h["source_path"] != stored for h in hits)
 
 
-def test_search_on_read_only_storage_is_exact_and_says_why(slide_library, small_disk, capsys,
-                                                           monkeypatch):
+def _library_and_query_on(small_disk, slide_library):
+    """The test library copied onto the small disk, and a Kather patch to query it with."""
     library = small_disk.path / "library.h5"
     shutil.copy(slide_library[0], library)
+    return library, sorted((KATHER / "04_LYMPHO").iterdir())[0]
+
+
+def test_search_on_read_only_storage_is_exact_and_says_why(slide_library, small_disk, capsys,
+                                                           monkeypatch):
+    library, query = _library_and_query_on(small_disk, slide_library)
     small_disk.read_only()
-    query = sorted((KATHER / "04_LYMPHO").iterdir())[0]
     code, out, err = run(capsys, "search", library, query, "--index", "flat", "--json", "-k", "5")
     assert code == 0, err
     exact = json.loads(out)["hits"]
@@ -110,10 +115,8 @@ def test_search_on_read_only_storage_is_exact_and_says_why(slide_library, small_
 
 def test_search_on_a_full_disk_uses_the_index_it_could_not_save(slide_library, small_disk,
                                                                  capsys):
-    library = small_disk.path / "library.h5"
-    shutil.copy(slide_library[0], library)
+    library, query = _library_and_query_on(small_disk, slide_library)
     small_disk.fill()
-    query = sorted((KATHER / "04_LYMPHO").iterdir())[0]
     code, out, err = run(capsys, "search", library, query, "--index", "ivf", "--json", "-k", "5")
     assert code == 0, err
     side = index_store.sidecar_path(library)

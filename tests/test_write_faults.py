@@ -449,13 +449,19 @@ def test_models_are_saved_with_the_umask(tmp_path, umask):
 
 
 # ------------------------------------------------------------------ copies of one image
-def test_copies_of_one_image_are_encoded_and_counted_once(tmp_path):
-    from hashview.indexing import index_paths
-
+def _twenty_copies(image: Path, tmp_path: Path) -> Path:
+    """A folder holding twenty copies of ``image`` under other names."""
     folder = tmp_path / "copies"
     folder.mkdir()
     for i in range(20):
-        shutil.copy(PATCHES[0], folder / f"copy-{i:02d}.tif")
+        shutil.copy(image, folder / f"copy-{i:02d}.tif")
+    return folder
+
+
+def test_copies_of_one_image_are_encoded_and_counted_once(tmp_path):
+    from hashview.indexing import index_paths
+
+    folder = _twenty_copies(PATCHES[0], tmp_path)
     lib = tmp_path / "lib.h5"
     report = index_paths([folder], lib, device="cpu")
     assert [Path(a["path"]).name for a in report.added] == ["copy-00.tif"]
@@ -470,10 +476,7 @@ def test_copies_of_one_image_are_encoded_and_counted_once(tmp_path):
 
 
 def test_cli_counts_copies_as_not_added(tmp_path):
-    folder = tmp_path / "copies"
-    folder.mkdir()
-    for i in range(20):
-        shutil.copy(PATCHES[1], folder / f"copy-{i:02d}.tif")
+    folder = _twenty_copies(PATCHES[1], tmp_path)
     lib = tmp_path / "lib.h5"
     done = _cli("index", str(folder), "--library", str(lib), "--device", "cpu")
     assert done.returncode == 0, done.stderr
