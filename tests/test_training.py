@@ -145,6 +145,33 @@ def test_augment_is_seeded_and_in_range(dataset):
     assert (a - x).abs().mean() > 0.005  # it does change the images
 
 
+_COLOUR_ONLY = dict(flips_rotations=False, max_zoom=1.0, hed_scale=0, hed_shift=0,
+                   brightness=0, contrast=0)
+
+
+def test_colour_jitter_keeps_grey_grey_and_greyscale_removes_colour():
+    x = torch.rand(8, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    grey = x[:, :1].expand(-1, 3, -1, -1).clone()
+    hue_only = AugmentConfig(**_COLOUR_ONLY, hue=0.3, saturation=0.5)
+    # A grey pixel has no hue or saturation: rotating and scaling them leaves it as it is.
+    assert (augment(grey, torch.Generator().manual_seed(1), hue_only) - grey).abs().max() < 1e-5
+    moved = augment(x, torch.Generator().manual_seed(1), hue_only)
+    assert (moved - x).abs().mean() > 0.01 and moved.min() >= 0 and moved.max() <= 1
+    always_grey = augment(x, torch.Generator().manual_seed(1),
+                          AugmentConfig(**_COLOUR_ONLY, grayscale=1.0))
+    assert (always_grey - always_grey[:, :1]).abs().max() < 1e-5
+    never = augment(x, torch.Generator().manual_seed(1), AugmentConfig(**_COLOUR_ONLY))
+    assert torch.equal(never, x)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"hue": 0.9}, "hue <= 0.5"), ({"grayscale": -1}, "grayscale must be a number >= 0"),
+    ({"sharpness": 1}, "unknown augmentation option 'sharpness'")])
+def test_augment_options_are_checked_before_training(options, message):
+    with pytest.raises(ModelError, match=message):
+        TrainConfig(arch="mth", augment_options=options).resolved()
+
+
 def test_augment_geometry_is_an_exact_dihedral_transform():
     x = torch.rand(16, 3, 20, 20, generator=torch.Generator().manual_seed(0))
     only_geometry = AugmentConfig(max_zoom=1.0, hed_scale=0, hed_shift=0, brightness=0,

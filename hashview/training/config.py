@@ -45,6 +45,7 @@ class TrainConfig:
     optimizer: str = "auto"               # "auto": the objective's (Adam for every arch)
     schedule: str = "cosine"              # "cosine" (per step, to 0 per stage) | "constant"
     augment: bool = True
+    augment_options: dict = field(default_factory=dict)  # AugmentConfig fields (colour, zoom)
     sampler: str = "auto"                 # "balanced" (P x K) | "shuffle"; auto: the objective's
     steps_per_epoch: Optional[int] = None  # None: ~one pass over the training images
     amp: bool = True                      # fp16 autocast + GradScaler on CUDA (ignored on CPU)
@@ -161,6 +162,9 @@ class TrainConfig:
             raise bad(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
         if self.triplet_mode not in TRIPLET_MODES:
             raise bad(f"triplet_mode must be one of {TRIPLET_MODES}")
+        problem = _augment_problem(self.augment_options)
+        if problem:
+            raise bad(problem)
         if self.schedule not in ("cosine", "constant"):
             raise bad("schedule must be 'cosine' or 'constant'")
         if self.sampler not in ("balanced", "shuffle"):
@@ -184,3 +188,25 @@ def _is_of(value, kind) -> bool:
     if kind is float:
         return is_number(value)
     return isinstance(value, kind)
+
+
+def _augment_problem(options: dict) -> Optional[str]:
+    """Why ``augment_options`` cannot configure the augmentation, or None."""
+    from hashview.training.data import AugmentConfig
+
+    try:
+        config = AugmentConfig.from_options(options)
+    except (TypeError, ValueError) as exc:
+        return f"augment_options: {exc}"
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if item.name == "flips_rotations":
+            if not isinstance(value, bool):
+                return "augment_options: flips_rotations must be true or false"
+        elif not (is_number(value) and value >= 0):
+            return f"augment_options: {item.name} must be a number >= 0, got {shown(value)}"
+    if config.max_zoom < 1.0 or config.hed_scale >= 1.0 or config.saturation > 1.0 \
+            or config.grayscale > 1.0 or config.hue > 0.5:
+        return ("augment_options: max_zoom must be >= 1, hed_scale < 1, saturation <= 1, "
+                "grayscale <= 1 and hue <= 0.5")
+    return None

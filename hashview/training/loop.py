@@ -91,6 +91,7 @@ class _Run:
         mean = torch.tensor(DEFAULT_MEAN, device=device).view(1, 3, 1, 1)
         std = torch.tensor(DEFAULT_STD, device=device).view(1, 3, 1, 1)
         self.mean, self.std = mean, std
+        self.augment_config = AugmentConfig.from_options(cfg.augment_options)
 
     # -- structure
     def stage_of(self, epoch: int) -> str:
@@ -160,7 +161,7 @@ class _Run:
     def prepare(self, pixels: torch.Tensor, do_augment: bool) -> torch.Tensor:
         x = images_to_input(pixels, self.device)
         if do_augment:
-            x = augment(x, self.gen_augment, AugmentConfig())
+            x = augment(x, self.gen_augment, self.augment_config)
         return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
     def step(self, pixels: torch.Tensor, labels: torch.Tensor) -> float:
