@@ -112,14 +112,14 @@ def run(folder: Path, protocol: str, arch: str, scratch: bool, out: Path, epochs
 
 
 def table_rows(name: str, arch: str, scratch: bool, outcome: dict) -> list[str]:
-    rep = outcome["report"]
+    rep, nan = outcome["report"], float("nan")
     held, codes = rep["held_out"], rep["codes"]
     start = rep.get("start_model", {})
     best = max(outcome["bundled"].items(), key=lambda kv: kv[1]["vote_accuracy@10"])
     how = "scratch" if scratch else f"from {start.get('name')}"
     return [f"| {name} ({outcome['n_images']}) | {arch} {how}, {outcome['epochs']} ep, "
             f"{outcome['input']} px | {held['vote_accuracy@10']:.3f} / {held['map']:.3f} | "
-            f"{start.get('vote_accuracy@10', float('nan')):.3f} / {start.get('map', float('nan')):.3f} | "
+            f"{start.get('vote_accuracy@10', nan):.3f} / {start.get('map', nan):.3f} | "
             f"{best[0]} {best[1]['vote_accuracy@10']:.3f} / {best[1]['map']:.3f} | "
             f"{codes['distinct']}/{codes['n_images']}, {codes['dead_bits']} dead | "
             f"{rep['quality']} | {held['n_queries']} | {outcome['seconds']:.0f} s |"]

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="tile and encode slides, images or patch folders into a library")
     p.add_argument("sources", nargs="+", metavar="SRC", help="slide, image or patch folder")
     p.add_argument("--library", "-l", required=True, metavar="LIB.h5")
-    p.add_argument("--model", "-m", default=None, help="model name or .safetensors path")
+    p.add_argument("--model", "-m", default=None,
+                   help="model name, .safetensors path or training output folder")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=BATCH_SIZE, default=None)
     _add_tiling_args(p)
@@ -74,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="ID",
                    help="only return tiles of this source id (repeatable)")
     p.add_argument("--model", "-m", default=None,
-                   help="model file to encode the query with (default: the library's model)")
+                   help="model file or training output folder to encode the query with "
+                        "(default: the library's model)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--index", default="auto", choices=["auto", "flat", "ivf", "multihash"],
                    help="auto: exact for small libraries, an approximate index (built once and "
@@ -133,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="retrieval metrics of a model on a labelled patch folder")
     p.add_argument("data", metavar="DATA")
-    p.add_argument("--model", "-m", default=None, help="model name or .safetensors path")
+    p.add_argument("--model", "-m", default=None,
+                   help="model name, .safetensors path or training output folder")
     p.add_argument("--split", metavar="FILE", default=None,
                    help="split JSON (default: the model's own split for this folder, "
                         "else --protocol over --seeds)")
@@ -149,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="Grad-CAM maps of what makes a hit match its query")
     p.add_argument("query", metavar="QUERY", help="image file, or SLIDE@x,y,w,h (level-0 region)")
     p.add_argument("hit", metavar="HIT", help="image file, or SLIDE@x,y,w,h (level-0 region)")
-    p.add_argument("--model", "-m", default=None, help="model name or .safetensors path")
+    p.add_argument("--model", "-m", default=None,
+                   help="model name, .safetensors path or training output folder")
     p.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++"])
     p.add_argument("--out", "-o", default="overlay.png", metavar="PNG",
                    help="side-by-side figure to write (default overlay.png)")

@@ -8,9 +8,9 @@ from typing import Sequence
 from hashview.cli_support import (EXIT_OK, EXIT_WORSE_MODEL, progress_bar, say, say_lines,
                                   usage_error)
 
-EXPLAIN_PANEL = 256
+EXPLAIN_PANEL = 256  # side of each of the four panels of ``hashview explain --out``
 # How `hashview models` marks a model whose held-out report failed (card "quality").
-QUALITY_FLAGS = {"collapsed": "[COLLAPSED] ", "worse_than_start": "[WORSE THAN ITS START] "}  # side of each of the four panels of ``hashview explain --out``
+QUALITY_FLAGS = {"collapsed": "[COLLAPSED] ", "worse_than_start": "[WORSE THAN ITS START] "}
 
 
 def _metrics_summary(metrics: dict) -> str:

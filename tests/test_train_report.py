@@ -83,8 +83,9 @@ def test_code_stats_and_verdict_thresholds():
     healthy = code_stats(np.random.default_rng(0).integers(0, 256, (40, 2), dtype=np.uint8),
                          16, n_classes=4)
     assert healthy["dead_bits"] == 0 and healthy["distinct"] == 40 and not is_collapsed(healthy)
-    few = {**healthy, "distinct": 9}  # under a quarter of 40 images
-    assert is_collapsed(few)
+    few = {**healthy, "distinct": 4}  # under an eighth of 40 images
+    assert is_collapsed(few) and not is_collapsed({**healthy, "distinct": 6})
+    assert is_collapsed({**healthy, "n_images": 12, "distinct": 3})  # fewer than 4 classes
     trained = {"name": "t", "vote_accuracy@10": 0.70, "n_queries": 40, "codes": healthy}
     start = {"name": "s", "vote_accuracy@10": 0.80}
     margin = regression_margin(0.80, 40)

@@ -158,7 +158,8 @@ class ModelCard:
         if not isinstance(self.trained, bool):
             return "'trained' must be true or false"
         if self.quality not in QUALITIES:
-            return f"'quality' must be one of {', '.join(map(str, QUALITIES))}, got {shown(self.quality)}"
+            return (f"'quality' must be one of {', '.join(map(str, QUALITIES))}, "
+                    f"got {shown(self.quality)}")
         return self._tiling_problem()
 
     def _tiling_problem(self) -> Optional[str]:
