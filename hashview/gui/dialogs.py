@@ -139,10 +139,13 @@ class TrainDialog(QDialog):
                 "name": name, "device": self.device}
         if self.epochs.value():
             args["epochs"] = self.epochs.value()
-        if self.start_from.currentData() == SCRATCH:
+        from hashview.training.defaults import DEFAULT_START
+
+        start = self.start_from.currentData()
+        if start == SCRATCH:
             args["from_scratch"] = True
-        elif self.start_from.currentData():
-            args["init_from"] = self.start_from.currentData()
+        elif start and start != DEFAULT_START.get(args["arch"]):  # the default needs no argument
+            args["init_from"] = start
         return args
 
     def _accept(self) -> None:

@@ -327,8 +327,8 @@ def test_dialogs_settings_training_and_about(qtbot, window, tmp_path, monkeypatc
     train.bits.setValue(32)
     starts = [train.start_from.itemData(i) for i in range(train.start_from.count())]
     assert starts[:2] == ["mth-64-from-idc", SCRATCH] and {"mth-64", "mth-64-idc"} <= set(starts)
-    train.start_from.setCurrentIndex(starts.index("mth-64-from-idc"))
-    assert train.job_args()["init_from"] == "mth-64-from-idc"
+    train.start_from.setCurrentIndex(starts.index("mth-64"))
+    assert train.job_args()["init_from"] == "mth-64"
 
     # a finished training job: its model is installed and listed
     net = build_model("dch", 16, input_size=32)
