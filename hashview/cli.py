@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="tile and encode slides, images or patch folders into a library")
     p.add_argument("sources", nargs="+", metavar="SRC", help="slide, image or patch folder")
     p.add_argument("--library", "-l", required=True, metavar="LIB.h5")
-    p.add_argument("--model", "-m", default=None, help="model name or .safetensors path")
+    p.add_argument("--model", "-m", default=None,
+                   help="model name, .safetensors path or training output folder")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=BATCH_SIZE, default=None)
     _add_tiling_args(p)
@@ -74,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="ID",
                    help="only return tiles of this source id (repeatable)")
     p.add_argument("--model", "-m", default=None,
-                   help="model file to encode the query with (default: the library's model)")
+                   help="model file or training output folder to encode the query with "
+                        "(default: the library's model)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--index", default="auto", choices=["auto", "flat", "ivf", "multihash"],
                    help="auto: exact for small libraries, an approximate index (built once and "
@@ -101,8 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="code length, a multiple of 8 (descriptor dimensions for lgffem)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="folder for the model, its split and checkpoints")
-    p.add_argument("--epochs", type=POSITIVE_INT, default=30)
-    p.add_argument("--batch-size", type=TRAIN_BATCH_SIZE, default=64)
+    p.add_argument("--epochs", type=POSITIVE_INT, default=None,
+                   help="default: the start model's recipe (30 from scratch)")
+    p.add_argument("--batch-size", type=TRAIN_BATCH_SIZE, default=None,
+                   help="default: the start model's recipe (64 from scratch)")
     p.add_argument("--lr", type=POSITIVE_NUMBER, default=None)
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
     p.add_argument("--split", metavar="FILE", default=None,
@@ -110,10 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default="hatdh", choices=["hatdh", "patient"],
                    help="hatdh: 70/30 per class; patient: no patient on both sides")
     p.add_argument("--input-size", type=model_input_size, default=None,
-                   help="model input side in pixels (default: the architecture's)")
-    p.add_argument("--init", metavar="MODEL", default=None,
-                   help="start from this trained model's weights (same arch and bits; name or "
-                        ".safetensors path): fine-tune it on DATA")
+                   help="model input side in pixels (default: the start model's, else the "
+                        "architecture's)")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--init", metavar="MODEL", default=None,
+                       help="start from this trained model's weights (same arch, any code "
+                            "length; name, .safetensors path or training folder) instead of "
+                            "the architecture's default start model")
+    start.add_argument("--from-scratch", action="store_true",
+                       help="start from random weights, not the default start model")
+    p.add_argument("--keep-held-out", action="store_true",
+                   help="save the held-out run's model; skip the final retrain on all patches")
+    p.add_argument("--accept-worse", action="store_true",
+                   help="exit 0 even when the model collapsed or is worse than its start")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -122,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="retrieval metrics of a model on a labelled patch folder")
     p.add_argument("data", metavar="DATA")
-    p.add_argument("--model", "-m", default=None, help="model name or .safetensors path")
+    p.add_argument("--model", "-m", default=None,
+                   help="model name, .safetensors path or training output folder")
     p.add_argument("--split", metavar="FILE", default=None,
                    help="split JSON (default: the model's own split for this folder, "
                         "else --protocol over --seeds)")
@@ -138,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="Grad-CAM maps of what makes a hit match its query")
     p.add_argument("query", metavar="QUERY", help="image file, or SLIDE@x,y,w,h (level-0 region)")
     p.add_argument("hit", metavar="HIT", help="image file, or SLIDE@x,y,w,h (level-0 region)")
-    p.add_argument("--model", "-m", default=None, help="model name or .safetensors path")
+    p.add_argument("--model", "-m", default=None,
+                   help="model name, .safetensors path or training output folder")
     p.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++"])
     p.add_argument("--out", "-o", default="overlay.png", metavar="PNG",
                    help="side-by-side figure to write (default overlay.png)")

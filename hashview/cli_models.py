@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
-from hashview.cli_support import EXIT_OK, progress_bar, say, usage_error
+from hashview.cli_support import (EXIT_OK, EXIT_WORSE_MODEL, progress_bar, say, say_lines,
+                                  usage_error)
 
 EXPLAIN_PANEL = 256  # side of each of the four panels of ``hashview explain --out``
+# How `hashview models` marks a model whose held-out report failed (card "quality").
+QUALITY_FLAGS = {"collapsed": "[COLLAPSED] ", "worse_than_start": "[WORSE THAN ITS START] "}
 
 
 def _metrics_summary(metrics: dict) -> str:
@@ -37,8 +40,9 @@ def cmd_models(args) -> int:
         default = "*" if card.name == DEFAULT_MODEL else " "
         status = "trained" if card.trained else "untrained"
         unit = "dims" if card.code_kind == "float" else "bits"  # float descriptors
+        flag = QUALITY_FLAGS.get(card.quality, "")
         say(f"{default} {card.name:<{width}} {card.arch:<6} {card.bits:>4} {unit}  {status:<9}"
-            f"  {_metrics_summary(card.metrics or {})}")
+            f"  {flag}{_metrics_summary(card.metrics or {})}")
     say("* default model")
     return EXIT_OK
 
@@ -59,6 +63,7 @@ def _parse_options(pairs: Sequence[str]) -> dict:
 
 def cmd_train(args) -> int:
     from hashview.training import train_from_folder
+    from hashview.training.report import report_lines, warning_line
 
     try:
         options = _parse_options(args.option)
@@ -68,6 +73,7 @@ def cmd_train(args) -> int:
              "out_dir": args.out, "epochs": args.epochs, "batch_size": args.batch_size,
              "lr": args.lr, "seed": args.seed, "split_file": args.split,
              "protocol": args.protocol, "resume": args.resume, "device": args.device,
+             "from_scratch": args.from_scratch, "keep_held_out": args.keep_held_out,
              "progress": None}
     if args.input_size is not None:
         named["input_size"] = args.input_size
@@ -80,12 +86,21 @@ def cmd_train(args) -> int:
     bar = progress_bar(not args.json)
     result = train_from_folder(**{**named, **options, "progress": bar})
     bar.close()
+    report = result.report
+    warning = warning_line(report, result.card.name)
     summary = {"model": str(result.model_path), "seconds": round(result.seconds, 1),
-               "final_loss": result.history[-1] if result.history else None}
+               "final_loss": result.history[-1] if result.history else None,
+               "quality": report.get("quality"), "report": report}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
+        say_lines("\n".join(report_lines(report, result.card.name)))
         say(f"model written to {result.model_path} ({result.seconds:.0f} s)")
+    if warning:
+        say(warning if args.accept_worse else f"{warning} (exit {EXIT_WORSE_MODEL}; "
+            "--accept-worse to accept it)", err=True)
+        if not args.accept_worse:
+            return EXIT_WORSE_MODEL
     return EXIT_OK
 
 

@@ -10,6 +10,7 @@ from typing import Callable, Optional
 from hashview.errors import printable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+EXIT_WORSE_MODEL = 4  # hashview train: the model collapsed or is worse than its start
 
 
 def progress_bar(enabled: bool):

@@ -145,7 +145,7 @@ def _mean_curves(per_split: Sequence[dict]) -> Optional[dict]:
             "recall": np.mean([s["curves"]["recall"] for s in per_split], 0).tolist()}
 
 
-def _score_splits(codes: np.ndarray, dataset: PatchDataset, splits: Sequence[Split], bits: int,
+def score_splits(codes: np.ndarray, dataset: PatchDataset, splits: Sequence[Split], bits: int,
                   metric_args: dict, progress: Optional[ProgressCallback]) -> dict:
     labels = np.asarray(dataset.labels)
     per_split = []
@@ -199,7 +199,7 @@ def evaluate_model(model, data_folder: Union[str, Path],
                         "if that is this data, queries may include training images")
     splits = resolve_splits(dataset, split, protocol, seeds, train_fraction)
     codes = encode_folder_split(loaded, dataset.entries, device, batch_size, progress)
-    result = _score_splits(codes, dataset, splits, int(card.bits),
+    result = score_splits(codes, dataset, splits, int(card.bits),
                            dict(k_list=tuple(k_list), radius=radius, vote_k=vote_k), progress)
     return {"kind": "model", "name": card.name, "arch": card.arch, "trained": bool(card.trained),
             "split_source": source, "warnings": warnings, **result}
@@ -247,7 +247,7 @@ def evaluate_baseline(name: str = "lsh-pixels", data_folder: Union[str, Path] = 
     for split_ in splits:
         train, test = split_.indices(dataset.paths)
         codes = lsh_codes(features, features[train].mean(axis=0), bits, split_.seed)
-        one = _score_splits(codes, dataset, [split_], bits, metric_args, None)
+        one = score_splits(codes, dataset, [split_], bits, metric_args, None)
         per_split.extend(one["splits"])
     mean, std = summarise(per_split)
     return {"kind": "baseline", "name": name, "arch": name, "trained": False,

@@ -24,6 +24,9 @@ def runs_dir() -> Path:
     return user_models_dir() / "runs"
 
 
+SCRATCH = "__scratch__"  # the "start from" choice of random weights
+
+
 class TrainDialog(QDialog):
     """Patch folder, architecture, bits, epochs -> ``job_args()`` for a "train" JobSpec."""
 
@@ -51,8 +54,9 @@ class TrainDialog(QDialog):
         self.bits.setValue(64)
         self.bits.setSuffix(" bits")
         self.epochs = QSpinBox()
-        self.epochs.setRange(1, 1000)
-        self.epochs.setValue(30)
+        self.epochs.setRange(0, 1000)
+        self.epochs.setSpecialValueText("The start model's recipe")  # 0: its epochs (or 30)
+        self.epochs.setValue(0)
         self.name = QLineEdit()
         # Fine-tuning: any installed model of the chosen arch and code length can be the start.
         self.start_from = QComboBox()
@@ -98,10 +102,15 @@ class TrainDialog(QDialog):
         if self._installed is None:
             self._installed = list_models()
         arch, bits = self.arch.currentData(), self.bits.value()
+        from hashview.training.defaults import DEFAULT_START
+
         self.start_from.clear()
-        self.start_from.addItem("Random weights (train from scratch)", None)
-        for card in self._installed:
-            if card.arch == arch and int(card.bits) == bits and card.trained:
+        default = DEFAULT_START.get(arch)
+        if default:  # first, so that it is what a user who changes nothing gets
+            self.start_from.addItem(f"{default} (the default start)", default)
+        self.start_from.addItem("Random weights (train from scratch)", SCRATCH)
+        for card in self._installed:  # any code length: the hash layer then starts fresh
+            if card.arch == arch and card.trained and card.name != default:
                 self.start_from.addItem(f"{card.name} (fine-tune it)", card.name)
 
     def _browse(self) -> None:
@@ -126,10 +135,17 @@ class TrainDialog(QDialog):
         name = self.model_name()
         args = {"data_folder": str(Path(self.folder.text().strip()).resolve()),
                 "arch": self.arch.currentData(), "bits": self.bits.value(),
-                "epochs": self.epochs.value(), "out_dir": str(runs_dir() / name),
+                "out_dir": str(runs_dir() / name),
                 "name": name, "device": self.device}
-        if self.start_from.currentData():
-            args["init_from"] = self.start_from.currentData()
+        if self.epochs.value():
+            args["epochs"] = self.epochs.value()
+        from hashview.training.defaults import DEFAULT_START
+
+        start = self.start_from.currentData()
+        if start == SCRATCH:
+            args["from_scratch"] = True
+        elif start and start != DEFAULT_START.get(args["arch"]):  # the default needs no argument
+            args["init_from"] = start
         return args
 
     def _accept(self) -> None:
@@ -157,6 +173,8 @@ class SettingsDialog(QDialog):
         self.model = QComboBox()
         for card in list_models():
             state = "trained" if card.trained else "untrained"
+            if card.quality in ("collapsed", "worse_than_start"):
+                state += ", " + card.quality.replace("_", " ").upper()
             self.model.addItem(f"{card.name}  ({card.arch}, {card.bits} bits, {state})", card.name)
         wanted = settings.model or DEFAULT_MODEL
         self.model.setCurrentIndex(max(0, self.model.findData(wanted)))

@@ -92,7 +92,13 @@ class JobsMixin:
             except (HashViewError, KeyError) as exc:
                 self.warn(f"training finished but the model could not be installed: {exc}")
                 return
-            self.show_message(f"Model {card.name} is ready: choose it in Settings", 15000)
+            if result.get("warning"):  # collapsed or worse than its start: never a success
+                self.warn(f"{result['warning']}. It is installed as {card.name} (marked in "
+                          "Settings); the held-out report is in the Jobs panel.",
+                          title="Training finished: model not better")
+                return
+            self.show_message(f"Model {card.name} is ready: choose it in Settings. "
+                              f"{_held_out_summary(result.get('report') or {})}", 30000)
             return
         self.show_message(f"{spec.title}: {status}", 10000)
 
@@ -108,3 +114,14 @@ class JobsMixin:
             return False
         self.jobs.cancel_all()
         return True
+
+
+def _held_out_summary(report: dict) -> str:
+    """The held-out vote@10 of the trained model beside its start's, for the status bar."""
+    held, start = report.get("held_out"), report.get("start_model")
+    if not held:
+        return ""
+    text = f"Held-out vote@10 {held['vote_accuracy@10']:.3f}"
+    if start:
+        text += f" ({start['name']}: {start['vote_accuracy@10']:.3f})"
+    return text + f" over {held['n_queries']} patches."

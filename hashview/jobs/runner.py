@@ -128,6 +128,7 @@ def _run_index(spec: JobSpec, progress: ProgressEmitter, emit: Emit) -> dict:
 
 def _run_train(spec: JobSpec, progress: ProgressEmitter, emit: Emit) -> dict:
     from hashview.training import TrainConfig, train_from_folder
+    from hashview.training.report import report_lines, warning_line
 
     # train_from_folder passes **options on to TrainConfig: its fields are valid too, and so
     # are the architecture's own objective options (e.g. MTH's eta), as on the command line.
@@ -141,9 +142,19 @@ def _run_train(spec: JobSpec, progress: ProgressEmitter, emit: Emit) -> dict:
     result = train_from_folder(progress=progress, **spec.args)
     card = result.card
     history = [float(x) for x in result.history]
+    # The held-out report goes to the job's log (and the result); a collapsed or regressed
+    # model is a warning, which the app shows instead of a success message.
+    lines = report_lines(result.report, card.name)
+    for line in lines:
+        emit({"event": "log", "level": "info", "message": line})
+    warning = warning_line(result.report, card.name)
+    if warning:
+        emit({"event": "log", "level": "warning", "message": warning})
     return {"model_path": str(result.model_path), "model_name": card.name, "arch": card.arch,
             "bits": card.bits, "seconds": round(float(result.seconds), 1),
-            "final_loss": history[-1] if history else None, "history": history}
+            "final_loss": history[-1] if history else None, "history": history,
+            "quality": result.report.get("quality"), "report": result.report,
+            "report_lines": lines, "warning": warning}
 
 
 _RUNNERS = {"index": _run_index, "train": _run_train}

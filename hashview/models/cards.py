@@ -37,6 +37,9 @@ MAX_CARD_DEPTH = 32
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}\Z")
 
 
+QUALITIES = (None, "ok", "collapsed", "worse_than_start")
+
+
 @dataclass
 class ModelCard:
     name: str
@@ -61,6 +64,9 @@ class ModelCard:
     tile_size: Optional[int] = None
     target_mpp: Optional[float] = None
     code_kind: str = "binary"  # "binary" | "float" (see the module notes)
+    # A trained model's verdict from its held-out report (hashview.training.report): "ok",
+    # "collapsed" or "worse_than_start"; None for models trained before the report existed.
+    quality: Optional[str] = None
     # Where the card was found ("bundled", "user", "builtin" or a path); not written to JSON.
     source: str = field(default="", compare=False)
 
@@ -151,6 +157,9 @@ class ModelCard:
                 return f"'{key}' must be a string"
         if not isinstance(self.trained, bool):
             return "'trained' must be true or false"
+        if self.quality not in QUALITIES:
+            return (f"'quality' must be one of {', '.join(map(str, QUALITIES))}, "
+                    f"got {shown(self.quality)}")
         return self._tiling_problem()
 
     def _tiling_problem(self) -> Optional[str]:

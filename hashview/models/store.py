@@ -298,6 +298,8 @@ def load_model(name_or_path: PathLike, device: Union[str, torch.device, None] = 
     path = Path(text)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ModelError(path, "pickle-based model files are not accepted; use .safetensors")
+    if path.is_dir():  # a training run's output folder: the model it holds
+        path = model_in_folder(path)
     if path.suffix in (WEIGHTS_SUFFIX, CARD_SUFFIX):
         loaded = _load_files(_stem(path), source=str(path))
     elif os.sep in text or "/" in text or path.is_file():
@@ -307,6 +309,37 @@ def load_model(name_or_path: PathLike, device: Union[str, torch.device, None] = 
     else:
         return load_installed_model(text, device)
     return _to_device(loaded, device)
+
+
+def model_in_folder(folder: PathLike) -> Path:
+    """The weights file of the one model (``NAME.safetensors`` with ``NAME.json``) directly in
+    ``folder``, as ``hashview train --out`` leaves it; a one-line ModelError naming the folder
+    when it holds none or several (checkpoints and the held-out run's subfolder are not
+    models)."""
+    folder = Path(folder)
+    found = sorted(p for p in folder.glob("*" + WEIGHTS_SUFFIX)
+                   if p.stem != "checkpoint" and p.with_suffix(CARD_SUFFIX).is_file())
+    if not found:
+        raise ModelError(folder, "no model in this folder (expected NAME.safetensors with "
+                                 "NAME.json, as 'hashview train --out' writes them)")
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found[:4]) + (", ..." if len(found) > 4 else "")
+        raise ModelError(folder, f"{len(found)} models in this folder ({names}): name one file")
+    return found[0]
+
+
+def rewrite_card(model_path: PathLike, **changes) -> ModelCard:
+    """Replace fields of a saved model's card (weights untouched, so its sha256 still holds);
+    the weights are verified first and the new card validated before it is written."""
+    stem = _plain_stem(model_path)
+    card, _ = _read_checked(stem)
+    card = dataclasses.replace(card, **changes)
+    card.validate(stem)
+    try:
+        atomic_write_bytes(_files(stem)[0], card.to_json().encode("utf-8"))
+    except OSError as exc:
+        raise ModelError(stem, f"cannot save model card ({exc.strerror or exc})") from exc
+    return card
 
 
 def is_plain_model_name(name: object) -> bool:

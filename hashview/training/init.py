@@ -5,8 +5,9 @@ shape match the new net's; what does not match (a classifier over another label 
 size dependent tensor) keeps its fresh seeded initialisation and is listed in the returned
 summary, which the model card records. The source model is loaded through
 :func:`hashview.models.load_model` (safetensors, sha256 checked, never unpickled) and must have
-the same architecture and code length: a different arch would share no weights, and different
-bits would leave the hash layer untrained.
+the same architecture (another would share no weights). Another code length is allowed: the
+feature layers are copied and the hash layer (whose shape depends on the bits) starts fresh,
+which the summary says.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def init_weights(net: torch.nn.Module, arch: str, bits: int, init_from: str) -> 
 
     source = load_model(init_from, device="cpu")
     card = source.card
-    if card.arch != arch or int(card.bits) != int(bits):
+    if card.arch != arch:
         raise ModelError(init_from, f"cannot start from this model: it is {card.arch}-"
                                     f"{card.bits}, the run trains {arch}-{bits}")
     theirs = source.net.state_dict()
@@ -38,5 +39,6 @@ def init_weights(net: torch.nn.Module, arch: str, bits: int, init_from: str) -> 
             skipped.append(name)
     if not copied:
         raise ModelError(init_from, "cannot start from this model: no weight matches")
-    return {"model": card.name, "sha256": card.sha256, "tensors_copied": len(copied),
-            "tensors_kept_fresh": skipped}
+    return {"model": card.name, "sha256": card.sha256, "bits": int(card.bits),
+            "tensors_copied": len(copied), "tensors_kept_fresh": skipped,
+            "hash_layer_fresh": int(card.bits) != int(bits)}

@@ -51,6 +51,7 @@ class TrainResult:
     seconds: float            # wall time of all sessions of this run (resumes included)
     log: list[dict] = field(default_factory=list)  # per epoch: loss, stage, lr, val_map, seconds
     net: Optional[nn.Module] = None  # the trained net (CPU, eval), equal to the saved file
+    report: dict = field(default_factory=dict)  # the held-out report (train_from_folder)
 
 
 class _Run:

@@ -12,7 +12,7 @@ pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl  # noqa: E402
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
+from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
 
 from conftest import KATHER, SLIDE, TUMOUR_PATCH, StallMeter  # noqa: E402
 
@@ -290,7 +290,7 @@ def test_pasting_an_image_searches_with_it(qtbot, window):
 
 
 def test_dialogs_settings_training_and_about(qtbot, window, tmp_path, monkeypatch):
-    from hashview.gui.dialogs import SettingsDialog, TrainDialog, about_html
+    from hashview.gui.dialogs import SCRATCH, SettingsDialog, TrainDialog, about_html
     from hashview.models import build_model, list_models, save_model
     from hashview.models.cards import ModelCard
 
@@ -308,21 +308,27 @@ def test_dialogs_settings_training_and_about(qtbot, window, tmp_path, monkeypatc
     train.bits.setValue(32)
     args = train.job_args()
     assert args["arch"] == "hatdh" and args["bits"] == 32 and args["name"] == "hatdh-32-kather"
-    assert args["data_folder"] == str(KATHER) and args["epochs"] == 30
-    assert "init_from" not in args  # from scratch unless a start is picked
+    assert args["data_folder"] == str(KATHER) and "epochs" not in args  # the recipe's
+    # hatdh starts from its default model unless random weights are picked
+    assert "init_from" not in args and "from_scratch" not in args
+    assert train.start_from.currentData() == "hatdh-64"
+    train.start_from.setCurrentIndex(train.start_from.findData(SCRATCH))
+    assert train.job_args()["from_scratch"] is True
+    train.epochs.setValue(7)
+    assert train.job_args()["epochs"] == 7
     train.folder.setText(str(tmp_path / "my patches"))  # model names are plain names
     assert train.job_args()["name"] == "hatdh-32-my_patches"
     train.name.setText(".hidden/../name")
     assert train.job_args()["name"] == "hidden_.._name"
     train.name.setText("")
     train.folder.setText(str(KATHER))
-    # the start choices follow arch and bits: the bundled MTH 64-bit models can be fine-tuned
+    # the start choices follow the arch (any code length): the default start comes first
     train.arch.setCurrentIndex(train.arch.findData("mth"))
-    train.bits.setValue(64)
+    train.bits.setValue(32)
     starts = [train.start_from.itemData(i) for i in range(train.start_from.count())]
-    assert starts[0] is None and {"mth-64", "mth-64-idc", "mth-64-from-idc"} <= set(starts)
-    train.start_from.setCurrentIndex(starts.index("mth-64-from-idc"))
-    assert train.job_args()["init_from"] == "mth-64-from-idc"
+    assert starts[:2] == ["mth-64-from-idc", SCRATCH] and {"mth-64", "mth-64-idc"} <= set(starts)
+    train.start_from.setCurrentIndex(starts.index("mth-64"))
+    assert train.job_args()["init_from"] == "mth-64"
 
     # a finished training job: its model is installed and listed
     net = build_model("dch", 16, input_size=32)
@@ -335,6 +341,13 @@ def test_dialogs_settings_training_and_about(qtbot, window, tmp_path, monkeypatc
     window._on_job_finished(spec, {"model_path": str(out) + ".safetensors"}, "done")
     assert "dch-16-test" in {card.name for card in list_models()}
     assert "dch-16-test" in window.statusBar().currentMessage()
+    # a collapsed model is a loud warning, never "ready"
+    warned = []
+    monkeypatch.setattr(QMessageBox, "warning", lambda *a: warned.append(a[2]))
+    window._on_job_finished(spec, {"model_path": str(out) + ".safetensors",
+                                   "warning": "WARNING: model dch-16-test COLLAPSED: 3 codes"},
+                            "done")
+    assert len(warned) == 1 and "COLLAPSED" in warned[0] and "ready" not in warned[0]
 
     card = next(c for c in list_models() if c.name == window.library_info["model"]["name"])
     html = about_html(card)

@@ -1,0 +1,193 @@
+"""``train_from_folder``: what ``hashview train`` and the app's training job run.
+
+Phases, each checkpointed and resumable:
+
+1. **held-out run**: train on the training part of the split (``out_dir/held-out/`` when a
+   final retrain follows, else ``out_dir``), then score it and its start model on the held-out
+   part (:mod:`hashview.training.report`), written to ``held-out-report.json`` beside it;
+2. **final retrain** (unless ``keep_held_out``): the same recipe on every patch of the folder,
+   saved in ``out_dir``. Its card carries the report of phase 1 (measured before the retrain,
+   as the card says) and the code statistics of the final model itself.
+
+A resumed run skips a finished held-out run (its report file is there) and continues the
+phase whose checkpoint it finds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from hashview.errors import ModelError
+from hashview.fileio import atomic_write_bytes
+from hashview.progress import ProgressCallback, report as report_progress
+from hashview.training import checkpoint as ckpt
+from hashview.training.config import TrainConfig
+from hashview.training.defaults import start_model_name, start_recipe
+from hashview.training.loop import TrainResult, train
+from hashview.training.report import (QUALITY_COLLAPSED, build_report, code_stats,
+                                      is_collapsed, model_report)
+
+SPLIT_FILE = "split.json"
+HELD_OUT_DIR = "held-out"
+REPORT_FILE = "held-out-report.json"
+
+
+def _held_out_dir(out_dir: Path, keep_held_out: bool) -> Path:
+    return out_dir if keep_held_out else out_dir / HELD_OUT_DIR
+
+
+def _check_resumable(out_dir: Path, held_dir: Path) -> None:
+    if not any(ckpt.checkpoint_exists(d) for d in (out_dir, held_dir)) \
+            and not (held_dir / REPORT_FILE).is_file():
+        where = "(the folder does not exist)" if not out_dir.exists() else "in this folder"
+        raise ModelError(out_dir, f"no training checkpoint to resume {where}; run without "
+                                  "--resume to start afresh")
+
+
+def _patch_size(entries) -> Optional[int]:
+    """The side of the folder's patches when they are all one square size, else None."""
+    from PIL import Image
+
+    sizes = set()
+    for entry in entries:
+        try:
+            with Image.open(entry.path) as image:
+                sizes.add(image.size)
+        except OSError:
+            return None  # the training data loader reports unreadable images in one line
+        if len(sizes) > 1:
+            return None
+    from hashview.tiling import TilingParams
+
+    (width, height), = sizes or {(0, 1)}
+    try:  # a size the tiling accepts, else the defaults apply
+        return TilingParams(tile_size=width).tile_size if width == height else None
+    except ValueError:
+        return None
+
+
+def _config(arch, bits, epochs, batch_size, lr, seed, dataset_name, start_name, start_card,
+            options: dict) -> TrainConfig:
+    """The start model's recipe, overridden by whatever the caller set explicitly."""
+    explicit = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr))
+                if v is not None}
+    recipe = start_recipe(start_card) if start_card is not None else {}
+    if "epochs" in explicit and "pretrain_epochs" not in options:
+        recipe.pop("pretrain_epochs", None)  # the start's stage split was for its own epochs
+    fields = {**recipe, "dataset": dataset_name, **explicit, **options}
+    if start_name is not None:
+        fields["init_from"] = start_name
+    return TrainConfig.from_options(arch=arch, bits=int(bits), seed=int(seed), **fields)
+
+
+def _reference_model(arch: str, start_name: Optional[str]):
+    """The model the trained one is compared with and its role: its start, or (from scratch)
+    the default bundled model as it is."""
+    from hashview.models import DEFAULT_MODEL, load_model
+
+    if start_name:
+        return load_model(start_name), "start"
+    return load_model(DEFAULT_MODEL), "reference"
+
+
+def _held_out_phase(config, data, split, held_dir: Path, reference, progress, resume: bool,
+                    device) -> tuple[TrainResult, dict]:
+    from hashview.models import load_model
+    from hashview.models.store import rewrite_card
+
+    train_idx, _ = split.indices(data.paths)
+    result = train(config, [data.entries[i] for i in train_idx], held_dir, progress=progress,
+                   resume=resume and ckpt.checkpoint_exists(held_dir), split=split.to_dict())
+    report_progress(progress, "evaluating", 0, 2, "held-out report")
+    trained = model_report(load_model(result.model_path), data, split, device)
+    report_progress(progress, "evaluating", 1, 2, "held-out report")
+    loaded, role = reference
+    start = model_report(loaded, data, split, device)
+    report_progress(progress, "evaluating", 2, 2, "held-out report")
+    report = build_report(trained, start, role, split)
+    report["measured_on"] = "this model, trained on the training part of the folder only"
+    atomic_write_bytes(held_dir / REPORT_FILE, json.dumps(report, indent=2).encode("utf-8"))
+    result.card = rewrite_card(result.model_path, metrics=report, quality=report["quality"])
+    return result, report
+
+
+def train_from_folder(data_folder, arch: str, bits: int, out_dir, epochs: Optional[int] = None,
+                      batch_size: Optional[int] = None, lr: Optional[float] = None,
+                      seed: int = 0, split_file=None, protocol: str = "hatdh",
+                      progress: Optional[ProgressCallback] = None, resume: bool = False,
+                      train_fraction: float = 0.7, from_scratch: bool = False,
+                      keep_held_out: bool = False, **options) -> TrainResult:
+    """Train ``arch``-``bits`` on a labelled patch folder: a held-out run and its report, then
+    (unless ``keep_held_out``) the final model on every patch (see the module notes).
+
+    The run starts from ``init_from`` if given, else (unless ``from_scratch``) from the
+    architecture's default model (:data:`hashview.training.defaults.DEFAULT_START`), whose
+    recipe (input size, epochs, batch size, loss knobs) it takes; explicit arguments win. The
+    split comes from ``split_file``; else, when resuming, from ``out_dir/split.json``; else it
+    is made with ``protocol`` ("hatdh": 70/30 per class; "patient": patient-level, needs
+    patient ids in labels.csv) and ``seed``. ``options`` are further :class:`TrainConfig`
+    fields or keys of the architecture's ``objective_options``. The result's ``report`` is the
+    held-out report (also the card's ``metrics``; its ``quality`` the card's).
+    """
+    from hashview.evaluation import load_dataset, resolve_splits
+    from hashview.models import load_model
+    from hashview.splits import Split
+
+    out_dir = Path(out_dir)
+    held_dir = _held_out_dir(out_dir, keep_held_out)
+    if resume:
+        _check_resumable(out_dir, held_dir)
+    data = load_dataset(data_folder)
+    saved = out_dir / SPLIT_FILE
+    if split_file is None and resume and saved.is_file():
+        split_file = saved
+    if split_file is not None:
+        split = Split.load(split_file)
+    else:
+        split = resolve_splits(data, None, protocol, [seed], train_fraction)[0]
+    start_name = start_model_name(arch, options.pop("init_from", None), from_scratch)
+    reference = _reference_model(arch, start_name)
+    config = _config(arch, bits, epochs, batch_size, lr, seed, data.name, start_name,
+                     reference[0].card if start_name else None, options)
+    config.resolved()  # an invalid option is refused before anything is written
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(out_dir, f"cannot make the output folder ({exc.strerror or exc})") \
+            from None
+    split.save(saved)  # before training (atomically): a resumed run must find the same split
+    device = config.device
+    if resume and (held_dir / REPORT_FILE).is_file() and not keep_held_out:
+        report = json.loads((held_dir / REPORT_FILE).read_text(encoding="utf-8"))
+        held = None
+    else:
+        held, report = _held_out_phase(config, data, split, held_dir, reference, progress,
+                                       resume, device)
+    tile_size = _patch_size(data.entries)
+    if keep_held_out:
+        final = held
+    else:
+        final = train(config, data.entries, out_dir, progress=progress,
+                      resume=resume and ckpt.checkpoint_exists(out_dir), split=None)
+        report = {**report, "measured_on": (
+            f"the held-out run (in {HELD_OUT_DIR}/), trained on {report['held_out']['n_database']}"
+            f" patches before this model was retrained on all {len(data.entries)}")}
+        report["final_codes"] = code_stats(_encode_all(load_model(final.model_path), data,
+                                                       device), int(config.bits),
+                                           len(set(data.labels)))
+        if is_collapsed(report["final_codes"]):
+            report["quality"] = QUALITY_COLLAPSED
+            report["reasons"] = report["reasons"] + ["the final model's codes collapsed"]
+    from hashview.models.store import rewrite_card
+
+    final.card = rewrite_card(final.model_path, metrics=report, quality=report["quality"],
+                              tile_size=tile_size)
+    final.report = report
+    return final
+
+
+def _encode_all(loaded, data, device):
+    from hashview.evaluation import encode_folder_split
+    return encode_folder_split(loaded, data.entries, device)

@@ -1,0 +1,155 @@
+"""Training on a user's folder: default start model, held-out report and verdict, final retrain
+on every patch, resume of the right phase, and ``--model`` given a training folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hashview.cli import main
+from hashview.errors import ModelError
+from hashview.models import DEFAULT_MODEL, load_model
+from hashview.progress import Cancelled
+from hashview.training import train_from_folder
+from hashview.training.defaults import DEFAULT_START, start_model_name
+from hashview.training.report import code_stats, is_collapsed, regression_margin, verdict
+
+KATHER = Path(__file__).resolve().parent / "data" / "kather"  # 4 classes x 3 tiles of 150 px
+TINY = dict(epochs=1, batch_size=8, steps_per_epoch=1, device="cpu")
+REPORT_KEYS = {"held_out", "codes", "quality", "reasons", "start_model"}
+
+
+def test_start_model_table_and_choice():
+    assert start_model_name("mth") == DEFAULT_START["mth"]
+    assert start_model_name("MTH", init_from="mth-64") == "mth-64"
+    assert start_model_name("mth", from_scratch=True) is None
+    assert start_model_name("dafh") is None  # no start model: from scratch
+
+
+def test_default_start_with_other_bits_keeps_the_hash_layer_fresh(tmp_path):
+    result = train_from_folder(KATHER, "mth", 16, tmp_path, keep_held_out=True, **TINY)
+    start = result.card.training["init_from"]
+    assert start["model"] == DEFAULT_START["mth"] and start["bits"] == 64
+    assert start["hash_layer_fresh"] and {"hash_layer.weight", "hash_layer.bias"} <= set(
+        start["tensors_kept_fresh"])
+    assert result.card.input_size == load_model(DEFAULT_START["mth"]).card.input_size
+    assert REPORT_KEYS <= set(result.card.metrics) and result.card.quality in (
+        "ok", "collapsed", "worse_than_start")
+    assert result.card.metrics["start_model"]["role"] == "start"
+    assert result.card.metrics["held_out"]["n_queries"] == 4  # 30 % of 4 x 3 tiles
+    assert result.card.tile_size == 150  # every patch is 150 px: slides are read so
+    assert result.card.training["data"]["images"] == 8  # kept held out: the training part
+
+
+def test_from_scratch_compares_with_the_default_model(tmp_path):
+    result = train_from_folder(KATHER, "dch", 8, tmp_path, from_scratch=True,
+                               keep_held_out=True, input_size=64, **TINY)
+    assert "init_from" not in result.card.training
+    assert result.report["start_model"]["name"] == DEFAULT_MODEL
+    assert result.report["start_model"]["role"] == "reference"
+
+
+def test_final_retrain_uses_every_patch_and_a_resume_continues_it(tmp_path):
+    calls = {"evaluated": False}
+
+    def cancel_in_the_final_run(event):
+        calls["evaluated"] |= event.stage == "evaluating"
+        if calls["evaluated"] and event.stage == "training" and "batch" in event.message:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        train_from_folder(KATHER, "mth", 16, tmp_path, progress=cancel_in_the_final_run, **TINY)
+    held = tmp_path / "held-out" / "mth-16-kather.safetensors"
+    stamp = held.stat().st_mtime_ns
+    assert not (tmp_path / "mth-16-kather.safetensors").exists()
+    result = train_from_folder(KATHER, "mth", 16, tmp_path, resume=True, **TINY)
+    assert held.stat().st_mtime_ns == stamp  # the held-out run was not redone
+    assert result.card.training["data"]["images"] == 12  # train + held-out
+    assert load_model(held).card.training["data"]["images"] == 8
+    assert "before this model was retrained on all 12" in result.card.metrics["measured_on"]
+    assert result.card.metrics["final_codes"]["n_images"] == 12
+    assert result.card.split is None  # no held-out part left to evaluate on
+
+
+def test_code_stats_and_verdict_thresholds():
+    codes = np.zeros((8, 2), dtype=np.uint8)
+    codes[:, 0] = np.arange(8)  # 8 distinct codes; bits 3-15 never change
+    stats = code_stats(codes, 16, n_classes=2)
+    assert stats["distinct"] == 8 and stats["dead_bits"] == 13 and is_collapsed(stats)
+    healthy = code_stats(np.random.default_rng(0).integers(0, 256, (40, 2), dtype=np.uint8),
+                         16, n_classes=4)
+    assert healthy["dead_bits"] == 0 and healthy["distinct"] == 40 and not is_collapsed(healthy)
+    few = {**healthy, "distinct": 4}  # under an eighth of 40 images
+    assert is_collapsed(few) and not is_collapsed({**healthy, "distinct": 6})
+    assert is_collapsed({**healthy, "n_images": 12, "distinct": 3})  # fewer than 4 classes
+    trained = {"name": "t", "vote_accuracy@10": 0.70, "n_queries": 40, "codes": healthy}
+    start = {"name": "s", "vote_accuracy@10": 0.80}
+    margin = regression_margin(0.80, 40)
+    assert margin == pytest.approx(0.0632, abs=1e-3)
+    assert verdict(trained, start)[0] == "worse_than_start"
+    assert verdict({**trained, "vote_accuracy@10": 0.75}, start)[0] == "ok"  # within the margin
+    assert verdict({**trained, "codes": few}, start)[0] == "collapsed"
+
+
+@pytest.fixture
+def constant_codes_for_trained_models(monkeypatch):
+    """The trained model gives every patch one code (a collapse); other models are real."""
+    import hashview.evaluation as evaluation
+
+    real = evaluation.encode_folder_split
+
+    def encode(loaded, entries, *args, **kwargs):
+        codes = real(loaded, entries, *args, **kwargs)
+        return np.zeros_like(codes) if loaded.card.name.endswith("-kather") else codes
+
+    monkeypatch.setattr(evaluation, "encode_folder_split", encode)
+
+
+def test_cli_prints_the_report_and_a_collapse_exits_non_zero(
+        tmp_path, capsys, constant_codes_for_trained_models):
+    argv = ["train", str(KATHER), "--arch", "mth", "--bits", "16", "--epochs", "1",
+            "--batch-size", "8", "--device", "cpu", "--keep-held-out",
+            "--option", "steps_per_epoch=1"]
+    assert main(argv + ["--out", str(tmp_path / "a")]) == 4
+    out, err = capsys.readouterr()
+    assert "held-out report" in out and "mth-64-from-idc (start)" in out and "vote@10" in out
+    assert "WARNING: model mth-16-kather COLLAPSED: 1 distinct codes over 12" in err
+    card = json.loads((tmp_path / "a" / "mth-16-kather.json").read_text())
+    assert card["quality"] == "collapsed" and REPORT_KEYS <= set(card["metrics"])
+    assert main(argv + ["--out", str(tmp_path / "b"), "--accept-worse"]) == 0
+    assert "COLLAPSED" in capsys.readouterr()[1]
+
+
+def test_models_list_marks_a_collapsed_model(monkeypatch, capsys):
+    import hashview.models as models
+    from hashview.models.cards import ModelCard
+
+    card = ModelCard(name="mine", arch="mth", bits=16, input_size=64, trained=True,
+                     quality="collapsed")
+    monkeypatch.setattr(models, "list_models", lambda: [card])
+    assert main(["models"]) == 0
+    assert "[COLLAPSED]" in capsys.readouterr()[0]
+
+
+def test_model_option_takes_a_training_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    result = train_from_folder(KATHER, "dch", 8, run, from_scratch=True, keep_held_out=True,
+                               input_size=64, **TINY)
+    assert load_model(run).card.sha256 == result.card.sha256
+    assert main(["eval", str(KATHER), "--model", str(run), "--seeds", "0"]) == 0
+    assert "dch-8-kather" in capsys.readouterr()[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["eval", str(KATHER), "--model", str(empty)]) != 0
+    err = capsys.readouterr()[1].strip()
+    assert err == f"hashview: {empty}: no model in this folder (expected NAME.safetensors " \
+                  "with NAME.json, as 'hashview train --out' writes them)"
+    for name in ("a", "b"):
+        for suffix in (".safetensors", ".json"):
+            os.link(result.model_path.with_suffix(suffix), run / f"{name}{suffix}")
+    with pytest.raises(ModelError, match="3 models in this folder"):
+        load_model(run)
