@@ -54,31 +54,60 @@ def _ancestor_card(reference: str):
     return None
 
 
-def seen_datasets(card, _visited: Optional[set] = None) -> set[str]:
-    """Names of the data folders the model (or an ``init_from`` ancestor) was trained on.
-
-    An ancestor that cannot be found adds ``"?<name>"``: its data are unknown.
-    """
-    visited = set() if _visited is None else _visited
-    visited.add(card.name)
+def _init_from(card) -> Optional[str]:
     training = card.training if isinstance(card.training, dict) else {}
     config = training.get("config") if isinstance(training.get("config"), dict) else {}
-    data = training.get("data") if isinstance(training.get("data"), dict) else {}
+    ancestor = config.get("init_from") or training.get("init_from")
+    return str(ancestor) if ancestor else None
+
+
+def lineage(card) -> tuple[list, Optional[str]]:
+    """The card and its ``init_from`` ancestors, nearest first, and the reference of an
+    ancestor that cannot be found (None when the chain is complete)."""
+    cards, names = [card], {card.name}
+    while (reference := _init_from(cards[-1])) is not None:
+        parent = _ancestor_card(reference)
+        if parent is None:
+            return cards, reference
+        if parent.name in names:  # a loop in hand-edited cards: stop, it adds nothing new
+            break
+        cards.append(parent)
+        names.add(parent.name)
+    return cards, None
+
+
+def _trained_on(card) -> set[str]:
+    training = card.training if isinstance(card.training, dict) else {}
     names = set()
     if isinstance(card.split, dict) and card.split.get("data_root"):
         names.add(str(card.split["data_root"]))
-    for source in (config, data):
-        for key in ("dataset", "data_root"):
-            if source.get(key):
-                names.add(Path(str(source[key])).name)
-    ancestor = config.get("init_from") or training.get("init_from")
-    if ancestor and str(ancestor) not in visited:
-        parent = _ancestor_card(str(ancestor))
-        if parent is None:
-            names.add(f"?{ancestor}")
-        elif parent.name not in visited:
-            names |= seen_datasets(parent, visited)
+    for key in ("config", "data"):
+        source = training.get(key) if isinstance(training.get(key), dict) else {}
+        for field in ("dataset", "data_root"):
+            if source.get(field):
+                names.add(Path(str(source[field])).name)
     return names
+
+
+def seen_datasets(card) -> set[str]:
+    """Names of the data folders the model (or an ``init_from`` ancestor) was trained on.
+
+    An ancestor that cannot be found adds ``"?<reference>"``: its data are unknown.
+    """
+    cards, missing = lineage(card)
+    names = set().union(*(_trained_on(c) for c in cards))
+    return names | ({f"?{missing}"} if missing else set())
+
+
+def lineage_split(card, dataset_name: str) -> Optional[Split]:
+    """The training split recorded for ``dataset_name`` by the card or its nearest ancestor
+    that has one: evaluating a fine-tuned model on it keeps the ancestor's training images
+    (patients) out of the queries."""
+    for each in lineage(card)[0]:
+        split = each.split if isinstance(each.split, dict) else {}
+        if split.get("data_root") == dataset_name and split.get("train"):
+            return Split.from_dict(split)
+    return None
 
 
 def exposure(card, dataset_name: str, protocol: str = "hatdh") -> str:
