@@ -214,8 +214,9 @@ def evaluate_cross_folder(model, database_folder: Union[str, Path],
     database, queries = load_dataset(database_folder), load_dataset(query_folder)
     shared = set(database.labels) & set(queries.labels)
     if not shared:
+        classes = ", ".join(sorted(set(database.labels)))
         raise HashViewError(query_folder, "no class name in common with the database folder "
-                                          f"{database.name} ({', '.join(sorted(set(database.labels)))})")
+                                          f"{database.name} ({classes})")
     kept = [i for i, label in enumerate(queries.labels) if label in shared]
     dropped = Counter(label for label in queries.labels if label not in shared)
     metric_args = dict(k_list=tuple(k_list), radius=radius, vote_k=vote_k)

@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import Image
-
 from hashview.errors import HashViewError
 
 METHODS = ("macenko", "reinhard")
@@ -179,7 +177,3 @@ def fit_stain_target(spec: Union[str, Path], method: str = "macenko", sample: in
                      seed: int = 0, name: str = "") -> StainTransfer:
     """A :class:`StainTransfer` fitted to an image file, ``SLIDE@x,y,w,h`` or a folder."""
     return StainTransfer(read_target_pixels(spec, sample, seed), method, name or str(spec))
-
-
-def restain_image(transfer: StainTransfer, image: Image.Image) -> Image.Image:
-    return Image.fromarray(transfer.restain(np.asarray(image.convert("RGB"))))
