@@ -12,7 +12,8 @@ Rows: models (default every installed model). Columns:
 - IDC: patient split (seeds 0,1,2; the card's own split for a model trained on IDC, whose
   other seeds would put training patients among the queries); balanced vote accuracy@10 and
   mAP (IDC is 72 % non-IDC: plain vote accuracy flatters a model that says non-IDC).
-- oral (Normal/OSCC) and osteosarcoma: hatdh protocol, seeds 0,1,2; vote@10 and mAP.
+- oral (Normal/OSCC) and osteosarcoma: hatdh protocol, seeds 0,1,2; vote@10 and mAP (oral
+  also balanced vote accuracy@10: 77 % of its tiles are OSCC).
 
 Every cell carries how the model met the data: in-set, new patients or zero-shot (see
 :func:`hashview.generalisation.exposure`). ``--quick`` uses seed 0 only and two stain targets,
@@ -46,7 +47,7 @@ VOTE, BALANCED = "vote_accuracy@10", "balanced_accuracy@10"
 
 
 def check_data(root: Path, targets: dict) -> None:
-    needed = [KATHER, IDC, ORAL, OSTEO, *targets.values()]
+    needed = list(dict.fromkeys([KATHER, IDC, ORAL, OSTEO, *targets.values()]))  # once each
     missing = [name for name in needed if not (root / name).exists()]
     if missing:
         raise HashViewError(root, f"data missing: {', '.join(missing)} (see "
@@ -99,9 +100,9 @@ def _cell(value: float, tag: str) -> str:
 def markdown(rows: list[dict], target_names: list[str], settings: dict) -> str:
     lines = [f"# Generalisation of HashView models ({settings['mode']} mode)", "",
              "| model | Kather mAP | Kather vote@10 | stain vote@10 mean | worst stain vote@10 "
-             "| IDC balanced@10 | IDC mAP | oral vote@10 | oral mAP | osteo vote@10 "
-             "| osteo mAP |",
-             "|---|" + "---|" * 10]
+             "| IDC balanced@10 | IDC mAP | oral vote@10 | oral balanced@10 | oral mAP "
+             "| osteo vote@10 | osteo mAP |",
+             "|---|" + "---|" * 11]
     for row in rows:
         kather = row["kather"]
         tag = kather["exposure"]
@@ -114,9 +115,13 @@ def markdown(rows: list[dict], target_names: list[str], settings: dict) -> str:
         idc = row["idc"]
         cells += [_cell(idc["mean"][BALANCED], idc["exposure"]),
                   _cell(idc["mean"]["map"], idc["exposure"])]
-        for key in ("oral", "osteo"):
-            cells += [_cell(row[key]["mean"][VOTE], row[key]["exposure"]),
-                      _cell(row[key]["mean"]["map"], row[key]["exposure"])]
+        oral, osteo = row["oral"], row["osteo"]
+        # oral is 77 % OSCC: vote accuracy alone would flatter a model that always says OSCC
+        cells += [_cell(oral["mean"][VOTE], oral["exposure"]),
+                  _cell(oral["mean"][BALANCED], oral["exposure"]),
+                  _cell(oral["mean"]["map"], oral["exposure"]),
+                  _cell(osteo["mean"][VOTE], osteo["exposure"]),
+                  _cell(osteo["mean"]["map"], osteo["exposure"])]
         lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
     lines += ["", "Support (queries per split x splits) and Kather split source:", ""]
     for row in rows:
