@@ -146,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None, help="evaluate a baseline instead (lsh-pixels)")
     p.add_argument("--bits", type=code_bits, default=64, help="code length of the baseline")
     p.add_argument("--plot", metavar="PNG", default=None, help="write P@k and P-R curves")
+    p.add_argument("--stain-target", action="append", default=[], metavar="[NAME=]PATH",
+                   help="also query with the test images re-stained to this target (an image, "
+                        "SLIDE@x,y,w,h or a folder), beside the in-set numbers; repeatable")
+    p.add_argument("--stain-method", default="macenko", choices=["macenko", "reinhard"])
+    p.add_argument("--queries", metavar="FOLDER", default=None,
+                   help="cross-folder: DATA is the whole database, FOLDER's images the queries "
+                        "(classes DATA lacks are dropped and counted)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true")
 

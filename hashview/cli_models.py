@@ -104,9 +104,89 @@ def cmd_train(args) -> int:
     return EXIT_OK
 
 
+def _stain_targets(specs: Sequence[str]) -> dict:
+    """``[NAME=]PATH`` options -> ``{name: path}``; the name defaults to the file's stem."""
+    from pathlib import Path
+    targets = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or "/" in name or Path(spec).exists():
+            name, path = Path(spec.rpartition("@")[0] or spec).stem or spec, spec
+        if name in targets:
+            raise ValueError(f"two stain targets named {name!r} (name them: NAME=PATH)")
+        targets[name] = path
+    return targets
+
+
+def _headline(mean: dict, std: dict) -> str:
+    """mAP and vote@10 with their spread over splits and the number of queries behind them."""
+    parts = [f"{label} {mean[key]:.3f} ± {std.get(key, 0.0):.3f}"
+             for key, label in (("map", "mAP"), ("vote_accuracy@10", "vote@10"))
+             if key in mean]
+    return "  ".join(parts) + f"  (n={mean.get('n_queries', 0):.0f} queries/split)"
+
+
+def _say_generalisation(result: dict, data: str) -> None:
+    if result["kind"] == "cross-folder":
+        db, q = result["database"], result["queries"]
+        say(f"{result['name']} database {db['data_root']} ({db['n_images']} images, "
+            f"{db['exposure']}), queries {q['data_root']} ({q['exposure']})")
+        say(f"  cross-folder  {_headline(result['mean'], result['std'])}")
+        dropped = ", ".join(f"{k} {v}" for k, v in result["dropped"].items()) or "none"
+        say(f"  queries kept {q['n_kept']} of {q['n_images']}; dropped (class not in the "
+            f"database): {dropped}")
+        return
+    in_set = result["in_set"]
+    say(f"{result['name']} on {data} ({len(in_set['splits'])} split(s), "
+        f"{result['split_source']}; {result['exposure']})")
+    width = max([16] + [len(name) + 7 for name in result["targets"]])
+    say(f"  {'in-set':<{width}} {_headline(in_set['mean'], in_set['std'])}")
+    for name, target in result["targets"].items():
+        restain = target["restain"]
+        fallbacks = restain.get("reinhard_fallback", 0) + restain.get("unchanged", 0)
+        say(f"  {'stain ' + name:<{width}} {_headline(target['mean'], target['std'])}")
+        gap = "  ".join(f"{k} {v:+.3f}" for k, v in target["gap"].items())
+        say(f"  {'':<{width}} gap (in-set minus this): {gap}; {result['method']} restain, "
+            f"{fallbacks} of {sum(restain.values())} images fell back")
+
+
+def cmd_eval_generalisation(args) -> int:
+    from hashview.generalisation import evaluate_cross_folder, evaluate_cross_stain
+    from hashview.models import DEFAULT_MODEL
+
+    if args.baseline:
+        return usage_error("--stain-target and --queries evaluate a model, not --baseline")
+    if args.stain_target and args.queries:
+        return usage_error("use --stain-target or --queries, not both")
+    try:
+        targets = _stain_targets(args.stain_target)
+    except ValueError as exc:
+        return usage_error(str(exc))
+    bar = progress_bar(not args.json)
+    model = args.model or DEFAULT_MODEL
+    if args.queries:
+        result = evaluate_cross_folder(model, args.data, args.queries, device=args.device,
+                                       progress=bar)
+    else:
+        result = evaluate_cross_stain(model, args.data, targets, split=args.split,
+                                      protocol=args.protocol, seeds=args.seeds,
+                                      method=args.stain_method, device=args.device,
+                                      progress=bar)
+    bar.close()
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return EXIT_OK
+    for warning in result.get("warnings", []):
+        say(f"warning: {warning}", err=True)
+    _say_generalisation(result, args.data)
+    return EXIT_OK
+
+
 def cmd_eval(args) -> int:
     from hashview.evaluation import evaluate_baseline, evaluate_model, plot_curves
 
+    if args.stain_target or args.queries:
+        return cmd_eval_generalisation(args)
     seeds = args.seeds
     bar = progress_bar(not args.json)
     if args.baseline:

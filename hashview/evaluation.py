@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -101,10 +101,19 @@ def encode_folder_split(loaded_model, entries: Sequence[PatchEntry], device="aut
                         progress: Optional[ProgressCallback] = None) -> np.ndarray:
     """Packed codes ``(len(entries), bits // 8)`` (float32 ``(len(entries), bits)`` descriptors
     for a float model); each patch is one tile at the card's size."""
+    return encode_patches(loaded_model, lambda size: _load_patches(entries, size), len(entries),
+                          device, batch_size, progress)
+
+
+def encode_patches(loaded_model, patches: Callable[[int], Iterable], count: int, device="auto",
+                   batch_size: Optional[int] = None,
+                   progress: Optional[ProgressCallback] = None) -> np.ndarray:
+    """Codes of ``count`` patches; ``patches(input_size)`` yields them as tiles of that side
+    (so callers holding images in memory, e.g. re-stained ones, encode them like files)."""
     from hashview.encode import Encoder
     encoder = Encoder(loaded_model, device=device, batch_size=batch_size)
-    parts = list(encoder.encode_batches(_load_patches(entries, encoder.input_size), progress=progress,
-                                        total=len(entries)))
+    parts = list(encoder.encode_batches(patches(encoder.input_size), progress=progress,
+                                        total=count))
     if not parts:
         if encoder.code_kind == "float":
             return np.zeros((0, encoder.bits), dtype=np.float32)
@@ -112,15 +121,29 @@ def encode_folder_split(loaded_model, entries: Sequence[PatchEntry], device="aut
     return np.concatenate(parts, axis=0)
 
 
-def _binarised_scores(codes: np.ndarray, labels: np.ndarray, train: np.ndarray,
-                      test: np.ndarray, bits: int, metric_args: dict) -> dict:
+def _binarised_scores(db_codes: np.ndarray, db_labels: np.ndarray, query_codes: np.ndarray,
+                      query_labels: np.ndarray, bits: int, metric_args: dict) -> dict:
     """Scalar metrics of the sign-binarised descriptors, keys prefixed ``binarised_``."""
     from hashview.encode import pack_codes
-    packed = pack_codes(codes)
-    scores = evaluate_codes(packed[train], labels[train], packed[test], labels[test], bits,
-                            **metric_args)
+    scores = evaluate_codes(pack_codes(db_codes), db_labels, pack_codes(query_codes),
+                            query_labels, bits, **metric_args)
     return {f"binarised_{k}": v for k, v in scores.items()
             if isinstance(v, float) and k != "curves"}
+
+
+def score_ranking(db_codes: np.ndarray, db_labels: np.ndarray, query_codes: np.ndarray,
+                  query_labels: np.ndarray, bits: int, metric_args: dict, seed: int) -> dict:
+    """:func:`evaluate_codes` with the database in a ``seed``-ed random order: Hamming ties are
+    then broken at random (but reproducibly), not in favour of whichever class the folder lists
+    first. Float descriptors also get their binarised variant's metrics."""
+    order = np.random.default_rng(seed).permutation(len(db_codes))
+    db_codes, db_labels = db_codes[order], np.asarray(db_labels)[order]
+    query_labels = np.asarray(query_labels)
+    scores = evaluate_codes(db_codes, db_labels, query_codes, query_labels, bits, **metric_args)
+    if is_float_codes(db_codes):
+        scores.update(_binarised_scores(db_codes, db_labels, query_codes, query_labels, bits,
+                                        metric_args))
+    return scores
 
 
 def summarise(per_split: Sequence[dict]) -> tuple[dict, dict]:
@@ -146,19 +169,19 @@ def _mean_curves(per_split: Sequence[dict]) -> Optional[dict]:
 
 
 def score_splits(codes: np.ndarray, dataset: PatchDataset, splits: Sequence[Split], bits: int,
-                  metric_args: dict, progress: Optional[ProgressCallback]) -> dict:
+                 metric_args: dict, progress: Optional[ProgressCallback],
+                 query_codes: Optional[np.ndarray] = None) -> dict:
+    """Metrics per split: the train part of ``codes`` is the database, the test part of
+    ``query_codes`` (default ``codes``; e.g. the same images re-stained) the queries."""
     labels = np.asarray(dataset.labels)
+    query_codes = codes if query_codes is None else query_codes
     per_split = []
     report(progress, "evaluating", 0, len(splits))
     for number, split in enumerate(splits, 1):
         train, test = split.indices(dataset.paths)
-        # Database in a seeded random order: Hamming ties are then broken at random (but
-        # reproducibly), not in favour of whichever class the folder lists first.
-        train = np.random.default_rng(split.seed).permutation(np.asarray(train))
-        scores = evaluate_codes(codes[train], labels[train], codes[test], labels[test], bits,
-                                **metric_args)
-        if is_float_codes(codes):
-            scores.update(_binarised_scores(codes, labels, train, test, bits, metric_args))
+        train, test = np.asarray(train), np.asarray(test)
+        scores = score_ranking(codes[train], labels[train], query_codes[test], labels[test], bits,
+                               metric_args, split.seed)
         per_split.append({"seed": split.seed, "protocol": split.protocol, **scores})
         report(progress, "evaluating", number, len(splits), f"seed {split.seed}")
     mean, std = summarise(per_split)
@@ -170,6 +193,29 @@ def score_splits(codes: np.ndarray, dataset: PatchDataset, splits: Sequence[Spli
             "protocol": splits[0].protocol, "seeds": [s.seed for s in splits], "bits": bits,
             **storage, "mean": mean, "std": std, "curves": _mean_curves(per_split),
             "splits": per_split}
+
+
+def as_loaded_model(model):
+    """A LoadedModel as it is, or a model name/path loaded."""
+    from hashview.models import load_model
+    from hashview.models.store import LoadedModel
+    return model if isinstance(model, LoadedModel) else load_model(model)
+
+
+def choose_splits(card, dataset: PatchDataset, split: Union[Split, str, Path, None] = None,
+                  protocol: str = "hatdh", seeds: Sequence[int] = DEFAULT_SEEDS,
+                  train_fraction: float = 0.7) -> tuple[list[Split], str, list[str]]:
+    """The splits for ``card`` on ``dataset`` (see the module notes), where they came from
+    ("argument", "model card" or "protocol") and warnings."""
+    warnings = []
+    source = "argument" if split is not None else "protocol"
+    card_split = card.split if isinstance(card.split, dict) and card.split.get("train") else None
+    if split is None and card_split and card_split.get("data_root") == dataset.name:
+        split, source = Split.from_dict(card_split), "model card"
+    elif split is None and card.trained and card_split:
+        warnings.append(f"model {card.name} was trained on {card_split.get('data_root')!r}; "
+                        "if that is this data, queries may include training images")
+    return resolve_splits(dataset, split, protocol, seeds, train_fraction), source, warnings
 
 
 def evaluate_model(model, data_folder: Union[str, Path],
@@ -184,20 +230,11 @@ def evaluate_model(model, data_folder: Union[str, Path],
     see :func:`hashview.metrics.evaluate_codes`), ``curves``, the model's name/arch/bits,
     ``split_source`` ("argument", "model card" or "protocol") and ``warnings``.
     """
-    from hashview.models import load_model
-    from hashview.models.store import LoadedModel
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    loaded = as_loaded_model(model)
     card = loaded.card
     dataset = load_dataset(data_folder)
-    warnings = []
-    source = "argument" if split is not None else "protocol"
-    card_split = card.split if isinstance(card.split, dict) and card.split.get("train") else None
-    if split is None and card_split and card_split.get("data_root") == dataset.name:
-        split, source = Split.from_dict(card_split), "model card"
-    elif split is None and card.trained and card_split:
-        warnings.append(f"model {card.name} was trained on {card_split.get('data_root')!r}; "
-                        "if that is this data, queries may include training images")
-    splits = resolve_splits(dataset, split, protocol, seeds, train_fraction)
+    splits, source, warnings = choose_splits(card, dataset, split, protocol, seeds,
+                                             train_fraction)
     codes = encode_folder_split(loaded, dataset.entries, device, batch_size, progress)
     result = score_splits(codes, dataset, splits, int(card.bits),
                            dict(k_list=tuple(k_list), radius=radius, vote_k=vote_k), progress)

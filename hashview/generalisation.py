@@ -1,0 +1,239 @@
+"""How a model does beyond the patches it was tuned on: other stains, other folders, other sets.
+
+Protocols (all rank Hamming codes like :mod:`hashview.evaluation`, same metric keys):
+
+- **cross-stain** (:func:`evaluate_cross_stain`): for each split of one labelled folder the
+  database is the unchanged train part and the queries are the test part re-stained to another
+  lab's H&E (:mod:`hashview.stain`). The in-set numbers of the same splits (unchanged queries)
+  come with it, and per target the gap, in-set minus cross-stain, of mAP and vote accuracy.
+- **cross-folder** (:func:`evaluate_cross_folder`): the database is every image of one labelled
+  folder, the queries every image of another; queries whose class the database lacks are
+  dropped and counted.
+
+Every result says how the model met the data (:func:`exposure`): "in-set" (held-out images of a
+set it was trained on), "new patients" (a patient-level split of a set it was trained on) or
+"zero-shot" (a set it never saw, through ``init_from`` ancestors too). Cards that name an
+ancestor HashView cannot find give "unknown".
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from hashview.errors import HashViewError
+from hashview.evaluation import (DEFAULT_SEEDS, PatchDataset, score_splits, as_loaded_model,
+                                 choose_splits, encode_folder_split, encode_patches,
+                                 load_dataset, score_ranking, summarise)
+from hashview.progress import ProgressCallback
+from hashview.splits import Split
+
+GAP_KEYS = ("map", "vote_accuracy@{k}")
+IN_SET, NEW_PATIENTS, ZERO_SHOT, UNKNOWN = "in-set", "new patients", "zero-shot", "unknown"
+
+
+# ---------------------------------------------------------------- what a model has seen
+
+def _ancestor_card(reference: str):
+    """The card of an ``init_from`` model (installed name or path), or None."""
+    from hashview.models import list_models
+    from hashview.models.cards import ModelCard
+    for card in list_models():
+        if card.name == reference:
+            return card
+    path = Path(reference)
+    card_path = path.with_suffix(".json")
+    if card_path.is_file():
+        try:
+            return ModelCard.read(card_path)
+        except HashViewError:
+            return None
+    return None
+
+
+def _init_from(card) -> Optional[str]:
+    training = card.training if isinstance(card.training, dict) else {}
+    config = training.get("config") if isinstance(training.get("config"), dict) else {}
+    ancestor = config.get("init_from") or training.get("init_from")
+    return str(ancestor) if ancestor else None
+
+
+def lineage(card) -> tuple[list, Optional[str]]:
+    """The card and its ``init_from`` ancestors, nearest first, and the reference of an
+    ancestor that cannot be found (None when the chain is complete)."""
+    cards, names = [card], {card.name}
+    while (reference := _init_from(cards[-1])) is not None:
+        parent = _ancestor_card(reference)
+        if parent is None:
+            return cards, reference
+        if parent.name in names:  # a loop in hand-edited cards: stop, it adds nothing new
+            break
+        cards.append(parent)
+        names.add(parent.name)
+    return cards, None
+
+
+def _trained_on(card) -> set[str]:
+    training = card.training if isinstance(card.training, dict) else {}
+    names = set()
+    if isinstance(card.split, dict) and card.split.get("data_root"):
+        names.add(str(card.split["data_root"]))
+    for key in ("config", "data"):
+        source = training.get(key) if isinstance(training.get(key), dict) else {}
+        for field in ("dataset", "data_root"):
+            if source.get(field):
+                names.add(Path(str(source[field])).name)
+    return names
+
+
+def seen_datasets(card) -> set[str]:
+    """Names of the data folders the model (or an ``init_from`` ancestor) was trained on.
+
+    An ancestor that cannot be found adds ``"?<reference>"``: its data are unknown.
+    """
+    cards, missing = lineage(card)
+    names = set().union(*(_trained_on(c) for c in cards))
+    return names | ({f"?{missing}"} if missing else set())
+
+
+def lineage_split(card, dataset_name: str) -> Optional[Split]:
+    """The training split recorded for ``dataset_name`` by the card or its nearest ancestor
+    that has one: evaluating a fine-tuned model on it keeps the ancestor's training images
+    (patients) out of the queries."""
+    for each in lineage(card)[0]:
+        split = each.split if isinstance(each.split, dict) else {}
+        if split.get("data_root") == dataset_name and split.get("train"):
+            return Split.from_dict(split)
+    return None
+
+
+def exposure(card, dataset_name: str, protocol: str = "hatdh") -> str:
+    """"in-set", "new patients", "zero-shot" or "unknown" for ``card`` on ``dataset_name``."""
+    if not getattr(card, "trained", True):
+        return ZERO_SHOT
+    seen = seen_datasets(card)
+    if dataset_name in seen:
+        return NEW_PATIENTS if protocol == "patient" else IN_SET
+    return UNKNOWN if any(name.startswith("?") for name in seen) else ZERO_SHOT
+
+
+# ---------------------------------------------------------------- cross-stain
+
+def restained_patches(dataset: PatchDataset, transfer, cache: Optional[dict] = None):
+    """Every image of ``dataset`` re-stained by ``transfer`` (uint8 arrays at full size) and
+    the transfer's counts; kept in ``cache`` (a dict the caller holds, in memory) per target."""
+    from hashview.slides.image_source import load_rgb_image
+    key = (transfer.name, transfer.method, str(dataset.root))
+    if cache is not None and key in cache:
+        return cache[key]
+    before = Counter(transfer.counts)
+    images = [transfer.restain(np.asarray(load_rgb_image(entry.path)))
+              for entry in dataset.entries]
+    counts = {k: int(v) for k, v in (transfer.counts - before).items()}
+    found = (images, counts)
+    if cache is not None:
+        cache[key] = found
+    return found
+
+
+def _tiles_of(images: Sequence[np.ndarray]):
+    from PIL import Image
+
+    from hashview.tiling import square_tile
+    return lambda size: (square_tile(Image.fromarray(a), size) for a in images)
+
+
+def _gap(in_set: dict, other: dict, vote_k: int) -> dict:
+    keys = [key.format(k=vote_k) for key in GAP_KEYS]
+    return {key: in_set[key] - other[key] for key in keys if key in in_set and key in other}
+
+
+def fit_targets(targets: Mapping[str, Union[str, Path, object]], method: str = "macenko",
+                sample: int = 16, seed: int = 0) -> dict:
+    """``{name: StainTransfer}`` from ``{name: target path or StainTransfer}``."""
+    from hashview.stain import StainTransfer, fit_stain_target
+    return {name: t if isinstance(t, StainTransfer) else
+            fit_stain_target(t, method, sample, seed, name=name) for name, t in targets.items()}
+
+
+def evaluate_cross_stain(model, data_folder: Union[str, Path],
+                         targets: Mapping[str, Union[str, Path, object]],
+                         split: Union[Split, str, Path, None] = None, protocol: str = "hatdh",
+                         seeds: Sequence[int] = DEFAULT_SEEDS, train_fraction: float = 0.7,
+                         method: str = "macenko", k_list: Sequence[int] = (10, 100),
+                         radius: int = 2, vote_k: int = 10, device="auto",
+                         batch_size: Optional[int] = None,
+                         progress: Optional[ProgressCallback] = None,
+                         cache: Optional[dict] = None) -> dict:
+    """In-set metrics and, per stain target, cross-stain metrics and the gap (see notes).
+
+    ``targets`` maps a name to a target (image, ``SLIDE@x,y,w,h``, folder) or a fitted
+    :class:`hashview.stain.StainTransfer`. Each image is encoded once as it is and once per
+    target; ``cache`` (a dict) keeps the re-stained images between calls (e.g. across models).
+    """
+    if not targets:
+        raise HashViewError(None, "no stain targets given")
+    loaded = as_loaded_model(model)
+    card, bits = loaded.card, int(loaded.card.bits)
+    dataset = load_dataset(data_folder)
+    splits, source, warnings = choose_splits(card, dataset, split, protocol, seeds,
+                                             train_fraction)
+    metric_args = dict(k_list=tuple(k_list), radius=radius, vote_k=vote_k)
+    codes = encode_folder_split(loaded, dataset.entries, device, batch_size, progress)
+    in_set = score_splits(codes, dataset, splits, bits, metric_args, progress)
+    per_target = {}
+    for name, transfer in fit_targets(targets, method).items():
+        images, counts = restained_patches(dataset, transfer, cache)
+        query_codes = encode_patches(loaded, _tiles_of(images), len(images), device,
+                                     batch_size, progress)
+        scores = score_splits(codes, dataset, splits, bits, metric_args, progress, query_codes)
+        per_target[name] = {"target": transfer.name, "method": transfer.method,
+                            "restain": counts, "gap": _gap(in_set["mean"], scores["mean"], vote_k),
+                            **scores}
+    return {"kind": "cross-stain", "name": card.name, "arch": card.arch, "bits": bits,
+            "trained": bool(card.trained), "exposure": exposure(card, dataset.name,
+                                                                splits[0].protocol),
+            "split_source": source, "warnings": warnings, "method": method,
+            "in_set": in_set, "targets": per_target}
+
+
+# ---------------------------------------------------------------- cross-folder
+
+def evaluate_cross_folder(model, database_folder: Union[str, Path],
+                          query_folder: Union[str, Path], k_list: Sequence[int] = (10, 100),
+                          radius: int = 2, vote_k: int = 10, seed: int = 0, device="auto",
+                          batch_size: Optional[int] = None,
+                          progress: Optional[ProgressCallback] = None) -> dict:
+    """Every image of ``query_folder`` whose class ``database_folder`` also has, ranked
+    against every image of ``database_folder``; the others are dropped and counted."""
+    loaded = as_loaded_model(model)
+    card, bits = loaded.card, int(loaded.card.bits)
+    database, queries = load_dataset(database_folder), load_dataset(query_folder)
+    shared = set(database.labels) & set(queries.labels)
+    if not shared:
+        classes = ", ".join(sorted(set(database.labels)))
+        raise HashViewError(query_folder, "no class name in common with the database folder "
+                                          f"{database.name} ({classes})")
+    kept = [i for i, label in enumerate(queries.labels) if label in shared]
+    dropped = Counter(label for label in queries.labels if label not in shared)
+    metric_args = dict(k_list=tuple(k_list), radius=radius, vote_k=vote_k)
+    db_codes = encode_folder_split(loaded, database.entries, device, batch_size, progress)
+    query_codes = encode_folder_split(loaded, [queries.entries[i] for i in kept], device,
+                                      batch_size, progress)
+    scores = score_ranking(db_codes, database.labels, query_codes,
+                           [queries.labels[i] for i in kept], bits, metric_args, seed)
+    mean, std = summarise([scores])
+    return {"kind": "cross-folder", "name": card.name, "arch": card.arch, "bits": bits,
+            "trained": bool(card.trained),
+            "database": {"data_root": database.name, "data_folder": str(database.root),
+                         "n_images": len(database.paths),
+                         "exposure": exposure(card, database.name)},
+            "queries": {"data_root": queries.name, "data_folder": str(queries.root),
+                        "n_images": len(queries.paths), "n_kept": len(kept),
+                        "exposure": exposure(card, queries.name)},
+            "shared_classes": sorted(shared), "dropped": dict(sorted(dropped.items())),
+            "n_dropped": sum(dropped.values()), "seed": seed,
+            "mean": mean, "std": std, "splits": [scores]}
