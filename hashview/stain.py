@@ -7,10 +7,12 @@ on a seeded mosaic of up to ``sample`` of its images.
 
 Methods come from torchstain (numpy backend): Macenko (default) separates haematoxylin and eosin
 by optical density and swaps in the target's stain vectors; Reinhard matches the mean and spread
-of each LAB channel. Macenko cannot work on a patch with almost no tissue (its stain plane is
-then undefined or singular): such a patch is re-stained with Reinhard instead, and a patch that
-defeats both (a uniform one) is left as it is. Both are counted in :attr:`StainTransfer.counts`
-so that a report can say how many patches were not Macenko-transferred.
+of each LAB channel. A patch with almost no tissue (bare glass,
+background) is left as it is: it looks alike in every lab, and colour-matching it spreads noise
+into blotches. When Macenko fails on a patch with tissue (a singular stain plane, non-finite
+values) the patch is re-stained with Reinhard instead, and a patch that defeats both is left as
+it is. All are counted in :attr:`StainTransfer.counts` so that a report can say how many
+patches were not Macenko-transferred.
 """
 
 from __future__ import annotations
@@ -78,16 +80,19 @@ class StainTransfer:
 
     @property
     def fallbacks(self) -> int:
-        """Patches that were not transferred with the chosen method."""
+        """Patches with tissue that were not transferred with the chosen method."""
         return self.counts["reinhard_fallback"] + self.counts["unchanged"]
 
     def restain(self, rgb: np.ndarray) -> np.ndarray:
         """``rgb`` (HxWx3 uint8) with the target's stain; same shape and dtype."""
         rgb = _as_rgb(rgb, "patch")
+        if _tissue_fraction(rgb) < MIN_TISSUE_FRACTION:
+            # Bare glass or background looks alike in every lab; colour-matching it only
+            # spreads noise into blotches (seen with Reinhard on Kather's EMPTY tiles).
+            self.counts["no_tissue"] += 1
+            return rgb.copy()
         if self._macenko is not None:
             try:
-                if _tissue_fraction(rgb) < MIN_TISSUE_FRACTION:
-                    raise ValueError("almost no tissue")
                 out = _strict(self._macenko.normalize, rgb, MACENKO_IO, 1, MACENKO_BETA, False)[0]
                 self.counts["macenko"] += 1
                 return out

@@ -50,15 +50,23 @@ def test_restain_changes_pixels_and_keeps_shape_and_dtype(target_png):
         assert transfer.fallbacks == 0 and transfer.counts[method] == 1
 
 
-def test_macenko_falls_back_to_reinhard_on_a_blank_patch_and_counts_it(target_png):
+def test_background_is_left_as_it_is_and_a_failing_macenko_falls_back_to_reinhard(
+        target_png, monkeypatch):
     transfer = fit_stain_target(target_png)
     near_white = np.clip(np.random.default_rng(1).normal(245, 3, (64, 64, 3)), 0, 255)
-    out = transfer.restain(near_white.astype(np.uint8))
-    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    near_white = near_white.astype(np.uint8)
+    out = transfer.restain(near_white)
+    assert np.array_equal(out, near_white) and out is not near_white
+    assert transfer.counts["no_tissue"] == 1 and transfer.counts["macenko"] == 0
+
+    def singular(*args, **kwargs):
+        raise np.linalg.LinAlgError("singular stain matrix")
+    monkeypatch.setattr(transfer._macenko, "normalize", singular)
+    tile = _kather_tile()
+    out = transfer.restain(tile)
+    assert out.shape == tile.shape and np.abs(out.astype(int) - tile).mean() > 5
     assert transfer.counts["reinhard_fallback"] == 1 and transfer.fallbacks == 1
-    assert transfer.counts["macenko"] == 0 and transfer.fallback_reasons
-    transfer.restain(np.full((8, 8, 3), 250, np.uint8))  # uniform: neither method can work
-    assert transfer.counts["unchanged"] == 1 and transfer.fallbacks == 2
+    assert transfer.fallback_reasons == {"singular stain matrix": 1}
 
 
 def test_folder_and_region_targets_and_unreadable_ones(tmp_path, target_png):
