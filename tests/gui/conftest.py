@@ -87,12 +87,16 @@ def window(qtbot, library_path):
 
 
 class StallMeter:
-    """A 10 ms timer on the UI thread; the longest gap between its ticks is the worst stall."""
+    """A 10 ms timer on the UI thread. ``ticks`` counts its firings: ticks while a job runs show
+    the event loop kept turning (a load-independent check; a busy machine only adds ticks).
+    ``max_gap`` is the longest stall, printed for information only: wall-clock limits in unit
+    tests flake on a loaded machine, so the figure is not asserted."""
 
     def __init__(self):
         from PySide6.QtCore import QTimer
 
         self.max_gap = 0.0
+        self.ticks = 0
         self._last = time.monotonic()
         self.timer = QTimer()
         self.timer.setInterval(10)
@@ -103,6 +107,7 @@ class StallMeter:
         now = time.monotonic()
         self.max_gap = max(self.max_gap, now - self._last)
         self._last = now
+        self.ticks += 1
 
     def stop(self):
         self.timer.stop()
