@@ -201,7 +201,7 @@ def _hostile_models(tmp_path):
         return tmp_path / f"{name}.json"
 
     (tmp_path / "folder").mkdir()
-    made["folder"] = (tmp_path / "folder", "not a model file")
+    made["folder"] = (tmp_path / "folder", "no model in this folder")
     model("dir")
     (tmp_path / "dir.json").mkdir()
     made["card is a folder"] = (tmp_path / "dir.json", "directory")

@@ -298,8 +298,8 @@ def load_model(name_or_path: PathLike, device: Union[str, torch.device, None] = 
     path = Path(text)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ModelError(path, "pickle-based model files are not accepted; use .safetensors")
-    if path.is_dir():  # a training run's output folder: the model it holds
-        path = model_in_folder(path)
+    if path.is_dir() and path.suffix not in (WEIGHTS_SUFFIX, CARD_SUFFIX):
+        path = model_in_folder(path)  # a training run's output folder: the model it holds
     if path.suffix in (WEIGHTS_SUFFIX, CARD_SUFFIX):
         loaded = _load_files(_stem(path), source=str(path))
     elif os.sep in text or "/" in text or path.is_file():
