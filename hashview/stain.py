@@ -35,7 +35,7 @@ MACENKO_BETA = 0.15         # torchstain's default transparency threshold
 MACENKO_IO = 240            # torchstain's default transmitted light
 
 
-def _tissue_fraction(rgb: np.ndarray) -> float:
+def tissue_fraction(rgb: np.ndarray) -> float:
     od = -np.log((rgb.reshape(-1, 3).astype(np.float64) + 1) / MACENKO_IO)
     return float(np.mean(np.all(od >= MACENKO_BETA, axis=1)))
 
@@ -70,7 +70,7 @@ class StainTransfer:
         try:
             _strict(self._reinhard.fit, target)
             if self._macenko is not None:
-                if _tissue_fraction(target) < MIN_TISSUE_FRACTION:
+                if tissue_fraction(target) < MIN_TISSUE_FRACTION:
                     raise ValueError("almost no tissue")
                 _strict(self._macenko.fit, target)
                 if not np.all(np.isfinite(self._macenko.HERef)):
@@ -86,7 +86,7 @@ class StainTransfer:
     def restain(self, rgb: np.ndarray) -> np.ndarray:
         """``rgb`` (HxWx3 uint8) with the target's stain; same shape and dtype."""
         rgb = _as_rgb(rgb, "patch")
-        if _tissue_fraction(rgb) < MIN_TISSUE_FRACTION:
+        if tissue_fraction(rgb) < MIN_TISSUE_FRACTION:
             # Bare glass or background looks alike in every lab; colour-matching it only
             # spreads noise into blotches (seen with Reinhard on Kather's EMPTY tiles).
             self.counts["no_tissue"] += 1
