@@ -26,9 +26,9 @@ FINE_TUNE_MAX_EPOCHS = 10
 # (name, dataset, seed, device, bits), where the start itself started (init_from), and the
 # step count of another folder's size (steps_per_epoch).
 RECIPE_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
-                 "augment", "augment_options", "sampler", "triplet_mode", "normalise_by_bits", "lambda1",
-                 "lambda2", "lambda3", "beta", "aux_ce_weight", "label_smoothing", "ema_decay",
-                 "gamma", "pretrain_epochs", "objective_options", "arch_kwargs")
+                 "augment", "augment_options", "sampler", "triplet_mode", "normalise_by_bits",
+                 "lambda1", "lambda2", "lambda3", "beta", "aux_ce_weight", "label_smoothing",
+                 "ema_decay", "gamma", "pretrain_epochs", "objective_options", "arch_kwargs")
 
 
 def start_model_name(arch: str, init_from: Optional[str] = None,

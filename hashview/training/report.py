@@ -91,8 +91,8 @@ def verdict(trained: dict, start: Optional[dict]) -> tuple[str, list[str]]:
     if start is not None:
         margin = regression_margin(start[VOTE_KEY], trained["n_queries"])
         if trained[VOTE_KEY] < start[VOTE_KEY] - margin:
-            reasons.append(f"held-out vote@10 {trained[VOTE_KEY]:.3f} against {start[VOTE_KEY]:.3f}"
-                           f" for {start['name']} (margin {margin:.3f}, "
+            reasons.append(f"held-out vote@10 {trained[VOTE_KEY]:.3f} against "
+                           f"{start[VOTE_KEY]:.3f} for {start['name']} (margin {margin:.3f}, "
                            f"{trained['n_queries']} queries)")
             return QUALITY_WORSE, reasons
     return QUALITY_OK, reasons
