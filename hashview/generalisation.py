@@ -78,9 +78,8 @@ def lineage(card) -> tuple[list, Optional[str]]:
 
 def _trained_on(card) -> set[str]:
     training = card.training if isinstance(card.training, dict) else {}
-    names = set()
-    if isinstance(card.split, dict) and card.split.get("data_root"):
-        names.add(str(card.split["data_root"]))
+    names = {str(split["data_root"]) for split in recorded_splits(card)
+             if split.get("data_root")}
     for key in ("config", "data"):
         source = training.get(key) if isinstance(training.get(key), dict) else {}
         for field in ("dataset", "data_root"):
@@ -99,14 +98,22 @@ def seen_datasets(card) -> set[str]:
     return names | ({f"?{missing}"} if missing else set())
 
 
+def recorded_splits(card) -> list[dict]:
+    """The training splits a card records: its ``split`` and, for a model trained on several
+    labelled sets at once, each of ``training["splits"]``."""
+    training = card.training if isinstance(card.training, dict) else {}
+    extra = training.get("splits") if isinstance(training.get("splits"), list) else []
+    return [s for s in [card.split, *extra] if isinstance(s, dict)]
+
+
 def lineage_split(card, dataset_name: str) -> Optional[Split]:
     """The training split recorded for ``dataset_name`` by the card or its nearest ancestor
     that has one: evaluating a fine-tuned model on it keeps the ancestor's training images
     (patients) out of the queries."""
     for each in lineage(card)[0]:
-        split = each.split if isinstance(each.split, dict) else {}
-        if split.get("data_root") == dataset_name and split.get("train"):
-            return Split.from_dict(split)
+        for split in recorded_splits(each):
+            if split.get("data_root") == dataset_name and split.get("train"):
+                return Split.from_dict(split)
     return None
 
 

@@ -15,6 +15,7 @@ from hashview.cli import main
 from hashview.errors import HashViewError
 from hashview.generalisation import (evaluate_cross_folder, evaluate_cross_stain, exposure,
                                      lineage_split, seen_datasets)
+from hashview.splits import Split
 from hashview.stain import StainTransfer, fit_stain_target
 
 MODEL = "dch-16"  # the smallest bundled model: 16 bits at 64 px
@@ -151,6 +152,11 @@ def test_exposure_from_the_card_and_its_init_from_chain():
     orphan = dataclasses.replace(child, training={"config": {"init_from": "no-such-model"}},
                                  split=None)
     assert exposure(orphan, "idc_breast") == "unknown"
+    # a model trained on two labelled sets at once records the second split in its training
+    joint = dataclasses.replace(kather, training={"splits": [idc.split]})
+    assert exposure(joint, "idc_breast", "patient") == "new patients"
+    assert lineage_split(joint, "idc_breast").train == Split.from_dict(idc.split).train
+    assert lineage_split(kather, "idc_breast") is None
 
 
 def _run(capsys, *argv):
