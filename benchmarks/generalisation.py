@@ -93,6 +93,41 @@ def judge_model(name: str, root: Path, transfers: dict, seeds5, seeds3, device, 
     return row
 
 
+def card_summary(row: dict, mode: str) -> dict:
+    """The row's headline numbers, as a model card stores them (``metrics["generalisation"]``)."""
+    kather = row["kather"]
+    stain = {n: round(t["mean"][VOTE], 4) for n, t in kather["targets"].items()}
+
+    def part(result, *keys):
+        return {"exposure": result["exposure"], "queries": _support(result),
+                **{key: round(result["mean"][key], 4) for key in keys}}
+    return {"mode": mode, "benchmark": "benchmarks/generalisation.py",
+            "kather_in_set": part({**kather["in_set"], "exposure": kather["exposure"]},
+                                  "map", VOTE),
+            "kather_stain_vote@10": stain,
+            "kather_stain_vote@10_mean": round(sum(stain.values()) / len(stain), 4),
+            "idc": part(row["idc"], "map", BALANCED), "oral": part(row["oral"], "map", BALANCED),
+            "osteo": part(row["osteo"], "map", VOTE)}
+
+
+def write_cards(rows: list[dict], mode: str) -> None:
+    """Store each row's summary in its model's card; a card that records no in-set numbers
+    also gets the Kather in-set split's as ``splits_mean`` (what ``hashview models`` shows)."""
+    from hashview.models.store import load_model, rewrite_card
+
+    for row in rows:
+        loaded = load_model(row["model"])
+        metrics = dict(loaded.card.metrics or {})
+        metrics["generalisation"] = card_summary(row, mode)
+        if not metrics.get("splits_mean"):
+            in_set = row["kather"]["in_set"]
+            metrics.update(protocol=in_set["protocol"], bits=in_set["bits"],
+                           splits_mean={k: round(v, 4) for k, v in in_set["mean"].items()},
+                           split_seeds=list(in_set["seeds"]))
+        rewrite_card(loaded.weights_path, metrics=metrics)
+        print(f"{row['model']}: card updated ({loaded.weights_path})", file=sys.stderr)
+
+
 def _cell(value: float, tag: str) -> str:
     return f"{value:.3f} ({tag})"
 
@@ -130,11 +165,12 @@ def markdown(rows: list[dict], target_names: list[str], settings: dict) -> str:
                      f"({kather['split_source']}), IDC {_support(row['idc'])} "
                      f"({row['idc']['split_source']}), oral {_support(row['oral'])}, "
                      f"osteo {_support(row['osteo'])}; {row['seconds']} s")
-    lines += ["", f"Stain targets ({settings['method']}; patches with too little tissue for "
-              "Macenko fall back to Reinhard): "
-              + "; ".join(f"{n} = {settings['targets'][n]} "
-                          f"({settings['fallbacks'].get(n, 0)} of {settings['restained'].get(n, 0)}"
-                          " Kather images fell back)" for n in target_names),
+    glass = settings.get("bare_glass", {})
+    lines += ["", f"Stain targets ({settings['method']}; images that are almost bare glass are "
+              "left as they are; Macenko failures fall back to Reinhard): "
+              + "; ".join(f"{n} = {settings['targets'][n]} ({settings['fallbacks'].get(n, 0)} "
+                          f"of {settings['restained'].get(n, 0)} Kather images fell back, "
+                          f"{glass.get(n, 0)} bare glass)" for n in target_names),
               "", "Gaps, in-set minus cross-stain vote@10, per target:", ""]
     for row in rows:
         gaps = ", ".join(f"{n} {t['gap'][VOTE]:+.3f}" for n, t in row["kather"]["targets"].items())
@@ -153,7 +189,11 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="seed 0 only, two stain targets")
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--write-cards", action="store_true",
+                        help="store each model's numbers in its card (full mode only)")
     args = parser.parse_args(argv)
+    if args.write_cards and args.quick:
+        parser.error("--write-cards needs the full run (not --quick)")
     from hashview.models import list_models
 
     root = Path(args.data_root)
@@ -178,6 +218,7 @@ def main(argv=None) -> int:
                 "targets": targets, "seeds5": list(seeds5), "seeds3": list(seeds3),
                 "fallbacks": {n: c.get("reinhard_fallback", 0) + c.get("unchanged", 0)
                               for n, c in restained.items()},
+                "bare_glass": {n: c.get("no_tissue", 0) for n, c in restained.items()},
                 "restained": {n: sum(c.values()) for n, c in restained.items()},
                 "seconds": round(time.perf_counter() - started, 1)}
     Path(args.out).write_text(markdown(rows, list(targets), settings))
@@ -185,6 +226,8 @@ def main(argv=None) -> int:
     json_path.write_text(json.dumps({"settings": settings, "rows": _strip_curves(rows)},
                                     indent=1, default=str))
     print(Path(args.out).read_text())
+    if args.write_cards:
+        write_cards(rows, settings["mode"])
     return 0
 
 

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # beside the checkout
 
 
 def _copy(pairs, out: Path) -> None:

@@ -219,6 +219,13 @@ def _json_or_text(value: str):
         return value
 
 
+def parse_set_options(parser, pairs: list[str]) -> dict:
+    """``--set KEY=VALUE`` pairs as a dict (JSON values, else text); a usage error otherwise."""
+    if any("=" not in pair for pair in pairs):
+        parser.error("--set must be KEY=VALUE")
+    return {key: _json_or_text(value) for key, _, value in (p.partition("=") for p in pairs)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", help=f"any of {sorted(RECIPES)}")
@@ -236,10 +243,7 @@ def main(argv=None) -> int:
                         help="override a recipe option (a variant; JSON values, e.g. lr=5e-4, "
                              "epochs=60, init_from=PATH); the model is not installed")
     args = parser.parse_args(argv)
-    if any("=" not in pair for pair in args.set):
-        parser.error("--set must be KEY=VALUE")
-    args.set = {key: _json_or_text(value) for key, _, value in
-                (pair.partition("=") for pair in args.set)}
+    args.set = parse_set_options(parser, args.set)
     names = sorted(RECIPES) if args.all else args.models
     unknown = [n for n in names if n not in RECIPES]
     if not names or unknown:
