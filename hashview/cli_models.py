@@ -25,6 +25,10 @@ def _metrics_summary(metrics: dict) -> str:
     if parts:
         seeds = metrics.get("split_seeds") or []
         parts.append(f"({metrics.get('protocol', '?')} protocol, {len(seeds)} split(s))")
+    general = metrics.get("generalisation")
+    stain = general.get("kather_stain_vote@10_mean") if isinstance(general, dict) else None
+    if isinstance(stain, (int, float)):  # benchmarks/generalisation.py --write-cards
+        parts.append(f"other stains vote@10 {stain:.3f}")
     return "  ".join(parts)
 
 

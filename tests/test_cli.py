@@ -138,6 +138,10 @@ def test_info_and_models(slide_library, capsys):
     assert code == 0
     names = {m["name"] for m in json.loads(out)}
     assert "hatdh-64" in names
+    code, out, _ = run(capsys, "models")
+    default = next(line for line in out.splitlines() if line.startswith("*"))
+    # the default is chosen on generalisation: its line shows in-set and cross-stain numbers
+    assert "mAP" in default and "other stains vote@10 0." in default
 
 
 @pytest.mark.parametrize("argv, fragment", [

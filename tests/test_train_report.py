@@ -116,7 +116,8 @@ def test_cli_prints_the_report_and_a_collapse_exits_non_zero(
             "--option", "steps_per_epoch=1"]
     assert main(argv + ["--out", str(tmp_path / "a")]) == 4
     out, err = capsys.readouterr()
-    assert "held-out report" in out and "mth-64-from-idc (start)" in out and "vote@10" in out
+    assert "held-out report" in out and f"{DEFAULT_START['mth']} (start)" in out
+    assert "vote@10" in out
     assert "WARNING: model mth-16-kather COLLAPSED: 1 distinct codes over 12" in err
     card = json.loads((tmp_path / "a" / "mth-16-kather.json").read_text())
     assert card["quality"] == "collapsed" and REPORT_KEYS <= set(card["metrics"])

@@ -36,7 +36,7 @@ from hashview.models.registry import build_model
 from hashview.fileio import atomic_write_bytes, open_regular_file, user_data_dir
 from hashview.resources import find_dir as find_resource_dir
 
-DEFAULT_MODEL = "mth-64-from-idc"
+DEFAULT_MODEL = "mth-64-general"  # chosen on generalisation: docs/models.md "Default model"
 WEIGHTS_SUFFIX = ".safetensors"
 CARD_SUFFIX = ".json"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".tar")

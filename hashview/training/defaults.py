@@ -14,7 +14,7 @@ from typing import Optional
 
 # The trained model each architecture starts from (a bundled or installed model name).
 # Architectures not listed train from scratch (and the run says so).
-DEFAULT_START = {"mth": "mth-64-from-idc", "hatdh": "hatdh-64", "dch": "dch-64"}
+DEFAULT_START = {"mth": "mth-64-general", "hatdh": "hatdh-64-general", "dch": "dch-64-general"}
 
 # Fine-tuning a trained start on a small folder: at most this many epochs unless told. The
 # starts' own recipes (40-45 epochs over 184 Kather tiles) took 40 s an epoch for MTH on 90

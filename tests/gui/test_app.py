@@ -296,6 +296,7 @@ def test_dialogs_settings_training_and_about(qtbot, window, tmp_path, monkeypatc
     from hashview.gui.dialogs import SCRATCH, SettingsDialog, TrainDialog, about_html
     from hashview.models import build_model, list_models, save_model
     from hashview.models.cards import ModelCard
+    from hashview.training.defaults import DEFAULT_START
 
     dialog = SettingsDialog(window.settings, window)
     qtbot.addWidget(dialog)
@@ -329,7 +330,8 @@ def test_dialogs_settings_training_and_about(qtbot, window, tmp_path, monkeypatc
     train.arch.setCurrentIndex(train.arch.findData("mth"))
     train.bits.setValue(32)
     starts = [train.start_from.itemData(i) for i in range(train.start_from.count())]
-    assert starts[:2] == ["mth-64-from-idc", SCRATCH] and {"mth-64", "mth-64-idc"} <= set(starts)
+    assert starts[:2] == [DEFAULT_START["mth"], SCRATCH]
+    assert {"mth-64", "mth-64-idc"} <= set(starts)
     train.start_from.setCurrentIndex(starts.index("mth-64"))
     assert train.job_args()["init_from"] == "mth-64"
 
