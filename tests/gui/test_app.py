@@ -315,7 +315,7 @@ def test_dialogs_settings_training_and_about(qtbot, window, tmp_path, monkeypatc
     assert args["data_folder"] == str(KATHER) and "epochs" not in args  # the recipe's
     # hatdh starts from its default model unless random weights are picked
     assert "init_from" not in args and "from_scratch" not in args
-    assert train.start_from.currentData() == "hatdh-64"
+    assert train.start_from.currentData() == DEFAULT_START["hatdh"]
     train.start_from.setCurrentIndex(train.start_from.findData(SCRATCH))
     assert train.job_args()["from_scratch"] is True
     train.epochs.setValue(7)
