@@ -42,7 +42,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from train_models import parse_set_options  # noqa: E402  (benchmarks/, beside this file)
+from train_models import parse_with_run_options  # noqa: E402  (benchmarks/, beside this file)
 
 DEFAULT_DATA_ROOT = ROOT.parent / "shared" / "data"
 KATHER, IDC = "kather2016_subset", "idc_breast"
@@ -212,13 +212,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
     parser.add_argument("--install", action="store_true",
                         help="write the model and its card to resources/models/")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe option (a variant, never installed): TrainConfig "
-                             "fields, copies=N (0: no stain mixing), joint=false (Kather only)")
-    args = parser.parse_args(argv)
-    args.set = parse_set_options(parser, args.set)
+    args = parse_with_run_options(parser, argv, "override a recipe option (a variant, never "
+                                  "installed): TrainConfig fields, copies=N (0: no stain "
+                                  "mixing), joint=false (Kather only)")
     unknown = [n for n in args.models if n not in RECIPES]
     if unknown:
         parser.error(f"choose models from {sorted(RECIPES)}")

@@ -219,6 +219,17 @@ def _json_or_text(value: str):
         return value
 
 
+def parse_with_run_options(parser, argv, set_help: str):
+    """Parse ``argv`` after adding the options every training script shares: --threads,
+    --device and --set (returned as a dict of recipe overrides)."""
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    args = parser.parse_args(argv)
+    args.set = parse_set_options(parser, args.set)
+    return args
+
+
 def parse_set_options(parser, pairs: list[str]) -> dict:
     """``--set KEY=VALUE`` pairs as a dict (JSON values, else text); a usage error otherwise."""
     if any("=" not in pair for pair in pairs):
@@ -237,13 +248,9 @@ def main(argv=None) -> int:
                              "Kather, 0 on IDC)")
     parser.add_argument("--install", action="store_true",
                         help="write the split-0 model to resources/models/ (needs seed 0)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe option (a variant; JSON values, e.g. lr=5e-4, "
-                             "epochs=60, init_from=PATH); the model is not installed")
-    args = parser.parse_args(argv)
-    args.set = parse_set_options(parser, args.set)
+    args = parse_with_run_options(parser, argv, "override a recipe option (a variant; JSON "
+                                  "values, e.g. lr=5e-4, epochs=60, init_from=PATH); the model "
+                                  "is not installed")
     names = sorted(RECIPES) if args.all else args.models
     unknown = [n for n in names if n not in RECIPES]
     if not names or unknown:
