@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hashview.devices import pick_device  # re-exported: hashview.encode.pick_device
 from hashview.errors import ModelError
 from hashview.models.store import LoadedModel
 from hashview.progress import ProgressCallback, report
@@ -30,29 +31,6 @@ CPU_CHANNELS_LAST = True
 # (one tile at load 13 on 2 cores: 26 ms on one thread, 146 ms on two; docs/benchmarks.md,
 # region section). The count is per calling thread (OpenMP), so other threads are untouched.
 CPU_SINGLE_THREAD_BELOW = 4
-
-
-def pick_device(requested: Union[str, torch.device, None] = "auto") -> torch.device:
-    """"auto"/None -> CUDA when available, else CPU; "cpu"; "cuda" or "cuda:N" (must exist)."""
-    if isinstance(requested, torch.device):
-        requested = str(requested)
-    requested = (requested or "auto").strip().lower()
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError as exc:
-        raise ModelError(None, f"unknown device {requested!r} (use auto, cpu or cuda)") from exc
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ModelError(None, "device 'cuda' was requested but CUDA is not available "
-                                   "(no NVIDIA GPU/driver, or a CPU-only PyTorch); use cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ModelError(None, f"device {requested!r} does not exist "
-                                   f"({torch.cuda.device_count()} CUDA device(s))")
-    elif device.type != "cpu":
-        raise ModelError(None, f"unsupported device {requested!r} (use auto, cpu or cuda)")
-    return device
 
 
 # ---------------------------------------------------------------- code packing

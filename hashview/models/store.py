@@ -28,6 +28,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from hashview import __version__
+from hashview.devices import pick_device
 from hashview.errors import ModelError, printable
 from hashview.models.base import HashingNet
 from hashview.models.card_limits import PLAIN_NAME_RULE, is_int, is_plain_name, shown
@@ -292,7 +293,7 @@ def load_model(name_or_path: PathLike, device: Union[str, torch.device, None] = 
     """Load a model by name (bundled or user directory) or by a .safetensors / .json path.
 
     ``device`` None keeps the net on the CPU; "auto", "cpu", "cuda" are resolved by
-    :func:`hashview.encode.pick_device`.
+    :func:`hashview.devices.pick_device`.
     """
     text = os.fspath(name_or_path)
     path = Path(text)
@@ -366,7 +367,6 @@ def load_installed_model(name: str,
 
 def _to_device(loaded: LoadedModel, device: Union[str, torch.device, None]) -> LoadedModel:
     if device is not None:
-        from hashview.encode import pick_device
         loaded.net.to(pick_device(device))
     return loaded
 
