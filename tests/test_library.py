@@ -469,7 +469,7 @@ def test_failed_upgrade_leaves_the_schema1_file_untouched(tmp_path, monkeypatch)
     def failing_replace(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("hashview.library.legacy.os.replace", failing_replace)
+    monkeypatch.setattr("hashview.library.store.os.replace", failing_replace)
     with pytest.raises(LibraryError) as e:
         Library.open(path, "a")
     assert str(e.value) == (f"{path}: cannot upgrade to schema 2 (no space left on device); the "

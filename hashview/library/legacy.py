@@ -4,15 +4,14 @@ the footprint benchmark compare against it).
 Schema 1 stored per tile ``source_id`` int32, ``x``/``y`` int64, ``size`` int32, ``label_id``
 int16 (30 bytes at 64 bits) and every source column as its own dataset, the text ones as HDF5
 variable-length strings with one chunk per row. It is read as it is. Opening one for appending
-upgrades it first: the whole library is rewritten as schema 2 into a temporary file that then
-replaces the original (atomic rename; a crash leaves the schema-1 file untouched).
+upgrades it first: the library (``store.py``) rewrites the whole of it, as
+:func:`schema2_items` gives it, as schema 2 into a temporary file that then replaces the
+original (atomic rename; a crash leaves the schema-1 file untouched).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -87,47 +86,27 @@ def read_tiles_v1(f: h5py.File, start: int, stop: int) -> dict[str, np.ndarray]:
     return {name: f["tiles"][name][start:stop] for name in TILE_COLUMNS_V1}
 
 
-def upgrade(path: Path) -> None:
-    """Rewrite the schema-1 library ``path`` as schema 2, atomically (see the module docstring).
+def schema2_items(path: Path, snapshot: Snapshot, codes: np.ndarray,
+                  table: dict[str, np.ndarray]) -> list[tuple]:
+    """The contents of the schema-1 library ``path`` as ``add_sources`` items of its schema-2
+    copy, one ``(source, codes, xs, ys, sizes, labels)`` per source in the stored order.
 
-    The caller holds the library's writer lock. Source ids, tile order, label order and the
-    times sources were added are kept. A source whose tiles have different sizes cannot be
-    stored in schema 2 and makes the upgrade fail with a one-line error.
+    ``snapshot``, ``codes`` and ``table`` are what the library read from the file. A source
+    whose tiles have different sizes cannot be stored in schema 2: a one-line error.
     """
-    from hashview.library.files import make_temp_library, write_failure_reason
-    from hashview.library.store import Library
-
-    with Library.open(path, "r") as old:
-        snapshot = old._snapshot
-        codes, table = old.codes(), old.tile_table()
     sources = snapshot.sources
     for s in sources:
         sizes = table["size"][s.tile_start:s.tile_start + s.tile_count]
         if len(sizes) and sizes.min() != sizes.max():
             raise LibraryError(path, f"cannot upgrade to schema 2: the tiles of source "
                                      f"{s.name!r} have different sizes")
-    tmp, locks = make_temp_library(path, mode=stat.S_IMODE(os.stat(path).st_mode))
-    try:
-        new = Library._create_unlisted(Path(tmp), snapshot.model, locks, snapshot.created)
-        with new:
-            new._label_ids(snapshot.labels)  # keep the label order
-            labels = [snapshot.labels[i] if i >= 0 else None for i in table["label_id"]]
-            items = []
-            for s in sources:
-                rows = slice(s.tile_start, s.tile_start + s.tile_count)
-                items.append((s, codes[rows], table["x"][rows], table["y"][rows],
-                              table["size"][rows], labels[rows]))
-            new.add_sources(items, _keep_added=True)
-            new._file.attrs["upgraded_from_schema"] = 1
-            new._flush()
-        os.replace(tmp, path)
-    except OSError as e:
-        raise LibraryError(path, f"cannot upgrade to schema 2 ({write_failure_reason(e)}); the "
-                                 "schema-1 file is unchanged") from None
-    finally:
-        locks.close()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    labels = [snapshot.labels[i] if i >= 0 else None for i in table["label_id"]]
+    items = []
+    for s in sources:
+        rows = slice(s.tile_start, s.tile_start + s.tile_count)
+        items.append((s, codes[rows], table["x"][rows], table["y"][rows], table["size"][rows],
+                      labels[rows]))
+    return items
 
 
 def write_schema1(library: "Library", path: str | Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -179,7 +180,7 @@ class Library(LibraryWriting):
             if schema.file_version(h5, path) == 1:
                 h5.close()
                 h5 = None
-                legacy.upgrade(path)
+                _upgrade_schema1(path)
                 locks.close()
                 return cls._open_for_writing(path)
             lib = cls(path, "a", schema.load(h5, path), h5, locks)
@@ -472,6 +473,34 @@ def _write_new(path: Path, info: ModelInfo, created: Optional[str] = None) -> No
     except BaseException:
         files.abandon(h5)
         raise
+
+
+def _upgrade_schema1(path: Path) -> None:
+    """Rewrite the schema-1 library ``path`` as schema 2, atomically (see ``legacy.py``).
+
+    The caller holds the library's writer lock. Source ids, tile order, label order and the
+    times sources were added are kept. A source whose tiles have different sizes cannot be
+    stored in schema 2 and makes the upgrade fail with a one-line error.
+    """
+    with Library.open(path, "r") as old:
+        snapshot = old._snapshot
+        items = legacy.schema2_items(path, snapshot, old.codes(), old.tile_table())
+    tmp, locks = files.make_temp_library(path, mode=stat.S_IMODE(os.stat(path).st_mode))
+    try:
+        new = Library._create_unlisted(Path(tmp), snapshot.model, locks, snapshot.created)
+        with new:
+            new._label_ids(snapshot.labels)  # keep the label order
+            new.add_sources(items, _keep_added=True)
+            new._file.attrs["upgraded_from_schema"] = 1
+            new._flush()
+        os.replace(tmp, path)
+    except OSError as e:
+        raise LibraryError(path, f"cannot upgrade to schema 2 ({files.write_failure_reason(e)}); "
+                                 "the schema-1 file is unchanged") from None
+    finally:
+        locks.close()
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 @contextlib.contextmanager
