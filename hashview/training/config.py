@@ -18,15 +18,12 @@ from hashview.errors import ModelError
 from hashview.models.card_limits import (PLAIN_NAME_RULE, architecture_problem, is_int,
                                          is_number, is_plain_name, plain_name, shown)
 from hashview.training.losses import TRIPLET_MODES
+from hashview.training.objectives import objective_class
 
 OPTIMISERS = ("adam", "adamw", "adadelta")
 # HATDH: Adam 1e-3; Keras Adadelta default 1.0; AdamW (LGFFEM's paper) at Adam's rate. AdamW
 # applies `weight_decay` decoupled from the gradient; Adam adds it to the gradient (L2).
 DEFAULT_LR = {"adam": 1e-3, "adamw": 1e-3, "adadelta": 1.0}
-# DCH default optimiser: Adam. benchmarks/train_quick.py (Kather subset, 64 bits, seed 0):
-# mAP 0.680 vs 0.645 (10 epochs) and 0.738 vs 0.703 (25 epochs) for Adam 1e-3 vs the paper's
-# Adadelta lr 1.0; docs/training.md has the table.
-DCH_DEFAULT_OPTIMISER = "adam"
 
 
 @dataclass
@@ -94,8 +91,6 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A copy with every ``None``/"auto" default filled in; raises ModelError if invalid."""
-        from hashview.training.objectives import objective_class
-
         problem = self._type_problem()  # before any value is used (options come as text/JSON)
         if problem:
             raise ModelError(None, f"invalid training config: {problem}")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # config imports the registry lazily; no import cycle at run time
+if TYPE_CHECKING:  # annotations only: config imports this package to resolve a config
     from hashview.training.config import TrainConfig
 
 
