@@ -26,7 +26,7 @@ from typing import Optional
 from hashview.jobs.recovery import (InterruptedJob, describe_exit, discard_job_files,
                                    find_interrupted_jobs)
 from hashview.jobs.runner import run_job
-from hashview.jobs.spec import KINDS, JobSpec
+from hashview.jobs.spec import KINDS, JobSpec, cancel_file_for
 
 # Not importing hashview.jobs.worker here: ``python -m`` would then run a second copy of it.
 EXIT_CODES = {"done": 0, "failed": 1, "cancelled": 2}
@@ -56,11 +56,6 @@ def parse_event(line: str | bytes) -> Optional[dict]:
 def worker_command(spec_path: str | Path) -> list[str]:
     """The argv that runs a spec file; ``sys.executable`` keeps the caller's environment."""
     return [sys.executable, "-m", "hashview.jobs.worker", str(spec_path)]
-
-
-def cancel_file_for(spec_path: str | Path) -> Path:
-    """``jobs/abc.json`` -> ``jobs/abc.cancel``: its existence asks the worker to stop."""
-    return Path(spec_path).with_suffix(".cancel")
 
 
 def jobs_dir() -> Path:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Optional
 
 from hashview.errors import HashViewError
-from hashview.jobs.spec import JobSpec
+from hashview.jobs.spec import JobSpec, cancel_file_for
 
 try:
     import fcntl
@@ -122,8 +122,6 @@ def find_interrupted_jobs(folder: str | Path) -> tuple[list[InterruptedJob], lis
 
 def discard_job_files(spec_path: str | Path) -> None:
     """Remove a job's spec and cancel files (what the app does when a job ends)."""
-    from hashview.jobs import cancel_file_for
-
     for path in (Path(spec_path), cancel_file_for(spec_path)):
         with contextlib.suppress(OSError):
             os.unlink(path)

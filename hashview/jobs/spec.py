@@ -30,6 +30,11 @@ REQUIRED_ARGS = {
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # the id names files: keep it path-safe
 
 
+def cancel_file_for(spec_path: str | Path) -> Path:
+    """``jobs/abc.json`` -> ``jobs/abc.cancel``: its existence asks the worker to stop."""
+    return Path(spec_path).with_suffix(".cancel")
+
+
 def _new_id() -> str:
     return uuid.uuid4().hex[:12]
 
