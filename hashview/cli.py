@@ -393,6 +393,12 @@ COMMANDS = {"index": cmd_index, "search": cmd_search, "index-build": cmd_index_b
 
 def _open_app(paths: Sequence[str]) -> Optional[int]:
     """Start the desktop app when it is installed; ``None`` if there is no app yet."""
+    from hashview.gui.platform_check import window_problem
+
+    problem = window_problem()  # before Qt loads: it aborts when it has no display or library
+    if problem:
+        say(problem, err=True)
+        return EXIT_FAILED
     try:
         from hashview.gui.app import run_app
     except ImportError:
