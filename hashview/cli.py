@@ -230,21 +230,24 @@ def cmd_index(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from hashview.query import open_search, parse_region, search_file
+    from hashview.query import parse_region
+    from hashview.session import LibrarySession
 
     try:
         region = parse_region(args.region) if args.region else None
     except ValueError as exc:
         return usage_error(str(exc))
-    searcher, encoder = open_search(args.library, args.device, model=args.model, index=args.index)
+    session = LibrarySession(args.library, model=args.model, device=args.device,
+                             index=args.index)
+    searcher = session.load()
     for note in searcher.index_notes:
         say(f"hashview: {note}", err=True)
     if searcher.needs_index_build():
         _build_index_to_keep(searcher)
-    result = search_file(searcher, encoder, args.query, region=region, k=args.top_k,
-                         exclude_source=args.exclude_source,
-                         labels=set(args.labels) if args.labels else None,
-                         sources=set(args.sources) if args.sources else None)
+    result = session.search((args.query, region) if region else args.query, k=args.top_k,
+                            exclude_source=args.exclude_source,
+                            labels=set(args.labels) if args.labels else None,
+                            sources=set(args.sources) if args.sources else None)
     if args.json:
         print(json.dumps({"query": args.query, "region": region, **result.to_dict(),
                           "index": searcher.index_info}, indent=2))

@@ -56,14 +56,14 @@ def run_demo(library_path: Optional[str | Path] = None,
              progress: Optional[ProgressCallback] = None) -> dict:
     """Build (or reuse) the demo library and search it with the sample query tile."""
     from hashview.library import Library
-    from hashview.query import open_search, search_file
+    from hashview.session import LibrarySession
 
     path, indexed = build_demo_library(library_path, progress)
     with Library.open(path) as library:
         stats = library.stats()
-    searcher, encoder = open_search(path)
-    result = search_file(searcher, encoder, DEMO_QUERY, k=10)
-    card = encoder.card
+    session = LibrarySession(path)
+    result = session.search(DEMO_QUERY, k=10)
+    card = session.loaded_model.card
     header = [
         f"Demo library: {path}",
         f"  {stats['n_sources']} sources, {stats['n_tiles']} tiles, model {card.name}"

@@ -1,9 +1,10 @@
-"""Turn what the user points at (a patch image, a slide region) into hits from a library.
+"""Turn query tiles into hits from a library: the steps behind
+:meth:`hashview.session.LibrarySession.search` (which ``hashview search``, the app and scripts
+use).
 
-Shared by ``hashview search`` and the app. A region larger than one library tile is cut into
-library-sized tiles; each tile is searched and the hits are merged: every library tile keeps its
-best distance over the query tiles, ties broken by tile index, and the vote counts every query
-tile's top-k.
+A region larger than one library tile is cut into library-sized tiles; each tile is searched
+and the hits are merged: every library tile keeps its best distance over the query tiles, ties
+broken by tile index, and the vote counts every query tile's top-k.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from PIL import Image
 from hashview.encode import Encoder
 from hashview.errors import SourceError, printable
 from hashview.search import Hit, Searcher, Vote, vote
-from hashview.slides import Source, open_source
-from hashview.tiling import Tile, TilingParams, load_patch, plan_geometry, read_tile
+from hashview.slides import Source
+from hashview.tiling import Tile, TilingParams, plan_geometry, read_tile
 
 if TYPE_CHECKING:
     from hashview.library import ModelInfo
@@ -34,6 +35,11 @@ class QueryResult:
     vote: Optional[Vote]
     query_tiles: int
     per_tile: list[list[Hit]] = field(default_factory=list)
+    # what :class:`hashview.session.LibrarySession` adds: the tiles as encoded, the files of a
+    # query list that could not be read, and the seconds the search took
+    query_images: list = field(default_factory=list, repr=False)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
 
     def to_dict(self) -> dict:
         from hashview.search import hits_to_dict
@@ -61,41 +67,23 @@ class QueryResult:
         return "\n".join(lines)
 
 
-def open_search(library_path: str | Path, device: str = "auto",
-                model: Optional[str | Path] = None,
-                index: str = "auto") -> tuple[Searcher, Encoder]:
-    """Load a library into memory and its model, ready to search.
-
-    The library file is closed again at once (the searcher holds a copy), so an indexing job may
-    append to it meanwhile. ``model`` defaults to the library's own model; any other must have the
-    same weights (sha256) and bits, or ``LibraryError`` says why. ``index``: see
-    :class:`~hashview.search.Searcher` (an approximate index comes from the library's sidecar
-    file when one is valid; ``searcher.needs_index_build()`` says when it must be built).
-    """
-    from hashview.library import Library
-
-    # Only the copy is made with the file open (milliseconds): loading the model takes about a
-    # second, and an indexing job that starts meanwhile would find the file locked.
-    with Library.open(library_path, mode="r") as library:
-        searcher = Searcher(library, index=index)
-        stored = library.model
-    return searcher, Encoder(load_library_model(library_path, stored, model), device=device)
-
-
 def load_library_model(library_path: str | Path, stored: "ModelInfo",
-                       model: Optional[str | Path] = None) -> "LoadedModel":
+                       model: "Optional[str | Path | LoadedModel]" = None) -> "LoadedModel":
     """The model that encodes queries for a library whose codes come from ``stored``.
 
-    ``model`` (a name or path the user gave) or else the library's own model, which is looked
+    ``model`` (a name or path the user gave, or a model already loaded) or else the library's own model, which is looked
     up by name among the installed models only: a library may come from anyone, and its
     ``model_name`` must not make HashView load whatever file it points at. Either must have the
     library's weights (sha256) and bits, or ``LibraryError`` says why.
     """
     from hashview.errors import LibraryError, ModelError, printable
     from hashview.library import ModelInfo
-    from hashview.models.store import is_plain_model_name, load_installed_model, load_model
+    from hashview.models.store import (LoadedModel, is_plain_model_name, load_installed_model,
+                                       load_model)
 
-    if model:
+    if isinstance(model, LoadedModel):
+        loaded = model
+    elif model:
         loaded = load_model(model)
     elif not is_plain_model_name(stored.name):
         raise LibraryError(library_path, f"its model name {printable(repr(stored.name))[:120]} "
@@ -198,19 +186,3 @@ def search_images(searcher: Searcher, encoder: Encoder, images: Sequence[Image.I
     all_hits = [hit for hits in per_tile for hit in hits]
     return QueryResult(hits=merged, vote=vote(all_hits), query_tiles=len(images),
                        per_tile=per_tile)
-
-
-def search_file(searcher: Searcher, encoder: Encoder, path: str | Path,
-                region: Optional[tuple[int, int, int, int]] = None, k: int = 10,
-                exclude_source: bool = False, **filters) -> QueryResult:
-    """A patch image (whole image = one query tile) or, with ``region``, a slide region."""
-    params = TilingParams(tile_size=searcher.tile_size, target_mpp=searcher.target_mpp)
-    if region is None:
-        images = [load_patch(path, encoder.input_size)]
-    else:
-        with open_source(path) as source:
-            images = region_tiles(source, region, params, encoder.input_size)
-    if exclude_source:
-        filters["exclude_sources"] = (set(filters.get("exclude_sources") or ())
-                                      | searcher.source_ids_of_file(path))
-    return search_images(searcher, encoder, images, k=k, **filters)

@@ -376,19 +376,19 @@ def _model_copy(folder: Path, stem: str) -> Path:
 
 @pytest.mark.parametrize("name", ["{model}", "../{stem}", "{stem}\x1b[2J", ".."])
 def test_a_library_model_name_is_never_a_path(tmp_path, name):
-    from hashview.query import open_search
+    from hashview.session import LibrarySession
 
     model = _model_copy(tmp_path, "planted")
     path = _default_model_library(tmp_path / "lib.h5",
                                   name.format(model=model, stem=model.name))
-    message = refused(path, lambda: open_search(path))
+    message = refused(path, lambda: LibrarySession(path).load())
     assert "is not a model name" in message and "\x1b" not in message
 
 
 def test_a_plain_library_model_name_is_not_looked_up_in_the_working_folder(tmp_path,
                                                                              monkeypatch):
     """``load_model("planted")`` would take ./planted.json when a file ./planted exists."""
-    from hashview.query import open_search
+    from hashview.session import LibrarySession
 
     folder = tmp_path / "cwd"
     folder.mkdir()
@@ -396,18 +396,18 @@ def test_a_plain_library_model_name_is_not_looked_up_in_the_working_folder(tmp_p
     (folder / "planted").write_bytes(b"")
     monkeypatch.chdir(folder)
     path = _default_model_library(tmp_path / "lib.h5", "planted")
-    assert "unknown model 'planted'" in refused(path, lambda: open_search(path))
+    assert "unknown model 'planted'" in refused(path, lambda: LibrarySession(path).load())
 
 
 def test_a_library_model_name_finds_the_installed_model_and_checks_its_weights(tmp_path):
     from hashview.models import DEFAULT_MODEL
-    from hashview.query import open_search
+    from hashview.session import LibrarySession
 
     path = _default_model_library(tmp_path / "lib.h5", DEFAULT_MODEL)
-    searcher, encoder = open_search(path)
-    assert searcher.n_tiles == 0 and encoder is not None
+    session = LibrarySession(path)
+    assert session.load().n_tiles == 0 and session.encoder is not None
     edit(path, set_attr("model_sha256", "0" * 64))
-    assert "cannot search it with model" in refused(path, lambda: open_search(path))
+    assert "cannot search it with model" in refused(path, lambda: LibrarySession(path).load())
 
 
 def test_search_cli_refuses_a_path_like_model_name(tmp_path, capsys):

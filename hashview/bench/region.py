@@ -7,7 +7,8 @@ results panel): open the query slide, read the region as library-sized tiles
 apart here), then load the k hit thumbnails
 (104 px, as the results grid shows them) from their slides on two reader threads with the open
 slides cached, as the app's background reader does. Search and model are loaded once
-(:func:`hashview.query.open_search`, reported as start-up), like an open library in the app.
+(:meth:`hashview.session.LibrarySession.load`, reported as start-up), like an open library in
+the app.
 
 The library is synthetic but built through :class:`hashview.library.Library`: its tiles point at
 real positions of the real shared slides (many source records per slide file) and its codes are
@@ -32,7 +33,8 @@ from hashview.indexing import model_tiling, tile_loader
 from hashview.library import Library, ModelInfo
 from hashview.models import DEFAULT_MODEL, LoadedModel, load_model
 from hashview.progress import ProgressCallback, report
-from hashview.query import open_search, region_tiles
+from hashview.query import region_tiles
+from hashview.session import LibrarySession
 from hashview.slides import Source, open_source
 from hashview.slides.thumbnail import read_thumbnail
 from hashview.tiling import plan_tiles
@@ -170,7 +172,8 @@ def run(mode: str, workdir: Path, progress: Optional[ProgressCallback] = None) -
     build_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    searcher, encoder = open_search(library, device="auto")
+    session = LibrarySession(library, device="auto")
+    searcher, encoder = session.load(), session.encoder
     startup_s = time.perf_counter() - start
     params = model_tiling(loaded.card)
     rows, data, p50 = [], {}, {}
@@ -189,7 +192,7 @@ def run(mode: str, workdir: Path, progress: Optional[ProgressCallback] = None) -
     notes = [
         f"Library: {n_tiles:,} tiles ({loaded.card.name} codes) on {len(slides)} real slides "
         f"({', '.join(s.name for s in slides)}), built through `Library` in {build_s:.0f} s "
-        f"(0 s when reused); start-up (load library, FAISS index and model: `open_search`) "
+        f"(0 s when reused); start-up (load library, FAISS index and model: `LibrarySession.load`) "
         f"{startup_s * 1000:.0f} ms, once per library as in the app.",
         f"{n_queries} queries of one tile at random positions (alternating slides), top-{k}; "
         f"p50/p95 over the queries after the first; the first query (cold thumbnail sources) "

@@ -1,20 +1,20 @@
 """Runs searches off the UI thread and hands the results back by signal.
 
-One worker thread (a QThreadPool of one) owns a loaded ``Searcher`` + ``Encoder`` for the open
-library, so loading the model and the codes happens once per library, not once per query, and
-two searches never use them at the same time. ``invalidate()`` (after an indexing job added
-tiles) makes the next search reload the library.
+One worker thread (a QThreadPool of one) owns the :class:`~hashview.session.LibrarySession` of
+the open library (the same Qt-free object scripts get from ``hashview.open_library``), so
+loading the model and the codes happens once per library, not once per query, and two searches
+never use it at the same time. ``invalidate()`` (after an indexing job added tiles) makes the
+next search reload the library.
 
-A library large enough to want an approximate index (``Searcher.needs_index_build()``) gets it
-built on a background thread (FAISS releases the GIL); searches meanwhile are exact, and the
-index is swapped in when ready and saved next to the library, so the next start reads it.
+A library large enough to want an approximate index gets it built on a background thread
+(FAISS releases the GIL); searches meanwhile are exact, and the index is swapped in when ready
+and saved next to the library, so the next start reads it.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
-import time
 import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -94,99 +94,68 @@ def describe_index(kind: str) -> str:
     return words
 
 
-class SearchError(Exception):
-    """A search that could not run; ``str()`` is the one line shown to the user."""
-
-
 class _Engine:
-    """The worker-side state: the loaded searcher/encoder of one library (worker thread only)."""
+    """The worker-side state: the :class:`~hashview.session.LibrarySession` of the open library
+    (worker thread only)."""
 
     def __init__(self, on_index_ready=None):
         self.key: Optional[tuple] = None
-        self.searcher = None
-        self.encoder = None
-        self.builder: Optional[threading.Thread] = None
+        self.session = None
+        self._logged: tuple = (None, 0)  # the searcher whose first n notes were logged
         self.on_index_ready = on_index_ready  # called (from the build thread) with LoadedLibrary
 
     def load(self, library: str, device: str, version: int) -> LoadedLibrary:
-        from hashview.query import open_search
+        from hashview.session import LibrarySession
 
         key = (library, device, version)
         if self.key != key:
-            self.key, self.searcher, self.encoder = None, None, None
-            self.searcher, self.encoder = open_search(library, device)
+            self.key = None
+            if self.session is None or (self.session.path, self.session.device) != (library,
+                                                                                    device):
+                self.session = LibrarySession(library, device=device,
+                                              on_index_done=self._index_done)
+            self.session.invalidate()
+            searcher = self.session.load()
             self.key = key
-            for note in self.searcher.index_notes:
-                print(f"hashview: {note}", file=sys.stderr)
-            self._build_index_in_background()
+            self._log_notes(searcher)
+            self.session.build_index_in_background()
         return self.info()
 
-    def info(self, searcher=None) -> LoadedLibrary:
-        searcher = searcher or self.searcher
-        card = self.encoder.card
+    def _log_notes(self, searcher) -> None:
+        """Each note about the index once on stderr (the status bar shows them too)."""
+        logged_for, start = self._logged
+        notes = searcher.index_notes
+        for note in notes[start if logged_for is searcher else 0:]:
+            print(f"hashview: {note}", file=sys.stderr)
+        self._logged = (searcher, len(notes))
+
+    def _index_done(self, session) -> None:
+        if session is not self.session:
+            return
+        self._log_notes(session.searcher)
+        if self.on_index_ready is not None:
+            self.on_index_ready(self.info())
+
+    def info(self) -> LoadedLibrary:
+        session = self.session
+        searcher, card = session.searcher, session.encoder.card
         index = searcher.index_kind
-        if searcher.needs_index_build() and self.builder is not None:
+        if searcher.needs_index_build() and session.index_building:
             index += f" ({searcher.wanted_kind} building)"
         return LoadedLibrary(searcher.path, searcher.n_tiles, card.name, bool(card.trained),
-                             str(self.encoder.device), searcher.tile_size, searcher.target_mpp,
-                             index, tuple(searcher.index_notes))
-
-    def _build_index_in_background(self) -> None:
-        searcher = self.searcher
-        if not searcher.needs_index_build() or (self.builder and self.builder.is_alive()):
-            return  # a build still running for an older load finishes and saves its sidecar
-
-        def build() -> None:
-            try:
-                for note in searcher.build_index().notes:  # e.g. not saved: a read-only share
-                    print(f"hashview: {note}", file=sys.stderr)
-            except Exception:  # noqa: BLE001  (searches stay exact; never crash the app)
-                traceback.print_exc()
-                return
-            finally:
-                self.builder = None
-            current = self.searcher
-            if current is not searcher and current is not None:
-                self._build_index_in_background()  # the library was reloaded meanwhile
-            elif self.on_index_ready is not None:
-                self.on_index_ready(self.info(searcher))
-
-        self.builder = threading.Thread(target=build, name="hashview-index-build", daemon=True)
-        self.builder.start()
+                             str(session.encoder.device), searcher.tile_size,
+                             searcher.target_mpp, index, tuple(searcher.index_notes))
 
     def run(self, request: SearchRequest) -> SearchOutcome:
-        from hashview.query import region_tiles, search_images
-        from hashview.slides import open_source
-        from hashview.tiling import TilingParams, load_patch, square_tile
-
-        searcher, encoder = self.searcher, self.encoder
-        started = time.perf_counter()
-        warnings: list[str] = []
         if request.kind == "files":
-            images = []
-            for path in request.paths:
-                try:
-                    images.append(load_patch(path, encoder.input_size))
-                except HashViewError as exc:
-                    warnings.append(exc.message)
-            if not images:
-                raise SearchError(warnings[0] if len(warnings) == 1 else
-                                  f"none of the {len(warnings)} images could be read: "
-                                  f"{warnings[0]}")
+            query = list(request.paths)
         elif request.kind == "region":
-            params = TilingParams(tile_size=searcher.tile_size, target_mpp=searcher.target_mpp)
-            with open_source(request.source_path) as source:
-                images = region_tiles(source, request.region, params, encoder.input_size)
+            query = (request.source_path, request.region)
         else:
-            images = [square_tile(image.convert("RGB"), encoder.input_size)
-                      for image in request.images]
-        filters = {}
-        if request.exclude_source:
-            filters["exclude_sources"] = {sid for path in request.own_paths()
-                                          for sid in searcher.source_ids_of_file(path)}
-        result = search_images(searcher, encoder, images, k=request.k, **filters)
-        return SearchOutcome(request, result, images, self.key[0],
-                             time.perf_counter() - started, warnings)
+            query = list(request.images)
+        result = self.session.search(query, k=request.k, exclude_source=request.exclude_source)
+        return SearchOutcome(request, result, result.query_images, self.key[0], result.seconds,
+                             result.warnings)
 
 
 class _Task(QRunnable):
@@ -206,7 +175,7 @@ class _Task(QRunnable):
                 c._emit(c._loaded, self.generation, info)
                 if self.request is not None:  # None: only preload the library
                     c._emit(c._done, self.generation, c._engine.run(self.request))
-        except (HashViewError, SearchError) as exc:
+        except HashViewError as exc:
             c._emit(c._error, self.generation, (self.request, _one_line(exc)))
         except Exception as exc:  # noqa: BLE001  (report, never crash the app)
             traceback.print_exc()
