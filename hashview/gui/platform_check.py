@@ -128,11 +128,14 @@ def qt_platforms(environ: Mapping[str, str]) -> list[str]:
 
 def missing_libraries_line(missing: Sequence[str]) -> str:
     """The message for libraries that a platform plugin needs and cannot find."""
-    names = ", ".join(missing)
+    if len(missing) == 1:
+        names, which = missing[0], "which is"
+    else:
+        names, which = f"{', '.join(missing[:-1])} and {missing[-1]}", "which are"
     packages = list(dict.fromkeys(DEBIAN_PACKAGES[name] for name in missing
                                   if name in DEBIAN_PACKAGES))
     fix = f" (Debian/Ubuntu: sudo apt-get install {' '.join(packages)})" if packages else ""
-    return (f"hashview: cannot open the window: Qt needs {names}, not installed{fix}; "
+    return (f"hashview: cannot open the window: Qt needs {names}, {which} not installed{fix}; "
             f"{DEMO_HINT}")
 
 
