@@ -8,14 +8,17 @@ these tests do not depend on this machine's display or libraries; the last one r
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from hashview.gui import platform_check
-from hashview.gui.platform_check import ldd_resolved, missing_plugin_libraries, window_problem
+from hashview.gui.platform_check import (DEBIAN_PACKAGES, ldd_resolved, missing_plugin_libraries,
+                                         window_problem)
 
 
 def libraries_missing(by_platform: dict):
@@ -187,3 +190,14 @@ def test_hashview_without_a_display_exits_with_one_line_instead_of_aborting(tmp_
     assert len(lines) == 1, result.stderr
     assert "no display" in lines[0] and "hashview demo" in lines[0]
     assert result.stdout == ""
+
+
+def test_readme_lists_the_packages_that_ci_installs_and_the_check_names():
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8").replace("\\\n", " ")
+    install = re.search(r"^ {4}sudo apt-get install (.+)$", readme, re.M)
+    assert install, "README.md: no 'sudo apt-get install' line for the window's libraries"
+    packages = set(install.group(1).split())
+    ci_packages = set(re.findall(r"\S+\.so\.\d+:([\w.+-]+)", (root / ".ci" / "run").read_text()))
+    assert packages <= ci_packages
+    assert packages <= set(DEBIAN_PACKAGES.values())
