@@ -18,7 +18,7 @@ import pytest
 
 from hashview.gui import platform_check
 from hashview.gui.platform_check import (DEBIAN_PACKAGES, ldd_resolved, missing_plugin_libraries,
-                                         window_problem)
+                                         window_problem, x_display_answers)
 
 
 def libraries_missing(by_platform: dict):
@@ -34,8 +34,13 @@ def never_asked(platform: str):
     raise AssertionError(f"libraries of {platform} looked up")
 
 
-def check(environ: dict, missing_libraries=never_asked) -> str | None:
-    return window_problem(environ, missing_libraries, system="linux")
+def answers(display: str) -> bool:
+    return True
+
+
+def check(environ: dict, missing_libraries=never_asked, display_answers=answers) -> str | None:
+    return window_problem(environ, missing_libraries, system="linux",
+                          display_answers=display_answers)
 
 
 def test_no_display_says_so_and_points_to_the_demo():
@@ -102,6 +107,38 @@ def test_with_both_displays_one_working_plugin_is_enough():
     line = check(both, libraries_missing({"wayland": ["libwayland-cursor.so.0"],
                                           "xcb": ["libxcb-icccm.so.4"]}))
     assert "libxcb-icccm4" in line and "libwayland" not in line
+
+
+def test_a_display_no_x_server_answers_on_is_named():
+    def silent(display: str) -> bool:
+        silent.asked.append(display)
+        return False
+    silent.asked = []
+    line = check({"DISPLAY": ":77"}, libraries_missing({"xcb": []}), silent)
+    assert silent.asked == [":77"]
+    assert "no X server answers on DISPLAY=:77" in line and "hashview demo" in line
+    # Missing libraries come first: Qt cannot even try the display without them.
+    line = check({"DISPLAY": ":77"}, libraries_missing({"xcb": ["libxcb-icccm.so.4"]}), silent)
+    assert "libxcb-icccm4" in line
+    # Also where ldd cannot tell: the probe itself needs libxcb.
+    line = check({"DISPLAY": ":77"}, libraries_missing({"xcb": None}), silent)
+    assert "no X server answers on DISPLAY=:77" in line
+    # Wayland, tried first in a Wayland session, is enough; or its libraries are the fix.
+    both = {"DISPLAY": ":77", "WAYLAND_DISPLAY": "wayland-0"}
+    assert check(both, libraries_missing({"wayland": [], "xcb": []}), silent) is None
+    line = check(both, libraries_missing({"wayland": ["libwayland-cursor.so.0"], "xcb": []}),
+                 silent)
+    assert "libwayland-cursor0" in line
+    assert check({"DISPLAY": ":77"}, libraries_missing({"xcb": []}), lambda d: None) is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="X11 displays: Linux")
+def test_an_x_display_without_a_server_does_not_answer():
+    number = next(n for n in range(4321, 4400) if not Path(f"/tmp/.X11-unix/X{n}").exists())
+    answer = x_display_answers(f":{number}")
+    if answer is None:
+        pytest.skip("no libxcb.so.1 here")
+    assert answer is False
 
 
 def test_explicit_wayland_without_wayland_display_is_left_to_qt():

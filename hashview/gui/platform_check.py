@@ -1,7 +1,8 @@
 """Can Qt open a window here? Asked before Qt loads its platform plugin.
 
-When there is no display, or a system library that Qt's platform plugin needs is missing, Qt
-prints several lines and aborts the process (exit 134) while the QApplication is made. On Linux
+When there is no display (or DISPLAY names one that no X server answers on), or a system
+library that Qt's platform plugin needs is missing, Qt prints several lines and aborts the
+process (exit 134) while the QApplication is made. On Linux
 the usual culprits are the small xcb libraries (``libxcb-cursor0`` on Ubuntu desktops,
 ``libxcb-icccm4``, ``libxcb-keysyms1``, ...), which PySide6 does not bundle.
 
@@ -66,26 +67,31 @@ DEMO_HINT = '"hashview demo" runs without a window'
 # ``missing_libraries(platform)``: the sonames that platform's plugin cannot find, [] when it
 # finds them all, None when that cannot be told.
 LibraryLister = Callable[[str], Optional[list]]
+# ``display_answers(DISPLAY)``: whether that X server takes a connection, None if it cannot tell.
+DisplayProbe = Callable[[str], Optional[bool]]
 
 
 def window_problem(environ: Optional[Mapping[str, str]] = None,
                    missing_libraries: Optional[LibraryLister] = None,
-                   system: str = sys.platform) -> Optional[str]:
+                   system: str = sys.platform,
+                   display_answers: Optional[DisplayProbe] = None) -> Optional[str]:
     """One line saying why Qt cannot open a window here, or None (it can, or cannot be told)."""
     try:
         return _window_problem(os.environ if environ is None else environ,
-                               missing_libraries or missing_plugin_libraries, system)
+                               missing_libraries or missing_plugin_libraries, system,
+                               display_answers or x_display_answers)
     except Exception:  # noqa: BLE001  (a check that fails must not stop an app that may work)
         return None
 
 
 def _window_problem(environ: Mapping[str, str], missing_libraries: LibraryLister,
-                    system: str) -> Optional[str]:
+                    system: str, display_answers: DisplayProbe) -> Optional[str]:
     if not system.startswith("linux"):
         return None  # Windows and macOS have their display built in
     requested = bool(environ.get("QT_QPA_PLATFORM", "").strip())
     no_display: list[str] = []  # the variables that would name each platform's display
     missing_by_platform: dict[str, list[str]] = {}
+    silent_display = None  # an X display that no server answers on (a stale DISPLAY)
     # Qt tries the platforms in turn and aborts only when none loads: so does this check.
     for platform in qt_platforms(environ):
         if platform == "xcb":
@@ -100,19 +106,25 @@ def _window_problem(environ: Mapping[str, str], missing_libraries: LibraryLister
             no_display.append(display_variable)
             continue
         missing = missing_libraries(platform)
-        if not missing:
-            return None  # this platform loads (or it cannot be told: let Qt try)
-        missing_by_platform[platform] = list(dict.fromkeys(missing))
-    if not missing_by_platform:
-        if not no_display:
-            return None  # QT_QPA_PLATFORM named no platform: Qt's own message says so
-        unset = sorted(set(no_display))
-        why = (f"neither {' nor '.join(unset)} is set" if len(unset) > 1
-               else f"{unset[0]} is not set")
-        return f"hashview: cannot open the window: there is no display ({why}); {DEMO_HINT}"
-    # X11 first: on a Wayland desktop it also works through XWayland, and is what Qt falls to.
-    platform = "xcb" if "xcb" in missing_by_platform else next(iter(missing_by_platform))
-    return missing_libraries_line(missing_by_platform[platform])
+        if missing:
+            missing_by_platform[platform] = list(dict.fromkeys(missing))
+            continue
+        if platform == "xcb" and display_answers(environ["DISPLAY"]) is False:
+            silent_display = environ["DISPLAY"]
+            continue
+        return None  # this platform loads (or that cannot be told: let Qt try)
+    if missing_by_platform:
+        # X11 first: on a Wayland desktop it also works through XWayland; Qt falls back to it.
+        platform = "xcb" if "xcb" in missing_by_platform else next(iter(missing_by_platform))
+        return missing_libraries_line(missing_by_platform[platform])
+    if silent_display is not None:
+        return (f"hashview: cannot open the window: no X server answers on DISPLAY="
+                f"{silent_display}; {DEMO_HINT}")
+    if not no_display:
+        return None  # QT_QPA_PLATFORM named no platform: Qt's own message says so
+    unset = sorted(set(no_display))
+    why = f"neither {' nor '.join(unset)} is set" if len(unset) > 1 else f"{unset[0]} is not set"
+    return f"hashview: cannot open the window: there is no display ({why}); {DEMO_HINT}"
 
 
 def qt_platforms(environ: Mapping[str, str]) -> list[str]:
@@ -197,6 +209,25 @@ def _platform_plugin_folders() -> list[Path]:
         folders.append(Path(QLibraryInfo.path(QLibraryInfo.LibraryPath.PluginsPath))
                        / "platforms")
     return folders
+
+
+def x_display_answers(display: str) -> Optional[bool]:
+    """Whether the X server ``display`` takes a connection (asked with libxcb, as Qt will)."""
+    import ctypes
+
+    try:
+        xcb = ctypes.CDLL("libxcb.so.1")
+    except OSError:
+        return None
+    xcb.xcb_connect.restype = ctypes.c_void_p
+    xcb.xcb_connect.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+    xcb.xcb_connection_has_error.argtypes = [ctypes.c_void_p]
+    xcb.xcb_disconnect.argtypes = [ctypes.c_void_p]
+    connection = xcb.xcb_connect(display.encode(), None)  # never NULL: an error object instead
+    try:
+        return xcb.xcb_connection_has_error(connection) == 0
+    finally:
+        xcb.xcb_disconnect(connection)
 
 
 def _loadable(soname: str) -> bool:
