@@ -2,9 +2,9 @@
 
 When there is no display (or DISPLAY names one that no X server answers on), or a system
 library that Qt's platform plugin needs is missing, Qt prints several lines and aborts the
-process (exit 134) while the QApplication is made. On Linux
-the usual culprits are the small xcb libraries (``libxcb-cursor0`` on Ubuntu desktops,
-``libxcb-icccm4``, ``libxcb-keysyms1``, ...), which PySide6 does not bundle.
+process (exit 134) while the QApplication is made. On Linux the usual culprits are the small
+xcb libraries (``libxcb-cursor0`` on Ubuntu desktops, ``libxcb-icccm4``, ``libxcb-keysyms1``,
+...), which PySide6 does not bundle.
 
 ``window_problem()`` returns one line that names what is missing and how to fix it, or ``None``
 when the window can open or when this check cannot tell: then Qt tries, as it would without the
