@@ -394,18 +394,25 @@ COMMANDS = {"index": cmd_index, "search": cmd_search, "index-build": cmd_index_b
             "uninstall-desktop": cmd_uninstall_desktop, "bench": cmd_bench}
 
 
-def _open_app(paths: Sequence[str]) -> Optional[int]:
-    """Start the desktop app when it is installed; ``None`` if there is no app yet."""
+def _open_app(paths: Sequence[str]) -> int:
+    """Start the desktop app; one line and ``EXIT_FAILED`` when it cannot start here."""
+    import importlib.util
+
     from hashview.gui.platform_check import window_problem
 
+    if importlib.util.find_spec("PySide6") is None:
+        say("hashview: the desktop app is not installed (it needs Qt: pip install "
+            "'hashview[app]'); the commands in 'hashview --help' work without it", err=True)
+        return EXIT_FAILED
     problem = window_problem()  # before Qt loads: it aborts when it has no display or library
     if problem:
         say(problem, err=True)
         return EXIT_FAILED
     try:
         from hashview.gui.app import run_app
-    except ImportError:
-        return None
+    except ImportError as exc:  # a broken Qt install (the check above could not tell)
+        say(f"hashview: the desktop app cannot load Qt: {exc}", err=True)
+        return EXIT_FAILED
     return run_app(list(paths))
 
 
@@ -414,12 +421,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     if not argv or (argv[0] not in COMMANDS and not argv[0].startswith("-")
                     and Path(argv[0]).exists()):
-        code = _open_app(argv)
-        if code is not None:
-            return code
-        if not argv:
-            parser.print_help()
-            return EXIT_OK
+        return _open_app(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

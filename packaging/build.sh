@@ -32,7 +32,7 @@ fi
 # Not editable: the bundle must get the package as a wheel installs it (resources included).
 # setuptools builds in ROOT/build and keeps files there that were deleted since: start clean.
 rm -rf "$ROOT/build"
-"$VENV/bin/pip" install -q "$ROOT"
+"$VENV/bin/pip" install -q "$ROOT[app]"  # the bundle is the desktop app: Qt included
 "$VENV/bin/pip" install -q --no-deps --force-reinstall "$ROOT"  # this checkout, even if unchanged version
 
 step "pyinstaller"

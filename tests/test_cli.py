@@ -168,12 +168,24 @@ def test_bad_region_is_a_usage_error(slide_library, capsys):
     assert code == 2 and "x,y,w,h" in err
 
 
-def test_no_arguments_prints_help(capsys, monkeypatch):
-    import hashview.cli as cli
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as done:
+        run(capsys, "--help")
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "index" in out and "search" in out
 
-    monkeypatch.setattr(cli, "_open_app", lambda paths: None)
-    code, out, _ = run(capsys)
-    assert code == 0 and "index" in out and "search" in out
+
+def test_without_qt_the_app_says_how_to_install_it_in_one_line(capsys, monkeypatch):
+    """An install without the "app" extra: the commands work; the window explains itself."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "PySide6"
+                        else real_find_spec(name, *a))
+    for argv in ((), (str(SLIDE),)):
+        code, out, err = run(capsys, *argv)
+        assert code == 1 and out == ""
+        assert err.count("\n") == 1 and "pip install 'hashview[app]'" in err, err
 
 
 def test_demo_builds_its_library_and_finds_tumour_tiles(capsys, tmp_path, monkeypatch):
