@@ -16,9 +16,9 @@ from PIL import Image
 
 from hashview.devices import pick_device  # re-exported: hashview.encode.pick_device
 from hashview.errors import ModelError
+from hashview.model_input import ModelInput, image_to_array  # image_to_array re-exported
 from hashview.models.store import LoadedModel
 from hashview.progress import ProgressCallback, report
-from hashview.tiling import SQUARE_RESAMPLE
 from hashview.timing import NO_TIMES
 
 DEFAULT_BATCH_CPU = 64
@@ -92,26 +92,12 @@ def _one_torch_thread():
         torch.set_num_threads(saved)
 
 
-def image_to_array(image: Image.Image, size: int) -> np.ndarray:
-    """RGB uint8 ``(size, size, 3)``, resized only if not already that size.
-
-    Training, indexing, queries and explanations all resize through here or through
-    :func:`hashview.tiling.square_tile`, with the same filter (``SQUARE_RESAMPLE``), so one image
-    gets one code whichever path it takes.
-    """
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), SQUARE_RESAMPLE)
-    return np.asarray(image, dtype=np.uint8)
-
-
 class Encoder:
     """Encodes PIL images with a loaded model into packed binary codes (or, for a float model,
     into L2-normalised float32 descriptors).
 
-    Preprocessing: RGB, resize to ``card.input_size``, scale to [0, 1], ``(x - mean) / std``.
-    Batches travel to the device as uint8 (4x less transfer) and are normalised there. On CUDA
+    Preprocessing: :class:`hashview.model_input.ModelInput` for the card (RGB, resize to
+    ``card.input_size``, ``(x / 255 - mean) / std``), normalised on the device. On CUDA
     the net runs in channels_last under fp16 autocast, from pinned memory with non-blocking
     copies, and the next batch is prepared on the CPU while the GPU works on the current one.
     """
@@ -134,18 +120,14 @@ class Encoder:
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.net = net
-        shape = (1, 3, 1, 1)
-        self._mean = torch.tensor(self.card.mean, dtype=torch.float32,
-                                  device=self.device).view(shape) * 255.0
-        self._scale = 1.0 / (torch.tensor(self.card.std, dtype=torch.float32,
-                                          device=self.device).view(shape) * 255.0)
+        self.model_input = ModelInput.for_card(self.card, self.device, self.channels_last)
 
     # -- public API
 
     def to_input(self, image: Image.Image) -> np.ndarray:
         """The model's input for ``image``: RGB uint8 ``(S, S, 3)``; ``encode*`` accept these
         as well as PIL images, so loader threads can do this step off the forward thread."""
-        return image_to_array(image, self.input_size)
+        return self.model_input.array(image)
 
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Packed codes ``(N, bits // 8)`` uint8; float32 ``(N, bits)`` L2-normalised
@@ -216,19 +198,11 @@ class Encoder:
             yield batch
 
     def _stage(self, batch: list) -> torch.Tensor:
-        pixels = torch.from_numpy(np.stack([im if isinstance(im, np.ndarray)
-                                            else image_to_array(im, self.input_size)
-                                            for im in batch]))
-        return pixels.pin_memory() if self.is_cuda else pixels  # (B, S, S, 3) uint8
+        return self.model_input.pixel_batch(batch)  # (B, S, S, 3) uint8, pinned on CUDA
 
     @torch.inference_mode()
     def _launch(self, pixels: torch.Tensor):
-        x = pixels.to(self.device, non_blocking=True)
-        # NHWC uint8 permuted to NCHW is already channels_last in memory; .float() keeps it.
-        x = x.permute(0, 3, 1, 2).float()
-        x = (x - self._mean) * self._scale
-        if not self.channels_last:
-            x = x.contiguous()
+        x = self.model_input.normalise(self.model_input.to_device(pixels))
         autocast = (torch.autocast("cuda", dtype=torch.float16) if self.is_cuda
                     else contextlib.nullcontext())
         threads = (_one_torch_thread() if not self.is_cuda and len(x) < CPU_SINGLE_THREAD_BELOW
