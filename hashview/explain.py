@@ -62,7 +62,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from hashview.encode import image_to_array, pick_device
+from hashview.devices import pick_device
+from hashview.model_input import ModelInput
 from hashview.models.store import LoadedModel
 
 METHODS = ("gradcam", "gradcam++")
@@ -77,17 +78,13 @@ class PairExplanation:
     stats: dict = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------- preprocessing
+# ---------------------------------------------------------------- inputs
 
-def preprocess(image: Image.Image, loaded_model: LoadedModel,
-               device: Union[str, torch.device] = "cpu") -> torch.Tensor:
-    """``(1, 3, S, S)`` float32, exactly as :class:`hashview.encode.Encoder` feeds the net."""
-    card = loaded_model.card
-    pixels = image_to_array(image, int(card.input_size)).astype(np.float32) / 255.0
-    mean = np.asarray(card.mean, dtype=np.float32)
-    std = np.asarray(card.std, dtype=np.float32)
-    x = torch.from_numpy(((pixels - mean) / std).transpose(2, 0, 1).copy())
-    return x.unsqueeze(0).to(device)
+def _model_input(loaded_model: LoadedModel,
+                 device: Union[str, torch.device]) -> ModelInput:
+    """The images' net input exactly as the Encoder computes it, so the codes explained are the
+    codes searched."""
+    return ModelInput.for_card(loaded_model.card, pick_device(device))
 
 
 def _rgb(image: Image.Image) -> Image.Image:
@@ -175,10 +172,9 @@ def similarity(loaded_model: LoadedModel, image_a: Image.Image, image_b: Image.I
                device: Union[str, torch.device] = "cpu") -> float:
     """``s(A -> B)``, the score the maps explain (see :func:`_target`), no grads."""
     net = loaded_model.net.eval()
-    dev = pick_device(device)
-    xa, xb = preprocess(image_a, loaded_model, dev), preprocess(image_b, loaded_model, dev)
+    x = _model_input(loaded_model, device)([image_a, image_b])
     with torch.inference_mode():
-        ca, cb = net(torch.cat([xa, xb]))
+        ca, cb = net(x)
     return float((ca * _target(net, cb)).sum())
 
 
@@ -186,9 +182,8 @@ def similarities(loaded_model: LoadedModel, images_a, image_b: Image.Image,
                  device: Union[str, torch.device] = "cpu") -> np.ndarray:
     """Batch of ``s(A_i -> B)`` (used by the deletion checks)."""
     net = loaded_model.net.eval()
-    dev = pick_device(device)
-    xa = torch.cat([preprocess(im, loaded_model, dev) for im in images_a])
-    xb = preprocess(image_b, loaded_model, dev)
+    model_input = _model_input(loaded_model, device)
+    xa, xb = model_input(images_a), model_input([image_b])
     with torch.inference_mode():
         target = _target(net, net(xb))
         ca = net(xa)
@@ -211,12 +206,11 @@ def explain_pair(loaded_model: LoadedModel, image_a: Image.Image, image_b: Image
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     net = loaded_model.net
     net.eval()
-    dev = pick_device(device)
     image_a, image_b = _rgb(image_a), _rgb(image_b)
-    xa = preprocess(image_a, loaded_model, dev)
-    xb = preprocess(image_b, loaded_model, dev)
+    x = _model_input(loaded_model, device)([image_a, image_b])
+    xa, xb = x[0:1], x[1:2]
     with torch.inference_mode(False):
-        codes = _codes(net, torch.cat([xa, xb]))
+        codes = _codes(net, x)
     map_a, s_ab, empty_a = _cam(net, xa, _target(net, codes[1:2]), method,
                                 (image_a.height, image_a.width))
     map_b, s_ba, empty_b = _cam(net, xb, _target(net, codes[0:1]), method,
