@@ -4,7 +4,7 @@ use).
 
 A region larger than one library tile is cut into library-sized tiles; each tile is searched
 and the hits are merged: every library tile keeps its best distance over the query tiles, ties
-broken by tile index, and the vote counts every query tile's top-k.
+broken by tile index. The vote counts the merged hits that are shown, nothing else.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from PIL import Image
 
 from hashview.encode import Encoder
 from hashview.errors import SourceError, printable
+from hashview.result_summary import per_source_line, rank_marks, tie_note, vote_headline
 from hashview.search import Hit, Searcher, Vote, vote
 from hashview.slides import Source
 from hashview.tiling import Tile, TilingParams, plan_geometry, read_tile
@@ -35,35 +36,50 @@ class QueryResult:
     vote: Optional[Vote]
     query_tiles: int
     per_tile: list[list[Hit]] = field(default_factory=list)
+    found_by: list[int] = field(default_factory=list)  # per hit: the query tile that found it
     # what :class:`hashview.session.LibrarySession` adds: the tiles as encoded, the files of a
     # query list that could not be read, and the seconds the search took
     query_images: list = field(default_factory=list, repr=False)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
+    @property
+    def summary(self) -> str:
+        """The vote in words, with its support (:func:`hashview.result_summary.vote_headline`)."""
+        return vote_headline(self.hits, self.vote)
+
     def to_dict(self) -> dict:
-        from hashview.search import hits_to_dict
+        from dataclasses import asdict
+
+        from hashview.search import aggregate_by_source, hits_to_dict
 
         return {
             "query_tiles": self.query_tiles,
-            "vote": None if self.vote is None else self.vote.__dict__,
+            "vote": None if self.vote is None else asdict(self.vote),
+            "summary": self.summary,
             "hits": hits_to_dict(self.hits),
+            "display_ranks": rank_marks(self.hits),
+            "per_source": [asdict(s) for s in aggregate_by_source(self.hits)],
         }
 
     def to_text(self) -> str:
-        """A plain table for the terminal."""
+        """A plain table for the terminal; ranks of hits at equal distance carry a "="."""
         lines = [f"{'rank':>4} {'dist':>6}  {'label':<12} {'x':>7} {'y':>7} {'size':>5}  source"]
-        for hit in self.hits:
+        for mark, hit in zip(rank_marks(self.hits), self.hits):
             # Hamming distances are ints; float libraries give 1 - cosine
             dist = f"{hit.distance:.4f}" if isinstance(hit.distance, float) else hit.distance
             # Labels and names come from the indexed files: escaped, so they stay on their line.
-            lines.append(f"{hit.rank + 1:>4} {dist:>6}  {printable(hit.label or '-'):<12} "
+            lines.append(f"{mark:>4} {dist:>6}  {printable(hit.label or '-'):<12} "
                          f"{hit.x:>7} {hit.y:>7} {hit.size:>5}  {printable(hit.source_name)}")
         if not self.hits:
             lines.append("  (no hits: the library is empty or the filters exclude every tile)")
-        if self.vote is not None:
-            v = self.vote
-            lines.append(f"vote: {v.count}/{v.total} {printable(v.label)} ({v.share:.0%})")
+            return "\n".join(lines)
+        lines.append(f"vote: {self.summary}")
+        if len({hit.source_id for hit in self.hits}) > 1:
+            lines.append(per_source_line(self.hits))
+        note = tie_note(self.hits)
+        if note:
+            lines.append(f"ties: {note}")
         return "\n".join(lines)
 
 
@@ -173,16 +189,17 @@ def search_images(searcher: Searcher, encoder: Encoder, images: Sequence[Image.I
     codes = encoder.encode(list(images))
     per_tile = searcher.search(codes, k=k, **filters)
     if len(per_tile) == 1:
-        merged = per_tile[0]
+        merged, found_by = per_tile[0], [0] * len(per_tile[0])
     else:
-        best: dict[int, Hit] = {}
-        for hits in per_tile:
+        best: dict[int, tuple[Hit, int]] = {}  # tile index -> (best hit, query tile it came from)
+        for query_tile, hits in enumerate(per_tile):
             for hit in hits:
                 kept = best.get(hit.tile_index)
-                if kept is None or hit.distance < kept.distance:
-                    best[hit.tile_index] = hit
-        ranked = sorted(best.values(), key=lambda h: (h.distance, h.tile_index))[:k]
-        merged = [replace(hit, rank=rank) for rank, hit in enumerate(ranked)]
-    all_hits = [hit for hits in per_tile for hit in hits]
-    return QueryResult(hits=merged, vote=vote(all_hits), query_tiles=len(images),
-                       per_tile=per_tile)
+                if kept is None or hit.distance < kept[0].distance:
+                    best[hit.tile_index] = (hit, query_tile)
+        ranked = sorted(best.values(), key=lambda pair: (pair[0].distance, pair[0].tile_index))
+        merged = [replace(hit, rank=rank) for rank, (hit, _) in enumerate(ranked[:k])]
+        found_by = [query_tile for _, query_tile in ranked[:k]]
+    # the vote counts the hits that are shown, so that what is said and what is seen agree
+    return QueryResult(hits=merged, vote=vote(merged), query_tiles=len(images),
+                       per_tile=per_tile, found_by=found_by)

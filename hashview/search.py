@@ -68,6 +68,9 @@ class Vote:
     count: int  # hits carrying the winning label
     total: int  # hits carrying any known label
     share: float  # count / total
+    # other labels with as many hits as ``label`` (it won on rank, see :func:`vote`): a tie to
+    # say, not to hide
+    tied_with: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -393,7 +396,7 @@ def vote(hits: Sequence[Hit] | Sequence[Sequence[Hit]]) -> Optional[Vote]:
     """Majority label among the hits; hits without a label are ignored; None if none has one.
 
     Ties in count go to the label whose hits have the lowest summed rank (the better-ranked
-    label), then to the label that occurs first.
+    label), then to the label that occurs first; the labels it tied with are in ``tied_with``.
     """
     counts: dict[str, int] = defaultdict(int)
     rank_sums: dict[str, int] = defaultdict(int)
@@ -408,7 +411,9 @@ def vote(hits: Sequence[Hit] | Sequence[Sequence[Hit]]) -> Optional[Vote]:
         return None
     best = min(counts, key=lambda name: (-counts[name], rank_sums[name], first[name]))
     total = sum(counts.values())
-    return Vote(best, counts[best], total, counts[best] / total)
+    tied = tuple(sorted((name for name in counts if name != best and counts[name] == counts[best]),
+                        key=lambda name: (rank_sums[name], first[name])))
+    return Vote(best, counts[best], total, counts[best] / total, tied)
 
 
 def aggregate_by_source(hits: Sequence[Hit] | Sequence[Sequence[Hit]]) -> list[SourceSummary]:

@@ -194,11 +194,12 @@ def test_vote():
     hits = [_hit(0, 1, 2, "a"), _hit(1, 2, 3, None), _hit(2, 1, 3, "b"), _hit(3, 3, 4, "b"),
             _hit(4, 2, 5, "a"), _hit(5, 2, 6, "c")]
     # a and b both have 2 hits; a's ranks sum to 4, b's to 5: a wins. The unlabelled hit is ignored.
-    assert vote(hits) == Vote("a", 2, 5, 0.4)
+    assert vote(hits) == Vote("a", 2, 5, 0.4, tied_with=("b",))
     assert vote(hits + [_hit(6, 1, 6, "b")]) == Vote("b", 3, 6, 0.5)
     # Equal counts and rank sums: first occurrence wins.
     tied = [_hit(1, 1, 1, "x"), _hit(0, 1, 1, "y"), _hit(0, 1, 1, "x"), _hit(1, 1, 1, "y")]
-    assert vote(tied).label == "x"
+    assert vote(tied).label == "x" and vote(tied).tied_with == ("y",)
+    assert vote(hits).tied_with == ("b",) and vote(hits[:2]).tied_with == ()
     assert vote([_hit(0, 1, 1, None)]) is None and vote([]) is None
     assert vote([hits[:3], hits[3:]]) == vote(hits)  # per-query lists are flattened
 

@@ -23,20 +23,37 @@ from PySide6.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QLabel, QLis
 
 from hashview.gui.explain_overlays import ExplainLoader
 from hashview.gui.thumbnails import ThumbnailLoader, pil_to_qimage, qimage_to_pil
+from hashview.result_summary import TIE_RULE, per_source_line, rank_marks, tie_note
 
 THUMB = 104
 QUERY_BACKGROUND = QColor(214, 230, 250)
 EXPLAIN_TIP = ("Grad-CAM: colour what in each hit matches the query (red = most), and what "
-               "in the query matches the top hit")
+               "in each query tile matches its best hit")
 EMPTY_TEXT = ("<p><b>No search yet</b></p><p>Drop an image here, paste one (Ctrl+V), "
               "or right-click the slide and choose <i>Find similar region</i>. "
               "Shift+drag on the slide selects a larger region; Enter searches it.</p>")
 
 
-def vote_text(vote) -> str:
-    if vote is None:
-        return "No labelled hits"
-    return f"{vote.count}/{vote.total} {vote.label} ({vote.share:.0%})"
+LEGEND_TIP = "Grad-CAM colours: blue = contributes least to the match, red = most"
+
+
+def _legend_pixmap(width: int = 90, height: int = 10) -> QPixmap:
+    """The Explain colour scale (the jet map the overlays use), low to high."""
+    import numpy as np
+
+    from hashview.explain import jet
+
+    row = jet(np.linspace(0.0, 1.0, width, dtype=np.float32))
+    rgb = np.ascontiguousarray(np.repeat(row[None], height, axis=0))
+    image = QImage(rgb.data, width, height, 3 * width, QImage.Format.Format_RGB888)
+    return QPixmap.fromImage(image.copy())
+
+
+def _digest(image) -> str:
+    """Identifies a query tile's pixels: explanations are cached per (query tile, hit)."""
+    import hashlib
+
+    return hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
 
 
 def _placeholder(side: int = THUMB) -> QPixmap:
@@ -67,7 +84,7 @@ class ResultsPanel(QWidget):
         self.explainer.ready.connect(self._on_explained)
         # (query digest, hit key) -> (query map, hit map); kept across searches (small arrays)
         self._maps: dict[tuple[str, str], tuple] = {}
-        self._query_digest = ""
+        self._query_digests: list[str] = []  # one per query tile
         self.outcome = None
         self._items_by_key: dict[str, list[QListWidgetItem]] = {}
         self._images: dict[str, QImage] = {}
@@ -132,6 +149,17 @@ class ResultsPanel(QWidget):
         explain_row.addWidget(self.explain)
         explain_row.addWidget(opacity_label)
         explain_row.addWidget(self.explain_opacity)
+        self.legend = QLabel()
+        self.legend.setPixmap(_legend_pixmap())
+        self.legend.setToolTip(LEGEND_TIP)
+        legend_low, legend_high = QLabel("low"), QLabel("high")
+        for widget in (legend_low, legend_high):
+            widget.setToolTip(LEGEND_TIP)
+            widget.setStyleSheet("color: #666;")
+        self._legend_parts = (legend_low, self.legend, legend_high)
+        for widget in self._legend_parts:
+            explain_row.addWidget(widget)
+            widget.setVisible(False)  # shown with the overlays
         explain_row.addStretch(1)
 
         self.grid = QListWidget()
@@ -204,7 +232,7 @@ class ResultsPanel(QWidget):
     def clear(self) -> None:
         self.loader.cancel_pending()
         self.explainer.cancel_pending()
-        self._query_digest = ""
+        self._query_digests = []
         self.outcome = None
         self.grid.clear()
         self._items_by_key.clear()
@@ -219,12 +247,14 @@ class ResultsPanel(QWidget):
         self.outcome = outcome
         result, request = outcome.result, outcome.request
         n_query = len(outcome.query_images)
-        labelled = sum(1 for hit in result.hits if hit.label)
-        details = [f"{len(result.hits)} hits ({labelled} labelled) in "
-                   f"{outcome.seconds * 1000:.0f} ms"] + outcome.warnings
+        details = [f"{len(result.hits)} hits {per_source_line(result.hits)}".strip()
+                   + f" in {outcome.seconds * 1000:.0f} ms"]
+        if n_query > 1:
+            details.append(f"each hit is the best match of one of the {n_query} query tiles")
+        details += [note for note in (tie_note(result.hits),) if note] + outcome.warnings
         self._set_header(f"Query: {request.describe()}"
                          + (f" — {n_query} tiles" if n_query > 1 else ""),
-                         vote_text(result.vote), "; ".join(details))
+                         result.summary, "; ".join(details))
         for i, image in enumerate(outcome.query_images):
             key = f"query:{i}"
             qimage = pil_to_qimage(image).scaled(
@@ -237,23 +267,21 @@ class ResultsPanel(QWidget):
             item.setToolTip("The query tile, as it was encoded")
             item.setFlags(Qt.ItemFlag.ItemIsEnabled)
             self.grid.addItem(item)
-        for hit in result.hits:
+        found_by = result.found_by or [0] * len(result.hits)
+        for mark, hit, tile in zip(rank_marks(result.hits), result.hits, found_by):
             key = f"hit:{hit.tile_index}"
-            item = QListWidgetItem(QIcon(_placeholder()), self._caption(hit))
+            item = QListWidgetItem(QIcon(_placeholder()), self._caption(hit, mark))
             item.setData(Qt.ItemDataRole.UserRole, hit)
-            item.setToolTip(f"#{hit.rank + 1}, Hamming distance {hit.distance}\n"
+            tie = f" (tied: {TIE_RULE})" if mark.endswith("=") else ""
+            finder = f"\nfound by query tile {tile + 1}" if n_query > 1 else ""
+            item.setToolTip(f"#{mark}, distance {hit.distance}{tie}\n"
                             f"label: {hit.label or '—'}\n{hit.source_path}\n"
-                            f"x {hit.x}, y {hit.y}, {hit.size} px (level 0)\n"
+                            f"x {hit.x}, y {hit.y}, {hit.size} px (level 0){finder}\n"
                             "Click to open it beside the query")
             self.grid.addItem(item)
             self._items_by_key.setdefault(key, []).append(item)
             self.loader.request(key, hit.source_path, (hit.x, hit.y, hit.size, hit.size), THUMB)
-        if outcome.query_images:
-            import hashlib
-
-            first = outcome.query_images[0]
-            self._query_digest = hashlib.sha1(first.tobytes()
-                                              + repr(first.size).encode()).hexdigest()
+        self._query_digests = [_digest(image) for image in outcome.query_images]
         self._request_explanations()
         self.export_button.setEnabled(bool(result.hits))
         self.stack.setCurrentWidget(self.grid)
@@ -261,8 +289,8 @@ class ResultsPanel(QWidget):
         QTimer.singleShot(0, self.grid.scrollToTop)  # after the first layout of the new items
 
     @staticmethod
-    def _caption(hit) -> str:
-        return f"#{hit.rank + 1}  d={hit.distance}\n{hit.label or 'no label'}\n{hit.source_name}"
+    def _caption(hit, mark: str) -> str:
+        return f"#{mark}  d={hit.distance}\n{hit.label or 'no label'}\n{hit.source_name}"
 
     def hit_items(self) -> list[QListWidgetItem]:
         return [self.grid.item(i) for i in range(self.grid.count())
@@ -284,18 +312,27 @@ class ResultsPanel(QWidget):
 
     # ---------------------------------------------------------------- explanations
     def _request_explanations(self) -> None:
-        """Ask for the maps not cached yet (only while Explain is checked)."""
-        if not (self.explain.isChecked() and self.outcome and self._query_digest):
+        """Ask for the maps not cached yet (only while Explain is checked): each hit against
+        the query tile that found it."""
+        if not (self.explain.isChecked() and self.outcome and self._query_digests):
             return
-        query = self.outcome.query_images[0]
-        for hit in self.hits():
+        for hit, tile in self._hits_with_finders():
             key = f"hit:{hit.tile_index}"
-            if (self._query_digest, key) not in self._maps:
-                self.explainer.request(f"{self._query_digest}|{key}", self.outcome.library,
-                                       query, hit.source_path,
+            digest = self._query_digests[tile]
+            if (digest, key) not in self._maps:
+                self.explainer.request(f"{digest}|{key}", self.outcome.library,
+                                       self.outcome.query_images[tile], hit.source_path,
                                        (hit.x, hit.y, hit.size, hit.size), THUMB)
 
+    def _hits_with_finders(self) -> list[tuple]:
+        """(hit, index of the query tile that found it) for the shown hits."""
+        hits = self.hits()
+        found_by = self.outcome.result.found_by if self.outcome else []
+        return list(zip(hits, found_by or [0] * len(hits)))
+
     def _on_explain_toggled(self, checked: bool) -> None:
+        for widget in self._legend_parts:
+            widget.setVisible(checked)
         if checked:
             self._request_explanations()
         else:
@@ -305,28 +342,33 @@ class ResultsPanel(QWidget):
     def _on_explained(self, key: str, query_map, hit_map) -> None:
         digest, _, hit_key = key.partition("|")
         self._maps[(digest, hit_key)] = (query_map, hit_map)
-        if digest == self._query_digest:
+        if digest in self._query_digests:
             self._refresh_icons()
 
-    def _top_hit_key(self) -> Optional[str]:
-        hits = self.hits()
-        return f"hit:{hits[0].tile_index}" if hits else None
+    def _maps_of(self, hit, tile: int) -> Optional[tuple]:
+        return self._maps.get((self._query_digests[tile], f"hit:{hit.tile_index}"))
 
     def explained_count(self) -> int:
         """Hits of the current result whose overlay is ready."""
-        return sum(1 for key in self._items_by_key if (self._query_digest, key) in self._maps)
+        return sum(1 for hit, tile in self._hits_with_finders()
+                   if self._maps_of(hit, tile) is not None)
 
     def _displayed(self, key: str, image: QImage) -> QImage:
         """``image`` with its Grad-CAM overlay when Explain is on and the map is ready."""
-        if not self.explain.isChecked() or not self._query_digest:
+        if not self.explain.isChecked() or not self._query_digests:
             return image
-        if key.startswith("query:"):
-            top = self._top_hit_key()
-            maps = self._maps.get((self._query_digest, top)) if key == "query:0" and top else None
+        heat = None
+        if key.startswith("query:"):  # what in the query tile matches its best hit
+            tile = int(key.partition(":")[2])
+            best = next((hit for hit, by in self._hits_with_finders() if by == tile), None)
+            maps = None if best is None else self._maps_of(best, tile)
             heat = None if maps is None else maps[0]
         else:
-            maps = self._maps.get((self._query_digest, key))
-            heat = None if maps is None else maps[1]
+            for hit, tile in self._hits_with_finders():
+                if f"hit:{hit.tile_index}" == key:
+                    maps = self._maps_of(hit, tile)
+                    heat = None if maps is None else maps[1]
+                    break
         if heat is None:
             return image
         from hashview.explain import overlay
@@ -338,8 +380,7 @@ class ResultsPanel(QWidget):
         for i in range(self.grid.count()):
             item = self.grid.item(i)
             hit = item.data(Qt.ItemDataRole.UserRole)
-            key = "query:0" if hit is None and i == 0 else (
-                f"hit:{hit.tile_index}" if hit is not None else None)
+            key = f"query:{i}" if hit is None else f"hit:{hit.tile_index}"
             if key is None or key not in self._images:
                 continue
             item.setIcon(QIcon(QPixmap.fromImage(self._displayed(key, self._images[key]))))
@@ -376,8 +417,8 @@ class ResultsPanel(QWidget):
         cells = [(self._images.get(f"query:{i}"), ["Query" if i == 0 else f"Query {i + 1}"],
                   True) for i in range(len(self.outcome.query_images) if self.outcome else 0)]
         cells += [(self._images.get(f"hit:{h.tile_index}"),
-                   [f"#{h.rank + 1}  d={h.distance}  {h.label or '—'}", h.source_name], False)
-                  for h in self.hits()]
+                   [f"#{mark}  d={h.distance}  {h.label or '—'}", h.source_name], False)
+                  for mark, h in zip(rank_marks(self.hits()), self.hits())]
         caption_h, header_h, pad = 40, 64, 10
         rows = max(1, -(-len(cells) // columns))
         width = pad + columns * (cell + pad)
@@ -395,7 +436,7 @@ class ResultsPanel(QWidget):
         title = self.title.text() or "HashView results"
         painter.drawText(QRect(pad, 6, width - 2 * pad, 26), Qt.AlignmentFlag.AlignLeft, title)
         painter.drawText(QRect(pad, 32, width - 2 * pad, 26), Qt.AlignmentFlag.AlignLeft,
-                         f"Vote: {self.vote_label.text()}")
+                         self.vote_label.text())
         painter.setFont(small)
         for n, (image, lines, is_query) in enumerate(cells):
             x = pad + (n % columns) * (cell + pad)
