@@ -3,10 +3,11 @@
 Choices:
 
 - :class:`PatchDataset` decodes every image ONCE into a ``(N, S, S, 3)`` uint8 array at the model
-  input size, with :func:`hashview.encode.image_to_array` (the exact preprocessing the Encoder
-  uses, so training and indexing see the same pixels). The target sets are small (Kather subset
-  264 tiles of 150 px = 18 MB; IDC 8,699 patches of 50 px upsampled to e.g. 128 px = 430 MB at
-  worst), so this avoids re-decoding TIFF/PNG every epoch. Bigger sets would need a lazy dataset.
+  input size, with :func:`hashview.model_input.image_to_array` (the exact preprocessing the
+  Encoder uses, so training and indexing see the same pixels). The target sets are small
+  (Kather subset 264 tiles of 150 px = 18 MB; IDC 8,699 patches of 50 px upsampled to e.g.
+  128 px = 430 MB at worst), so this avoids re-decoding TIFF/PNG every epoch. Bigger sets would
+  need a lazy dataset.
 - Augmentation (:func:`augment`) runs batch-wise on whatever device the batch lives on; every
   random number is drawn from a CPU ``torch.Generator`` that the training loop seeds from
   ``(seed, epoch)``, so a run (and a resumed run) is reproducible on CPU and CUDA alike:
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from hashview.encode import image_to_array
+from hashview.model_input import image_to_array
 from hashview.errors import SourceError
 
 # ---------------------------------------------------------------- dataset
@@ -296,9 +297,3 @@ def _jitter_colour(x: torch.Tensor, generator: torch.Generator,
     matrix = _RGB_FROM_YIQ @ yiq @ _YIQ_FROM_RGB  # (b, 3, 3), applied per image
     x = torch.einsum("bij,bjhw->bihw", matrix.to(x.device, x.dtype), x)
     return x.clamp(0, 1)
-
-
-def images_to_input(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 ``(B, S, S, 3)`` (pinned on CUDA) -> float ``(B, 3, S, S)`` in [0, 1] on device."""
-    x = pixels.to(device, non_blocking=True)
-    return x.permute(0, 3, 1, 2).float().div_(255.0)

@@ -9,7 +9,9 @@ generators (or restores their saved state mid-epoch), so it ends with the same w
 uninterrupted run (tested to 1e-6 on CPU). The library never changes ``torch.set_num_threads``.
 
 CUDA: fp16 autocast + GradScaler, channels_last, pinned uint8 batches copied ``non_blocking``
-and augmented/normalised on the GPU; losses are computed in fp32.
+and augmented/normalised on the GPU; losses are computed in fp32. Batches are normalised by
+:class:`hashview.model_input.ModelInput`, as the Encoder does, with the mean and std the saved
+card records.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import nn
 
 from hashview.encode import pick_device
 from hashview.errors import ModelError
+from hashview.model_input import ModelInput
 from hashview.models import ModelCard, build_model, save_model
 from hashview.training.init import init_weights
 from hashview.models.cards import DEFAULT_MEAN, DEFAULT_STD
@@ -36,7 +39,7 @@ from hashview.training import checkpoint as ckpt
 from hashview.training.config import TrainConfig
 from hashview.training.data import (AugmentConfig, BalancedBatchSampler, PatchDataset,
                                     ShuffleBatchSampler, augment, epoch_generator,
-                                    images_to_input, make_loader)
+                                    make_loader)
 from hashview.training.objectives import objective_class
 
 # Generator streams (purposes) derived from (seed, epoch).
@@ -89,9 +92,8 @@ class _Run:
         self.ema: Optional[dict[str, torch.Tensor]] = None
         if cfg.ema_decay > 0:
             self.reset_ema()
-        mean = torch.tensor(DEFAULT_MEAN, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(DEFAULT_STD, device=device).view(1, 3, 1, 1)
-        self.mean, self.std = mean, std
+        # the saved card records this mean and std, so the model is used as it was trained
+        self.model_input = ModelInput(cfg.input_size, DEFAULT_MEAN, DEFAULT_STD, device)
         self.augment_config = AugmentConfig.from_options(cfg.augment_options)
 
     # -- structure
@@ -160,10 +162,11 @@ class _Run:
         return self.objective.loss(self.stage, x, y, self.gen_triplets)
 
     def prepare(self, pixels: torch.Tensor, do_augment: bool) -> torch.Tensor:
-        x = images_to_input(pixels, self.device)
-        if do_augment:
-            x = augment(x, self.gen_augment, self.augment_config)
-        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        """uint8 ``(B, S, S, 3)`` (pinned on CUDA) -> the net's input on the device."""
+        x = self.model_input.to_device(pixels)
+        if do_augment:  # augment works in [0, 1], the normalisation in pixel units
+            x = augment(x / 255.0, self.gen_augment, self.augment_config) * 255.0
+        return self.model_input.normalise(x)
 
     def step(self, pixels: torch.Tensor, labels: torch.Tensor) -> float:
         self.net.train()
@@ -200,16 +203,16 @@ class _Run:
 
     @torch.no_grad()
     def encode(self, images: np.ndarray, batch: int = 128) -> np.ndarray:
+        """Relaxed codes ``(N, bits)`` of uint8 ``(N, S, S, 3)`` images, in eval mode, with the
+        Encoder's preprocessing (validation mAP)."""
         self.net.eval()
         out = []
         for i in range(0, len(images), batch):
-            pixels = torch.from_numpy(images[i:i + batch])
-            if self.is_cuda:
-                pixels = pixels.pin_memory()
+            x = self.model_input(images[i:i + batch])
             autocast = torch.autocast("cuda", dtype=torch.float16) if self.use_amp \
                 else contextlib.nullcontext()
             with autocast:
-                out.append(self.net(self.prepare(pixels, False)).float().cpu().numpy())
+                out.append(self.net(x).float().cpu().numpy())
         return np.concatenate(out)
 
     # -- checkpoints
@@ -373,6 +376,7 @@ def _finish(run: _Run, cfg: TrainConfig, data: PatchDataset, device: torch.devic
         training["init_from"] = run.init_summary
     card = ModelCard(
         name=cfg.model_name(), arch=cfg.arch, bits=cfg.bits, input_size=cfg.input_size,
+        mean=run.model_input.mean, std=run.model_input.std,
         description=f"{cfg.arch.upper()} {cfg.bits}-bit, trained by HashView on "
                     f"{cfg.dataset} ({len(data)} images, {data.n_classes} classes)",
         training=training, split=split, metrics={}, trained=True,
