@@ -155,3 +155,12 @@ def test_a_library_of_another_model_refuses_a_model_it_was_not_made_with(slide_l
     lib = hashview.open_library(slide_library[0], model=other, device="cpu")
     with pytest.raises(hashview.LibraryError, match="cannot search it with"):
         lib.search(QUERY)
+
+
+def test_a_slide_sized_image_is_searched_by_region_not_squashed_into_one_tile(session):
+    from conftest import STRIPED_TIFF
+
+    with pytest.raises(hashview.SourceError) as raised:
+        session.search(STRIPED_TIFF)  # 1493x901 px: the one rule calls it a slide
+    assert "1493x901 px image" in str(raised.value) and "--region" in str(raised.value)
+    assert session.search((STRIPED_TIFF, (0, 0, 300, 300)), k=3).hits

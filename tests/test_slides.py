@@ -266,16 +266,18 @@ def test_symlink_loop_terminates(tmp_path):
 def test_expand_inputs_mixed(tmp_path):
     shutil.copytree(KATHER / "01_TUMOR", tmp_path / "patches" / "01_TUMOR")
     shutil.copy(TINY_SLIDE, tmp_path / "patches" / "tiny.svs")
-    shutil.copy(STRIPED_TIFF, tmp_path / "patches" / "striped.tif")  # not a pyramid: a patch
+    # not a pyramid, but 1493x901 px: larger than a patch, so tiled as a slide (image_kind)
+    shutil.copy(STRIPED_TIFF, tmp_path / "patches" / "striped.tif")
     missing = tmp_path / "missing.svs"
     items, errors = expand_inputs([SLIDE, tmp_path / "patches", missing, SLIDE])
     assert items[0] == InputItem(SLIDE, "slide")
-    assert [i.kind for i in items].count("slide") == 2  # SLIDE once (deduplicated) + tiny.svs
+    # SLIDE once (deduplicated), tiny.svs and the large striped image
+    assert [i.kind for i in items].count("slide") == 3
     patches = [i for i in items if i.kind == "patch"]
-    assert len(patches) == 4
+    assert len(patches) == 3
     assert {i.label for i in patches if i.path.suffix == ".tif" and "01_TUMOR" in str(i.path)} \
         == {"01_TUMOR"}
-    assert InputItem(tmp_path / "patches" / "striped.tif", "patch") in items
+    assert InputItem(tmp_path / "patches" / "striped.tif", "slide") in items
     assert InputItem(tmp_path / "patches" / "tiny.svs", "slide") in items
     assert len(errors) == 1 and str(missing) in str(errors[0]) and "no such file" in str(errors[0])
     assert expand_inputs([SLIDE, tmp_path / "patches", missing, SLIDE])[0] == items
@@ -292,3 +294,18 @@ def test_load_patch_resizes_to_rgb_tile():
     assert tile.mode == "RGB" and tile.size == (224, 224)
     with pytest.raises(SourceError, match="no such file"):
         load_patch(KATHER / "nope.png", 224)
+
+
+def test_one_rule_says_whether_an_image_is_a_patch_or_a_slide(tmp_path):
+    from hashview.slides import PATCH_MAX_SIDE, image_kind
+
+    kather_tile = KATHER / "01_TUMOR" / sorted(os.listdir(KATHER / "01_TUMOR"))[0]
+    assert image_kind(kather_tile) == "patch"  # a striped 150 px TIFF
+    assert image_kind(STRIPED_TIFF) == "slide"  # a striped 1493x901 px TIFF
+    assert image_kind(SLIDE) == image_kind(TINY_SLIDE) == "slide"  # slide formats, any size
+    Image.new("RGB", (PATCH_MAX_SIDE, 40)).save(tmp_path / "edge.png")
+    Image.new("RGB", (40, PATCH_MAX_SIDE + 1)).save(tmp_path / "tall.png")
+    assert (image_kind(tmp_path / "edge.png"), image_kind(tmp_path / "tall.png")) == \
+        ("patch", "slide")
+    (tmp_path / "broken.png").write_bytes(b"not an image")  # its reader says why, later
+    assert image_kind(tmp_path / "broken.png") == "patch"

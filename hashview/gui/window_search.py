@@ -33,9 +33,10 @@ class DroppedPaths:
 
 
 def classify_paths(paths: Iterable[str | Path]) -> DroppedPaths:
-    """Whole-slide files open in the viewer; any other file is taken as a query image (a file
-    that is no image is then reported by the core in one line)."""
-    from hashview.slides import is_slide_file
+    """Slides (whole-slide files and slide-sized images: :func:`hashview.slides.image_kind`)
+    open in the viewer; any other file is taken as a query image (a file that is no image is
+    then reported by the core in one line)."""
+    from hashview.slides import image_kind
 
     out = DroppedPaths()
     for path in map(Path, paths):
@@ -43,7 +44,7 @@ def classify_paths(paths: Iterable[str | Path]) -> DroppedPaths:
             out.folders.append(str(path))
         elif path.suffix.lower() in LIBRARY_SUFFIXES:
             out.libraries.append(str(path))
-        elif is_slide_file(path):
+        elif image_kind(path) == "slide":
             out.slides.append(str(path))
         else:
             out.images.append(str(path))

@@ -11,15 +11,17 @@ from pathlib import Path
 
 from ..errors import SourceError
 from .base import Source, composite_on_white
-from .folders import (IMAGE_EXTENSIONS, LABELS_FILE, SLIDE_EXTENSIONS, InputItem, PatchEntry,
-                      expand_inputs, is_slide_file, scan_patch_folder, walk_files)
+from .folders import (IMAGE_EXTENSIONS, LABELS_FILE, PATCH_MAX_SIDE, SLIDE_EXTENSIONS,
+                      InputItem, PatchEntry, expand_inputs, image_kind, image_size,
+                      is_slide_file, scan_patch_folder, walk_files)
 from .image_source import ImageSource, to_rgb
 from .openslide_source import OpenSlideSource, load_openslide
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "LABELS_FILE", "SLIDE_EXTENSIONS", "ImageSource", "InputItem",
-    "OpenSlideSource", "PatchEntry", "Source", "composite_on_white", "expand_inputs",
-    "is_slide_file", "open_source", "scan_patch_folder", "to_rgb", "walk_files",
+    "IMAGE_EXTENSIONS", "LABELS_FILE", "PATCH_MAX_SIDE", "SLIDE_EXTENSIONS", "ImageSource",
+    "InputItem", "OpenSlideSource", "PatchEntry", "Source", "composite_on_white",
+    "expand_inputs", "image_kind", "image_size", "is_slide_file", "open_source",
+    "scan_patch_folder", "to_rgb", "walk_files",
 ]
 
 def open_source(path: str | Path) -> Source:

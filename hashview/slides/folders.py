@@ -14,6 +14,10 @@ Choices (kept deliberately simple and predictable):
   directly is tiled like a slide); inside a folder, slide formats are slide items and plain images
   are patch items (one tile each). A ``.tif``/``.tiff`` in a folder is a slide when OpenSlide
   recognises it (a tiled pyramid) and a patch otherwise (Kather-style striped tiles).
+- One rule says whether an image is a patch or a slide, for indexing a folder, for a search with
+  an image file (CLI, scripts, the app) and for a drop on the app (:func:`image_kind`): slide
+  formats are slides, and so is a plain image larger than :data:`PATCH_MAX_SIDE` on either side
+  (squashed into one tile it would lose its detail: it is tiled, or searched by region).
 """
 
 from __future__ import annotations
@@ -147,6 +151,32 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+# Patches of public sets are 50-1024 px (IDC 50, Kather 150, PanNuke 256, CRC-100K 224); an
+# image larger than this on either side is treated as a (small) slide.
+PATCH_MAX_SIDE = 1024
+
+
+def image_size(path: str | Path) -> tuple[int, int] | None:
+    """A plain image's (width, height) from its header; ``None`` when Pillow cannot tell."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Image.DecompressionBombError:
+        return (2**31, 2**31)  # too large to decode as one image: certainly not a patch
+    except Exception:  # noqa: BLE001  (unreadable: whoever reads it says why, in one line)
+        return None
+
+
+def image_kind(path: str | Path) -> str:
+    """"slide" or "patch": the one rule (module notes) for what an image file is."""
+    if is_slide_file(path):
+        return "slide"
+    size = image_size(path)
+    return "slide" if size is not None and max(size) > PATCH_MAX_SIDE else "patch"
+
+
 def is_slide_file(path: str | Path) -> bool:
     """Whether a file inside a folder should be tiled as a whole slide (see module notes)."""
     suffix = Path(path).suffix.lower()
@@ -191,7 +221,10 @@ def _expand_folder(folder: Path) -> Iterator[InputItem]:
         if is_slide_file(path):
             yield InputItem(path, "slide")
         elif _is_image(path):
-            yield InputItem(path, "patch", *label_of(path))
+            if image_kind(path) == "slide":  # a large plain image: tiled, not squashed
+                yield InputItem(path, "slide")
+            else:
+                yield InputItem(path, "patch", *label_of(path))
 
 
 # A library stores paths as UTF-8 text, so a name holding other bytes (e.g. Latin-1 from an old

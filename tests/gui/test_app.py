@@ -465,3 +465,14 @@ def test_a_region_explains_each_hit_against_the_query_tile_that_found_it(qtbot, 
     captions = [item.text().split()[0] for item in results.hit_items()]
     from hashview.result_summary import rank_marks
     assert captions == [f"#{mark}" for mark in rank_marks(outcome.result.hits)]
+
+
+def test_dropping_a_slide_sized_image_opens_it_as_a_slide(qtbot, window):
+    from hashview.gui.window_search import classify_paths
+
+    striped = SLIDE.parent / "kidney-48-5-striped.tif"  # 1493x901 px: a slide by the one rule
+    dropped = classify_paths([striped, TUMOUR_PATCH])
+    assert (dropped.slides, dropped.images) == ([str(striped)], [str(TUMOUR_PATCH)])
+    window.handle_dropped_paths([str(striped)])
+    assert Path(window.viewer.current_source().path) == striped
+    assert window.results.outcome is None  # nothing was searched
