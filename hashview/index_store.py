@@ -52,6 +52,7 @@ from typing import BinaryIO, Iterator, Optional
 import faiss
 import numpy as np
 
+from hashview import code_kinds
 from hashview.errors import LibraryError
 from hashview.fileio import atomic_write_bytes
 from hashview.index_payload import check_ivf_payload, check_list_ids
@@ -77,7 +78,8 @@ def sidecar_path(library_path: str | os.PathLike) -> Path:
 
 def choose_kind(n_tiles: int, bits: int, code_kind: str = "binary") -> str:
     """The index a library gets automatically: "flat" (exact) or "ivf"."""
-    if code_kind != "binary" or n_tiles * bits < EXACT_LIMIT_BITS:
+    if (not code_kinds.code_kind(code_kind).approximate_indexes
+            or n_tiles * bits < EXACT_LIMIT_BITS):
         return "flat"
     return "ivf"
 
@@ -152,8 +154,7 @@ def build_binary_index(codes: np.ndarray, bits: int, kind: str = "ivf", seed: in
         index, settings, knob = _build_multihash(codes, bits), [0, 1], "nflip"
     report(progress, "index", 2, 3, "tuning recall")
     queries = tuning_queries(codes, bits, seed=seed)
-    exact = faiss.IndexBinaryFlat(bits)
-    exact.add(codes)
+    exact = code_kinds.BINARY.new_index(codes, bits)
     kk = min(k, len(codes))
     exact_d, _ = exact.search(queries, kk)
     del exact

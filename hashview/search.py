@@ -1,17 +1,16 @@
 """Search over a library, with filters, per-source aggregation and a label vote.
 
-Results are deterministic: hits are ordered by (distance, tile index). FAISS orders equal
-distances arbitrarily and may cut a run of ties anywhere, so :func:`exact_topk` fetches one
-extra neighbour and, when the k-th and (k+1)-th distances tie, re-fetches every tile within
-that distance with a range search and re-ranks it.
+Results are deterministic: hits are ordered by (distance, tile index), however FAISS orders
+ties (see :mod:`hashview.code_kinds`, which also holds what differs between the two kinds of
+code: index, distance, query checks).
 
 Binary libraries: Hamming distance, exact ``IndexBinaryFlat`` while the library is small enough
 for an exact scan to stay interactive, an approximate index above that (see
 :mod:`hashview.index_store`: chosen automatically, built in the background, kept in a sidecar
 file); until that index is ready, and for filtered searches, the search is exact. With an
 approximate index the ordering rule holds among the tiles it visits (its lists or buckets).
-Float libraries (``code_kind == "float"``): L2-normalised descriptors in an exact
-``IndexFlatIP``, distance = 1 - cosine (a float), ties by tile index among the k+1 fetched.
+Float libraries: L2-normalised descriptors in an exact ``IndexFlatIP``, distance = 1 - cosine
+(a float), ties by tile index among the k+1 fetched.
 """
 
 from __future__ import annotations
@@ -26,6 +25,8 @@ import faiss
 import numpy as np
 
 from hashview import index_store
+from hashview.code_kinds import code_kind
+from hashview.code_kinds import exact_topk  # noqa: F401  (its old home; benchmarks import it)
 from hashview.errors import LibraryError, SourceError
 from hashview.library.fingerprint import fingerprint_file
 from hashview.progress import ProgressCallback
@@ -82,77 +83,6 @@ class SourceSummary:
     best_rank: int
 
 
-def _new_index(codes: np.ndarray, bits: int, code_kind: str = "binary"):
-    """Exact index: ``IndexBinaryFlat``, or ``IndexFlatIP`` over normalised float codes."""
-    if code_kind == "float":
-        index = faiss.IndexFlatIP(bits)
-        if len(codes):
-            index.add(np.ascontiguousarray(codes, dtype=np.float32))
-        return index
-    index = faiss.IndexBinaryFlat(bits)
-    if len(codes):
-        index.add(np.ascontiguousarray(codes, dtype=np.uint8))
-    return index
-
-
-def normalize_rows(x: np.ndarray) -> np.ndarray:
-    """Float32 rows scaled to unit L2 norm (zero rows stay zero), for cosine search."""
-    x = np.array(x, dtype=np.float32, copy=True, order="C")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    np.divide(x, norms, out=x, where=norms > 0)
-    return x
-
-
-def cosine_topk(index: faiss.IndexFlatIP, queries: np.ndarray,
-                k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k by (1 - cosine, id) of normalised ``queries``; float64 distances, int64 ids."""
-    k = min(k, index.ntotal)
-    if k == 0 or len(queries) == 0:
-        return np.zeros((len(queries), 0)), np.zeros((len(queries), 0), np.int64)
-    S, I = index.search(queries, min(k + 1, index.ntotal))
-    # float32 rounding makes near-equal similarities compare unequal: round to 6 digits so
-    # tiles of equal content tie and are ordered by index
-    D, I = _sort_rows(np.round(1.0 - S.astype(np.float64), 6), I.astype(np.int64))
-    return D[:, :k], I[:, :k]
-
-
-def _sort_rows(D: np.ndarray, I: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.lexsort((I, D), axis=-1)  # by distance, then tile index
-    return np.take_along_axis(D, order, -1), np.take_along_axis(I, order, -1)
-
-
-def exact_topk(index: faiss.IndexBinaryFlat, queries: np.ndarray,
-               k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of ``index`` ordered by (distance, id), exactly; returns int64 (Q, k') arrays.
-
-    k' = min(k, index.ntotal).
-    """
-    n = index.ntotal
-    k = min(k, n)
-    if k == 0 or len(queries) == 0:
-        empty = np.zeros((len(queries), 0), np.int64)
-        return empty, empty.copy()
-    if k == n:
-        D, I = index.search(queries, n)
-        return _sort_rows(D.astype(np.int64), I.astype(np.int64))
-    D, I = index.search(queries, k + 1)
-    D, I = _sort_rows(D.astype(np.int64), I.astype(np.int64))
-    out_D, out_I = D[:, :k].copy(), I[:, :k].copy()
-    # If distance k+1 is larger than distance k, every tile at distance <= d_k was returned and the
-    # sort above is exact. Otherwise the tie run may continue past what FAISS returned. (An
-    # approximate index returns id -1 where it found fewer than k + 1 tiles: no tie to extend.)
-    tied = np.flatnonzero((D[:, k] == D[:, k - 1]) & (I[:, k] >= 0))
-    for radius in np.unique(D[tied, k - 1]):
-        rows = tied[D[tied, k - 1] == radius]
-        lims, rd, ri = index.range_search(np.ascontiguousarray(queries[rows]), int(radius) + 1)
-        for j, r in enumerate(rows):  # range_search keeps distance < radius + 1
-            d = rd[lims[j]:lims[j + 1]].astype(np.int64)
-            i = ri[lims[j]:lims[j + 1]].astype(np.int64)
-            order = np.lexsort((i, d))[:k]
-            out_D[r], out_I[r] = d[order], i[order]
-    return out_D, out_I
-
-
 class Searcher:
     """An in-memory index of one library (codes, tile table and source names).
 
@@ -166,15 +96,13 @@ class Searcher:
         self.path = library.path
         self.bits = library.bits
         self.code_kind = getattr(library, "code_kind", "binary")
-        self.code_bytes = library.bits // 8
+        self._kind = code_kind(self.code_kind)
         self.model_name = library.model_name
         self.model_sha256 = library.model_sha256
         # the library's tiling, so queries are read at the same size and resolution
         self.tile_size = library.tile_size
         self.target_mpp = library.target_mpp
-        self._codes = library.codes()
-        if self.code_kind == "float":
-            self._codes = normalize_rows(self._codes.reshape(len(self._codes), self.bits))
+        self._codes = self._kind.searchable(library.codes(), self.bits)
         table = library.tile_table()
         # stored widths, not int64: the tile table is most of the memory of a large library
         self._source_id = np.asarray(table["source_id"])
@@ -196,7 +124,7 @@ class Searcher:
             self._load_sidecar()
         # the index unfiltered searches use; the exact one is not kept beside an approximate one
         self._index = (self._approximate.index if self._approximate is not None
-                       else _new_index(self._codes, self.bits, self.code_kind))
+                       else self._kind.new_index(self._codes, self.bits))
 
     @property
     def n_tiles(self) -> int:
@@ -207,7 +135,7 @@ class Searcher:
         """The index unfiltered searches use now: "flat", "flat-ip", "ivf" or "multihash"."""
         if self._approximate is not None:
             return self._approximate.kind
-        return "flat-ip" if self.code_kind == "float" else "flat"
+        return self._kind.exact_index
 
     @property
     def index_info(self) -> dict:
@@ -233,7 +161,7 @@ class Searcher:
         (exact). The sidecar is only a cache: when it cannot be saved (read-only share, full
         disk) the index is still used and a note says why (:attr:`index_notes`)."""
         kind = kind or self.wanted_kind
-        if self.code_kind != "binary" or kind not in index_store.APPROXIMATE_KINDS:
+        if not self._kind.approximate_indexes or kind not in index_store.APPROXIMATE_KINDS:
             raise LibraryError(self.path, f"no approximate index for a {self.code_kind} "
                                           f"library of kind {kind!r}")
         if self.n_tiles == 0:
@@ -268,7 +196,7 @@ class Searcher:
         if index not in index_store.KINDS:
             raise ValueError(f"index must be auto or one of {', '.join(index_store.KINDS)}, "
                              f"not {index!r}")
-        if index != "flat" and self.code_kind != "binary":
+        if index != "flat" and not self._kind.approximate_indexes:
             raise LibraryError(self.path, f"a {index} index needs binary codes; this library "
                                           "holds float descriptors (searched exactly)")
         return index
@@ -311,12 +239,11 @@ class Searcher:
             raise ValueError(f"k must be at least 1, not {k}")
         queries = self._check_queries(query_codes)
         ids, index = self._candidates(exclude_sources, sources, labels)
-        topk = cosine_topk if self.code_kind == "float" else exact_topk
         if len(queries) < SINGLE_THREAD_BELOW:
             with faiss_threads(1):
-                D, I = topk(index, queries, int(k))
+                D, I = self._kind.top_k(index, queries, int(k))
         else:
-            D, I = topk(index, queries, int(k))
+            D, I = self._kind.top_k(index, queries, int(k))
         found = I >= 0  # an approximate index may return fewer than k
         if ids is not None:
             I = ids[np.where(found, I, 0)]
@@ -327,25 +254,12 @@ class Searcher:
         """Packed codes (binary library) or descriptors (float library) as the 2-D array the
         index takes; a wrong dtype or shape is a ValueError, another model's codes a
         LibraryError naming the library."""
-        q = np.asarray(query_codes)
-        is_float = self.code_kind == "float"
-        what, width = (("query descriptors", self.bits) if is_float
-                       else ("query codes", self.code_bytes))
-        if is_float and q.dtype.kind != "f":
-            raise ValueError(f"{what} must be floating point, not {q.dtype}")
-        if not is_float and q.dtype != np.uint8:
-            raise ValueError(f"{what} must be packed np.uint8, not {q.dtype}")
-        q = q[None, :] if q.ndim == 1 else q
-        if q.ndim != 2:
-            raise ValueError(f"{what} must have shape (n, {width}), not {q.shape}")
-        if q.shape[1] != width:
-            have = (f"have {q.shape[1]} dimensions" if is_float
-                    else f"are {q.shape[1] * 8}-bit")
-            holds = f"{self.bits}-d descriptors" if is_float else f"{self.bits}-bit codes"
-            raise LibraryError(self.path, f"{what} {have} but this library holds {holds} "
-                                          f"(model '{self.model_name}'); encode the query with "
-                                          "the library's model")
-        return normalize_rows(q) if is_float else np.ascontiguousarray(q)
+        q = self._kind.query_rows(query_codes, self.bits)
+        wrong_width = self._kind.width_mismatch(q.shape[1], self.bits)
+        if wrong_width:
+            raise LibraryError(self.path, f"{wrong_width} (model '{self.model_name}'); encode "
+                                          "the query with the library's model")
+        return self._kind.searchable(q, self.bits)
 
     def _candidates(self, exclude_sources, sources, labels):
         """(tile ids or None for all, index over them). Filtered indexes keep ascending tile
@@ -366,15 +280,14 @@ class Searcher:
             wanted += [-1] if None in keep_labels else []
             mask &= np.isin(self._label_id, np.array(wanted, np.int64))
         ids = np.flatnonzero(mask).astype(np.int64)
-        index = _new_index(self._codes[ids], self.bits, self.code_kind)
+        index = self._kind.new_index(self._codes[ids], self.bits)
         self._subset = (key, ids, index)
         return ids, index
 
     def _hits(self, distances: np.ndarray, tile_ids: np.ndarray) -> list[Hit]:
         sid, xs, ys = self._source_id[tile_ids], self._x[tile_ids], self._y[tile_ids]
         sizes, lids = self._size[tile_ids], self._label_id[tile_ids]
-        as_distance = float if self.code_kind == "float" else int
-        return [Hit(rank=r, tile_index=int(t), distance=as_distance(d), source_id=int(s),
+        return [Hit(rank=r, tile_index=int(t), distance=self._kind.as_distance(d), source_id=int(s),
                     source_name=self._source_names[s], source_path=self._source_paths[s],
                     x=int(x), y=int(y), size=int(z), label=self._labels[l] if l >= 0 else None)
                 for r, (t, d, s, x, y, z, l) in enumerate(
