@@ -147,12 +147,9 @@ class MainWindow(SearchMixin, JobsMixin, QMainWindow):
         self.statusBar().showMessage(message, msecs)
 
     def _update_title(self) -> None:
-        parts = ["HashView"]
-        if self.source_path:
-            parts.append(Path(self.source_path).name)
-        if self.library_path:
-            parts.append(Path(self.library_path).name)
-        self.setWindowTitle(" — ".join(parts))
+        """"slide — library"; Qt adds " — HashView" itself (the application display name)."""
+        parts = [Path(p).name for p in (self.source_path, self.library_path) if p]
+        self.setWindowTitle(" — ".join(parts) or "HashView")
 
     # ---------------------------------------------------------------- opening things
     def open_path(self, path: str | Path) -> None:
@@ -176,6 +173,8 @@ class MainWindow(SearchMixin, JobsMixin, QMainWindow):
         except HashViewError as exc:
             self.warn(exc.message, "Open library")
             return False
+        if path != self.library_path:
+            self.results.clear()  # hits of another library: not this one's
         self.library_path = path
         self.settings.last_library = path
         self.settings.add_recent(path)

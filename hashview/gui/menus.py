@@ -97,12 +97,23 @@ def build_menus(window) -> SimpleNamespace:
     return a
 
 
+def recent_labels(paths: list[str]) -> list[str]:
+    """Menu texts: the file name, its kind, and its folder when two entries share a name."""
+    names = [Path(p).name for p in paths]
+    labels = []
+    for path, name in zip(paths, names):
+        kind = "library" if path.endswith(".h5") else ("folder" if Path(path).is_dir() else "")
+        text = name + (f"  ({kind})" if kind else "")
+        if names.count(name) > 1:
+            text += f"  — {Path(path).parent}"
+        labels.append(text)
+    return labels
+
+
 def fill_recent_menu(window, menu) -> None:
     menu.clear()
     recent = window.settings.recent()
-    for path in recent:
-        kind = "library" if path.endswith(".h5") else ("folder" if Path(path).is_dir() else "")
-        text = Path(path).name + (f"  ({kind})" if kind else "")
+    for path, text in zip(recent, recent_labels(recent)):
         action = menu.addAction(text, lambda p=path: window.open_path(p))
         action.setToolTip(path)
         action.setStatusTip(path)

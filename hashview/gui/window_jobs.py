@@ -20,21 +20,24 @@ class JobsMixin:
         if not self.source_path:
             self.warn("Open a slide first (File ▸ Open slide…)", "Add to library")
             return None
-        return self.add_to_library([self.source_path])
+        return self.offer_to_add([self.source_path])  # asks first: a menu slip cannot be undone
 
     def ask_add_folder_to_library(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Add folder to library")
         if folder:
             self.add_to_library([folder])
 
-    def offer_to_add(self, paths: list[str]) -> None:
+    def offer_to_add(self, paths: list[str]):
+        """Ask, then index ``paths`` into the open library; the JobSpec, or None if declined."""
         what = Path(paths[0]).name if len(paths) == 1 else f"{len(paths)} items"
         target = Path(self.library_path).name if self.library_path else "a new library"
         answer = QMessageBox.question(
             self, "Add to library", f"Index {what} into {target}?\n\nIt runs in the background; "
-            "the library view updates when it is done.")
+            "the library view updates when it is done. Tiles cannot be removed from a library "
+            "yet.")
         if answer == QMessageBox.StandardButton.Yes:
-            self.add_to_library(paths)
+            return self.add_to_library(paths)
+        return None
 
     def add_to_library(self, paths: list[str]):
         """Submit an index job for ``paths`` into the open library; returns the JobSpec."""

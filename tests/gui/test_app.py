@@ -476,3 +476,32 @@ def test_dropping_a_slide_sized_image_opens_it_as_a_slide(qtbot, window):
     window.handle_dropped_paths([str(striped)])
     assert Path(window.viewer.current_source().path) == striped
     assert window.results.outcome is None  # nothing was searched
+
+
+def test_adding_the_current_slide_asks_first(qtbot, window, monkeypatch, message_boxes):
+    window.open_slide(SLIDE)
+    monkeypatch.setattr(QMessageBox, "question",
+                        staticmethod(lambda *a, **k: QMessageBox.StandardButton.No))
+    assert window.add_current_slide_to_library() is None  # declined: nothing runs
+    assert window.jobs.running_count() == 0
+
+
+def test_the_title_names_slide_and_library_once(qtbot, window, library_path):
+    window.open_slide(SLIDE)
+    # Qt appends the application's display name (" — HashView") itself
+    assert window.windowTitle() == f"{SLIDE.name} — {Path(library_path).name}"
+
+
+def test_switching_library_clears_the_previous_results(qtbot, window, tmp_path):
+    window.handle_dropped_paths([str(TUMOUR_PATCH)])
+    wait_for_results(qtbot, window)
+    assert window.results.hits()
+    assert window.create_library(tmp_path / "other.h5")
+    assert window.results.outcome is None and window.results.hits() == []
+
+
+def test_recent_entries_with_the_same_name_show_their_folders():
+    from hashview.gui.menus import recent_labels
+
+    labels = recent_labels(["/a/CMU-1.svs", "/b/CMU-1.svs", "/c/lib.h5"])
+    assert labels == ["CMU-1.svs  — /a", "CMU-1.svs  — /b", "lib.h5  (library)"]
