@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
+from hashview.code_kinds import BINARY
 from hashview.errors import LibraryError
 from hashview.library.records import FORMAT_NAME, STATUS_COMPLETE, SourceRecord
 from hashview.library.schema import Snapshot
-from hashview.library.validation import (StoredData, code_row_shape, committed_rows, damaged,
-                                         generation_of, model_from_attrs, non_negative,
-                                         tile_ranges)
+from hashview.library.validation import (StoredData, committed_rows, damaged, generation_of,
+                                         model_from_attrs, non_negative, tile_ranges)
 
 if TYPE_CHECKING:
     from hashview.library.store import Library
@@ -43,13 +43,14 @@ TILE_COLUMNS_V1: dict[str, str] = {
 def load_v1(f: h5py.File, path: Path) -> Snapshot:
     """Read a schema-1 library's complete sources, checking columns as ``schema.load`` does."""
     model = model_from_attrs(f, path)
-    if model.code_kind != "binary":
+    if model.code_kind != BINARY.name:
         raise damaged(path, "schema 1 stores binary codes only")
     data = StoredData(f, path)
     src = {name: data.dataset(f"sources/{name}", kind)
            for name, kind in SOURCE_COLUMNS_V1.items()}
     tiles = {name: data.dataset(f"tiles/{name}", kind) for name, kind in TILE_COLUMNS_V1.items()}
-    tiles["codes"] = data.dataset("tiles/codes", "uint8", code_row_shape(model))
+    tiles["codes"] = data.dataset("tiles/codes", BINARY.stored_dtype.name,
+                                  BINARY.row_shape(model.bits))
     names = data.dataset("labels/names", "str")
     n_rows = min(len(ds) for ds in src.values())
     n, _ = committed_rows(data, src["status"], n_rows, STATUS_COMPLETE)
@@ -124,7 +125,7 @@ def write_schema1(library: "Library", path: str | Path) -> None:
                  updated=library.updated, hashview_version="0.1.0",
                  n_tiles=library.n_tiles, n_sources=len(sources))
         f.attrs.update(a)
-        nbytes = library.bits // 8
+        nbytes = BINARY.stored_bytes(library.bits)
         tiles = f.create_group("tiles")
         tiles.create_dataset("codes", data=codes, maxshape=(None, nbytes),
                              chunks=(max(1024, 65536 // nbytes), nbytes))

@@ -11,10 +11,12 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional
 
+from hashview.code_kinds import CODE_KIND_NAMES, code_kind
+
 FORMAT_NAME = "hashview-library"
 SCHEMA_VERSION = 2
 STATUS_COMPLETE = "complete"
-CODE_KINDS = ("binary", "float")
+CODE_KINDS = CODE_KIND_NAMES  # under the name hashview.library exports
 
 
 @dataclass(frozen=True)
@@ -60,15 +62,14 @@ class ModelInfo:
         if missing:
             raise ValueError(f"model info is missing {', '.join(missing)}")
         kind = str(values.get("code_kind") or "binary")
-        if kind not in CODE_KINDS:
-            raise ValueError(f"code_kind must be 'binary' or 'float', not {kind!r}")
+        code_kind(kind)  # a ValueError naming the known kinds for any other
         return cls(name=str(values["name"]), arch=str(values["arch"]), bits=int(values["bits"]),
                    sha256=str(values["sha256"]),
                    tile_size=int(values.get("tile_size", 224)),
                    target_mpp=float(values.get("target_mpp", 0.5)), code_kind=kind)
 
     def describe(self) -> str:
-        size = f"{self.bits}-d float" if self.code_kind == "float" else f"{self.bits} bits"
+        size = code_kind(self.code_kind).size_text(self.bits)
         return f"model '{self.name}' ({size}, sha256 {self.sha256[:12]})"
 
 

@@ -27,11 +27,11 @@ import h5py
 import numpy as np
 
 from hashview import __version__
+from hashview.code_kinds import code_kind
 from hashview.errors import LibraryError
 from hashview.library.records import (FORMAT_NAME, SCHEMA_VERSION, ModelInfo, SourceRecord)
-from hashview.library.validation import (INT32_MAX, StoredData, code_row_shape, committed_rows,
-                                         generation_of, model_from_attrs, non_negative,
-                                         tile_ranges)
+from hashview.library.validation import (INT32_MAX, StoredData, committed_rows, generation_of,
+                                         model_from_attrs, non_negative, tile_ranges)
 
 TILE_COLUMNS: dict[str, str] = {"source_id": "int32", "x": "int32", "y": "int32",
                                 "label_id": "int16"}
@@ -46,7 +46,6 @@ FLAG_PATCH, FLAG_MPP_ASSUMED = 1, 2
 STATUS_COMMITTED = 1
 CHUNK_BYTES = 1 << 14  # 16 KiB: small libraries stay small; reads of 10**7 rows stay fast
 SOURCE_CHUNK_ROWS = 256
-FLOAT_DTYPE = np.float16
 
 
 @dataclass
@@ -121,10 +120,8 @@ def write_skeleton(f: h5py.File, info: ModelInfo) -> None:
     # No compression anywhere: codes would not shrink, and fixed-size chunks are rewritten in
     # place on append, whereas a compressed chunk moves (and a crash could leave the index
     # pointing at reused space).
-    if info.code_kind == "float":
-        _column(tiles, "codes", FLOAT_DTYPE, (info.bits,))
-    else:
-        _column(tiles, "codes", np.uint8, (info.bits // 8,))
+    codes_kind = code_kind(info.code_kind)
+    _column(tiles, "codes", codes_kind.stored_dtype, codes_kind.row_shape(info.bits))
     for name, kind in TILE_COLUMNS.items():
         _column(tiles, name, np.dtype(kind))
     sources = f.create_group("sources")
@@ -228,8 +225,9 @@ def load(f: h5py.File, path: Path) -> Snapshot:
     data = StoredData(f, path)
     src = {name: data.dataset(f"sources/{name}", kind) for name, kind in SOURCE_COLUMNS.items()}
     tiles = {name: data.dataset(f"tiles/{name}", kind) for name, kind in TILE_COLUMNS.items()}
-    tiles["codes"] = data.dataset("tiles/codes", "float16" if model.code_kind == "float"
-                                  else "uint8", code_row_shape(model))
+    codes_kind = code_kind(model.code_kind)
+    tiles["codes"] = data.dataset("tiles/codes", codes_kind.stored_dtype.name,
+                                  codes_kind.row_shape(model.bits))
     source_text = data.dataset("sources/text", "uint8")
     n_rows = min(len(ds) for ds in src.values())
     n, status = committed_rows(data, src["status"], n_rows, STATUS_COMMITTED)
@@ -308,26 +306,8 @@ def validate_tiles(path: Path, model: ModelInfo, rec: SourceRecord, codes, xs, y
 
 
 def _validate_codes(path: Path, model: ModelInfo, rec: SourceRecord, codes) -> np.ndarray:
-    codes = np.asarray(codes)
-    if model.code_kind == "float":
-        dim = model.bits
-        if codes.size == 0:
-            codes = codes.reshape(0, dim)
-        if (codes.ndim != 2 or codes.shape[1] != dim
-                or not (np.issubdtype(codes.dtype, np.floating)
-                        or np.issubdtype(codes.dtype, np.integer))):
-            raise LibraryError(path, f"{rec.name}: descriptors must be numbers of shape "
-                                     f"(n, {dim}), got {codes.dtype} {codes.shape}")
-        with np.errstate(over="ignore"):
-            stored = codes.astype(FLOAT_DTYPE)
-        if not np.all(np.isfinite(stored)):
-            raise LibraryError(path, f"{rec.name}: descriptors must be finite and within "
-                                     "float16 range (|value| <= 65504)")
-        return np.ascontiguousarray(stored)
-    nbytes = model.bits // 8
-    if codes.size == 0:
-        codes = codes.reshape(0, nbytes)
-    if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != nbytes:
-        raise LibraryError(path, f"{rec.name}: codes must be uint8 of shape (n, {nbytes}) for "
-                                 f"{model.bits}-bit codes, got {codes.dtype} {codes.shape}")
-    return np.ascontiguousarray(codes)
+    codes = np.asarray(codes)  # outside the try: input numpy cannot read is not a bad code
+    try:
+        return code_kind(model.code_kind).storable(codes, model.bits)
+    except ValueError as e:
+        raise LibraryError(path, f"{rec.name}: {e}") from None

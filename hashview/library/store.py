@@ -21,6 +21,7 @@ from typing import Any, Iterator, Optional
 import h5py
 import numpy as np
 
+from hashview import code_kinds
 from hashview.errors import LibraryError
 from hashview.library import files, legacy, schema
 from hashview.library.files import FileLocks, LockBusy
@@ -83,11 +84,9 @@ class Library(LibraryWriting):
             raise _Exists(path, "already exists (open it, or pass overwrite=True to replace it)")
         if os.path.realpath(path) in OPEN_FOR_WRITING:
             raise LibraryError(path, "already open for writing in this program")
-        if info.code_kind == "binary" and (info.bits <= 0 or info.bits % 8):
-            raise LibraryError(path, f"code length must be a positive multiple of 8 bits, "
-                                     f"not {info.bits}")
-        if info.bits <= 0:
-            raise LibraryError(path, f"descriptor dimension must be positive, not {info.bits}")
+        length_problem = code_kinds.code_kind(info.code_kind).length_problem(info.bits)
+        if length_problem:
+            raise LibraryError(path, length_problem)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             files.remove_stale_temporaries(path)
@@ -305,9 +304,7 @@ class Library(LibraryWriting):
     @property
     def code_bytes(self) -> int:
         """Bytes of one stored code: bits/8, or 2 per dimension for float16 descriptors."""
-        if self.code_kind == "float":
-            return self.bits * np.dtype(schema.FLOAT_DTYPE).itemsize
-        return self.bits // 8
+        return code_kinds.code_kind(self.code_kind).stored_bytes(self.bits)
 
     # ----------------------------------------------------------------- reading
     def codes(self) -> np.ndarray:
@@ -315,9 +312,7 @@ class Library(LibraryWriting):
         for a float library."""
         with self._reading() as f:
             codes = f["tiles/codes"][: self._n_tiles]
-        if self.code_kind == "float":
-            return codes.astype(np.float32)
-        return np.ascontiguousarray(codes, np.uint8)
+        return code_kinds.code_kind(self.code_kind).as_encoded(codes)
 
     def tile_table(self) -> dict[str, np.ndarray]:
         """Per-tile integer arrays ``source_id, x, y, size, label_id`` (label_id -1 = unknown)."""

@@ -24,6 +24,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from hashview.code_kinds import code_kind
 from hashview.errors import LibraryError, printable
 from hashview.library.records import CODE_KINDS, ModelInfo
 from hashview.tiling import MAX_TARGET_MPP, MAX_TILE_SIZE, MIN_TARGET_MPP, MIN_TILE_SIZE
@@ -75,7 +76,7 @@ def model_from_attrs(f: h5py.File, path: Path) -> ModelInfo:
         raise damaged(path, f"code_kind is {printable(repr(kind))[:80]}, not one of "
                             f"{', '.join(CODE_KINDS)}")
     bits = int_attr(f, path, "bits", 1, MAX_CODE_BITS)
-    if kind == "binary" and bits % 8:
+    if code_kind(kind).length_problem(bits):  # bits >= 1: only a binary length can be wrong
         raise damaged(path, f"binary codes of {bits} bits: the length must be a multiple of 8")
     # The tiling bounds every search plans with (a 1 px tile would cut a patch into 50,000).
     tile_size = int_attr(f, path, "tile_size", MIN_TILE_SIZE, MAX_TILE_SIZE)
@@ -93,11 +94,6 @@ def generation_of(f: h5py.File, path: Path) -> int:
     """The commit count (schema 1 has none: its source count grows with every commit)."""
     key = "generation" if "generation" in f.attrs else "n_sources"
     return int_attr(f, path, key, 0, 2 ** 62) if key in f.attrs else 0
-
-
-def code_row_shape(model: ModelInfo) -> tuple[int]:
-    """The shape of one row of ``/tiles/codes``: bits/8 bytes, or ``bits`` float16 values."""
-    return (model.bits,) if model.code_kind == "float" else (model.bits // 8,)
 
 
 # ------------------------------------------------------------------ datasets
