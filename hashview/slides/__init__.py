@@ -16,6 +16,7 @@ from .folders import (IMAGE_EXTENSIONS, LABELS_FILE, PATCH_MAX_SIDE, SLIDE_EXTEN
                       is_slide_file, scan_patch_folder, walk_files)
 from .image_source import ImageSource, to_rgb
 from .openslide_source import OpenSlideSource, load_openslide
+from .scale_overrides import apply_stored_mpp
 
 __all__ = [
     "IMAGE_EXTENSIONS", "LABELS_FILE", "PATCH_MAX_SIDE", "SLIDE_EXTENSIONS", "ImageSource",
@@ -29,7 +30,8 @@ def open_source(path: str | Path) -> Source:
 
     Order: OpenSlide when it recognises the file (vendor formats and tiled TIFFs); Pillow for
     everything else and for generic TIFFs OpenSlide cannot open. A few pixels are decoded at
-    open time so that truncated files are reported now, not in the middle of indexing.
+    open time so that truncated files are reported now, not in the middle of indexing. A file
+    without a scale gets the one the user entered for it, if any (:mod:`.scale_overrides`).
     """
     path = Path(path)
     if not path.exists():
@@ -68,6 +70,9 @@ def open_source(path: str | Path) -> Source:
                 except SourceError:
                     source.close()
                     raise
+                apply_stored_mpp(source)
                 return source
 
-    return ImageSource(path)
+    source = ImageSource(path)
+    apply_stored_mpp(source)
+    return source

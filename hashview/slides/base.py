@@ -59,6 +59,7 @@ class Source(ABC):
         self._level_dimensions: tuple[tuple[int, int], ...] = ()
         self._level_downsamples: tuple[float, ...] = (1.0,)
         self._mpp: float | None = None
+        self.mpp_from_user = False  # True when the scale was entered by the user, not read
         self._properties: Mapping[str, str] = frozen({})
 
     # --- geometry -------------------------------------------------------------------------
@@ -84,6 +85,12 @@ class Source(ABC):
     def mpp(self) -> float | None:
         """Level-0 microns per pixel, or ``None`` when the file does not record it reliably."""
         return self._mpp
+
+    def set_user_mpp(self, mpp: float | None) -> None:
+        """Use a scale entered by the user (``None``: back to none) for a file that records
+        none; see :mod:`hashview.slides.scale_overrides`."""
+        self._mpp = None if mpp is None else float(mpp)
+        self.mpp_from_user = mpp is not None
 
     @property
     def properties(self) -> Mapping[str, str]:
