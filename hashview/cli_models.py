@@ -33,6 +33,7 @@ def _metrics_summary(metrics: dict) -> str:
 
 
 def cmd_models(args) -> int:
+    from hashview.code_kinds import code_kind
     from hashview.models import DEFAULT_MODEL, list_models
 
     cards = list_models()
@@ -43,7 +44,7 @@ def cmd_models(args) -> int:
     for card in cards:
         default = "*" if card.name == DEFAULT_MODEL else " "
         status = "trained" if card.trained else "untrained"
-        unit = "dims" if card.code_kind == "float" else "bits"  # float descriptors
+        unit = code_kind(card.code_kind).unit
         flag = QUALITY_FLAGS.get(card.quality, "")
         say(f"{default} {card.name:<{width}} {card.arch:<6} {card.bits:>4} {unit}  {status:<9}"
             f"  {flag}{_metrics_summary(card.metrics or {})}")

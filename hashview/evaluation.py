@@ -30,6 +30,7 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
+from hashview.code_kinds import BINARY, FLOAT, code_kind, kind_of_encoded
 from hashview.errors import HashViewError
 from hashview.metrics import evaluate_codes, is_float_codes
 from hashview.progress import ProgressCallback, report
@@ -115,9 +116,7 @@ def encode_patches(loaded_model, patches: Callable[[int], Iterable], count: int,
     parts = list(encoder.encode_batches(patches(encoder.input_size), progress=progress,
                                         total=count))
     if not parts:
-        if encoder.code_kind == "float":
-            return np.zeros((0, encoder.bits), dtype=np.float32)
-        return np.zeros((0, encoder.bits // 8), dtype=np.uint8)
+        return code_kind(encoder.code_kind).empty_encoded(encoder.bits)
     return np.concatenate(parts, axis=0)
 
 
@@ -185,9 +184,10 @@ def score_splits(codes: np.ndarray, dataset: PatchDataset, splits: Sequence[Spli
         per_split.append({"seed": split.seed, "protocol": split.protocol, **scores})
         report(progress, "evaluating", number, len(splits), f"seed {split.seed}")
     mean, std = summarise(per_split)
-    storage = {"code_kind": "float", "bytes_per_code": 4 * bits,
-               "binarised_bytes_per_code": bits // 8} if is_float_codes(codes) else \
-        {"code_kind": "binary", "bytes_per_code": bits // 8}
+    kind = kind_of_encoded(codes)
+    storage = {"code_kind": kind.name, "bytes_per_code": kind.encoded_bytes(bits)}
+    if kind is FLOAT:  # descriptors are also scored binarised (see score_ranking)
+        storage["binarised_bytes_per_code"] = BINARY.encoded_bytes(bits)
     return {"data_root": dataset.name, "data_folder": str(dataset.root),
             "n_images": len(dataset.paths), "n_classes": len(set(dataset.labels)),
             "protocol": splits[0].protocol, "seeds": [s.seed for s in splits], "bits": bits,
@@ -310,7 +310,7 @@ def plot_curves(result: dict, out_png: Union[str, Path]) -> Path:
                                      "JSON") from None
     curves = result.get("curves") or result["splits"][0]["curves"]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    unit = "dims" if result.get("code_kind") == "float" else "bits"
+    unit = code_kind(result.get("code_kind") or BINARY.name).unit
     label = f"{result.get('name')} ({result.get('bits')} {unit})"
     left.plot(curves["n"], curves["precision"], label=label)
     left.set(xlabel="number of images retrieved", ylabel="precision", title="Precision@n")

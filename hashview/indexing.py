@@ -22,6 +22,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from hashview.code_kinds import code_kind
 from hashview.encode import Encoder
 from hashview.errors import HashViewError
 from hashview.library import Library, LibraryWriteError, fingerprint_file
@@ -292,7 +293,7 @@ def _index_slide(item: InputItem, library: Library, encoder: Encoder, params: Ti
         record = _source_record(item, fingerprint, kind="slide", width=width, height=height,
                                 mpp=source.mpp, mpp_assumed=plan.mpp_assumed)
     codes_arr = (np.concatenate(codes) if codes
-                 else np.zeros((0, encoder.bits // 8), dtype=np.uint8))
+                 else code_kind(encoder.code_kind).empty_encoded(encoder.bits))
     with times.stage("write", len(plan.tiles)):
         library.add_source(record, codes_arr,
                            xs=np.array([t.x for t in plan.tiles], dtype=np.int64),

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hashview import __version__
+from hashview.code_kinds import code_kind
 from hashview.errors import ModelError
 from hashview.fileio import read_regular_file
 from hashview.models.card_limits import (PLAIN_NAME_RULE, architecture_problem, is_int,
@@ -73,7 +74,7 @@ class ModelCard:
     @property
     def code_bytes(self) -> int:
         """Bytes per stored code: bits / 8 packed, or 4 per float32 dimension."""
-        return self.bits * 4 if self.code_kind == "float" else self.bits // 8
+        return code_kind(self.code_kind).encoded_bytes(self.bits)
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
