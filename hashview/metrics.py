@@ -30,6 +30,8 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from hashview.code_kinds import FLOAT, kind_of_encoded
+
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024  # working memory per query chunk in hamming_ranking
 _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
@@ -100,7 +102,7 @@ def _as_descriptors(descriptors) -> np.ndarray:
 
 def is_float_codes(codes) -> bool:
     """Whether ``codes`` are float descriptors (cosine ranking) rather than packed bits."""
-    return np.asarray(codes).dtype.kind == "f"
+    return kind_of_encoded(codes) is FLOAT
 
 
 def cosine_ranking(query_descriptors, db_descriptors, chunk_size: Optional[int] = None
