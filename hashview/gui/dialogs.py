@@ -157,40 +157,106 @@ class TrainDialog(QDialog):
         self.accept()
 
 
+LIBRARY_FILTER = "HashView libraries (*.h5 *.hdf5)"
+TILING_HINT = ("A library keeps the model and tiling it was made with. \"The model's\" tiling "
+               "is the one the model was trained at; 0.5 µm/px is about 20x.")
+
+
+def library_choice_widgets(settings: AppSettings) -> tuple[QComboBox, QSpinBox, QDoubleSpinBox]:
+    """The model and tiling of a new library, preset from ``settings``: (model, tile size,
+    resolution); 0 shows as "the model's" (a trained model knows the tiling it was trained at)."""
+    from hashview.models import DEFAULT_MODEL, list_models
+
+    model = QComboBox()
+    for card in list_models():
+        state = "trained" if card.trained else "untrained"
+        if card.quality in ("collapsed", "worse_than_start"):
+            state += ", " + card.quality.replace("_", " ").upper()
+        model.addItem(f"{card.name}  ({card.arch}, {card.bits} bits, {state})", card.name)
+    model.setCurrentIndex(max(0, model.findData(settings.model or DEFAULT_MODEL)))
+    tile_size = QSpinBox()
+    tile_size.setRange(0, 2048)
+    tile_size.setSuffix(" px")
+    tile_size.setSpecialValueText("The model's")
+    tile_size.setValue(settings.tile_size)
+    target_mpp = QDoubleSpinBox()
+    target_mpp.setRange(0.0, 16.0)
+    target_mpp.setDecimals(3)
+    target_mpp.setSingleStep(0.25)
+    target_mpp.setSuffix(" µm/px")
+    target_mpp.setSpecialValueText("The model's")
+    target_mpp.setValue(settings.target_mpp)
+    return model, tile_size, target_mpp
+
+
+def _finish_form(dialog: QDialog, form: QFormLayout) -> None:
+    """The form, the tiling hint and OK / Cancel."""
+    hint = QLabel(TILING_HINT)
+    hint.setWordWrap(True)
+    hint.setStyleSheet("color: palette(dark);")
+    buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok
+                               | QDialogButtonBox.StandardButton.Cancel)
+    buttons.accepted.connect(dialog.accept)
+    buttons.rejected.connect(dialog.reject)
+    layout = QVBoxLayout(dialog)
+    layout.addLayout(form)
+    layout.addWidget(hint)
+    layout.addWidget(buttons)
+
+
+class NewLibraryDialog(QDialog):
+    """File ▸ New library: where, with which model and tiling (preset from Settings)."""
+
+    def __init__(self, settings: AppSettings, parent: Optional[QWidget] = None,
+                 path: str = "library.h5"):
+        super().__init__(parent)
+        self.setWindowTitle("New library")
+        self._folder = str(Path(path).parent)
+        self.path = QLineEdit(path)
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        where = QHBoxLayout()
+        where.addWidget(self.path, 1)
+        where.addWidget(browse)
+        self.model, self.tile_size, self.target_mpp = library_choice_widgets(settings)
+        form = QFormLayout()
+        form.addRow("File", where)
+        form.addRow("Model", self.model)
+        form.addRow("Tile size", self.tile_size)
+        form.addRow("Target resolution", self.target_mpp)
+        _finish_form(self, form)
+        self.resize(560, self.sizeHint().height())
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "New library", self.path.text(),
+                                              LIBRARY_FILTER)
+        if path:
+            self.path.setText(path)
+
+    def choice(self) -> dict:
+        """``path``, ``model``, ``tile_size`` and ``target_mpp`` (0: the model's)."""
+        path = self.path.text().strip()
+        if path and not path.lower().endswith((".h5", ".hdf5")):
+            path += ".h5"
+        if path and not Path(path).expanduser().is_absolute():  # not the app's working folder
+            path = str(Path(self._folder) / path)
+        return {"path": str(Path(path).expanduser()) if path else "",
+                "model": self.model.currentData(),
+                "tile_size": self.tile_size.value(), "target_mpp": self.target_mpp.value()}
+
+
 class SettingsDialog(QDialog):
     """Device, model for new libraries, tiling of new libraries, top-k, viewer cache."""
 
     def __init__(self, settings: AppSettings, parent: Optional[QWidget] = None):
         super().__init__(parent)
-        from hashview.models import DEFAULT_MODEL, list_models
-
         self.setWindowTitle("Settings")
         self.settings = settings
         self.device = QComboBox()
         for key, text in DEVICES.items():
             self.device.addItem(text, key)
         self.device.setCurrentIndex(max(0, self.device.findData(settings.device)))
-        self.model = QComboBox()
-        for card in list_models():
-            state = "trained" if card.trained else "untrained"
-            if card.quality in ("collapsed", "worse_than_start"):
-                state += ", " + card.quality.replace("_", " ").upper()
-            self.model.addItem(f"{card.name}  ({card.arch}, {card.bits} bits, {state})", card.name)
-        wanted = settings.model or DEFAULT_MODEL
-        self.model.setCurrentIndex(max(0, self.model.findData(wanted)))
-        # 0 shows as "the model's": a trained model knows the tiling it was trained at
-        self.tile_size = QSpinBox()
-        self.tile_size.setRange(0, 2048)
-        self.tile_size.setSuffix(" px")
-        self.tile_size.setSpecialValueText("The model's")
-        self.tile_size.setValue(settings.tile_size)
-        self.target_mpp = QDoubleSpinBox()
-        self.target_mpp.setRange(0.0, 16.0)
-        self.target_mpp.setDecimals(3)
-        self.target_mpp.setSingleStep(0.25)
-        self.target_mpp.setSuffix(" µm/px")
-        self.target_mpp.setSpecialValueText("The model's")
-        self.target_mpp.setValue(settings.target_mpp)
+        self.model, self.tile_size, self.target_mpp = library_choice_widgets(settings)
         self.top_k = QSpinBox()
         self.top_k.setRange(1, 500)
         self.top_k.setValue(settings.top_k)
@@ -207,18 +273,7 @@ class SettingsDialog(QDialog):
         form.addRow("Target resolution", self.target_mpp)
         form.addRow("Hits per search (top-k)", self.top_k)
         form.addRow("Viewer tile cache", self.cache_mb)
-        hint = QLabel("A library keeps the model and tiling it was made with. \"The model's\" "
-                      "tiling is the one the model was trained at; 0.5 µm/px is about 20x.")
-        hint.setWordWrap(True)
-        hint.setStyleSheet("color: palette(dark);")
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok
-                                   | QDialogButtonBox.StandardButton.Cancel)
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(hint)
-        layout.addWidget(buttons)
+        _finish_form(self, form)
 
     def apply(self) -> None:
         s = self.settings

@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QM
 
 from hashview.errors import HashViewError
 from hashview.gui.compare import ComparePane, QueryPane, ViewerSync
-from hashview.gui.dialogs import SettingsDialog, show_about
+from hashview.gui.dialogs import LIBRARY_FILTER, NewLibraryDialog, SettingsDialog, show_about
 from hashview.gui.jobs_panel import JobsPanel
 from hashview.gui.library_panel import LibraryPanel
 from hashview.gui.menus import build_menus
@@ -29,7 +29,6 @@ from hashview.gui.viewer import SlideViewer
 from hashview.gui.window_jobs import JobsMixin
 from hashview.gui.window_search import SearchMixin
 
-LIBRARY_FILTER = "HashView libraries (*.h5 *.hdf5)"
 SLIDE_FILTER = ("Slides and images (*.svs *.ndpi *.mrxs *.scn *.tif *.tiff *.vms *.bif *.dcm "
                 "*.png *.jpg *.jpeg *.bmp);;All files (*)")
 
@@ -275,26 +274,37 @@ class MainWindow(SearchMixin, JobsMixin, QMainWindow):
             self.open_library(path)
 
     def ask_new_library(self) -> Optional[str]:
-        path, _ = QFileDialog.getSaveFileName(self, "New library", "library.h5", LIBRARY_FILTER)
-        if not path:
+        """File ▸ New library: where, with which model and tiling; the new path, or None."""
+        folder = Path(self.library_path).parent if self.library_path else Path.home()
+        dialog = NewLibraryDialog(self.settings, self, path=str(folder / "library.h5"))
+        if not dialog.exec():
             return None
-        if not path.lower().endswith((".h5", ".hdf5")):
-            path += ".h5"
-        return path if self.create_library(path) else None
+        choice = dialog.choice()
+        if not choice["path"]:
+            self.warn("Give the new library a file name", "New library")
+            return None
+        return choice["path"] if self.create_library(**choice) else None
 
-    def create_library(self, path: str | Path) -> bool:
-        """An empty library for the model and tiling chosen in Settings, then open it."""
+    def create_library(self, path: str | Path, model: Optional[str] = None,
+                       tile_size: Optional[int] = None,
+                       target_mpp: Optional[float] = None) -> bool:
+        """An empty library for ``model`` and tiling, then open it. ``None``: as chosen in
+        Settings; a tile size or resolution of 0: the model's."""
         from hashview.indexing import model_tiling
         from hashview.library import Library
         from hashview.models import DEFAULT_MODEL, list_models, load_model
 
-        name = self.settings.model or DEFAULT_MODEL
+        name = model or self.settings.model or DEFAULT_MODEL
         card = next((c for c in list_models() if c.name == name), None)
         if card is None:
             self.warn(f"model {name!r} not found; choose another in Settings", "New library")
             return False
-        tiling = model_tiling(card, tile_size=self.settings.tile_size or None,
-                              target_mpp=self.settings.target_mpp or None)
+        if tile_size is None:
+            tile_size = self.settings.tile_size
+        if target_mpp is None:
+            target_mpp = self.settings.target_mpp
+        tiling = model_tiling(card, tile_size=tile_size or None,  # 0: the model's
+                              target_mpp=target_mpp or None)
         try:
             load_model(name)  # a model whose weights fail to load must not get a library
             Library.create(path, card, tile_size=tiling.tile_size,

@@ -505,3 +505,27 @@ def test_recent_entries_with_the_same_name_show_their_folders():
 
     labels = recent_labels(["/a/CMU-1.svs", "/b/CMU-1.svs", "/c/lib.h5"])
     assert labels == ["CMU-1.svs  — /a", "CMU-1.svs  — /b", "lib.h5  (library)"]
+
+
+def test_new_library_asks_for_model_and_tiling(qtbot, window, tmp_path, monkeypatch):
+    from hashview.gui import dialogs
+    from hashview.library import Library
+    from hashview.models import list_models
+
+    other = next(c for c in list_models() if c.name != window.settings.model)
+    path = tmp_path / "asked"
+
+    def choose(dialog):
+        assert dialog.model.count() == len(list_models())
+        dialog.path.setText(str(path))
+        dialog.model.setCurrentIndex(dialog.model.findData(other.name))
+        dialog.tile_size.setValue(96)
+        dialog.target_mpp.setValue(0)  # "The model's"
+        return True
+
+    monkeypatch.setattr(dialogs.NewLibraryDialog, "exec", choose)
+    assert window.ask_new_library() == f"{path}.h5"
+    with Library.open(f"{path}.h5") as library:
+        assert (library.model_name, library.tile_size) == (other.name, 96)
+        assert library.target_mpp == (other.target_mpp or 0.5)
+    assert window.library_path == str(Path(f"{path}.h5").resolve())
