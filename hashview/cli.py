@@ -43,6 +43,9 @@ def _add_tiling_args(p: argparse.ArgumentParser) -> None:
                    help="seed of the subsample (default 0)")
 
 
+ARCH_NAMES = ("hatdh", "dch", "dafh", "lgffem", "mth")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hashview",
@@ -98,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a hashing model on a labelled patch folder")
     p.add_argument("data", metavar="DATA", help="patch folder: class subfolders or labels.csv")
-    p.add_argument("--arch", required=True, help="architecture (hatdh, dch, dafh, lgffem, mth)")
+    # spelled out: reading hashview.models.card_limits.ARCHITECTURES here would load torch for
+    # every command (a test keeps the two lists equal)
+    p.add_argument("--arch", required=True, help=f"architecture ({', '.join(ARCH_NAMES)})")
     p.add_argument("--bits", type=code_bits, required=True,
                    help="code length, a multiple of 8 (descriptor dimensions for lgffem)")
     p.add_argument("--out", required=True, metavar="DIR",

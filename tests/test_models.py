@@ -419,3 +419,15 @@ def test_loading_the_default_model_does_not_import_torchvision():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_one_table_lists_the_architectures_the_registry_objectives_and_cli_know():
+    from hashview import cli
+    from hashview.models.card_limits import ARCHITECTURES
+    from hashview.models.registry import available_architectures
+    from hashview.training.objectives import trainable_architectures
+
+    names = set(ARCHITECTURES)
+    assert set(available_architectures()) == names
+    assert set(trainable_architectures()) == names
+    assert set(cli.ARCH_NAMES) == names

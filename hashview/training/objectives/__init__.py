@@ -1,6 +1,8 @@
 """Training objectives: one per architecture, so that the loop (:mod:`hashview.training.loop`)
 stays generic. A new architecture adds one model file (``hashview/models/NAME.py``, registered
-with ``@register("NAME")``) and one objective file here, listed in ``_BUILTIN``.
+with ``@register("NAME")``), one objective file here (``NAME.py``), and its row in
+:data:`hashview.models.card_limits.ARCHITECTURES` (code kind, keyword bounds, input sizes): that
+table is the one list of architectures the registry, the objectives and the CLI read.
 
 An objective is a subclass of :class:`~hashview.training.objectives.base.Objective` registered
 with ``@register_objective`` (its ``arch`` attribute is the registry name). The loop uses it so:
@@ -43,11 +45,13 @@ from __future__ import annotations
 import importlib
 
 from hashview.errors import ModelError
+from hashview.models.card_limits import ARCHITECTURES
 from hashview.training.objectives.base import Objective
 
 _OBJECTIVES: dict[str, type[Objective]] = {}
-# Modules in this package that define objectives (imported lazily by objective_class).
-_BUILTIN = ("hatdh", "dch", "dafh", "lgffem", "mth")
+# Modules in this package that define objectives (imported lazily by objective_class): one
+# per architecture of the one table that lists them, hashview.models.card_limits.ARCHITECTURES.
+_BUILTIN = tuple(ARCHITECTURES)
 
 
 def register_objective(cls: type[Objective]) -> type[Objective]:
