@@ -107,6 +107,7 @@ class CodeKind:
     stored_dtype: np.dtype     # a code in a library file
     exact_index: str           # the name the search gives its exact index
     approximate_indexes: bool  # whether IVF / multi-hash indexes apply
+    keeps_net_output: bool     # whether codes are the net's output as it is (nothing to pack)
     query_noun: str            # what a query row is called in error messages
 
     def row_width(self, bits: int) -> int:
@@ -192,7 +193,7 @@ class BinaryCodes(CodeKind):
 
     name, unit, query_noun = "binary", "bits", "query codes"
     encoded_dtype = stored_dtype = np.dtype(np.uint8)
-    exact_index, approximate_indexes = "flat", True
+    exact_index, approximate_indexes, keeps_net_output = "flat", True, False
 
     def row_width(self, bits: int) -> int:
         return bits // 8
@@ -259,7 +260,7 @@ class FloatCodes(CodeKind):
     encoded_dtype = np.dtype(np.float32)
     # half the bytes of float32; the cosine top-k they give is the same (library/schema.py)
     stored_dtype = np.dtype(np.float16)
-    exact_index, approximate_indexes = "flat-ip", False
+    exact_index, approximate_indexes, keeps_net_output = "flat-ip", False, True
 
     def row_width(self, bits: int) -> int:
         return bits

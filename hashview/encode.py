@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hashview.code_kinds import BINARY, code_kind
 from hashview.devices import pick_device  # re-exported: hashview.encode.pick_device
 from hashview.errors import ModelError
 from hashview.model_input import ModelInput, image_to_array  # image_to_array re-exported
@@ -39,10 +40,7 @@ def pack_codes(relaxed: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
     """``(N, bits)`` real codes -> ``(N, bits // 8)`` uint8; bit = 1 iff value > 0."""
     if isinstance(relaxed, torch.Tensor):
         relaxed = relaxed.detach().float().cpu().numpy()
-    relaxed = np.asarray(relaxed)
-    if relaxed.ndim != 2 or relaxed.shape[1] % 8:
-        raise ValueError(f"expected (N, bits) with bits a multiple of 8, got {relaxed.shape}")
-    return np.packbits(relaxed > 0, axis=1, bitorder="big")
+    return BINARY.from_relaxed(relaxed)
 
 
 def unpack_codes(packed: np.ndarray, bits: int) -> np.ndarray:
@@ -115,6 +113,7 @@ class Encoder:
         self.bits = int(self.card.bits)
         # "binary": packed sign bits; "float": L2-normalised float32 descriptors (bits = dims).
         self.code_kind = getattr(loaded_model.net, "code_kind", self.card.code_kind)
+        self._codes_kind = code_kind(self.code_kind)
         self.channels_last = self.is_cuda or CPU_CHANNELS_LAST
         net = loaded_model.net.eval().to(self.device)
         if self.channels_last:
@@ -132,8 +131,7 @@ class Encoder:
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Packed codes ``(N, bits // 8)`` uint8; float32 ``(N, bits)`` L2-normalised
         descriptors for a float model (``code_kind == "float"``)."""
-        relaxed = self.encode_relaxed(images)
-        return relaxed if self.code_kind == "float" else pack_codes(relaxed)
+        return self._codes_kind.from_relaxed(self.encode_relaxed(images))
 
     def encode_relaxed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Relaxed codes ``(N, bits)`` float32 in (-1, 1)."""
@@ -157,7 +155,7 @@ class Encoder:
         """
         if total is None and hasattr(images, "__len__"):
             total = len(images)  # type: ignore[arg-type]
-        relaxed = relaxed or self.code_kind == "float"  # descriptors are stored as they are
+        relaxed = relaxed or self._codes_kind.keeps_net_output
         done = 0
         report(progress, "encoding", 0, total)
         pending = None  # (host output tensor, cuda event or None, batch length)

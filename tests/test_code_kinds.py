@@ -40,6 +40,7 @@ def test_words_and_rules():
     assert (BINARY.size_text(64), FLOAT.size_text(384)) == ("64 bits", "384-d float")
     assert (BINARY.exact_index, FLOAT.exact_index) == ("flat", "flat-ip")
     assert BINARY.approximate_indexes and not FLOAT.approximate_indexes
+    assert FLOAT.keeps_net_output and not BINARY.keeps_net_output
     assert BINARY.length_problem(64) is None and FLOAT.length_problem(12) is None
     assert "multiple of 8" in BINARY.length_problem(12) and BINARY.length_problem(0)
     assert "positive" in FLOAT.length_problem(0)
