@@ -250,7 +250,7 @@ class BinaryCodes(CodeKind):
         return int(value)
 
     def format_distance(self, distance) -> str:
-        return str(int(distance))
+        return str(distance)
 
 
 class FloatCodes(CodeKind):
@@ -340,3 +340,9 @@ def code_kind(name) -> CodeKind:
 def kind_of_encoded(codes) -> CodeKind:
     """The kind of encoder output ``codes``, told by their dtype: floats are descriptors."""
     return FLOAT if np.asarray(codes).dtype.kind == "f" else BINARY
+
+
+def kind_of_distance(distance) -> CodeKind:
+    """The kind whose search gives ``distance``: a float is 1 - cosine, anything else (an int)
+    a Hamming distance (see :meth:`CodeKind.as_distance`)."""
+    return FLOAT if isinstance(distance, float) else BINARY

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from PIL import Image
 
+from hashview.code_kinds import kind_of_distance
 from hashview.encode import Encoder
 from hashview.errors import SourceError, printable
 from hashview.result_summary import per_source_line, rank_marks, tie_note, vote_headline
@@ -66,8 +67,7 @@ class QueryResult:
         """A plain table for the terminal; ranks of hits at equal distance carry a "="."""
         lines = [f"{'rank':>4} {'dist':>6}  {'label':<12} {'x':>7} {'y':>7} {'size':>5}  source"]
         for mark, hit in zip(rank_marks(self.hits), self.hits):
-            # Hamming distances are ints; float libraries give 1 - cosine
-            dist = f"{hit.distance:.4f}" if isinstance(hit.distance, float) else hit.distance
+            dist = kind_of_distance(hit.distance).format_distance(hit.distance)
             # Labels and names come from the indexed files: escaped, so they stay on their line.
             lines.append(f"{mark:>4} {dist:>6}  {printable(hit.label or '-'):<12} "
                          f"{hit.x:>7} {hit.y:>7} {hit.size:>5}  {printable(hit.source_name)}")

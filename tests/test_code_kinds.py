@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hashview.code_kinds import (BINARY, CODE_KIND_NAMES, FLOAT, BinaryCodes, FloatCodes,
-                                 code_kind, kind_of_encoded)
+                                 code_kind, kind_of_distance, kind_of_encoded)
 
 
 def test_lookup_by_name():
@@ -51,6 +51,8 @@ def test_distances_are_formatted_by_kind():
     assert BINARY.format_distance(3) == "3"
     assert type(FLOAT.as_distance(np.float64(0.25))) is float
     assert FLOAT.format_distance(0.123456) == "0.1235" and FLOAT.format_distance(0) == "0.0000"
+    for kind in (BINARY, FLOAT):  # a hit's distance tells its kind
+        assert kind_of_distance(kind.as_distance(np.float64(2))) is kind
 
 
 def test_from_relaxed():
