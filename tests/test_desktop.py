@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hashview import desktop
+from hashview import desktop_entry as desktop
 from hashview.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -116,7 +116,7 @@ def test_cli_explain_writes_side_by_side_png_and_json(tmp_path, capsys):
     assert {"mean", "max", "frac_above_0_5", "centre_of_mass"} <= set(result["query_map"])
     assert -1.0 < result["similarity"] < 1.0
     with Image.open(out) as png:
-        from hashview.cli_models import EXPLAIN_PANEL
+        from hashview.cli.models import EXPLAIN_PANEL
         assert png.width == 4 * EXPLAIN_PANEL
         assert png.height > EXPLAIN_PANEL
 

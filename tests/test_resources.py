@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_a_checkout_reads_its_resource_folders_in_place():
     for name, folder in resources.CHECKOUT_DIRS.items():
         assert resources.find_dir(name) == ROOT / folder
-    from hashview import demo, desktop
+    from hashview import demo
+    from hashview import desktop_entry as desktop
     from hashview.models import bundled_models_dirs
 
     assert bundled_models_dirs() == [ROOT / "resources" / "models"]
@@ -49,7 +50,7 @@ def test_an_installed_copy_reads_hashview_resources(installed_copy):
     shutil.copytree(ROOT / "resources" / "icons", installed_copy / "icons")
     assert resources.find_dir("icons") == installed_copy / "icons"
 
-    from hashview import desktop
+    from hashview import desktop_entry as desktop
     from hashview.models import bundled_models_dirs
 
     assert bundled_models_dirs() == []

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from hashview import __version__
-from hashview.cli_models import cmd_eval, cmd_explain, cmd_models, cmd_train
-from hashview.cli_support import (BATCH_SIZE, EXIT_FAILED, EXIT_OK, EXIT_PARTIAL,
+from hashview.cli.models import cmd_eval, cmd_explain, cmd_models, cmd_train
+from hashview.cli.support import (BATCH_SIZE, EXIT_FAILED, EXIT_OK, EXIT_PARTIAL,
                                   FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER,
                                   TRAIN_BATCH_SIZE, code_bits, int_list, model_input_size,
                                   progress_bar, say, say_lines, target_mpp, tile_size,
@@ -362,7 +362,7 @@ def _print_refreshed(report: list) -> None:
 
 
 def cmd_install_desktop(args) -> int:
-    from hashview.desktop import install
+    from hashview.desktop_entry import install
 
     result = install()
     if args.json:
@@ -378,7 +378,7 @@ def cmd_install_desktop(args) -> int:
 
 
 def cmd_uninstall_desktop(args) -> int:
-    from hashview.desktop import uninstall
+    from hashview.desktop_entry import uninstall
 
     result = uninstall()
     if args.json:

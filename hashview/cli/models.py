@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
-from hashview.cli_support import (EXIT_OK, EXIT_WORSE_MODEL, progress_bar, say, say_lines,
+from hashview.cli.support import (EXIT_OK, EXIT_WORSE_MODEL, progress_bar, say, say_lines,
                                   usage_error)
 
 EXPLAIN_PANEL = 256  # side of each of the four panels of ``hashview explain --out``

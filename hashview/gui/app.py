@@ -19,7 +19,7 @@ from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, Signal
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
-from hashview.desktop import window_icon_path
+from hashview.desktop_entry import window_icon_path
 from hashview.errors import HashViewError
 from hashview.gui.single_instance import InstanceServer, send_to_running
 
