@@ -28,7 +28,12 @@ SCRATCH = "__scratch__"  # the "start from" choice of random weights
 
 
 class TrainDialog(QDialog):
-    """Patch folder, architecture, bits, epochs -> ``job_args()`` for a "train" JobSpec."""
+    """Patch folder and a plain choice -> ``job_args()`` for a "train" JobSpec.
+
+    The first choice, and the default, fine-tunes the recommended model (the default search
+    model) on the user's labelled patches; the architectures (named after their papers), code
+    length, epochs and start are under "Advanced".
+    """
 
     def __init__(self, parent: Optional[QWidget] = None, device: str = "auto",
                  folder: str = ""):
@@ -43,9 +48,16 @@ class TrainDialog(QDialog):
         folder_row = QHBoxLayout()
         folder_row.addWidget(self.folder, 1)
         folder_row.addWidget(browse)
-        self.arch = QComboBox()
+        from hashview.models import DEFAULT_MODEL
         from hashview.training.objectives import trainable_architectures
 
+        self.recommended = DEFAULT_MODEL
+        self.plan = QComboBox()
+        self.plan.addItem(f"Fine-tune the recommended model ({DEFAULT_MODEL}) on my labelled "
+                          "patches", "recommended")
+        self.plan.addItem("Advanced: choose the architecture, code length and start",
+                          "advanced")
+        self.arch = QComboBox()
         for key, text in trainable_architectures().items():  # every arch with an objective
             self.arch.addItem(text, key)
         self.bits = QSpinBox()
@@ -69,19 +81,28 @@ class TrainDialog(QDialog):
         for signal in (self.arch.currentIndexChanged, self.bits.valueChanged):
             signal.connect(self._update_start_choices)
         self._update_start_choices()
+        self.plan.currentIndexChanged.connect(self._apply_plan)
         note = QLabel("Training runs in the background (Jobs panel); on a CPU it takes from "
-                      "minutes to hours. The model appears in Settings ▸ Model when done.")
+                      "minutes to hours. A part of your patches is held out: when done, the "
+                      "new model's score on it is shown next to the model it started from, "
+                      "and the model appears in Settings ▸ Model.")
         note.setWordWrap(True)
         note.setStyleSheet("color: #555;")
         self._update_name_hint()
 
         form = QFormLayout()
         form.addRow("Patch folder", folder_row)
-        form.addRow("Architecture", self.arch)
-        form.addRow("Code length", self.bits)
-        form.addRow("Epochs", self.epochs)
-        form.addRow("Start from", self.start_from)
+        form.addRow("Train", self.plan)
         form.addRow("Model name", self.name)
+        self.advanced = QWidget()  # shown for the "advanced" plan only
+        advanced_form = QFormLayout(self.advanced)
+        advanced_form.setContentsMargins(0, 0, 0, 0)
+        advanced_form.addRow("Architecture", self.arch)
+        advanced_form.addRow("Code length", self.bits)
+        advanced_form.addRow("Epochs", self.epochs)
+        advanced_form.addRow("Start from", self.start_from)
+        form.addRow(self.advanced)
+        self._apply_plan()
         self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok
                                         | QDialogButtonBox.StandardButton.Cancel)
         self.buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Start training")
@@ -92,6 +113,23 @@ class TrainDialog(QDialog):
         layout.addWidget(note)
         layout.addWidget(self.buttons)
         self.resize(560, self.sizeHint().height())
+
+    def _apply_plan(self, *_args) -> None:
+        """The recommended plan: the default model's architecture and code length, started
+        from it with its recipe; the advanced plan leaves every choice to the user."""
+        advanced = self.plan.currentData() == "advanced"
+        self.advanced.setVisible(advanced)
+        if not advanced:
+            from hashview.models import list_models
+
+            card = next((c for c in self._installed or list_models()
+                         if c.name == self.recommended), None)
+            if card is not None:
+                self.arch.setCurrentIndex(max(0, self.arch.findData(card.arch)))
+                self.bits.setValue(card.bits)
+            self.epochs.setValue(0)
+            self.start_from.setCurrentIndex(max(0, self.start_from.findData(self.recommended)))
+        self.adjustSize()
 
     def _update_name_hint(self, *_args) -> None:
         self.name.setPlaceholderText(f"{self.default_model_name()} (default)")

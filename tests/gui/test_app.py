@@ -313,6 +313,20 @@ def test_dialogs_settings_training_and_about(qtbot, window, tmp_path, monkeypatc
 
     train = TrainDialog(window, folder=str(KATHER))
     qtbot.addWidget(train)
+    # first and default: fine-tune the recommended (default) model with its recipe
+    from hashview.models import DEFAULT_MODEL
+
+    assert train.plan.currentData() == "recommended" and DEFAULT_MODEL in train.plan.currentText()
+    assert train.advanced.isHidden()
+    args = train.job_args()
+    default_card = next(c for c in list_models() if c.name == DEFAULT_MODEL)
+    assert (args["arch"], args["bits"]) == (default_card.arch, default_card.bits)
+    assert DEFAULT_START[args["arch"]] == DEFAULT_MODEL and "init_from" not in args
+    assert "from_scratch" not in args and "epochs" not in args
+    # advanced: the architectures, code length, epochs and start
+    train.plan.setCurrentIndex(train.plan.findData("advanced"))
+    assert not train.advanced.isHidden()
+    train.arch.setCurrentIndex(train.arch.findData("hatdh"))
     train.bits.setValue(32)
     args = train.job_args()
     assert args["arch"] == "hatdh" and args["bits"] == 32 and args["name"] == "hatdh-32-kather"
