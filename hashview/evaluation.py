@@ -43,7 +43,7 @@ LSH_PIXEL_SIZE = 32
 
 
 @dataclass
-class PatchDataset:
+class LabelledFolder:
     """A scanned, fully labelled patch folder."""
 
     root: Path
@@ -57,7 +57,7 @@ class PatchDataset:
         return self.root.name
 
 
-def load_dataset(data_folder: Union[str, Path]) -> PatchDataset:
+def load_dataset(data_folder: Union[str, Path]) -> LabelledFolder:
     """Scan ``data_folder``; every image must have a label (class subfolder or labels.csv)."""
     root = Path(data_folder)
     if not root.exists():
@@ -69,11 +69,11 @@ def load_dataset(data_folder: Union[str, Path]) -> PatchDataset:
                                                 "put images in class subfolders or list them "
                                                 "in labels.csv)")
     paths = [e.path.relative_to(root).as_posix() for e in entries]
-    return PatchDataset(root, entries, paths, [str(e.label) for e in entries],
+    return LabelledFolder(root, entries, paths, [str(e.label) for e in entries],
                         [e.patient_id for e in entries])
 
 
-def resolve_splits(dataset: PatchDataset, split: Union[Split, str, Path, None] = None,
+def resolve_splits(dataset: LabelledFolder, split: Union[Split, str, Path, None] = None,
                    protocol: str = "hatdh", seeds: Sequence[int] = DEFAULT_SEEDS,
                    train_fraction: float = 0.7) -> list[Split]:
     """The splits to evaluate: ``split`` alone, or one per seed of ``protocol``."""
@@ -167,7 +167,7 @@ def _mean_curves(per_split: Sequence[dict]) -> Optional[dict]:
             "recall": np.mean([s["curves"]["recall"] for s in per_split], 0).tolist()}
 
 
-def score_splits(codes: np.ndarray, dataset: PatchDataset, splits: Sequence[Split], bits: int,
+def score_splits(codes: np.ndarray, dataset: LabelledFolder, splits: Sequence[Split], bits: int,
                  metric_args: dict, progress: Optional[ProgressCallback],
                  query_codes: Optional[np.ndarray] = None) -> dict:
     """Metrics per split: the train part of ``codes`` is the database, the test part of
@@ -202,7 +202,7 @@ def as_loaded_model(model):
     return model if isinstance(model, LoadedModel) else load_model(model)
 
 
-def choose_splits(card, dataset: PatchDataset, split: Union[Split, str, Path, None] = None,
+def choose_splits(card, dataset: LabelledFolder, split: Union[Split, str, Path, None] = None,
                   protocol: str = "hatdh", seeds: Sequence[int] = DEFAULT_SEEDS,
                   train_fraction: float = 0.7) -> tuple[list[Split], str, list[str]]:
     """The splits for ``card`` on ``dataset`` (see the module notes), where they came from

@@ -25,7 +25,7 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 
 from hashview.errors import HashViewError
-from hashview.evaluation import (DEFAULT_SEEDS, PatchDataset, score_splits, as_loaded_model,
+from hashview.evaluation import (DEFAULT_SEEDS, LabelledFolder, score_splits, as_loaded_model,
                                  choose_splits, encode_folder_split, encode_patches,
                                  load_dataset, score_ranking, summarise)
 from hashview.progress import ProgressCallback
@@ -129,7 +129,7 @@ def exposure(card, dataset_name: str, protocol: str = "hatdh") -> str:
 
 # ---------------------------------------------------------------- cross-stain
 
-def restained_patches(dataset: PatchDataset, transfer, cache: Optional[dict] = None):
+def restained_patches(dataset: LabelledFolder, transfer, cache: Optional[dict] = None):
     """Every image of ``dataset`` re-stained by ``transfer`` (uint8 arrays at full size) and
     the transfer's counts; kept in ``cache`` (a dict the caller holds, in memory) per target."""
     from hashview.slides.image_source import load_rgb_image

@@ -26,9 +26,9 @@ def kather_batch(size: int):
     import torch
 
     from hashview.slides.folders import scan_patch_folder
-    from hashview.training.data import PatchDataset
+    from hashview.training.data import PatchesInMemory
 
-    data = PatchDataset(scan_patch_folder(Path(__file__).resolve().parent / "data" / "kather"),
+    data = PatchesInMemory(scan_patch_folder(Path(__file__).resolve().parent / "data" / "kather"),
                         size)
     x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255
     return (x - 0.5) / 0.25, torch.from_numpy(data.labels)

@@ -19,7 +19,7 @@ from hashview.models import LoadedModel, ModelCard, build_model, load_model, sav
 from hashview.slides.folders import scan_patch_folder
 from hashview.training import TrainConfig, train
 from hashview.training.arcface import SubCenterArcFace
-from hashview.training.data import PatchDataset
+from hashview.training.data import PatchesInMemory
 from hashview.training.loop import _Run
 
 KATHER = Path(__file__).resolve().parent / "data" / "kather"
@@ -105,7 +105,7 @@ def test_subcenter_arcface_by_hand(centres, k, target_cos):
 # ---------------------------------------------------------------- training
 
 def test_steps_lower_the_loss_on_a_fixed_batch(entries):
-    data = PatchDataset(entries, SIZE)
+    data = PatchesInMemory(entries, SIZE)
     cfg = tiny_config(augment=False, schedule="constant", epochs=2).resolved()
     assert cfg.objective_options == {"subcenters": 3, "margin_degrees": 17.2, "scale": 64.0}
     run = _Run(cfg, data, torch.device("cpu"))

@@ -26,7 +26,7 @@ from hashview.models.cards import DEFAULT_MEAN, DEFAULT_STD
 from hashview.slides.folders import scan_patch_folder
 from hashview.tiling import load_patch
 from hashview.training import TrainConfig
-from hashview.training.data import PatchDataset
+from hashview.training.data import PatchesInMemory
 from hashview.training.loop import _Run
 
 # Relaxed codes of one patch may differ between paths by float rounding inside the net (batch
@@ -98,7 +98,7 @@ def _codes_along_every_path(model, cfg: TrainConfig, folder, tmp_path) -> dict:
             explain.explain_pair(explained, query_image, hit_image)
     codes["explained"] = torch.cat(seen).detach().numpy()
 
-    run = _Run(cfg.resolved(), PatchDataset(entries, size), torch.device("cpu"))
+    run = _Run(cfg.resolved(), PatchesInMemory(entries, size), torch.device("cpu"))
     run.net.load_state_dict(load_model(model).net.state_dict())
     codes["training"] = run.encode(run.data.images)
     return codes
@@ -136,7 +136,7 @@ def test_model_input_is_the_documented_normalisation_in_channels_last(patch_fold
     loop uses."""
     card = load_model(DEFAULT_MODEL).card
     assert (tuple(card.mean), tuple(card.std)) == (DEFAULT_MEAN, DEFAULT_STD)
-    pixels = PatchDataset(scan_patch_folder(patch_folder), card.input_size).images
+    pixels = PatchesInMemory(scan_patch_folder(patch_folder), card.input_size).images
     expected = (pixels.astype(np.float32) / 255.0 - 0.5) / 0.5
     x = ModelInput.for_card(card)(pixels)
     assert x.is_contiguous(memory_format=torch.channels_last)

@@ -20,7 +20,7 @@ from hashview.progress import Cancelled
 from hashview.slides.folders import scan_patch_folder
 from hashview.training import TrainConfig, train, train_from_folder
 from hashview.training.data import (RGB_FROM_HED, AugmentConfig, BalancedBatchSampler,
-                                    PatchDataset, augment, epoch_generator, hed_to_rgb,
+                                    PatchesInMemory, augment, epoch_generator, hed_to_rgb,
                                     rgb_to_hed)
 from hashview.training.losses import (DCHLoss, HATDHLoss, form_triplets, quantization_error,
                                       squared_distances)
@@ -38,7 +38,7 @@ def entries():
 
 @pytest.fixture(scope="module")
 def dataset(entries):
-    return PatchDataset(entries, SIZE)
+    return PatchesInMemory(entries, SIZE)
 
 
 def tiny_config(**kw) -> TrainConfig:

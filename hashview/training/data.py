@@ -2,8 +2,8 @@
 
 Choices:
 
-- :class:`PatchDataset` decodes every image ONCE into a ``(N, S, S, 3)`` uint8 array at the model
-  input size, with :func:`hashview.model_input.image_to_array` (the exact preprocessing the
+- :class:`PatchesInMemory` decodes every image ONCE into a ``(N, S, S, 3)`` uint8 array at the
+  model input size, with :func:`hashview.model_input.image_to_array` (the exact preprocessing the
   Encoder uses, so training and indexing see the same pixels). The target sets are small
   (Kather subset 264 tiles of 150 px = 18 MB; IDC 8,699 patches of 50 px upsampled to e.g.
   128 px = 430 MB at worst), so this avoids re-decoding TIFF/PNG every epoch. Bigger sets would
@@ -40,7 +40,7 @@ from hashview.errors import SourceError
 # ---------------------------------------------------------------- dataset
 
 
-class PatchDataset(torch.utils.data.Dataset):
+class PatchesInMemory(torch.utils.data.Dataset):
     """Labelled patches held in memory as uint8 ``(S, S, 3)`` arrays.
 
     ``entries``: objects with ``.path`` and ``.label`` (e.g. :class:`PatchEntry`). ``class_names``
@@ -159,7 +159,7 @@ class ShuffleBatchSampler(BalancedBatchSampler):
         self.batches = batches
 
 
-def make_loader(dataset: PatchDataset, batch_sampler, pin_memory: bool):
+def make_loader(dataset: PatchesInMemory, batch_sampler, pin_memory: bool):
     """DataLoader over the in-memory dataset: no workers (images are already decoded and the
     model uses the CPU cores), pinned memory on CUDA for non_blocking copies."""
     return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=0,

@@ -37,7 +37,7 @@ from hashview.models.cards import DEFAULT_MEAN, DEFAULT_STD
 from hashview.progress import Cancelled, ProgressCallback, report
 from hashview.training import checkpoint as ckpt
 from hashview.training.config import TrainConfig
-from hashview.training.data import (AugmentConfig, BalancedBatchSampler, PatchDataset,
+from hashview.training.data import (AugmentConfig, BalancedBatchSampler, PatchesInMemory,
                                     ShuffleBatchSampler, augment, epoch_generator,
                                     make_loader)
 from hashview.training.objectives import objective_class
@@ -60,7 +60,7 @@ class TrainResult:
 class _Run:
     """Mutable training state; everything a checkpoint must capture lives here."""
 
-    def __init__(self, cfg: TrainConfig, data: PatchDataset, device: torch.device):
+    def __init__(self, cfg: TrainConfig, data: PatchesInMemory, device: torch.device):
         self.cfg, self.data, self.device = cfg, data, device
         self.is_cuda = device.type == "cuda"
         n_classes = data.n_classes
@@ -308,8 +308,8 @@ def train(config: TrainConfig, train_entries: Sequence, out_dir, progress: Optio
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     started = time.perf_counter()
-    data = PatchDataset(train_entries, cfg.input_size)
-    val = PatchDataset(val_entries, cfg.input_size, data.class_names) if val_entries else None
+    data = PatchesInMemory(train_entries, cfg.input_size)
+    val = PatchesInMemory(val_entries, cfg.input_size, data.class_names) if val_entries else None
     run = _Run(cfg, data, device)
     if resume:
         _, _, meta = ckpt.load_checkpoint(out_dir)
@@ -363,7 +363,7 @@ def train(config: TrainConfig, train_entries: Sequence, out_dir, progress: Optio
     return _finish(run, cfg, data, device, out_dir, split)
 
 
-def _finish(run: _Run, cfg: TrainConfig, data: PatchDataset, device: torch.device,
+def _finish(run: _Run, cfg: TrainConfig, data: PatchesInMemory, device: torch.device,
             out_dir: Path, split: Optional[dict]) -> TrainResult:
     if run.ema is not None:  # ship the averaged weights
         run.net.load_state_dict({k: v.to(run.device) for k, v in run.ema.items()})
