@@ -292,14 +292,17 @@ def _is_region(item: Any) -> bool:
 def _patch_tile(path: str | Path, size: int) -> Image.Image:
     """A patch image file as one query tile; a slide (or a slide-sized image) is refused: it
     would be squashed into one tile (:func:`hashview.slides.image_kind`, the one rule)."""
-    from hashview.slides import PATCH_MAX_SIDE, image_kind, image_size
+    from hashview.slides import PATCH_MAX_SIDE, image_kind, image_size, open_source
     from hashview.tiling import load_patch
 
     if Path(path).is_file() and image_kind(path) == "slide":
         found = image_size(path)
-        what = (f"a {found[0]}x{found[1]} px image (larger than {PATCH_MAX_SIDE} px) is a slide"
-                if found and max(found) > PATCH_MAX_SIDE else "a slide")
-        raise SourceError(path, f"{what}, not a patch: search a region of it "
+        if found and max(found) > PATCH_MAX_SIDE:
+            what = f"a {found[0]}x{found[1]} px image (larger than {PATCH_MAX_SIDE} px) is"
+        else:
+            with open_source(path):  # a broken slide file: its reader says why
+                what = "this is"
+        raise SourceError(path, f"{what} a slide, not a patch: search a region of it "
                                 "(--region x,y,w,h, or open it in the app)")
     return load_patch(path, size)
 
