@@ -2,7 +2,8 @@
 
 Layers, bottom to top: background; while any tile of the current scale is missing, the thumbnail
 and the cached tiles of every coarser scale and of one finer scale (so the view never shows
-holes); the tiles of the current scale; tile outlines, selection, highlight; the HUD.
+holes); the tiles of the current scale; tile outlines, selection, highlight, ruler; the HUD.
+Images go through ``displayed()`` (brightness, contrast, gamma) on their way to the screen.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QColor, QFont, QPainter, QPen
 
 from .overview import paint_hud
+from .ruler import paint_ruler
 from .tile_loader import coarser_scales, tile_rect, tile_scale, tiles_in_rect
 
 BACKGROUND = QColor(42, 42, 46)
@@ -64,6 +66,7 @@ class ViewerPainting:
         scale = self._target_scale()
         tiles = [(key, loader.tile(key)) for key in
                  (tiles_in_rect(source, scale, view) if scale else [])]
+        # smooth at every zoom: zooming stops at 2x the scan, before pixels turn into blocks
         painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
         if scale is None or any(image is None for _, image in tiles):
             self._paint_thumbnail(painter, view, width, height)
@@ -76,12 +79,11 @@ class ViewerPainting:
                         image = loader.cache.get(key)
                         if image is not None:
                             painter.drawImage(self._screen_rect(*tile_rect(source, key), True),
-                                              image)
-        # Magnified more than 2x past level 0: crisp pixels (as in ASAP), smooth below.
-        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self._ds >= 0.5)
+                                              self.displayed(image))
         for key, image in tiles:
             if image is not None:
-                painter.drawImage(self._screen_rect(*tile_rect(source, key), True), image)
+                painter.drawImage(self._screen_rect(*tile_rect(source, key), True),
+                                  self.displayed(image))
 
     def _paint_thumbnail(self, painter: QPainter, view, width: int, height: int) -> None:
         x0, y0 = max(view[0], 0.0), max(view[1], 0.0)
@@ -94,7 +96,8 @@ class ViewerPainting:
             painter.fillRect(target, PLACEHOLDER)
             return
         sx, sy = thumb.width() / width, thumb.height() / height
-        painter.drawImage(target, thumb, QRectF(x0 * sx, y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy))
+        painter.drawImage(target, self.displayed(thumb),
+                          QRectF(x0 * sx, y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy))
 
     def _paint_overlays(self, painter: QPainter) -> None:
         painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
@@ -130,15 +133,25 @@ class ViewerPainting:
             painter.drawRect(rect)
             painter.setPen(QPen(HIGHLIGHT_COLOUR, 3))
             painter.drawRect(rect)
+        if self._ruler is not None:
+            x0, y0, x1, y1 = self._ruler
+            paint_ruler(painter, self.map_from_level0(x0, y0), self.map_from_level0(x1, y1),
+                        self.ruler_text(), QRectF(self.rect()))
         if self._region_mode:
-            painter.setPen(Qt.PenStyle.NoPen)
-            painter.setBrush(QColor(20, 20, 24, 170))
-            label = "Region selection: drag a rectangle (R: back to panning)"
-            text_w = painter.fontMetrics().horizontalAdvance(label)
-            pill = QRectF(10, 10, text_w + 20, painter.fontMetrics().height() + 10)
-            painter.drawRoundedRect(pill, 5, 5)
-            painter.setPen(QColor(245, 245, 245))
-            painter.drawText(pill, Qt.AlignmentFlag.AlignCenter, label)
+            self._paint_mode_label(painter,
+                                   "Region selection: drag a rectangle (R: back to panning)")
+        elif self._ruler_mode:
+            self._paint_mode_label(painter, "Ruler: drag to measure (Esc: clear, "
+                                            "M: back to panning)")
+
+    def _paint_mode_label(self, painter: QPainter, label: str) -> None:
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(QColor(20, 20, 24, 170))
+        text_w = painter.fontMetrics().horizontalAdvance(label)
+        pill = QRectF(10, 10, text_w + 20, painter.fontMetrics().height() + 10)
+        painter.drawRoundedRect(pill, 5, 5)
+        painter.setPen(QColor(245, 245, 245))
+        painter.drawText(pill, Qt.AlignmentFlag.AlignCenter, label)
 
     def _selection_rect(self) -> QRectF | None:
         if self._band is not None:

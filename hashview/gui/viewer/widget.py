@@ -1,12 +1,14 @@
 """SlideViewer: a QuPath-like whole-slide viewer widget (QPainter over a tiled pyramid).
 
 View state is a centre ``(cx, cy)`` in level-0 pixels and a downsample (level-0 px per screen
-px, 0.25 = 4x magnified .. "fit"). ``paintEvent`` draws, coarse to fine, whatever is already
-decoded: the thumbnail, cached tiles of coarser (and one finer) scales, then the tiles of the
-current scale, so the view never shows holes while :mod:`.tile_loader` reads on its thread pool.
-The viewer never reads pixels itself.
-Painting lives in ``painting.py`` and event handling in ``interaction.py`` (mixins). It does not own the source: after ``close_source()``
-returns, no worker touches it any more and the caller may close it.
+px, from the zoom limit of :mod:`.zoom`, 0.5, to "fit"). ``paintEvent`` draws, coarse to fine,
+whatever is already decoded: the thumbnail, cached tiles of coarser (and one finer) scales, then
+the tiles of the current scale, so the view never shows holes while :mod:`.tile_loader` reads on
+its thread pool.
+The viewer never reads pixels itself; brightness, contrast and gamma (``display.py``) change
+only what is painted. Painting lives in ``painting.py`` and event handling in
+``interaction.py`` (mixins); the ruler in ``ruler.py``. It does not own the source: after
+``close_source()`` returns, no worker touches it any more and the caller may close it.
 
 Drops: the viewer does not accept drops itself, so a drop on it reaches the main window.
 """
@@ -23,19 +25,21 @@ from PySide6.QtWidgets import QWidget
 from hashview.slides.base import Source
 from hashview.tiling import ASSUMED_MPP, TilingParams
 
+from .display import AdjustedImages, DisplayAdjustment
 from .interaction import ViewerInteraction
 from .overview import OverviewWidget, magnification_text
 from .painting import ViewerPainting
+from .ruler import Line, format_ruler_length, line_length
 from .tile_loader import TileLoader, TileScale, tile_rect, tile_scale, tiles_in_rect
+from .zoom import MIN_DOWNSAMPLE, downsample_for_magnification, scan_magnification
 
 Rect = tuple[int, int, int, int]
 
-MIN_DOWNSAMPLE = 0.25          # 4 screen pixels per level-0 pixel at most
 THUMBNAIL_ONLY_FACTOR = 4      # beyond this virtual factor, a sharp enough thumbnail is used
 
 
 class SlideViewer(ViewerInteraction, ViewerPainting, QWidget):
-    """Whole-slide viewer: tiled pyramid, zoom/pan, overview, scale bar, query actions."""
+    """Whole-slide viewer: tiled pyramid, zoom/pan, overview, scale bar, ruler, query actions."""
 
     findSimilarRequested = Signal(int, int, int, int)   # level-0 x, y, w, h
     viewChanged = Signal(float, float, float)           # centre x, y (level 0), downsample
@@ -64,6 +68,10 @@ class SlideViewer(ViewerInteraction, ViewerPainting, QWidget):
         self._band: tuple[QPointF, QPointF] | None = None
         self._drag_last: QPointF | None = None
         self._region_mode = False
+        self._ruler_mode = False
+        self._ruler: Line | None = None
+        self._measuring = False          # a ruler drag is in progress
+        self._adjusted = AdjustedImages()
 
     # --- source ---------------------------------------------------------------------------
     def open_source(self, source: Source) -> None:
@@ -71,7 +79,9 @@ class SlideViewer(ViewerInteraction, ViewerPainting, QWidget):
         self._loader.set_source(None)
         self._source = source
         self._outlines = np.zeros((0, 3))
-        self._highlight = self._selection = self._band = self._drag_last = None
+        self._highlight = self._selection = self._band = self._drag_last = self._ruler = None
+        self._measuring = False
+        self._adjusted.clear()
         self._last_emitted = None
         self.overview.set_thumbnail(None, None)
         self._loader.set_source(source)
@@ -83,7 +93,9 @@ class SlideViewer(ViewerInteraction, ViewerPainting, QWidget):
         self._loader.set_source(None)
         self._source = None
         self._outlines = np.zeros((0, 3))
-        self._highlight = self._selection = self._band = self._drag_last = None
+        self._highlight = self._selection = self._band = self._drag_last = self._ruler = None
+        self._measuring = False
+        self._adjusted.clear()
         self.overview.set_thumbnail(None, None)
         self._update_cursor()
         self.update()
@@ -107,6 +119,22 @@ class SlideViewer(ViewerInteraction, ViewerPainting, QWidget):
 
     def magnification(self) -> str:
         return magnification_text(self._source.mpp if self._source else None, self._ds)
+
+    def magnification_value(self) -> float:
+        """The magnification shown now (assuming 20x at level 0 when the scale is unknown)."""
+        return scan_magnification(self._source.mpp if self._source else None) / self._ds
+
+    def go_to_magnification(self, magnification: float) -> float:
+        """Zoom about the view's centre to ``magnification`` (e.g. 20 for 20x), within the zoom
+        limit and "fit"; returns the magnification reached."""
+        if self._source is None:
+            return 0.0
+        ds = downsample_for_magnification(self._source.mpp, magnification)
+        if ds >= self.fit_downsample():
+            self.fit()  # the whole slide is smaller than that: show all of it, centred
+        else:
+            self._set_view(self._cx, self._cy, ds)
+        return self.magnification_value()
 
     def fit_downsample(self) -> float:
         if self._source is None:
@@ -183,6 +211,9 @@ class SlideViewer(ViewerInteraction, ViewerPainting, QWidget):
         self._outlines = array
         self.update()
 
+    def tile_outline_count(self) -> int:
+        return len(self._outlines)
+
     def set_outlines_visible(self, visible: bool) -> None:
         self._outlines_visible = bool(visible)
         self.update()
@@ -240,11 +271,52 @@ class SlideViewer(ViewerInteraction, ViewerPainting, QWidget):
     def set_region_mode(self, enabled: bool) -> None:
         """In region mode a plain left drag draws the selection (as Shift+drag always does)."""
         self._region_mode = bool(enabled)
+        self._ruler_mode = self._ruler_mode and not self._region_mode
         self._update_cursor()
         self.update()
 
     def region_mode(self) -> bool:
         return self._region_mode
+
+    def set_ruler_mode(self, enabled: bool) -> None:
+        """In ruler mode a left drag measures; the line stays until Esc or the next drag."""
+        self._ruler_mode = bool(enabled)
+        self._region_mode = self._region_mode and not self._ruler_mode
+        self._update_cursor()
+        self.update()
+
+    def ruler_mode(self) -> bool:
+        return self._ruler_mode
+
+    def ruler(self) -> Line | None:
+        """The measured line in level-0 px ``(x0, y0, x1, y1)``, or ``None``."""
+        return self._ruler
+
+    def set_ruler(self, line: Line | None) -> None:
+        self._ruler = None if line is None else tuple(float(v) for v in line)
+        self.update()
+
+    def ruler_text(self) -> str | None:
+        """The ruler's length as shown: µm when the scale is known, else level-0 px."""
+        if self._ruler is None:
+            return None
+        return format_ruler_length(line_length(self._ruler),
+                                   self._source.mpp if self._source else None)
+
+    # --- display adjustments (painting only) ------------------------------------------------
+    def set_display_adjustment(self, adjustment: DisplayAdjustment) -> None:
+        if self._adjusted.set_adjustment(adjustment):
+            thumb = self._loader.thumbnail
+            if thumb is not None and self._source is not None:
+                self.overview.set_thumbnail(self._adjusted.get(thumb), self._source.dimensions)
+            self.update()
+
+    def display_adjustment(self) -> DisplayAdjustment:
+        return self._adjusted.adjustment
+
+    def displayed(self, image):
+        """``image`` as painted: with the display adjustment applied (a cached copy)."""
+        return self._adjusted.get(image)
 
     def copy_coordinates_at(self, pos) -> str:
         x, y = self.map_to_level0(pos)
@@ -286,7 +358,8 @@ class SlideViewer(ViewerInteraction, ViewerPainting, QWidget):
 
     def _on_thumbnail(self) -> None:
         if self._source is not None:
-            self.overview.set_thumbnail(self._loader.thumbnail, self._source.dimensions)
+            self.overview.set_thumbnail(self.displayed(self._loader.thumbnail),
+                                        self._source.dimensions)
             self.overview.set_viewport(self.visible_region())
             self._place_overview()
             self._request_tiles()
