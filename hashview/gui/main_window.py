@@ -28,12 +28,13 @@ from hashview.gui.thumbnails import ThumbnailLoader
 from hashview.gui.viewer import SlideViewer
 from hashview.gui.window_jobs import JobsMixin
 from hashview.gui.window_search import SearchMixin
+from hashview.gui.window_view import ViewMixin
 
 SLIDE_FILTER = ("Slides and images (*.svs *.ndpi *.mrxs *.scn *.tif *.tiff *.vms *.bif *.dcm "
                 "*.png *.jpg *.jpeg *.bmp);;All files (*)")
 
 
-class MainWindow(SearchMixin, JobsMixin, QMainWindow):
+class MainWindow(SearchMixin, JobsMixin, ViewMixin, QMainWindow):
     def __init__(self, settings: Optional[AppSettings] = None):
         super().__init__()
         self.settings = settings or AppSettings()

@@ -7,6 +7,8 @@ from types import SimpleNamespace
 
 from PySide6.QtGui import QAction, QKeySequence
 
+from hashview.gui.viewer.zoom import MAGNIFICATION_PRESETS
+
 
 def _action(window, text: str, slot=None, shortcut=None, tip: str = "",
             checkable: bool = False) -> QAction:
@@ -42,11 +44,23 @@ def build_menus(window) -> SimpleNamespace:
     a.quit = _action(w, "&Quit", w.close, K.Quit)
     a.quit.setShortcut(QKeySequence("Ctrl+Q"))  # StandardKey.Quit is empty on some platforms
 
-    a.outlines = _action(w, "Show &tile outlines", w.set_outlines_visible, "T",
+    a.outlines = _action(w, "Show &tile outlines", w.show_tile_outlines, "T",
                          "Outline the library's tiles on the open slide", checkable=True)
     a.zoom_in = _action(w, "Zoom &in", lambda: w.viewer.zoom_in(), K.ZoomIn)
     a.zoom_out = _action(w, "Zoom &out", lambda: w.viewer.zoom_out(), K.ZoomOut)
     a.fit = _action(w, "&Fit to window", lambda: w.viewer.fit(), "Ctrl+0")
+    # plain digits as in the viewer's own keys; text fields still take them as typing
+    a.magnifications = [
+        _action(w, f"&{mag}x", (lambda m=mag: w.go_to_magnification(m)), str(number),
+                f"Zoom to {mag}x ({10 / mag:g} µm per screen pixel)")
+        for number, mag in enumerate(MAGNIFICATION_PRESETS, start=1)]
+    a.ruler = _action(w, "&Measure (ruler)", w.toggle_ruler, "M",
+                      "Drag on the slide to measure a length in µm; Esc clears it")
+    a.adjust_display = _action(w, "&Adjust display…", w.ask_display_adjustment, "Shift+C",
+                               "Brightness, contrast and gamma of what you see (not of what is "
+                               "searched)")
+    a.slide_scale = _action(w, "Set slide &scale…", w.ask_slide_scale,
+                            tip="µm per pixel of a slide whose file does not record it")
     a.close_compare = _action(w, "Close &comparison", w.close_comparison)
 
     a.search_file = _action(w, "Search with image &file…", w.ask_search_files, K.Find,
@@ -58,6 +72,11 @@ def build_menus(window) -> SimpleNamespace:
                       tip="Train a hashing model on a folder of labelled patches")
     a.settings = _action(w, "S&ettings…", w.ask_settings, K.Preferences)
     a.about = _action(w, "&About HashView", w.show_about)
+    a.shortcuts = _action(w, "&Keyboard shortcuts", w.show_shortcuts, "F1",
+                          "Every key and mouse gesture of the app")
+    a.shortcuts.setShortcuts([QKeySequence("F1"), QKeySequence("?")])
+    a.getting_started = _action(w, "&Getting started", w.show_getting_started,
+                                tip="Open a slide, find similar regions, build a library, train")
 
     bar = w.menuBar()
     file_menu = bar.addMenu("&File")
@@ -78,7 +97,13 @@ def build_menus(window) -> SimpleNamespace:
     view_menu.addSeparator()
     for action in (a.zoom_in, a.zoom_out, a.fit):
         view_menu.addAction(action)
+    a.magnification_menu = view_menu.addMenu("&Magnification")
+    for action in a.magnifications:
+        a.magnification_menu.addAction(action)
     view_menu.addAction(a.close_compare)
+    view_menu.addSeparator()
+    for action in (a.ruler, a.adjust_display, a.slide_scale):
+        view_menu.addAction(action)
     view_menu.addSeparator()
     a.panels_menu = view_menu.addMenu("&Panels")
     for dock in w.docks:
@@ -93,6 +118,9 @@ def build_menus(window) -> SimpleNamespace:
     search_menu.addAction(a.settings)
 
     help_menu = bar.addMenu("&Help")
+    for action in (a.getting_started, a.shortcuts):
+        help_menu.addAction(action)
+    help_menu.addSeparator()
     help_menu.addAction(a.about)
     return a
 
