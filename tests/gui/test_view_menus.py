@@ -35,6 +35,16 @@ def test_magnification_keys_and_menu_entries(qtbot, window):
     assert window.statusBar().currentMessage() == "20x"
 
 
+def test_digits_typed_in_a_text_field_stay_text(qtbot, window):
+    assert window.open_slide(SLIDE)
+    before = window.viewer.downsample()
+    field = window.library_panel.filter
+    field.setFocus()
+    qtbot.keyClicks(field, "35")
+    assert field.text() == "35" and window.viewer.downsample() == before
+    field.clear()
+
+
 def test_a_magnification_past_the_scan_says_so(qtbot, window, tmp_path):
     image = tmp_path / "scan.tif"
     shutil.copy(STRIPED_TIFF, image)
