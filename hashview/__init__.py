@@ -19,7 +19,7 @@ _PUBLIC = {
     "open_library": "hashview.session",
     "LibrarySession": "hashview.session",
     "QueryError": "hashview.session",
-    "QueryResult": "hashview.query",
+    "QueryResult": "hashview.search.query",
     "Hit": "hashview.search",
     "Vote": "hashview.search",
     "HashViewError": "hashview.errors",

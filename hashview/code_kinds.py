@@ -8,7 +8,7 @@ object instead of testing the name.
     The net's relaxed outputs in (-1, 1) packed to sign bits (bit = 1 iff value > 0, 8 to a
     byte, big-endian; ``bits`` is the code length), stored as they are and compared by Hamming
     distance, an int. Exact search is a FAISS ``IndexBinaryFlat``; a large library may use an
-    approximate index instead (:mod:`hashview.index_store`).
+    approximate index instead (:mod:`hashview.search.sidecar`).
 ``"float"`` (:data:`FLOAT`, LGFFEM)
     L2-normalised descriptors of ``bits`` dimensions: float32 from the net, float16 in a
     library file (see :mod:`hashview.library.schema`), compared by 1 - cosine, a float. Search

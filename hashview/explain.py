@@ -346,7 +346,7 @@ def load_input(spec: str, card) -> Image.Image:
     from pathlib import Path
 
     from hashview.errors import SourceError
-    from hashview.query import parse_region
+    from hashview.search.query import parse_region
     from hashview.slides import open_source
     from hashview.slides.image_source import load_rgb_image
     from hashview.tiling import (DEFAULT_TARGET_MPP, DEFAULT_TILE_SIZE, TilingParams,

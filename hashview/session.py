@@ -1,4 +1,4 @@
-"""One library and its model, ready to index and search: the object behind ``hashview.open_library``.
+"""One library and its model, ready to index and search: what ``hashview.open_library`` gives.
 
 The CLI, the app and scripts all search through :class:`LibrarySession`. It loads the library's
 codes and its model once, reloads them when the file has moved on (tiles added here or by
@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from hashview.errors import HashViewError, LibraryError, SourceError
-from hashview.query import QueryResult, load_library_model, region_tiles, search_images
+from hashview.search.query import QueryResult, load_library_model, region_tiles, search_images
 from hashview.search import Searcher
 
 if TYPE_CHECKING:

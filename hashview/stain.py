@@ -123,7 +123,7 @@ def _as_rgb(image, name) -> np.ndarray:
 def read_target_pixels(spec: Union[str, Path], sample: int = 16, seed: int = 0) -> np.ndarray:
     """The RGB pixels a target stands for (see the module notes); one-line errors."""
     from hashview.errors import SourceError
-    from hashview.query import parse_region
+    from hashview.search.query import parse_region
     from hashview.slides import open_source
 
     text = str(spec)

@@ -10,7 +10,7 @@ import pytest
 
 from _mounts import small_disk  # noqa: F401  (a fixture)
 from conftest import KATHER, SLIDE
-from hashview import index_store
+from hashview.search import sidecar
 from hashview.cli import main
 from hashview.library import Library
 
@@ -95,10 +95,10 @@ def test_search_on_read_only_storage_is_exact_and_says_why(slide_library, small_
     code, out, err = run(capsys, "search", library, query, "--index", "flat", "--json", "-k", "5")
     assert code == 0, err
     exact = json.loads(out)["hits"]
-    warning = (f"hashview: {index_store.sidecar_path(library)}: not saved (read-only file "
+    warning = (f"hashview: {sidecar.sidecar_path(library)}: not saved (read-only file "
                "system); searching exactly\n")
     # asked for an IVF index, or a library large enough to want one
-    monkeypatch.setattr(index_store, "EXACT_LIMIT_BITS", 1)
+    monkeypatch.setattr(sidecar, "EXACT_LIMIT_BITS", 1)
     for argv in (["--index", "ivf"], ["--index", "auto", "--exclude-source"]):
         code, out, err = run(capsys, "search", library, query, "--json", "-k", "5", *argv)
         assert code == 0 and err == warning
@@ -110,7 +110,7 @@ def test_search_on_read_only_storage_is_exact_and_says_why(slide_library, small_
             [h["tile_index"] for h in want]
     code, out, err = run(capsys, "search", library, query, "--index", "ivf")  # the table
     assert code == 0 and err == warning and "rank" in out and "vote:" in out
-    assert not index_store.sidecar_path(library).exists()
+    assert not sidecar.sidecar_path(library).exists()
 
 
 def test_search_on_a_full_disk_uses_the_index_it_could_not_save(slide_library, small_disk,
@@ -119,7 +119,7 @@ def test_search_on_a_full_disk_uses_the_index_it_could_not_save(slide_library, s
     small_disk.fill()
     code, out, err = run(capsys, "search", library, query, "--index", "ivf", "--json", "-k", "5")
     assert code == 0, err
-    side = index_store.sidecar_path(library)
+    side = sidecar.sidecar_path(library)
     assert err.splitlines()[1:] == [f"hashview: {side}: not saved (no space left on device); "
                                     "the index is kept in memory only (built again next time)"]
     answer = json.loads(out)
@@ -247,6 +247,7 @@ def test_hostile_model_paths_are_refused_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "lib.h5").exists() and not (tmp_path / "o.png").exists()
 
 
+@pytest.mark.slow
 def test_listing_models_skips_a_fifo_card_instead_of_hanging(tmp_path):
     """A FIFO named like a card in the user's models folder would block a plain read forever."""
     import subprocess
@@ -299,6 +300,7 @@ def test_printable_makes_every_invisible_character_visible():
     assert str(SourceError("two\nlines.png", "bad")) == "two\\nlines.png: bad"
 
 
+@pytest.mark.slow
 def test_output_into_a_reader_that_leaves_ends_quietly(tmp_path):
     """``hashview models --json | head -1``: the JSON is far larger than a pipe's buffer, so the
     command is still writing when head exits; it must stop without a traceback."""

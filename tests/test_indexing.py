@@ -235,7 +235,7 @@ def test_region_query_reads_a_tile_exactly_as_indexing_did_from_a_coarser_level(
     from hashview.bench.synthetic import make_synthetic_slide
     from hashview.encode import Encoder
     from hashview.models import DEFAULT_MODEL, load_model
-    from hashview.query import region_tiles
+    from hashview.search.query import region_tiles
     from hashview.slides import open_source
     from hashview.tiling import plan_geometry
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hashview.query import QueryResult
-from hashview.result_summary import (MIN_VOTE_LABELS, per_source_line, rank_marks, tie_note,
+from hashview.search.query import QueryResult
+from hashview.search.result_summary import (MIN_VOTE_LABELS, per_source_line, rank_marks, tie_note,
                                      vote_headline)
 from hashview.search import Hit, vote
 

@@ -5,8 +5,9 @@ What is measured, per code length (32/64/128 bits) and library size N:
 - **p50 / p95 ms**: one query at a time, k = 10, through :func:`hashview.search.exact_topk` (what
   the searcher runs: FAISS search plus the tie handling), on one FAISS thread as the searcher
   runs single queries. Builds use FAISS's default threads (2 here).
-- **recall@10** against the exact scan, tie-aware (:func:`hashview.index_store.tie_aware_recall`).
-- **build s**: building the index as the product does (:func:`index_store.build_binary_index`,
+- **recall@10** against the exact scan, tie-aware
+  (:func:`hashview.search.sidecar.tie_aware_recall`).
+- **build s**: building the index as the product does (:func:`sidecar.build_binary_index`,
   including the recall tuning of nprobe / nflip); for "flat", adding the codes.
 - **memory MB**: growth of the process's resident memory (RSS) while the index was built, codes
   array excluded (they are generated before).
@@ -36,7 +37,7 @@ from typing import Optional
 import faiss
 import numpy as np
 
-from hashview import index_store
+from hashview.search import sidecar
 from hashview.bench import Section, prepare
 from hashview.progress import ProgressCallback, report
 from hashview.search import exact_topk, faiss_threads
@@ -153,10 +154,10 @@ def measure_binary(codes: np.ndarray, bits: int, queries: np.ndarray, kinds: lis
     for kind in kinds:
         report(progress, "query", 0, 1, f"{kind}: {len(codes):,} x {bits} bits")
         before = rss_mb()
-        built = index_store.build_binary_index(codes, bits, kind)
+        built = sidecar.build_binary_index(codes, bits, kind)
         memory = rss_mb() - before
         d, i = built.index.search(queries, K)
-        recall = index_store.tie_aware_recall(exact_d, d, i, K)
+        recall = sidecar.tie_aware_recall(exact_d, d, i, K)
         p50, p95 = latencies_ms(lambda q: exact_topk(built.index, q, K), queries)
         params = {key: v for key, v in built.params.items() if key != "kind"}
         results.append(dict(kind=kind, p50_ms=p50, p95_ms=p95, recall=recall,
@@ -194,7 +195,7 @@ def measure_startup(workdir: Path, n_tiles: int, centres: np.ndarray,
     from hashview.search import Searcher
 
     path = workdir / f"startup-{n_tiles}.h5"
-    if not path.exists() or not index_store.sidecar_path(path).exists():
+    if not path.exists() or not sidecar.sidecar_path(path).exists():
         report(progress, "query", 0, 1, f"writing a library of {n_tiles:,} tiles")
         path.unlink(missing_ok=True)
         codes = synthetic_codes(centres, n_tiles, seed=7)
@@ -218,7 +219,7 @@ def measure_startup(workdir: Path, n_tiles: int, centres: np.ndarray,
             assert searcher.index_kind == mode, searcher.index_notes
         timings[mode] = best
     return {"tiles": n_tiles, "exact_s": timings["flat"], "ivf_sidecar_s": timings["ivf"],
-            "sidecar_mb": index_store.sidecar_path(path).stat().st_size / 2 ** 20}
+            "sidecar_mb": sidecar.sidecar_path(path).stat().st_size / 2 ** 20}
 
 
 # ---------------------------------------------------------------------------------- section
@@ -276,8 +277,8 @@ def make_section(records: list[dict], startup: dict, plan: dict,
         f"read from its {startup['sidecar_mb']:.0f} MB sidecar (best of 3; model loading not "
         "included).",
         f"Automatic choice: exact while tiles x bits < "
-        f"2^{int(np.log2(index_store.EXACT_LIMIT_BITS))} "
-        "(hashview.index_store.EXACT_LIMIT_BITS), IVF above.",
+        f"2^{int(np.log2(sidecar.EXACT_LIMIT_BITS))} "
+        "(hashview.search.sidecar.EXACT_LIMIT_BITS), IVF above.",
         *extra_notes,
     ]
     return Section(name="query", title="Query latency against library size", columns=COLUMNS,

@@ -2,8 +2,8 @@
 
 One query does what the app does after a right-click (``hashview.gui.search_controller`` and the
 results panel): open the query slide, read the region as library-sized tiles
-(:func:`hashview.query.region_tiles`), encode and search them (what
-:func:`hashview.query.search_images` does for one tile: encode, exact Hamming top-k; timed
+(:func:`hashview.search.query.region_tiles`), encode and search them (what
+:func:`hashview.search.query.search_images` does for one tile: encode, exact Hamming top-k; timed
 apart here), then load the k hit thumbnails
 (104 px, as the results grid shows them) from their slides on two reader threads with the open
 slides cached, as the app's background reader does. Search and model are loaded once
@@ -33,7 +33,7 @@ from hashview.indexing import model_tiling, tile_loader
 from hashview.library import Library, ModelInfo
 from hashview.models import DEFAULT_MODEL, LoadedModel, load_model
 from hashview.progress import ProgressCallback, report
-from hashview.query import region_tiles
+from hashview.search.query import region_tiles
 from hashview.session import LibrarySession
 from hashview.slides import Source, open_source
 from hashview.slides.thumbnail import read_thumbnail

@@ -235,7 +235,7 @@ def cmd_index(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from hashview.query import parse_region
+    from hashview.search.query import parse_region
     from hashview.session import LibrarySession
 
     try:
@@ -265,10 +265,10 @@ def _build_index_to_keep(searcher) -> None:
     """Build the approximate index a search wants, once: it is saved next to the library for
     the searches to come. One search alone is answered faster exactly than by building, so
     where the index cannot be saved (a read-only share) the search is exact, and says why."""
-    from hashview import index_store
+    from hashview.search import sidecar
 
     try:
-        index_store.check_sidecar_writable(searcher.sidecar_path)
+        sidecar.check_sidecar_writable(searcher.sidecar_path)
     except HashViewError as exc:
         note = f"{exc.message}; searching exactly"
         searcher.index_notes.append(note)
@@ -281,7 +281,7 @@ def _build_index_to_keep(searcher) -> None:
 
 
 def cmd_index_build(args) -> int:
-    from hashview.query import build_library_index
+    from hashview.search.query import build_library_index
 
     bar = progress_bar(not args.json)
     try:

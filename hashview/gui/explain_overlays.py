@@ -70,7 +70,7 @@ class ExplainLoader(BackgroundReader):
         with self._lock:
             if library not in self._models:
                 from hashview.library import Library
-                from hashview.query import load_library_model
+                from hashview.search.query import load_library_model
 
                 with Library.open(library, mode="r") as lib:
                     stored = lib.model

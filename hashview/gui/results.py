@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QLabel, QLis
 
 from hashview.gui.explain_overlays import ExplainLoader
 from hashview.gui.thumbnails import ThumbnailLoader, pil_to_qimage, qimage_to_pil
-from hashview.result_summary import TIE_RULE, per_source_line, rank_marks, tie_note
+from hashview.search.result_summary import TIE_RULE, per_source_line, rank_marks, tie_note
 
 THUMB = 104
 QUERY_BACKGROUND = QColor(214, 230, 250)

@@ -59,7 +59,7 @@ class SearchRequest:
 @dataclass
 class SearchOutcome:
     request: SearchRequest
-    result: object  # hashview.query.QueryResult
+    result: object  # hashview.search.query.QueryResult
     query_images: list  # PIL tiles, as encoded
     library: str
     seconds: float

@@ -61,7 +61,7 @@ def _warm_up() -> None:
 
     import hashview.cli  # noqa: F401
     import hashview.indexing  # noqa: F401
-    import hashview.query  # noqa: F401
+    import hashview.search.query  # noqa: F401
     from hashview.models import DEFAULT_MODEL, load_model
 
     torch.set_num_threads(1)

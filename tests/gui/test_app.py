@@ -217,6 +217,7 @@ def test_explain_overlays_follow_the_grid(qtbot, window):
     assert item.icon().pixmap(96, 96).toImage() == before
 
 
+@pytest.mark.slow
 def test_index_job_with_progress_and_cancel_keeps_the_ui_responsive(qtbot, window, tmp_path,
                                                                      message_boxes):
     assert window.create_library(tmp_path / "new.h5")
@@ -477,7 +478,7 @@ def test_a_region_explains_each_hit_against_the_query_tile_that_found_it(qtbot, 
         assert (digests[tile], f"hit:{hit.tile_index}") in results._maps
     # hits at equal distance carry the same rank group in their captions
     captions = [item.text().split()[0] for item in results.hit_items()]
-    from hashview.result_summary import rank_marks
+    from hashview.search.result_summary import rank_marks
     assert captions == [f"#{mark}" for mark in rank_marks(outcome.result.hits)]
 
 

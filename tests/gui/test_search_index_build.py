@@ -7,7 +7,7 @@ import shutil
 from _mounts import small_disk  # noqa: F401  (a fixture; tests/ is on sys.path)
 from conftest import SLIDE, TUMOUR_PATCH
 
-from hashview import index_store
+from hashview.search import sidecar
 from hashview.gui.search_controller import SearchController, SearchRequest
 
 WAIT_MS = 120_000
@@ -17,7 +17,7 @@ def test_index_is_built_in_the_background_saved_and_used(qtbot, slide_library, t
                                                           monkeypatch):
     library = tmp_path / "library.h5"  # a copy: the sidecar must not reach the shared library
     shutil.copy(slide_library[0], library)
-    monkeypatch.setattr(index_store, "EXACT_LIMIT_BITS", 1)  # every library "is large"
+    monkeypatch.setattr(sidecar, "EXACT_LIMIT_BITS", 1)  # every library "is large"
     controller = SearchController()
     loaded = []
     controller.libraryLoaded.connect(loaded.append)
@@ -30,7 +30,7 @@ def test_index_is_built_in_the_background_saved_and_used(qtbot, slide_library, t
     assert len(outcomes[0].result.hits) == 10
     qtbot.waitUntil(lambda: bool(loaded) and loaded[-1].index == "ivf", timeout=WAIT_MS)
     assert "building" in loaded[0].index or loaded[0].index == "ivf"
-    assert index_store.sidecar_path(library).exists()
+    assert sidecar.sidecar_path(library).exists()
     controller.search(SearchRequest(kind="files", paths=(str(TUMOUR_PATCH),)))
     qtbot.waitUntil(lambda: len(outcomes) == 2, timeout=WAIT_MS)
     assert outcomes[1].result.hits[0].distance == outcomes[0].result.hits[0].distance
@@ -48,13 +48,13 @@ def test_an_index_that_cannot_be_saved_is_used_and_said_in_one_line(qtbot, slide
     library = small_disk.path / "library.h5"
     shutil.copy(slide_library[0], library)
     small_disk.read_only()
-    monkeypatch.setattr(index_store, "EXACT_LIMIT_BITS", 1)
+    monkeypatch.setattr(sidecar, "EXACT_LIMIT_BITS", 1)
     controller = SearchController()
     loaded = []
     controller.libraryLoaded.connect(loaded.append)
     controller.set_library(str(library))
     qtbot.waitUntil(lambda: bool(loaded) and "building" not in loaded[-1].index, timeout=WAIT_MS)
-    note = (f"{index_store.sidecar_path(library)}: not saved (read-only file system); the index "
+    note = (f"{sidecar.sidecar_path(library)}: not saved (read-only file system); the index "
             "is kept in memory only (built again next time)")
     assert loaded[-1].index == "ivf" and loaded[-1].notes == (note,)  # shown in the status bar
     assert capfd.readouterr().err == f"hashview: {note}\n"  # and logged, one line

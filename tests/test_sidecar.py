@@ -17,7 +17,7 @@ import pytest
 
 from _mounts import small_disk  # noqa: F401  (a fixture)
 from conftest import KATHER
-from hashview import index_store
+from hashview.search import sidecar
 from hashview.cli import main
 from hashview.errors import LibraryError
 from hashview.library import Library
@@ -55,7 +55,7 @@ def codes():
 
 @pytest.fixture(scope="module")
 def queries(codes):
-    return index_store.tuning_queries(codes, BITS, n=40, seed=11)
+    return sidecar.tuning_queries(codes, BITS, n=40, seed=11)
 
 
 @pytest.fixture()
@@ -64,25 +64,25 @@ def library(tmp_path, codes):
 
 
 def test_choice_is_exact_below_the_limit_and_ivf_above():
-    limit = index_store.EXACT_LIMIT_BITS
-    assert index_store.choose_kind(limit // 64 - 1, 64) == "flat"
-    assert index_store.choose_kind(limit // 64, 64) == "ivf"
-    assert index_store.choose_kind(limit // 128, 128) == "ivf"
-    assert index_store.choose_kind(10 ** 8, 2048, "float") == "flat"
+    limit = sidecar.EXACT_LIMIT_BITS
+    assert sidecar.choose_kind(limit // 64 - 1, 64) == "flat"
+    assert sidecar.choose_kind(limit // 64, 64) == "ivf"
+    assert sidecar.choose_kind(limit // 128, 128) == "ivf"
+    assert sidecar.choose_kind(10 ** 8, 2048, "float") == "flat"
 
 
 @pytest.mark.parametrize("kind", ["ivf", "multihash"])
 def test_built_index_reaches_the_recall_target(codes, queries, kind):
-    built = index_store.build_binary_index(codes, BITS, kind)
-    assert built.recall >= index_store.TARGET_RECALL and built.n_indexed == len(codes)
+    built = sidecar.build_binary_index(codes, BITS, kind)
+    assert built.recall >= sidecar.TARGET_RECALL and built.n_indexed == len(codes)
     # measured again on other queries, from the index itself
     d, i = built.index.search(queries, 10)
     exact = np.sort(np.stack([popcount_distances(codes, q) for q in queries]), axis=1)[:, :10]
-    assert index_store.tie_aware_recall(exact, d, i, 10) >= 0.95
+    assert sidecar.tie_aware_recall(exact, d, i, 10) >= 0.95
 
 
 def test_auto_searcher_is_exact_until_the_index_is_built(library, codes, queries, monkeypatch):
-    monkeypatch.setattr(index_store, "EXACT_LIMIT_BITS", 1000)
+    monkeypatch.setattr(sidecar, "EXACT_LIMIT_BITS", 1000)
     with Library.open(library) as lib:
         searcher = Searcher(lib)
     assert searcher.wanted_kind == "ivf" and searcher.index_kind == "flat"
@@ -112,7 +112,7 @@ def test_auto_searcher_is_exact_until_the_index_is_built(library, codes, queries
 
 
 def test_stale_sidecar_is_ignored_and_a_grown_library_reuses_it(tmp_path, codes, monkeypatch):
-    monkeypatch.setattr(index_store, "EXACT_LIMIT_BITS", 1000)
+    monkeypatch.setattr(sidecar, "EXACT_LIMIT_BITS", 1000)
     path = make_library(tmp_path / "lib.h5", codes[:9000])
     with Library.open(path) as lib:
         Searcher(lib).build_index()
@@ -125,7 +125,7 @@ def test_stale_sidecar_is_ignored_and_a_grown_library_reuses_it(tmp_path, codes,
     assert any("added" in note for note in grown.index_notes)
     # a library of other codes under the same name: the sidecar does not describe it
     other = make_library(tmp_path / "other.h5", clustered_codes(9000, np.random.default_rng(9)))
-    index_store.sidecar_path(path).rename(index_store.sidecar_path(other))
+    sidecar.sidecar_path(path).rename(sidecar.sidecar_path(other))
     with Library.open(other) as lib:
         fresh = Searcher(lib)
     assert fresh.index_kind == "flat" and fresh.needs_index_build()
@@ -137,15 +137,15 @@ def indexed_library(tmp_path_factory, codes):
     path = make_library(tmp_path_factory.mktemp("corrupt") / "lib.h5", codes)
     with Library.open(path) as lib:
         Searcher(lib, index="ivf").build_index()
-    return path, index_store.sidecar_path(path).read_bytes()
+    return path, sidecar.sidecar_path(path).read_bytes()
 
 
 @pytest.mark.parametrize("damage", ["magic", "truncate", "payload", "header"])
 def test_corrupt_sidecar_is_one_line_error_and_search_falls_back(indexed_library, queries,
                                                                 monkeypatch, damage):
-    monkeypatch.setattr(index_store, "EXACT_LIMIT_BITS", 1000)
+    monkeypatch.setattr(sidecar, "EXACT_LIMIT_BITS", 1000)
     library, valid = indexed_library
-    side = index_store.sidecar_path(library)
+    side = sidecar.sidecar_path(library)
     data = bytearray(valid)
     if damage == "magic":
         data[:8] = b"PICKLE!!"
@@ -157,9 +157,9 @@ def test_corrupt_sidecar_is_one_line_error_and_search_falls_back(indexed_library
         data[16:20] = b"\xff\xfe{["
     side.write_bytes(bytes(data))
     with Library.open(library) as lib:
-        identity = index_store.Identity.of(lib.model_sha256, BITS, lib.codes())
+        identity = sidecar.Identity.of(lib.model_sha256, BITS, lib.codes())
         with pytest.raises(LibraryError) as error:
-            index_store.load_sidecar(side, identity)
+            sidecar.load_sidecar(side, identity)
         searcher = Searcher(lib)
     message = str(error.value)
     assert message.startswith(str(side)) and "\n" not in message
@@ -172,10 +172,10 @@ def test_corrupt_sidecar_is_one_line_error_and_search_falls_back(indexed_library
 def copied_library(indexed_library, tmp_path, monkeypatch):
     """A copy of the indexed library, treated as large so that it wants its sidecar; and the
     sidecar's path (for a test to write)."""
-    monkeypatch.setattr(index_store, "EXACT_LIMIT_BITS", 1000)
+    monkeypatch.setattr(sidecar, "EXACT_LIMIT_BITS", 1000)
     library = tmp_path / "lib.h5"
     shutil.copy(indexed_library[0], library)
-    return library, index_store.sidecar_path(library)
+    return library, sidecar.sidecar_path(library)
 
 
 def with_header(valid: bytes, change=None, raw: dict | None = None) -> bytes:
@@ -189,7 +189,7 @@ def with_header(valid: bytes, change=None, raw: dict | None = None) -> bytes:
     for placeholder, replacement in (raw or {}).items():
         text = text.replace(json.dumps(placeholder), replacement)
     head = text.encode()
-    return index_store.MAGIC + struct.pack("<Q", len(head)) + head + valid[16 + length:]
+    return sidecar.MAGIC + struct.pack("<Q", len(head)) + head + valid[16 + length:]
 
 
 def _set(*keys_and_value):
@@ -249,9 +249,9 @@ BAD_HEADERS = {
 def _assert_ignored_then_rebuilt(library, side, queries):
     """A bad sidecar: one-line LibraryError, exact search meanwhile, then rebuilt and used."""
     with Library.open(library) as lib:
-        identity = index_store.Identity.of(lib.model_sha256, BITS, lib.codes())
+        identity = sidecar.Identity.of(lib.model_sha256, BITS, lib.codes())
         with pytest.raises(LibraryError) as error:
-            index_store.load_sidecar(side, identity, lib.codes())
+            sidecar.load_sidecar(side, identity, lib.codes())
         searcher = Searcher(lib)
         exact = Searcher(lib, index="flat")
     message = str(error.value)
@@ -265,13 +265,14 @@ def _assert_ignored_then_rebuilt(library, side, queries):
         assert Searcher(lib).index_kind == "ivf"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", list(BAD_HEADERS))
 def test_every_bad_header_field_is_ignored_with_one_line(indexed_library, copied_library,
                                                          queries, bad):
     library, side = copied_library
     if bad == "header an array":
         head = b"[1, 2]"
-        side.write_bytes(index_store.MAGIC + struct.pack("<Q", len(head)) + head)
+        side.write_bytes(sidecar.MAGIC + struct.pack("<Q", len(head)) + head)
     else:
         side.write_bytes(with_header(indexed_library[1], **BAD_HEADERS[bad]))
     _assert_ignored_then_rebuilt(library, side, queries)
@@ -296,8 +297,8 @@ def _release_fifo_reader(path) -> None:
 @pytest.mark.parametrize("what", ["folder", "named pipe"])
 def test_a_sidecar_that_is_not_a_regular_file_is_never_opened(library, queries, monkeypatch,
                                                                what):
-    monkeypatch.setattr(index_store, "EXACT_LIMIT_BITS", 1000)
-    side = index_store.sidecar_path(library)
+    monkeypatch.setattr(sidecar, "EXACT_LIMIT_BITS", 1000)
+    side = sidecar.sidecar_path(library)
     if what == "folder":
         side.mkdir()
     else:
@@ -328,7 +329,7 @@ def test_a_sidecar_that_is_not_a_regular_file_is_never_opened(library, queries, 
     if what == "folder":  # cannot be replaced: the index is used, unsaved, and that is said
         assert side.is_dir() and "not saved" in searcher.index_notes[-1]
         with pytest.raises(LibraryError, match="not saved"):
-            index_store.check_sidecar_writable(side)
+            sidecar.check_sidecar_writable(side)
     else:  # the pipe is replaced by the rebuilt index
         assert searcher.index_notes[1:] == []
         with Library.open(library) as lib:
@@ -339,7 +340,7 @@ def test_a_sidecar_that_is_not_a_regular_file_is_never_opened(library, queries, 
                                            ("fill", "no space left on device")])
 def test_a_sidecar_that_cannot_be_saved_never_stops_the_index(small_disk, codes, queries,
                                                               monkeypatch, fault, reason):
-    monkeypatch.setattr(index_store, "EXACT_LIMIT_BITS", 1000)
+    monkeypatch.setattr(sidecar, "EXACT_LIMIT_BITS", 1000)
     library = make_library(small_disk.path / "lib.h5", codes)
     before = library.read_bytes()
     getattr(small_disk, fault)()
@@ -347,7 +348,7 @@ def test_a_sidecar_that_cannot_be_saved_never_stops_the_index(small_disk, codes,
         searcher = Searcher(lib)
     assert searcher.needs_index_build()
     built = searcher.build_index()  # the app's background build
-    side = index_store.sidecar_path(library)
+    side = sidecar.sidecar_path(library)
     note = f"{side}: not saved ({reason}); the index is kept in memory only (built again next time)"
     assert built.notes == [note] and searcher.index_notes == [note]
     assert searcher.index_kind == "ivf" and len(searcher.search(queries, k=10)[0]) == 10
@@ -368,7 +369,7 @@ def test_cli_index_build_that_cannot_save_fails_with_one_line(small_disk, codes,
     getattr(small_disk, fault)()
     assert main(["index-build", str(library), "--kind", "ivf"]) == 1
     out, err = capsys.readouterr()
-    side = index_store.sidecar_path(library)
+    side = sidecar.sidecar_path(library)
     assert out == "" and err == f"hashview: {side}: not saved ({reason})\n"
     assert library.read_bytes() == before and not side.exists()
 
@@ -410,12 +411,12 @@ def test_cli_index_build_and_search_with_an_approximate_index(slide_library, tmp
     shutil.copy(slide_library[0], small)
     assert main(["index-build", str(small), "--json"]) == 0  # auto: exact is enough
     assert json.loads(capsys.readouterr().out)["sidecar"] is None
-    assert not index_store.sidecar_path(small).exists()
+    assert not sidecar.sidecar_path(small).exists()
     query = str(sorted((KATHER / "04_LYMPHO").iterdir())[0])
     # --index ivf with no sidecar: built on demand, saved, then used
     assert main(["search", str(small), query, "--index", "ivf", "--json", "-k", "5"]) == 0
     out, err = capsys.readouterr()
-    assert "building the ivf index" in err and index_store.sidecar_path(small).exists()
+    assert "building the ivf index" in err and sidecar.sidecar_path(small).exists()
     answer = json.loads(out)
     hits = answer["hits"]
     assert len(hits) == 5 and hits[0]["distance"] == 0
@@ -455,14 +456,14 @@ def test_a_payload_naming_tiles_beyond_the_library_is_ignored(indexed_library, c
 
 _LOAD_PEAK = """
 import sys
-from hashview import index_store
+from hashview.search import sidecar
 from hashview.errors import LibraryError
 from hashview.library import Library
 with Library.open(sys.argv[1]) as lib:
-    identity = index_store.Identity.of(lib.model_sha256, lib.bits, lib.codes())
+    identity = sidecar.Identity.of(lib.model_sha256, lib.bits, lib.codes())
 before = int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")))
 try:
-    index_store.load_sidecar(index_store.sidecar_path(sys.argv[1]), identity)
+    sidecar.load_sidecar(sidecar.sidecar_path(sys.argv[1]), identity)
     print("loaded")
 except LibraryError as exc:
     print(exc)
@@ -479,7 +480,7 @@ def test_a_list_size_that_lies_is_refused_before_faiss_allocates_it(indexed_libr
         at = _list_sizes_at(payload)
         (size,) = struct.unpack_from("<Q", payload, at)
         struct.pack_into("<Q", payload, at, size + 2**27)  # 1 GiB of codes and 1 GiB of ids
-    index_store.sidecar_path(library).write_bytes(
+    sidecar.sidecar_path(library).write_bytes(
         _with_payload(indexed_library[1], first_list_claims_more))
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", _LOAD_PEAK, str(library)], capture_output=True,

@@ -55,8 +55,8 @@ import numpy as np
 from hashview import code_kinds
 from hashview.errors import LibraryError
 from hashview.fileio import atomic_write_bytes
-from hashview.index_payload import check_ivf_payload, check_list_ids
 from hashview.progress import ProgressCallback, report
+from hashview.search.sidecar_payload import check_ivf_payload, check_list_ids
 
 KINDS = ("flat", "ivf", "multihash")
 APPROXIMATE_KINDS = ("ivf", "multihash")

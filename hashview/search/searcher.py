@@ -6,7 +6,7 @@ code: index, distance, query checks).
 
 Binary libraries: Hamming distance, exact ``IndexBinaryFlat`` while the library is small enough
 for an exact scan to stay interactive, an approximate index above that (see
-:mod:`hashview.index_store`: chosen automatically, built in the background, kept in a sidecar
+:mod:`hashview.search.sidecar`: chosen automatically, built in the background, kept in a sidecar
 file); until that index is ready, and for filtered searches, the search is exact. With an
 approximate index the ordering rule holds among the tiles it visits (its lists or buckets).
 Float libraries: L2-normalised descriptors in an exact ``IndexFlatIP``, distance = 1 - cosine
@@ -24,12 +24,12 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import faiss
 import numpy as np
 
-from hashview import index_store
 from hashview.code_kinds import code_kind
 from hashview.code_kinds import exact_topk  # noqa: F401  (its old home; benchmarks import it)
 from hashview.errors import LibraryError, SourceError
 from hashview.library.fingerprint import fingerprint_file
 from hashview.progress import ProgressCallback
+from hashview.search import sidecar
 
 
 # Searches of fewer query codes than this run FAISS on one thread: FAISS does not split a single
@@ -86,7 +86,7 @@ class SourceSummary:
 class Searcher:
     """An in-memory index of one library (codes, tile table and source names).
 
-    ``index``: "auto" (exact, or the approximate index :func:`index_store.choose_kind` picks
+    ``index``: "auto" (exact, or the approximate index :func:`sidecar.choose_kind` picks
     for the library's size), "flat" (always exact) or "ivf" / "multihash". An approximate index
     is taken from the library's sidecar file when a valid one exists; otherwise searches are
     exact until :meth:`build_index` has run (the app runs it in the background).
@@ -115,12 +115,12 @@ class Searcher:
         self._source_fingerprints = [s.fingerprint for s in records]
         self._labels = library.label_names()
         self._label_index = {name: i for i, name in enumerate(self._labels)}
-        self._approximate: Optional[index_store.BuiltIndex] = None
-        self._identity: Optional[index_store.Identity] = None
+        self._approximate: Optional[sidecar.BuiltIndex] = None
+        self._identity: Optional[sidecar.Identity] = None
         self._subset: Optional[tuple[Any, np.ndarray, Any]] = None
         self.index_notes: list[str] = []  # one-line messages about the index (e.g. a bad sidecar)
         self.wanted_kind = self._wanted_kind(index)
-        if use_sidecar and self.wanted_kind in index_store.APPROXIMATE_KINDS:
+        if use_sidecar and self.wanted_kind in sidecar.APPROXIMATE_KINDS:
             self._load_sidecar()
         # the index unfiltered searches use; the exact one is not kept beside an approximate one
         self._index = (self._approximate.index if self._approximate is not None
@@ -148,25 +148,25 @@ class Searcher:
 
     @property
     def sidecar_path(self):
-        return index_store.sidecar_path(self.path)
+        return sidecar.sidecar_path(self.path)
 
     def needs_index_build(self) -> bool:
         """True when an approximate index is wanted and none is in use yet."""
-        return self.wanted_kind in index_store.APPROXIMATE_KINDS and self._approximate is None
+        return self.wanted_kind in sidecar.APPROXIMATE_KINDS and self._approximate is None
 
     def build_index(self, progress: ProgressCallback = None, save: bool = True,
-                    kind: Optional[str] = None) -> index_store.BuiltIndex:
+                    kind: Optional[str] = None) -> sidecar.BuiltIndex:
         """Build the approximate index (``kind`` or the wanted one), use it from now on and,
         with ``save``, save it next to the library (atomically). Searches may run meanwhile
         (exact). The sidecar is only a cache: when it cannot be saved (read-only share, full
         disk) the index is still used and a note says why (:attr:`index_notes`)."""
         kind = kind or self.wanted_kind
-        if not self._kind.approximate_indexes or kind not in index_store.APPROXIMATE_KINDS:
+        if not self._kind.approximate_indexes or kind not in sidecar.APPROXIMATE_KINDS:
             raise LibraryError(self.path, f"no approximate index for a {self.code_kind} "
                                           f"library of kind {kind!r}")
         if self.n_tiles == 0:
             raise LibraryError(self.path, "the library is empty; there is nothing to index")
-        built = index_store.build_binary_index(self._codes, self.bits, kind, progress=progress)
+        built = sidecar.build_binary_index(self._codes, self.bits, kind, progress=progress)
         self.wanted_kind = kind
         self._approximate = built
         self._index = built.index  # one assignment: a search running meanwhile stays exact
@@ -183,18 +183,18 @@ class Searcher:
         """Save the approximate index in use to the sidecar; ``LibraryError`` when it cannot."""
         if self._approximate is None:
             raise LibraryError(self.path, "there is no approximate index to save")
-        index_store.save_sidecar(self.sidecar_path, self._approximate, self.identity())
+        sidecar.save_sidecar(self.sidecar_path, self._approximate, self.identity())
 
-    def identity(self) -> index_store.Identity:
+    def identity(self) -> sidecar.Identity:
         if self._identity is None:
-            self._identity = index_store.Identity.of(self.model_sha256, self.bits, self._codes)
+            self._identity = sidecar.Identity.of(self.model_sha256, self.bits, self._codes)
         return self._identity
 
     def _wanted_kind(self, index: str) -> str:
         if index == "auto":
-            return index_store.choose_kind(self.n_tiles, self.bits, self.code_kind)
-        if index not in index_store.KINDS:
-            raise ValueError(f"index must be auto or one of {', '.join(index_store.KINDS)}, "
+            return sidecar.choose_kind(self.n_tiles, self.bits, self.code_kind)
+        if index not in sidecar.KINDS:
+            raise ValueError(f"index must be auto or one of {', '.join(sidecar.KINDS)}, "
                              f"not {index!r}")
         if index != "flat" and not self._kind.approximate_indexes:
             raise LibraryError(self.path, f"a {index} index needs binary codes; this library "
@@ -203,7 +203,7 @@ class Searcher:
 
     def _load_sidecar(self) -> None:
         try:
-            built = index_store.load_sidecar(self.sidecar_path, self.identity(), self._codes)
+            built = sidecar.load_sidecar(self.sidecar_path, self.identity(), self._codes)
         except LibraryError as exc:  # a bad sidecar never stops a search: exact, then rebuild
             self.index_notes.append(f"{exc} (ignored; searching exactly until it is rebuilt)")
             return

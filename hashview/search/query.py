@@ -18,8 +18,8 @@ from PIL import Image
 from hashview.code_kinds import kind_of_distance
 from hashview.encode import Encoder
 from hashview.errors import SourceError, printable
-from hashview.result_summary import per_source_line, rank_marks, tie_note, vote_headline
-from hashview.search import Hit, Searcher, Vote, vote
+from hashview.search.result_summary import per_source_line, rank_marks, tie_note, vote_headline
+from hashview.search.searcher import Hit, Searcher, Vote, vote
 from hashview.slides import Source
 from hashview.tiling import Tile, TilingParams, plan_geometry, read_tile
 
@@ -46,7 +46,8 @@ class QueryResult:
 
     @property
     def summary(self) -> str:
-        """The vote in words, with its support (:func:`hashview.result_summary.vote_headline`)."""
+        """The vote in words, with its support
+        (:func:`hashview.search.result_summary.vote_headline`)."""
         return vote_headline(self.hits, self.vote)
 
     def to_dict(self) -> dict:
@@ -87,10 +88,10 @@ def load_library_model(library_path: str | Path, stored: "ModelInfo",
                        model: "Optional[str | Path | LoadedModel]" = None) -> "LoadedModel":
     """The model that encodes queries for a library whose codes come from ``stored``.
 
-    ``model`` (a name or path the user gave, or a model already loaded) or else the library's own model, which is looked
-    up by name among the installed models only: a library may come from anyone, and its
-    ``model_name`` must not make HashView load whatever file it points at. Either must have the
-    library's weights (sha256) and bits, or ``LibraryError`` says why.
+    ``model`` (a name or path the user gave, or a model already loaded) or else the library's
+    own model, which is looked up by name among the installed models only: a library may come
+    from anyone, and its ``model_name`` must not make HashView load whatever file it points at.
+    Either must have the library's weights (sha256) and bits, or ``LibraryError`` says why.
     """
     from hashview.errors import LibraryError, ModelError, printable
     from hashview.library import ModelInfo
@@ -124,8 +125,8 @@ def build_library_index(library_path: str | Path, kind: str = "auto",
     """Build and save the approximate index of a library (``kind`` "auto": only when the
     library is large enough to want one). Returns what was done, JSON-ready; ``LibraryError``
     when the index cannot be saved (its whole point here)."""
-    from hashview import index_store
     from hashview.library import Library
+    from hashview.search import sidecar
 
     with Library.open(library_path, mode="r") as library:
         searcher = Searcher(library, index=kind, use_sidecar=False)
@@ -135,7 +136,7 @@ def build_library_index(library_path: str | Path, kind: str = "auto",
         summary["message"] = "exact search is fast enough at this size; no index was built"
         return summary
     # a sidecar that cannot be saved is refused before the build, not after minutes of it
-    index_store.check_sidecar_writable(searcher.sidecar_path)
+    sidecar.check_sidecar_writable(searcher.sidecar_path)
     built = searcher.build_index(progress=progress, save=False)
     searcher.save_index()
     summary.update(kind=built.kind, params=built.params, recall=built.recall,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from hashview.errors import printable
-from hashview.search import Hit, Vote, aggregate_by_source
+from hashview.search.searcher import Hit, Vote, aggregate_by_source
 
 # Fewer labelled hits than this and the labels are listed, not voted on: one labelled hit out of
 # ten is an anecdote, not a majority.
