@@ -148,3 +148,19 @@ def test_adjust_dialog_sliders_emit_and_reset(qtbot):
     dialog.reset()
     assert seen[-1] == DisplayAdjustment() and dialog.contrast.value() == 0
     assert not dialog.isModal()
+
+
+def test_magnified_tiles_join_without_seams(qtbot, viewer):
+    """At 2x the scan, tiles scaled one by one left a line at every tile edge."""
+    viewer.set_overview_visible(False)
+    viewer.center_on(1110, 1483, 0.5)
+    qtbot.waitUntil(lambda: not viewer.is_loading(), timeout=10_000)
+    image = viewer.grab().toImage().convertToFormat(QImage.Format.Format_RGB888)
+    rows = np.frombuffer(image.constBits(), np.uint8).reshape(image.height(),
+                                                              image.bytesPerLine())
+    pixels = rows[:, :3 * image.width()].reshape(image.height(), image.width(), 3)
+    column_steps = np.abs(np.diff(pixels[:500].astype(float), axis=1)).mean(axis=(0, 2))
+    seam = round(viewer.map_from_level0(1024, 0).x())  # the edge between tiles 3 and 4
+    assert 10 < seam < image.width() - 10
+    around = np.r_[column_steps[seam - 6:seam - 2], column_steps[seam + 1:seam + 5]].mean()
+    assert column_steps[seam - 1] < 2.0 * around

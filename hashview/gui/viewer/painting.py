@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt
-from PySide6.QtGui import QColor, QFont, QPainter, QPen
+from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen
 
 from .overview import paint_hud
 from .ruler import paint_ruler
@@ -80,10 +80,31 @@ class ViewerPainting:
                         if image is not None:
                             painter.drawImage(self._screen_rect(*tile_rect(source, key), True),
                                               self.displayed(image))
-        for key, image in tiles:
-            if image is not None:
-                painter.drawImage(self._screen_rect(*tile_rect(source, key), True),
-                                  self.displayed(image))
+        loaded = [(key, image) for key, image in tiles if image is not None]
+        if scale is not None and scale.downsample > self._ds and len(loaded) > 1:
+            self._paint_mosaic(painter, loaded, scale.downsample)
+            return
+        for key, image in loaded:
+            painter.drawImage(self._screen_rect(*tile_rect(source, key), True),
+                              self.displayed(image))
+
+    def _paint_mosaic(self, painter: QPainter, tiles, tile_downsample: float) -> None:
+        """Magnified tiles as one image, scaled once: scaled one by one, smoothing stops at each
+        tile's edge and the seams show as lines in the tissue."""
+        rects = [tile_rect(self._source, key) for key, _ in tiles]
+        left, top = min(r[0] for r in rects), min(r[1] for r in rects)
+        right = max(r[0] + r[2] for r in rects)
+        bottom = max(r[1] + r[3] for r in rects)
+        mosaic = QImage(round((right - left) / tile_downsample),
+                        round((bottom - top) / tile_downsample),
+                        QImage.Format.Format_ARGB32_Premultiplied)
+        mosaic.fill(Qt.GlobalColor.transparent)  # a tile still loading shows the layers below
+        blit = QPainter(mosaic)
+        for (_key, image), (x, y, _w, _h) in zip(tiles, rects):
+            blit.drawImage(QPointF(round((x - left) / tile_downsample),
+                                   round((y - top) / tile_downsample)), self.displayed(image))
+        blit.end()
+        painter.drawImage(self._screen_rect(left, top, right - left, bottom - top), mosaic)
 
     def _paint_thumbnail(self, painter: QPainter, view, width: int, height: int) -> None:
         x0, y0 = max(view[0], 0.0), max(view[1], 0.0)
