@@ -111,3 +111,30 @@ class StallMeter:
 
     def stop(self):
         self.timer.stop()
+
+
+VIEWER_SIZE = (800, 600)
+
+
+@pytest.fixture
+def slide():
+    """The CMU slide, open (closed after the test)."""
+    from hashview.slides import open_source
+
+    source = open_source(SLIDE)
+    yield source
+    source.close()
+
+
+@pytest.fixture
+def viewer(qtbot, slide):  # depends on ``slide`` so that the slide is closed after the viewer
+    """A shown SlideViewer of VIEWER_SIZE with no slide open."""
+    from hashview.gui.viewer import SlideViewer
+
+    widget = SlideViewer()
+    widget.resize(*VIEWER_SIZE)
+    qtbot.addWidget(widget)
+    widget.show()
+    qtbot.waitExposed(widget)
+    yield widget
+    widget.close_source()  # before the fixture closes the slide: no worker may touch it

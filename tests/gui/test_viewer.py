@@ -14,15 +14,16 @@ from PySide6.QtCore import QPoint, QPointF, Qt  # noqa: E402
 from PySide6.QtGui import QWheelEvent  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-from hashview.gui.viewer import SlideViewer, magnification_text, scale_bar  # noqa: E402
+from hashview.gui.viewer import magnification_text, scale_bar  # noqa: E402
 from hashview.gui.viewer.painting import BACKGROUND, HIGHLIGHT_COLOUR  # noqa: E402
+from conftest import VIEWER_SIZE  # noqa: E402
 from hashview.slides import open_source  # noqa: E402
 from hashview.slides.base import Source  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SLIDE = DATA / "CMU-1-Small-Region.svs"
 STRIPED_TIFF = DATA / "kidney-48-5-striped.tif"
-SIZE = (800, 600)
+SIZE = VIEWER_SIZE  # the shared ``viewer`` fixture's (conftest)
 
 
 class ThreadCheckingSource(Source):
@@ -47,24 +48,6 @@ class ThreadCheckingSource(Source):
         if self.delay:
             time.sleep(self.delay)
         return self.inner.read_region(location, level, size)
-
-
-@pytest.fixture
-def slide():
-    source = open_source(SLIDE)
-    yield source
-    source.close()
-
-
-@pytest.fixture
-def viewer(qtbot, slide):  # depends on ``slide`` so that the slide is closed after the viewer
-    widget = SlideViewer()
-    widget.resize(*SIZE)
-    qtbot.addWidget(widget)
-    widget.show()
-    qtbot.waitExposed(widget)
-    yield widget
-    widget.close_source()  # before the fixture closes the slide: no worker may touch it
 
 
 def open_and_wait(qtbot, viewer, source):

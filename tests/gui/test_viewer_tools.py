@@ -12,36 +12,24 @@ from PySide6.QtCore import QPoint, QPointF, Qt  # noqa: E402
 from PySide6.QtGui import QColor, QImage, QKeyEvent  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-from hashview.gui.viewer import SlideViewer  # noqa: E402
 from hashview.gui.viewer.adjust_dialog import DisplayAdjustDialog  # noqa: E402
 from hashview.gui.viewer.display import DisplayAdjustment, apply_lut  # noqa: E402
 from hashview.gui.viewer.ruler import format_ruler_length  # noqa: E402
+from conftest import VIEWER_SIZE  # noqa: E402
 from hashview.slides import open_source  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SLIDE = DATA / "CMU-1-Small-Region.svs"           # 0.499 µm/px: a 20x scan
 STRIPED_TIFF = DATA / "kidney-48-5-striped.tif"   # no scale recorded
-SIZE = (800, 600)
+SIZE = VIEWER_SIZE  # the shared ``viewer`` fixture's (conftest)
 
 
 @pytest.fixture
-def slide():
-    source = open_source(SLIDE)
-    yield source
-    source.close()
-
-
-@pytest.fixture
-def viewer(qtbot, slide):
-    widget = SlideViewer()
-    widget.resize(*SIZE)
-    qtbot.addWidget(widget)
-    widget.show()
-    qtbot.waitExposed(widget)
-    widget.open_source(slide)
-    qtbot.waitUntil(lambda: not widget.is_loading(), timeout=10_000)
-    yield widget
-    widget.close_source()
+def viewer(viewer, slide, qtbot):
+    """The shared viewer (conftest) with the slide open."""
+    viewer.open_source(slide)
+    qtbot.waitUntil(lambda: not viewer.is_loading(), timeout=10_000)
+    return viewer
 
 
 def press(viewer, key, modifiers=Qt.KeyboardModifier.NoModifier):
