@@ -189,6 +189,7 @@ def test_runtime_inputs_unreadable_loop_and_non_utf8_name(capsys, tmp_path, libr
     assert_kept_and_added(library, before, [good])
 
 
+@pytest.mark.slow
 def test_whole_corpus_in_one_real_index_process(tmp_path, library):
     """`python -m hashview index` on the corpus mixed with good patches, as a user runs it."""
     folder = tmp_path / "inbox"

@@ -81,6 +81,7 @@ def _finite_numbers(value):
         yield value
 
 
+@pytest.mark.slow
 def test_every_available_section_runs_in_quick_mode(quick_run):
     payload, markdown = quick_run
     names = [s["name"] for s in payload["sections"]]
@@ -99,6 +100,7 @@ def _by_name(payload, name):
     return next(s for s in payload["sections"] if s["name"] == name)
 
 
+@pytest.mark.slow
 def test_throughput_counts_every_stage_of_every_tile(quick_run):
     section = _by_name(quick_run[0], "throughput")
     for slide in section["data"]["slides"]:
@@ -114,6 +116,7 @@ def test_throughput_counts_every_stage_of_every_tile(quick_run):
         assert any("CUDA: unmeasured" in note for note in section["notes"])
 
 
+@pytest.mark.slow
 def test_baseline_compares_equal_tile_counts(quick_run):
     section = _by_name(quick_run[0], "baseline")
     for slide in section["data"]["slides"]:
@@ -124,6 +127,7 @@ def test_baseline_compares_equal_tile_counts(quick_run):
     assert large["n"] > 0 and 0 < large["ours_bytes_per_tile"] < large["baseline_bytes_per_tile"]
 
 
+@pytest.mark.slow
 def test_region_queries_load_every_hit_thumbnail(quick_run):
     section = _by_name(quick_run[0], "region")
     data = section["data"]

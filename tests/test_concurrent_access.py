@@ -106,6 +106,7 @@ def _env() -> dict:
     return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
 
 
+@pytest.mark.slow
 def test_readers_see_only_committed_prefixes_while_a_writer_appends(tmp_path):
     path, done_flag = tmp_path / "lib.h5", tmp_path / "writer-done"
     writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(N_SOURCES)],

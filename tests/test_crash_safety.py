@@ -102,6 +102,7 @@ def _outcome(snap: dict | None) -> str:
     return "after completion"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 def test_sigkill_at_random_moments_then_rerun_equals_reference(tmp_path):
     from hashview.cli import main

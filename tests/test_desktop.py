@@ -133,6 +133,7 @@ def test_install_desktop_reports_missing_tools(data_home, capsys, monkeypatch):
     assert (data_home / "mime" / "packages" / f"{desktop.APP_ID}.xml").is_file()
 
 
+@pytest.mark.slow
 def test_bundle_launcher_runs_hashview_modules_like_python_m(tmp_path):
     """The bundle's program answers ``-m hashview...`` (how the app starts its job worker)."""
     import sys

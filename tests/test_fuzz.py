@@ -28,6 +28,7 @@ def _folder_digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_same_seed_makes_the_same_cases_and_another_seed_other_ones(seeds, tmp_path):
     mutated_files = {"library": [seeds.library], "model": [seeds.card, seeds.weights],
                      "sidecar": [seeds.sidecar]}
@@ -48,6 +49,7 @@ def test_same_seed_makes_the_same_cases_and_another_seed_other_ones(seeds, tmp_p
         assert files_changed >= 25, f"{kind}: most cases leave the files as they were"
 
 
+@pytest.mark.slow
 def test_cases_mix_structural_and_byte_level_mutations(seeds, tmp_path):
     words = {kind: " ".join(m for i in range(60) for m in make_case(
         kind, 1, i, seeds, tmp_path / f"{kind}-{i}").mutations) for kind in KINDS}
@@ -78,6 +80,7 @@ def test_classifier_reads_exit_status_and_stderr():
     assert classify(1, "hashview: x: y\n", None, 900.0)[0] == "memory"
 
 
+@pytest.mark.slow
 def test_worker_outcomes_for_known_crashes_hangs_and_errors(tmp_path):
     env = subprocess_env()
     env["HASHVIEW_HOME"] = str(tmp_path / "home")

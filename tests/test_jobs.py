@@ -205,6 +205,7 @@ def test_worker_subprocess_indexes_the_cmu_slide(tmp_path):
     assert added["tiles"] > 0 and Path(added["path"]).name == SLIDE.name
 
 
+@pytest.mark.slow
 def test_worker_missing_input_is_reported_in_one_line(tmp_path):
     missing = tmp_path / "no-such-slide.svs"
     spec = JobSpec("index", {"paths": [missing], "library_path": tmp_path / "lib.h5"})
@@ -225,6 +226,7 @@ def test_worker_bad_spec_exits_1_with_one_line_error(tmp_path):
                                      "message": f"{path}: job spec lacks args"}]
 
 
+@pytest.mark.slow
 def test_worker_sigterm_cancels_keeping_complete_sources(tmp_path, slide_library):
     library_path = tmp_path / "lib.h5"
     spec = JobSpec("index", {"paths": [SLIDE, KATHER], "library_path": library_path,
@@ -262,6 +264,7 @@ def test_worker_sigterm_cancels_keeping_complete_sources(tmp_path, slide_library
         assert library.n_tiles == clean.n_tiles
 
 
+@pytest.mark.slow
 def test_worker_cancel_file_stops_it(tmp_path):
     spec = JobSpec("index", {"paths": [KATHER], "library_path": tmp_path / "lib.h5",
                              "batch_size": 1})

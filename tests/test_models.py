@@ -335,6 +335,7 @@ def test_a_card_for_a_huge_net_is_refused_without_building_it(tmp_path):
     assert "h.json" in str(err.value) and "parameters" in str(err.value)
 
 
+@pytest.mark.slow
 def test_a_huge_weights_file_is_refused_by_size_in_little_memory(tmp_path):
     """A 3 GB (sparse) weights file with a plausible card: refused from its size, before it is
     hashed or read, so the process's peak memory barely moves (VmHWM, in a subprocess)."""
@@ -408,6 +409,7 @@ def test_saving_the_same_weights_twice_gives_the_same_file(tmp_path):
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_loading_the_default_model_does_not_import_torchvision():
     """Only DAFH and LGFFEM need torchvision (~1 s to import): the app's start-up path, which
     loads the default model, must not pay for it (a fresh interpreter, so nothing is cached)."""

@@ -69,6 +69,7 @@ def test_missing_demo_data_is_a_one_line_error(monkeypatch, tmp_path):
         demo.build_demo_library(tmp_path / "demo.h5")
 
 
+@pytest.mark.slow
 def test_the_wheel_carries_every_resource(tmp_path):
     """Build the wheel (setup.py's build hook) from a copy of the sources, read its file list."""
     try:  # setuptools builds wheels itself since 70.1, older ones need the wheel package

@@ -69,6 +69,7 @@ def sources(library: Path) -> list[str]:
         return [s.fingerprint for s in lib.sources()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signal_name", sorted(CRASHES))
 def test_native_crash_fails_the_job_with_the_signal_and_leaves_nothing(tmp_path, signal_name):
     spec, spec_path, library = index_spec(tmp_path)

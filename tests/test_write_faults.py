@@ -184,6 +184,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, env=env, timeout=600)
 
 
+@pytest.mark.slow
 def test_index_on_a_full_disk_reports_one_line_and_the_library_survives(small_disk, tmp_path):
     """The report: 24 sources, disk filled, `hashview index` of 240 more printed "added 240",
     crashed (SIGSEGV) and left a library nothing could open."""
@@ -217,6 +218,7 @@ def test_index_on_a_full_disk_reports_one_line_and_the_library_survives(small_di
     assert final[:24] == committed and len(final) == len(set(final)) == 264
 
 
+@pytest.mark.slow
 def test_a_new_library_on_a_full_disk_is_one_line_with_the_reason(small_disk, tmp_path):
     small_disk.fill()
     lib = small_disk.path / "new.h5"
@@ -226,6 +228,7 @@ def test_a_new_library_on_a_full_disk_is_one_line_with_the_reason(small_disk, tm
     assert sorted(p.name for p in small_disk.path.iterdir()) == ["filler"]
 
 
+@pytest.mark.slow
 def test_train_on_a_full_disk_is_one_line_and_leaves_no_empty_split(small_disk):
     out = small_disk.path / "run"
     small_disk.fill()
@@ -339,6 +342,7 @@ def _create_and_add(who: str, paths: list[str], barrier, results) -> None:
             results.put((trial, who, f"UNEXPECTED {type(exc).__name__}: {exc}"))
 
 
+@pytest.mark.slow
 def test_two_processes_creating_one_library_never_lose_a_source(tmp_path):
     trials = 20
     paths = [str(tmp_path / f"lib-{i}.h5") for i in range(trials)]
@@ -475,6 +479,7 @@ def test_copies_of_one_image_are_encoded_and_counted_once(tmp_path):
     assert not again.added and len(again.skipped) == 20
 
 
+@pytest.mark.slow
 def test_cli_counts_copies_as_not_added(tmp_path):
     folder = _twenty_copies(PATCHES[1], tmp_path)
     lib = tmp_path / "lib.h5"

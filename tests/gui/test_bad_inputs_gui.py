@@ -98,6 +98,7 @@ def test_opening_a_bad_library_keeps_the_open_one(qtbot, window, message_boxes, 
 
 
 # ---------------------------------------------------------------------------- index jobs
+@pytest.mark.slow
 def test_indexing_a_folder_with_the_corpus_logs_each_bad_file_and_adds_the_rest(
         qtbot, window, message_boxes, tmp_path):
     folder = tmp_path / "inbox"
@@ -163,6 +164,7 @@ def test_a_model_of_other_bits_in_the_picker_does_not_touch_an_open_library(wind
 
 
 # ---------------------------------------------------------------------------- crashes, resuming
+@pytest.mark.slow
 def test_worker_crash_fails_the_job_with_the_signal_then_resume_adds_the_rest(
         qtbot, window, message_boxes, tmp_path, monkeypatch):
     """Slow by nature (~13 s idle, ~27 s at load 18 on 2 cores): two real worker processes,
@@ -198,6 +200,7 @@ def test_worker_crash_fails_the_job_with_the_signal_then_resume_adds_the_rest(
     assert spec.id not in window.jobs.job_ids()
 
 
+@pytest.mark.slow
 def test_an_interrupted_job_is_offered_at_start_and_resumes(qtbot, library_path, tmp_path,
                                                             message_boxes):
     from hashview.gui.main_window import MainWindow

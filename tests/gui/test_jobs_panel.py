@@ -58,6 +58,7 @@ def test_index_job_completes_and_ui_stays_responsive(qtbot, panel, tmp_path):
     assert ticks_at_finish[0] - ticks_at_submit >= 3  # the event loop turned while it worked
 
 
+@pytest.mark.slow
 def test_cancel_button_cancels_a_running_job(qtbot, panel, tmp_path):
     library_path = tmp_path / "lib.h5"
     spec = JobSpec("index", {"paths": [SLIDE], "library_path": library_path, "batch_size": 1})
