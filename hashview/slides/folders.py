@@ -158,11 +158,15 @@ PATCH_MAX_SIDE = 1024
 
 def image_size(path: str | Path) -> tuple[int, int] | None:
     """A plain image's (width, height) from its header; ``None`` when Pillow cannot tell."""
+    import warnings
+
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            return image.size
+        with warnings.catch_warnings():  # a corrupt header's warning is not a second line
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                return image.size
     except Exception:  # noqa: BLE001  (unreadable or a decompression bomb: whoever reads it
         return None    # says why, in one line)
 
