@@ -138,7 +138,7 @@ class JobRow(QWidget):
 
 
 @dataclass
-class _Job:
+class _JobRow:
     spec: JobSpec
     row: JobRow
     item: QListWidgetItem
@@ -171,7 +171,7 @@ class JobsPanel(QWidget):
 
     def __init__(self, parent: Optional[QWidget] = None):
         super().__init__(parent)
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, _JobRow] = {}
         self.list = QListWidget()
         self.list.setSelectionMode(QListWidget.SingleSelection)
         self.list.currentItemChanged.connect(self._show_selected_log)
@@ -290,21 +290,21 @@ class JobsPanel(QWidget):
             if job.status not in ("running", "interrupted"):  # interrupted ones await a choice
                 self._remove(job)
 
-    def _remove(self, job: _Job) -> None:
+    def _remove(self, job: _JobRow) -> None:
         self.list.takeItem(self.list.row(job.item))
         job.row.deleteLater()
         del self._jobs[job.spec.id]
         if not self._jobs:
             self.log_view.clear()
 
-    def _add_job(self, spec: JobSpec) -> _Job:
+    def _add_job(self, spec: JobSpec) -> _JobRow:
         row = JobRow(spec)
         item = QListWidgetItem()
         item.setData(Qt.UserRole, spec.id)
         item.setSizeHint(row.sizeHint())
         self.list.addItem(item)
         self.list.setItemWidget(item, row)
-        job = _Job(spec, row, item)
+        job = _JobRow(spec, row, item)
         self._jobs[spec.id] = job
         row.cancelClicked.connect(lambda job_id=spec.id: self.cancel(job_id))
         row.resumeClicked.connect(lambda job_id=spec.id: self.resume(job_id))
@@ -313,7 +313,7 @@ class JobsPanel(QWidget):
         return job
 
     # ------------------------------------------------------------------ process
-    def _start_process(self, job: _Job) -> None:
+    def _start_process(self, job: _JobRow) -> None:
         program, *arguments = worker_command(job.spec_path)
         process = QProcess(self)
         process.setProgram(program)
@@ -332,7 +332,7 @@ class JobsPanel(QWidget):
         job.process = process
         process.start()  # asynchronous: failures arrive through errorOccurred
 
-    def _read_stdout(self, job: _Job) -> None:
+    def _read_stdout(self, job: _JobRow) -> None:
         if job.process is None:
             return
         job.stdout_buffer += bytes(job.process.readAllStandardOutput())
@@ -344,7 +344,7 @@ class JobsPanel(QWidget):
             del job.stdout_buffer[:end + 1]
             self._handle_line(job, line)
 
-    def _read_stderr(self, job: _Job, final: bool = False) -> None:
+    def _read_stderr(self, job: _JobRow, final: bool = False) -> None:
         if job.process is None:
             return
         job.stderr_buffer += bytes(job.process.readAllStandardError())
@@ -356,7 +356,7 @@ class JobsPanel(QWidget):
             if line.strip():
                 self._log(job, line)  # tracebacks and library chatter: useful when it fails
 
-    def _handle_line(self, job: _Job, line: bytes) -> None:
+    def _handle_line(self, job: _JobRow, line: bytes) -> None:
         event = parse_event(line)
         if event is None:
             return
@@ -375,7 +375,7 @@ class JobsPanel(QWidget):
                 job.result = event.get("result")
         self.jobEvent.emit(job.spec.id, event)
 
-    def _on_finished(self, job: _Job, exit_code: int, exit_status) -> None:
+    def _on_finished(self, job: _JobRow, exit_code: int, exit_status) -> None:
         self._read_stdout(job)
         self._read_stderr(job, final=True)
         if job.stdout_buffer:  # a last line without its newline
@@ -396,17 +396,17 @@ class JobsPanel(QWidget):
             returncode = -exit_code if exit_status == QProcess.CrashExit else exit_code
             self._finish(job, "failed", f"Failed: {describe_exit(returncode)}")
 
-    def _on_error(self, job: _Job, error) -> None:
+    def _on_error(self, job: _JobRow, error) -> None:
         if error == QProcess.FailedToStart and job.status == "running":
             reason = job.process.errorString() if job.process is not None else str(error)
             self._finish(job, "failed", f"Failed: cannot start the worker ({reason})")
 
-    def _kill(self, job: _Job) -> None:
+    def _kill(self, job: _JobRow) -> None:
         if job.status == "running" and job.process is not None:
             self._log(job, f"worker did not stop within {self.KILL_AFTER_MS // 1000} s; killing")
             job.process.kill()
 
-    def _finish(self, job: _Job, status: str, text: str) -> None:
+    def _finish(self, job: _JobRow, status: str, text: str) -> None:
         if job.status != "running":
             return
         job.status = status
@@ -428,7 +428,7 @@ class JobsPanel(QWidget):
         self.jobFinished.emit(job.spec, job.result if status == "done" else None, status)
 
     # ------------------------------------------------------------------ log view
-    def _log(self, job: _Job, line: str) -> None:
+    def _log(self, job: _JobRow, line: str) -> None:
         job.log.append(line)
         current = self.list.currentItem()
         if current is not None and current.data(Qt.UserRole) == job.spec.id:

@@ -72,7 +72,7 @@ class SourceCache:
                 source.close()
 
 
-class _Job(QRunnable):
+class _ThumbnailRead(QRunnable):
     def __init__(self, loader: "ThumbnailLoader", key: str, path: str,
                  region: Optional[Region], side: int, generation: int):
         super().__init__()
@@ -132,4 +132,4 @@ class ThumbnailLoader(BackgroundReader):
 
     def request(self, key: str, path: str, region: Optional[Region] = None,
                 side: int = 128) -> None:
-        self.pool.start(_Job(self, key, path, region, side, self.generation))
+        self.pool.start(_ThumbnailRead(self, key, path, region, side, self.generation))

@@ -117,7 +117,7 @@ def tile_rect(source: Source, key: TileKey) -> tuple[float, float, float, float]
     return x * level_ds, y * level_ds, w * level_ds, h * level_ds
 
 
-def read_tile(source: Source, key: TileKey) -> Image.Image:
+def read_view_tile(source: Source, key: TileKey) -> Image.Image:
     """Decode one tile (call from a worker thread only)."""
     level_ds = source.level_downsamples[key.level]
     x, y, w, h = _level_box(source, key)
@@ -193,7 +193,7 @@ class _Bridge(QObject):
     finished = Signal(object)  # (token, key, QImage | None, error | None)
 
 
-class _Job(QRunnable):
+class _TileRead(QRunnable):
     def __init__(self, loader: "TileLoader", token: int, generation: int, key):
         super().__init__()
         self._loader, self._token, self._generation, self._key = loader, token, generation, key
@@ -211,7 +211,7 @@ class _Job(QRunnable):
                     if key == THUMBNAIL_KEY:
                         pil = self._source.get_thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
                     else:
-                        pil = read_tile(self._source, key)
+                        pil = read_view_tile(self._source, key)
                 image = to_qimage(pil)
         except Exception as exc:  # noqa: BLE001  (a bad tile must not kill the worker)
             error = " ".join(str(exc).split()) or type(exc).__name__
@@ -294,7 +294,7 @@ class TileLoader(QObject):
 
     def _start(self, key, priority: int) -> None:
         self._pending.add(key)
-        self._pool.start(_Job(self, self._token, self._generation, key), priority)
+        self._pool.start(_TileRead(self, self._token, self._generation, key), priority)
 
     def _on_finished(self, result: tuple) -> None:
         token, key, image, error = result
