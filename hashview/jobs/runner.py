@@ -22,13 +22,17 @@ from hashview.progress import Cancelled, Progress
 
 Emit = Callable[[dict], None]
 EMIT_INTERVAL_S = 0.2  # ~5 progress events a second: enough for a bar, cheap for the app
+COARSE_STEP_PARTS = 20  # a step of 5 % of the total or more is always sent (at most 20 a stage)
 
 
 class ProgressEmitter:
     """The progress callback handed to the core: cancellation, ETA and throttling.
 
     A "segment" is a run of events with the same stage and total and a non-decreasing ``done``;
-    its first event, a change of segment and completion (done >= total) are always emitted.
+    its first event, a change of segment, completion (done >= total) and a coarse step (one
+    call that advances by 1/:data:`COARSE_STEP_PARTS` of the total or more, e.g. a batch of 64
+    of 264 patches) are always emitted: dropping a coarse step would leave the bar a whole
+    batch behind what is stored until the next one.
     """
 
     def __init__(self, emit: Emit, should_cancel: Optional[Callable[[], bool]] = None,
@@ -45,11 +49,13 @@ class ProgressEmitter:
             raise Cancelled()
         now = self._clock()
         new_segment = (p.stage, p.total) != self._segment or p.done < self._last_done
+        coarse = (not new_segment and p.total is not None
+                  and (p.done - self._last_done) * COARSE_STEP_PARTS >= p.total)
         if new_segment:
             self._segment, self._t0, self._done0 = (p.stage, p.total), now, p.done
         self._last_done = p.done
         finished = p.total is not None and p.done >= p.total
-        if not (new_segment or finished or now - self._last_emit >= self._interval):
+        if not (new_segment or finished or coarse or now - self._last_emit >= self._interval):
             return
         self._last_emit = now
         self._emit({"event": "progress", "stage": p.stage, "done": p.done, "total": p.total,
