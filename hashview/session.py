@@ -206,17 +206,25 @@ class LibrarySession:
 
         if isinstance(paths, (str, Path)):
             paths = [paths]
-        model = self._model if self._model is not None else self._library_model()
+        model = self._model if self._model is not None else self._indexing_model()
         try:
             return index_paths(paths, self.path, model=model, params=params, device=self.device,
                                batch_size=batch_size, progress=progress)
         finally:
             self._stale = True
 
-    def _library_model(self) -> "LoadedModel":
+    def _indexing_model(self) -> "LoadedModel":
+        """The model to index with: the one given (``index_paths`` checks it against the
+        library's), else the library's own, else (no library yet) the default model."""
+        from hashview.models import DEFAULT_MODEL, LoadedModel, load_model
+
+        if isinstance(self._model_choice, LoadedModel):
+            return self._model_choice
+        if self._model_choice or not Path(self.path).exists():
+            return load_model(self._model_choice or DEFAULT_MODEL)
         with self._read() as library:
             stored = library.model
-        return load_library_model(self.path, stored, self._model_choice)
+        return load_library_model(self.path, stored)
 
     # ------------------------------------------------------------------ searching
     def search(self, query: Any, k: int = 10, exclude_source: bool = False,

@@ -203,8 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_index(args) -> int:
-    from hashview.indexing import index_paths, model_tiling
+    from hashview.indexing import model_tiling
     from hashview.models import DEFAULT_MODEL, load_model
+    from hashview.session import LibrarySession
     from hashview.tiling import TilingParams
 
     model = load_model(args.model or DEFAULT_MODEL)
@@ -217,8 +218,8 @@ def cmd_index(args) -> int:
     except ValueError as exc:
         return usage_error(f"--stride/--tile-size: {exc}")
     bar = progress_bar(not args.json)
-    result = index_paths(args.sources, args.library, model=model, params=params,
-                         device=args.device, batch_size=args.batch_size, progress=bar)
+    session = LibrarySession(args.library, model=model, device=args.device)
+    result = session.add(args.sources, progress=bar, params=params, batch_size=args.batch_size)
     bar.close()
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
