@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("library", metavar="LIB.h5")
     p.add_argument("query", metavar="QUERY", help="image file, or a slide with --region")
     p.add_argument("--region", metavar="X,Y,W,H", help="level-0 region of a slide to search with")
+    p.add_argument("--whole-slide", action="store_true",
+                   help="search with the whole slide: rank the library's slides and cases "
+                        "(median over a mosaic of the slide of the minimum Hamming distance)")
     p.add_argument("--top-k", "-k", type=POSITIVE_INT, default=10)
     p.add_argument("--exclude-source", action="store_true",
                    help="leave out hits from the query's own slide (recognised by its "
@@ -243,8 +246,13 @@ def cmd_search(args) -> int:
         region = parse_region(args.region) if args.region else None
     except ValueError as exc:
         return usage_error(str(exc))
+    if args.whole_slide and (region or args.labels or args.sources):
+        return usage_error("--whole-slide ranks whole slides: it takes no --region, --label "
+                           "or --source")
     session = LibrarySession(args.library, model=args.model, device=args.device,
                              index=args.index)
+    if args.whole_slide:
+        return _search_cases(session, args)
     searcher = session.load()
     for note in searcher.index_notes:
         say(f"hashview: {note}", err=True)
@@ -259,6 +267,17 @@ def cmd_search(args) -> int:
                           "index": searcher.index_info}, indent=2))
         return EXIT_OK
     say_lines(result.to_text())
+    return EXIT_OK
+
+
+def _search_cases(session, args) -> int:
+    from hashview.search.cases import search_cases
+
+    result = search_cases(session, args.query, k=args.top_k, exclude_source=args.exclude_source)
+    if args.json:
+        print(json.dumps({"query": args.query, **result.to_dict()}, indent=2))
+    else:
+        say_lines(result.to_text())
     return EXIT_OK
 
 

@@ -127,6 +127,19 @@ class Searcher:
                        else self._kind.new_index(self._codes, self.bits))
 
     @property
+    def codes(self) -> np.ndarray:
+        """The library's codes as searched (read-only view): packed uint8, or normalised float32
+        rows for a float library."""
+        view = self._codes.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def tile_sources(self) -> np.ndarray:
+        """The source id of every tile, in tile order."""
+        return self._source_id
+
+    @property
     def n_tiles(self) -> int:
         return len(self._codes)
 

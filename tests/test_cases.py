@@ -1,0 +1,106 @@
+"""Whole-slide (case) search: mosaic, median-of-min slide distance, cases, CLI."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from conftest import SLIDE
+from hashview.encode import hamming_distance
+from hashview.search.cases import (HISTOGRAM_BINS, RankedSource, colour_histograms, group_cases,
+                                   rank_sources, select_mosaic)
+
+
+def test_colour_histograms_count_each_channel():
+    red = np.zeros((2, 4, 4, 3), np.uint8)
+    red[..., 0] = 255
+    red[1, :2] = (0, 0, 0)  # half black
+    hist = colour_histograms(red)
+    assert hist.shape == (2, 3 * HISTOGRAM_BINS)
+    np.testing.assert_allclose(hist.reshape(2, 3, -1).sum(axis=2), 1.0)
+    assert hist[0, HISTOGRAM_BINS - 1] == 1.0 and hist[0, HISTOGRAM_BINS] == 1.0  # R top, G 0
+    assert hist[1, HISTOGRAM_BINS - 1] == 0.5 and hist[1, 0] == 0.5
+
+
+def test_the_mosaic_takes_every_colour_and_spreads_over_the_slide():
+    rng = np.random.default_rng(0)
+    n = 200
+    colour = np.repeat([0, 1], n // 2)  # two tissue colours
+    hist = np.eye(2, dtype=np.float32)[colour] + rng.normal(0, 0.01, (n, 2)).astype(np.float32)
+    positions = rng.uniform(0, 10_000, (n, 2)).astype(np.float32)
+    mosaic = select_mosaic(hist, positions, colour_clusters=2, share=0.05)
+    assert set(colour[mosaic]) == {0, 1}
+    assert 8 <= len(mosaic) <= 12  # 5 % of each 100-tile cluster, 5 each
+    assert len(set(mosaic)) == len(mosaic) and mosaic == sorted(mosaic)
+
+
+def _fake_searcher(codes, tile_sources):
+    return SimpleNamespace(codes=codes, tile_sources=np.asarray(tile_sources),
+                           code_kind="binary", path="fake.h5")
+
+
+def test_slide_distance_is_the_median_over_the_mosaic_of_the_minimum_distance():
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 256, (60, 8), dtype=np.uint8)
+    sources = rng.integers(0, 6, 60)
+    searcher = _fake_searcher(codes, sources)
+    query = rng.integers(0, 256, (5, 8), dtype=np.uint8)
+    ranked = rank_sources(searcher, query)
+    full = hamming_distance(query, codes)  # (5, 60)
+    expected = {int(s): float(np.median(full[:, sources == s].min(axis=1)))
+                for s in np.unique(sources)}
+    assert {sid: d for sid, d, _ in ranked} == expected
+    assert [d for _, d, _ in ranked] == sorted(expected.values())
+    for sid, _, pairs in ranked:  # each named library tile is of that source, at the minimum
+        for i, tile in pairs:
+            assert sources[tile] == sid
+            assert full[i, tile] == full[i, sources == sid].min()
+    assert all(sid != 3 for sid, _, _ in rank_sources(searcher, query, exclude_sources={3}))
+
+
+def test_equal_slide_distances_are_ordered_by_source_id():
+    codes = np.zeros((4, 8), np.uint8)
+    ranked = rank_sources(_fake_searcher(codes, [2, 0, 3, 1]), np.zeros((3, 8), np.uint8))
+    assert [sid for sid, _, _ in ranked] == [0, 1, 2, 3]
+
+
+def test_a_case_is_the_patient_when_known_else_the_slide():
+    def source(sid, distance, patient):
+        return RankedSource(sid, sid, f"s{sid}", f"/s{sid}", None, patient, distance)
+
+    cases = group_cases([source(0, 1.0, "P1"), source(1, 2.0, None), source(2, 3.0, "P1")])
+    assert cases == [("patient P1", 1.0, [0, 2]), ("slide s1", 2.0, [1])]
+
+
+@pytest.fixture(scope="module")
+def session(slide_library):
+    import hashview
+
+    return hashview.open_library(slide_library[0], device="cpu")
+
+
+def test_a_slide_finds_itself_first_and_not_when_excluded(session):
+    from hashview.search.cases import search_cases
+
+    found = search_cases(session, SLIDE, k=3)
+    assert found.sources[0].name == SLIDE.name and found.sources[0].distance == 0
+    assert 1 <= len(found.mosaic) < found.query_tiles
+    assert found.cases[0] == (f"slide {SLIDE.name}", 0.0, [found.sources[0].source_id])
+    others = search_cases(session, SLIDE, k=3, exclude_source=True)
+    assert SLIDE.name not in {s.name for s in others.sources} and len(others.sources) == 3
+
+
+def test_the_cli_ranks_slides_as_json_and_refuses_a_region(slide_library, capsys):
+    from hashview.cli import main
+
+    assert main(["search", str(slide_library[0]), str(SLIDE), "--whole-slide", "-k", "2",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [s["rank"] for s in result["sources"]] == [0, 1]
+    assert result["sources"][0]["name"] == SLIDE.name and result["mosaic"]
+    assert main(["search", str(slide_library[0]), str(SLIDE), "--whole-slide",
+                 "--region", "0,0,10,10"]) == 2
+    assert "--whole-slide" in capsys.readouterr().err
