@@ -7,6 +7,8 @@
 - :mod:`hashview.search.query`: images and slide regions to query tiles, the merge of a
   region's hits, ``QueryResult``.
 - :mod:`hashview.search.result_summary`: what a result may claim, in words.
+- :mod:`hashview.search.cases`: whole-slide search (a mosaic of the query slide, slides ranked
+  by the median of the mosaic's minimum distances; cases by patient).
 
 The object scripts, the CLI and the app search through is
 :class:`hashview.session.LibrarySession` (``hashview.open_library``).
