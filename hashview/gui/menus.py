@@ -66,6 +66,9 @@ def build_menus(window) -> SimpleNamespace:
     a.search_file = _action(w, "Search with image &file…", w.ask_search_files, K.Find,
                             "Search the library with one or more patch images")
     a.search_file.setShortcut(QKeySequence("Ctrl+F"))
+    a.find_cases = _action(w, "Find similar &cases (whole slide)", w.find_similar_cases,
+                           "Ctrl+Shift+F",
+                           "Rank the library's slides against the open slide as a whole")
     a.paste = _action(w, "&Paste image from clipboard", w.paste_from_clipboard, K.Paste,
                       "Search the library with the image on the clipboard")
     a.train = _action(w, "&Train model…", w.ask_train,
@@ -110,7 +113,7 @@ def build_menus(window) -> SimpleNamespace:
         a.panels_menu.addAction(dock.toggleViewAction())
 
     search_menu = bar.addMenu("&Search")
-    for action in (a.search_file, a.paste):
+    for action in (a.search_file, a.paste, a.find_cases):
         search_menu.addAction(action)
     search_menu.addSeparator()
     search_menu.addAction(a.train)

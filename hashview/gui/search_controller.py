@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,7 +31,8 @@ Region = tuple[int, int, int, int]
 @dataclass(frozen=True)
 class SearchRequest:
     """What the user searched with. ``kind``: "files" (patch images, each one query tile),
-    "region" (a level-0 region of ``source_path``) or "pixels" (in-memory images, e.g. pasted)."""
+    "region" (a level-0 region of ``source_path``), "pixels" (in-memory images, e.g. pasted)
+    or "case" (the whole slide at ``source_path``: the library's slides ranked)."""
 
     kind: str
     paths: tuple[str, ...] = ()
@@ -49,11 +51,13 @@ class SearchRequest:
         if self.kind == "region":
             x, y, w, h = self.region
             return f"{Path(self.source_path).name} region {w}x{h} at ({x}, {y})"
+        if self.kind == "case":
+            return f"{Path(self.source_path).name}, whole slide"
         return "pasted image" if len(self.images) == 1 else f"{len(self.images)} pasted images"
 
     def own_paths(self) -> list[str]:
         """Paths whose library tiles "Exclude this slide" leaves out."""
-        return [self.source_path] if self.kind == "region" else list(self.paths)
+        return [self.source_path] if self.kind in ("region", "case") else list(self.paths)
 
 
 @dataclass
@@ -147,6 +151,8 @@ class _Engine:
                              searcher.target_mpp, index, tuple(searcher.index_notes))
 
     def run(self, request: SearchRequest) -> SearchOutcome:
+        if request.kind == "case":
+            return self._run_case(request)
         if request.kind == "files":
             query = list(request.paths)
         elif request.kind == "region":
@@ -156,6 +162,22 @@ class _Engine:
         result = self.session.search(query, k=request.k, exclude_source=request.exclude_source)
         return SearchOutcome(request, result, result.query_images, self.key[0], result.seconds,
                              result.warnings)
+
+    def _run_case(self, request: SearchRequest) -> SearchOutcome:
+        """Whole-slide search; its ranked slides are shown as their best-matching tiles."""
+        from hashview.search.cases import search_cases
+
+        started = time.perf_counter()
+        cases = search_cases(self.session, request.source_path, k=request.k,
+                             exclude_source=request.exclude_source)
+        result = cases.to_query_result()
+        # the ranked slides lead the grid: the mosaic (dozens of tiles) is described, not shown
+        result.query_images = []
+        note = (f"whole slide: {len(cases.sources)} slides ranked by the median over a "
+                f"{len(cases.mosaic)}-tile mosaic (of {cases.query_tiles} tissue tiles) of "
+                "each slide's closest tile; each hit is that slide's best match")
+        return SearchOutcome(request, result, [], self.key[0], time.perf_counter() - started,
+                             [note])
 
 
 class _Task(QRunnable):

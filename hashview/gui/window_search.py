@@ -134,6 +134,13 @@ class SearchMixin:
         self.controller.search(self._request("region", source_path=self.source_path,
                                              region=region))
 
+    def find_similar_cases(self) -> None:
+        """Search ▸ Find similar cases: the open slide as a whole against the library's."""
+        if not self.source_path:
+            self.warn("Open a slide first", "Find similar cases")
+            return
+        self.controller.search(self._request("case", source_path=self.source_path))
+
     def rerun_search(self, k: int, exclude_source: bool) -> None:
         self.settings.top_k = int(k)
         self.controller.rerun(k, exclude_source)

@@ -17,10 +17,11 @@ ordered by source id.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 import numpy as np
+from PIL import Image
 
 from hashview.encode import hamming_distance
 from hashview.errors import LibraryError, SourceError
@@ -50,6 +51,21 @@ class CaseResult:
     cases: list[tuple[str, float, list[int]]]  # (case id, distance, source ids), best first
     mosaic: list[tuple[int, int, int]]          # the query's mosaic tiles (x, y, size)
     query_tiles: int                            # tissue tiles of the query slide
+    # for display: each ranked slide's best-matching library tile (distance = the slide's),
+    # the mosaic tile that matched it, and the mosaic tiles as encoded
+    hits: list = field(default_factory=list, repr=False)
+    found_by: list[int] = field(default_factory=list, repr=False)
+    mosaic_images: list = field(default_factory=list, repr=False)
+
+    def to_query_result(self):
+        """The ranked slides as a :class:`~hashview.search.query.QueryResult` whose hits are
+        their best-matching tiles (what the app's results grid shows)."""
+        from hashview.search.query import QueryResult
+        from hashview.search.searcher import vote
+
+        return QueryResult(hits=list(self.hits), vote=vote(self.hits),
+                           query_tiles=len(self.mosaic), found_by=list(self.found_by),
+                           query_images=list(self.mosaic_images))
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -208,6 +224,10 @@ def search_cases(session, slide_path, k: int = 5, exclude_source: bool = False,
         tiles = [(plan.tiles[mosaic[i]].x, plan.tiles[mosaic[i]].y, tile) for i, tile in pairs]
         sources.append(RankedSource(rank, sid, record.name, record.path, record.label,
                                     record.patient_id, distance, tiles))
+    best = searcher.hits_at([pairs[0][1] for _, _, pairs in ranked], [0] * len(ranked))
+    hits = [replace(hit, distance=distance) for hit, (_, distance, _) in zip(best, ranked)]
     return CaseResult(sources[:k], group_cases(sources)[:k],
                       [(plan.tiles[i].x, plan.tiles[i].y, plan.tiles[i].size) for i in mosaic],
-                      len(plan.tiles))
+                      len(plan.tiles), hits=hits[:k],
+                      found_by=[pairs[0][0] for _, _, pairs in ranked][:k],
+                      mosaic_images=[Image.fromarray(pixels[i]) for i in mosaic])

@@ -297,6 +297,11 @@ class Searcher:
         self._subset = (key, ids, index)
         return ids, index
 
+    def hits_at(self, tile_ids: Sequence[int], distances: Sequence[float]) -> list[Hit]:
+        """Hits for chosen library tiles (ranked in the order given), with their slide,
+        position and label."""
+        return self._hits(np.asarray(distances), np.asarray(tile_ids, np.int64))
+
     def _hits(self, distances: np.ndarray, tile_ids: np.ndarray) -> list[Hit]:
         sid, xs, ys = self._source_id[tile_ids], self._x[tile_ids], self._y[tile_ids]
         sizes, lids = self._size[tile_ids], self._label_id[tile_ids]

@@ -544,3 +544,19 @@ def test_new_library_asks_for_model_and_tiling(qtbot, window, tmp_path, monkeypa
         assert (library.model_name, library.tile_size) == (other.name, 96)
         assert library.target_mpp == (other.target_mpp or 0.5)
     assert window.library_path == str(Path(f"{path}.h5").resolve())
+
+
+def test_find_similar_cases_ranks_slides_by_their_best_tiles(qtbot, window):
+    window.open_slide(SLIDE)
+    window.actions_.find_cases.trigger()  # Search ▸ Find similar cases (Ctrl+Shift+F)
+    outcome = wait_for_results(qtbot, window)
+    assert outcome.request.kind == "case" and "whole slide" in window.results.title.text()
+    hits = outcome.result.hits
+    assert hits[0].source_path == str(SLIDE) and hits[0].distance == 0  # itself, first
+    assert len({h.source_id for h in hits}) == len(hits)  # one hit per ranked slide
+    assert outcome.query_images == [] and window.results.hit_items()[0].data(
+        Qt.ItemDataRole.UserRole) == hits[0]  # the ranked slides lead the grid
+    assert any(f"{outcome.result.query_tiles}-tile mosaic" in w for w in outcome.warnings)
+    window.results.exclude.setChecked(True)  # re-runs without the open slide
+    qtbot.waitUntil(lambda: window.results.outcome.request.exclude_source, timeout=SEARCH_MS)
+    assert all(h.source_path != str(SLIDE) for h in window.results.hits())
