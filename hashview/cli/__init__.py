@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import os
 import sys
@@ -175,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opacity", type=FRACTION, default=0.5, help="heat map opacity, 0..1")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("heatmap", help="colour every indexed tile of a slide by its "
+                                       "similarity to a query")
+    p.add_argument("library", metavar="LIB.h5")
+    p.add_argument("query", metavar="QUERY", help="image file, or SLIDE@x,y,w,h (level-0 region)")
+    p.add_argument("--slide", required=True, help="the indexed slide to colour")
+    p.add_argument("--out", "-o", default="map.png", metavar="PNG",
+                   help="the map to write (default map.png)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("bench", help="measure indexing throughput, search latency and sizes")
     speed = p.add_mutually_exclusive_group()
     speed.add_argument("--quick", dest="mode", action="store_const", const="quick",
@@ -278,6 +289,36 @@ def _search_cases(session, args) -> int:
         print(json.dumps({"query": args.query, **result.to_dict()}, indent=2))
     else:
         say_lines(result.to_text())
+    return EXIT_OK
+
+
+def cmd_heatmap(args) -> int:
+    from hashview.fileio import atomic_write_bytes
+    from hashview.search.heatmap import render_map, similarity_map
+    from hashview.search.query import parse_region
+    from hashview.session import LibrarySession
+    from hashview.slides import open_source
+
+    query: object = args.query
+    path, at, region_text = args.query.rpartition("@")
+    if at and not Path(args.query).exists():
+        try:
+            query = (path, parse_region(region_text))
+        except ValueError as exc:
+            return usage_error(str(exc))
+    session = LibrarySession(args.library, device=args.device)
+    simmap = similarity_map(session, query, args.slide)
+    with open_source(args.slide) as source:
+        image = render_map(source, simmap)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(args.out, buffer.getvalue())
+    if args.json:
+        print(json.dumps({"out": args.out, **simmap.to_dict()}, indent=2))
+    else:
+        closest = min(t[3] for t in simmap.tiles)
+        say(f"{args.out}: {len(simmap.tiles)} tiles of {Path(args.slide).name} coloured by "
+            f"distance to the query (closest {closest} bits; scale 0-{simmap.scale_max})")
     return EXIT_OK
 
 
@@ -415,7 +456,7 @@ def cmd_uninstall_desktop(args) -> int:
 COMMANDS = {"index": cmd_index, "search": cmd_search, "index-build": cmd_index_build,
             "info": cmd_info, "models": cmd_models,
             "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo,
-            "explain": cmd_explain, "install-desktop": cmd_install_desktop,
+            "explain": cmd_explain, "heatmap": cmd_heatmap, "install-desktop": cmd_install_desktop,
             "uninstall-desktop": cmd_uninstall_desktop, "bench": cmd_bench}
 
 

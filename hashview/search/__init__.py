@@ -7,6 +7,7 @@
 - :mod:`hashview.search.query`: images and slide regions to query tiles, the merge of a
   region's hits, ``QueryResult``.
 - :mod:`hashview.search.result_summary`: what a result may claim, in words.
+- :mod:`hashview.search.heatmap`: a slide's indexed tiles coloured by distance to a query.
 - :mod:`hashview.search.cases`: whole-slide search (a mosaic of the query slide, slides ranked
   by the median of the mosaic's minimum distances; cases by patient).
 
