@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import os
 import sys
@@ -18,6 +17,7 @@ from typing import Optional, Sequence
 
 from hashview import __version__
 from hashview.cli.models import cmd_eval, cmd_explain, cmd_models, cmd_train
+from hashview.cli.search import cmd_heatmap, cmd_index_build, cmd_search
 from hashview.cli.support import (BATCH_SIZE, EXIT_FAILED, EXIT_OK, EXIT_PARTIAL,
                                   FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER,
                                   TRAIN_BATCH_SIZE, code_bits, int_list, model_input_size,
@@ -246,118 +246,6 @@ def cmd_index(args) -> int:
             f"{len(result.skipped)} already indexed; {len(result.failed)} failed")
     if result.failed:
         return EXIT_PARTIAL if result.added or result.skipped else EXIT_FAILED
-    return EXIT_OK
-
-
-def cmd_search(args) -> int:
-    from hashview.search.query import parse_region
-    from hashview.session import LibrarySession
-
-    try:
-        region = parse_region(args.region) if args.region else None
-    except ValueError as exc:
-        return usage_error(str(exc))
-    if args.whole_slide and (region or args.labels or args.sources):
-        return usage_error("--whole-slide ranks whole slides: it takes no --region, --label "
-                           "or --source")
-    session = LibrarySession(args.library, model=args.model, device=args.device,
-                             index=args.index)
-    if args.whole_slide:
-        return _search_cases(session, args)
-    searcher = session.load()
-    for note in searcher.index_notes:
-        say(f"hashview: {note}", err=True)
-    if searcher.needs_index_build():
-        _build_index_to_keep(searcher)
-    result = session.search((args.query, region) if region else args.query, k=args.top_k,
-                            exclude_source=args.exclude_source,
-                            labels=set(args.labels) if args.labels else None,
-                            sources=set(args.sources) if args.sources else None)
-    if args.json:
-        print(json.dumps({"query": args.query, "region": region, **result.to_dict(),
-                          "index": searcher.index_info}, indent=2))
-        return EXIT_OK
-    say_lines(result.to_text())
-    return EXIT_OK
-
-
-def _search_cases(session, args) -> int:
-    from hashview.search.cases import search_cases
-
-    result = search_cases(session, args.query, k=args.top_k, exclude_source=args.exclude_source)
-    if args.json:
-        print(json.dumps({"query": args.query, **result.to_dict()}, indent=2))
-    else:
-        say_lines(result.to_text())
-    return EXIT_OK
-
-
-def cmd_heatmap(args) -> int:
-    from hashview.fileio import atomic_write_bytes
-    from hashview.search.heatmap import render_map, similarity_map
-    from hashview.search.query import parse_region
-    from hashview.session import LibrarySession
-    from hashview.slides import open_source
-
-    query: object = args.query
-    path, at, region_text = args.query.rpartition("@")
-    if at and not Path(args.query).exists():
-        try:
-            query = (path, parse_region(region_text))
-        except ValueError as exc:
-            return usage_error(str(exc))
-    session = LibrarySession(args.library, device=args.device)
-    simmap = similarity_map(session, query, args.slide)
-    with open_source(args.slide) as source:
-        image = render_map(source, simmap)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    atomic_write_bytes(args.out, buffer.getvalue())
-    if args.json:
-        print(json.dumps({"out": args.out, **simmap.to_dict()}, indent=2))
-    else:
-        closest = min(t[3] for t in simmap.tiles)
-        say(f"{args.out}: {len(simmap.tiles)} tiles of {Path(args.slide).name} coloured by "
-            f"distance to the query (closest {closest} bits; scale 0-{simmap.scale_max})")
-    return EXIT_OK
-
-
-def _build_index_to_keep(searcher) -> None:
-    """Build the approximate index a search wants, once: it is saved next to the library for
-    the searches to come. One search alone is answered faster exactly than by building, so
-    where the index cannot be saved (a read-only share) the search is exact, and says why."""
-    from hashview.search import sidecar
-
-    try:
-        sidecar.check_sidecar_writable(searcher.sidecar_path)
-    except HashViewError as exc:
-        note = f"{exc.message}; searching exactly"
-        searcher.index_notes.append(note)
-        print(f"hashview: {note}", file=sys.stderr)
-        return
-    print(f"hashview: building the {searcher.wanted_kind} index of {searcher.n_tiles:,} "
-          "tiles (once)", file=sys.stderr)
-    for note in searcher.build_index().notes:  # e.g. a disk that filled up: not saved
-        print(f"hashview: {note}", file=sys.stderr)
-
-
-def cmd_index_build(args) -> int:
-    from hashview.search.query import build_library_index
-
-    bar = progress_bar(not args.json)
-    try:
-        summary = build_library_index(args.library, args.kind, progress=bar)
-    finally:
-        bar.close()
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    elif summary["sidecar"] is None:
-        say(f"{args.library}: {summary['tiles']:,} tiles; {summary['message']}")
-    else:
-        params = ", ".join(f"{k}={v}" for k, v in summary["params"].items() if k != "kind")
-        say(f"{args.library}: {summary['kind']} index of {summary['tiles']:,} tiles ({params}; "
-            f"recall@10 {summary['recall']:.3f}) in {summary['seconds']:.1f} s -> "
-            f"{summary['sidecar']}")
     return EXIT_OK
 
 
