@@ -343,25 +343,20 @@ def load_input(spec: str, card) -> Image.Image:
     the plan picks, resized (Lanczos) so that one library tile's worth of tissue is ``tile_size``
     px; the model then sees it resized to its input size like any image. Raises ``SourceError``.
     """
-    from pathlib import Path
-
     from hashview.errors import SourceError
-    from hashview.search.query import parse_region
+    from hashview.search.query import parse_image_or_region
     from hashview.slides import open_source
     from hashview.slides.image_source import load_rgb_image
     from hashview.tiling import (DEFAULT_TARGET_MPP, DEFAULT_TILE_SIZE, TilingParams,
                                  plan_geometry)
 
-    path, at, region_text = str(spec).rpartition("@")
-    region = None
-    if at and not Path(spec).exists():
-        try:
-            region = parse_region(region_text)
-        except ValueError as exc:
-            raise SourceError(spec, str(exc)) from None
-    if region is None:
+    try:
+        parsed = parse_image_or_region(spec)
+    except ValueError as exc:
+        raise SourceError(spec, str(exc)) from None
+    if not isinstance(parsed, tuple):
         return load_rgb_image(spec)
-    x, y, w, h = region
+    path, (x, y, w, h) = parsed
     params = TilingParams(tile_size=getattr(card, "tile_size", None) or DEFAULT_TILE_SIZE,
                           target_mpp=getattr(card, "target_mpp", None) or DEFAULT_TARGET_MPP)
     with open_source(path) as source:

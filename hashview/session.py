@@ -236,7 +236,7 @@ class LibrarySession:
         source ids; ``exclude_sources`` leaves out those source ids."""
         started = time.perf_counter()
         searcher = self.load()
-        images, warnings, own_paths = self.query_tiles(query)
+        images, warnings, own_paths = self._query_tiles(searcher, query)
         exclude = set(exclude_sources or ())
         if exclude_source:
             exclude |= {sid for path in own_paths for sid in searcher.source_ids_of_file(path)}
@@ -256,7 +256,9 @@ class LibrarySession:
         of these. Files in a list that cannot be read are skipped with a warning; when none can
         be, ``QueryError`` (one line) is raised.
         """
-        searcher = self.load()
+        return self._query_tiles(self.load(), query)
+
+    def _query_tiles(self, searcher: Searcher, query: Any):
         size = self.encoder.input_size
         items = query if isinstance(query, list) else [query]
         tiles: list[Image.Image] = []

@@ -58,17 +58,14 @@ def _search_cases(session, args) -> int:
 def cmd_heatmap(args) -> int:
     from hashview.fileio import atomic_write_bytes
     from hashview.search.heatmap import render_map, similarity_map
-    from hashview.search.query import parse_region
+    from hashview.search.query import parse_image_or_region
     from hashview.session import LibrarySession
     from hashview.slides import open_source
 
-    query: object = args.query
-    path, at, region_text = args.query.rpartition("@")
-    if at and not Path(args.query).exists():
-        try:
-            query = (path, parse_region(region_text))
-        except ValueError as exc:
-            return usage_error(str(exc))
+    try:
+        query = parse_image_or_region(args.query)
+    except ValueError as exc:
+        return usage_error(str(exc))
     session = LibrarySession(args.library, device=args.device)
     simmap = similarity_map(session, query, args.slide)
     with open_source(args.slide) as source:

@@ -45,7 +45,8 @@ class SimilarityMap:
 def similarity_map(session, query: Any, slide_path: str | Path) -> SimilarityMap:
     """Distances from ``query`` (anything :meth:`LibrarySession.search` takes) to every tile
     of ``slide_path`` stored in the library; a query of several tiles takes the nearest."""
-    searcher = session.load()
+    images, _, _ = session.query_tiles(query)  # loads the library (once)
+    searcher = session.searcher
     if searcher.code_kind != "binary":
         raise SourceError(slide_path, "a similarity map needs a library of binary codes")
     sources = searcher.source_ids_of_file(slide_path)
@@ -53,7 +54,6 @@ def similarity_map(session, query: Any, slide_path: str | Path) -> SimilarityMap
     if len(tile_ids) == 0:
         raise SourceError(slide_path, "not in the library (index it first: hashview index "
                                       "-l LIB.h5 SLIDE)")
-    images, _, _ = session.query_tiles(query)
     codes = session.encoder.encode(images)
     distances = hamming_distance(codes, searcher.codes[tile_ids]).reshape(len(codes), -1)
     nearest = distances.min(axis=0)

@@ -155,6 +155,16 @@ def parse_region(text: str) -> tuple[int, int, int, int]:
     return x, y, w, h
 
 
+def parse_image_or_region(spec: str) -> "str | tuple[str, tuple[int, int, int, int]]":
+    """``SLIDE@x,y,w,h`` -> ``(SLIDE, (x, y, w, h))``; anything else (an image path) as given.
+    A file that exists under the whole name is that file, "@" or not; ``ValueError`` for a
+    region that does not parse."""
+    path, at, region_text = str(spec).rpartition("@")
+    if at and not Path(spec).exists():
+        return path, parse_region(region_text)
+    return spec
+
+
 def region_tiles(source: Source, region: tuple[int, int, int, int],
                  params: TilingParams, input_size: Optional[int] = None) -> list[Image.Image]:
     """Read a level-0 region as library-sized tiles at the library's resolution.

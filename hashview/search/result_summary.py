@@ -46,12 +46,12 @@ def rank_marks(hits: Sequence[Hit]) -> list[str]:
     """Display ranks: 1-based, hits at the same distance share the first rank of their group
     with a "=" ("1", "2=", "2=", "4")."""
     marks: list[str] = []
+    start = 0  # first position of the current run of equal distances
     for i, hit in enumerate(hits):
-        group_start = i
-        while group_start > 0 and hits[group_start - 1].distance == hit.distance:
-            group_start -= 1
-        tied = ((group_start < i) or (i + 1 < len(hits) and hits[i + 1].distance == hit.distance))
-        marks.append(f"{group_start + 1}{'=' if tied else ''}")
+        if i and hit.distance != hits[i - 1].distance:
+            start = i
+        tied = i > start or (i + 1 < len(hits) and hits[i + 1].distance == hit.distance)
+        marks.append(f"{start + 1}{'=' if tied else ''}")
     return marks
 
 

@@ -223,7 +223,8 @@ def _expand_folder(folder: Path) -> Iterator[InputItem]:
         if is_slide_file(path):
             yield InputItem(path, "slide")
         elif _is_image(path):
-            if image_kind(path) == "slide":  # a large plain image: tiled, not squashed
+            size = image_size(path)  # a large plain image: tiled, not squashed (image_kind)
+            if size is not None and max(size) > PATCH_MAX_SIDE:
                 yield InputItem(path, "slide")
             else:
                 yield InputItem(path, "patch", *label_of(path))
