@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import SLIDE
+from conftest import KATHER, SLIDE
 from hashview.encode import hamming_distance
 from hashview.search.cases import (HISTOGRAM_BINS, RankedSource, colour_histograms, group_cases,
                                    rank_sources, select_mosaic)
@@ -104,3 +104,43 @@ def test_the_cli_ranks_slides_as_json_and_refuses_a_region(slide_library, capsys
     assert main(["search", str(slide_library[0]), str(SLIDE), "--whole-slide",
                  "--region", "0,0,10,10"]) == 2
     assert "--whole-slide" in capsys.readouterr().err
+
+
+def test_a_library_slide_is_queried_with_its_stored_codes_and_ranks_as_if_re_encoded(session):
+    from hashview.search.cases import search_cases
+
+    seen = []
+    stored = search_cases(session, SLIDE, k=20, progress=seen.append)
+    encoded = search_cases(session, SLIDE, k=20, use_stored_codes=False)
+    assert stored.query_from_library and not encoded.query_from_library
+    assert not any(p.stage == "encoding" for p in seen)  # no forward pass on the stored path
+    assert stored.mosaic == encoded.mosaic and stored.query_tiles == encoded.query_tiles
+    assert ([(s.source_id, s.distance) for s in stored.sources]
+            == [(s.source_id, s.distance) for s in encoded.sources])
+    assert len(stored.sources) > 3  # more than the slide itself: the order of the rest counts
+    without = search_cases(session, SLIDE, k=20, exclude_source=True)
+    assert without.query_from_library
+    assert [s.source_id for s in without.sources] == [s.source_id for s in stored.sources[1:]]
+
+
+@pytest.fixture(scope="module")
+def patch_library(tmp_path_factory):
+    """The Kather patches alone: the CMU slide is new to it."""
+    from hashview.indexing import index_paths
+
+    path = tmp_path_factory.mktemp("patches") / "library.h5"
+    assert not index_paths([KATHER], path).failed
+    return path
+
+
+def test_the_cli_says_whether_the_query_slide_came_from_the_library(slide_library, patch_library,
+                                                                     capsys):
+    from hashview.cli import main
+
+    for library, from_library in ((slide_library[0], True), (patch_library, False)):
+        assert main(["search", str(library), str(SLIDE), "--whole-slide", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["query_from_library"] is from_library
+        assert main(["search", str(library), str(SLIDE), "--whole-slide"]) == 0
+        text = capsys.readouterr().out
+        assert ("stored codes" in text) is from_library
+        assert ("encoded now" in text) is not from_library

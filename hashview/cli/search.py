@@ -47,7 +47,12 @@ def cmd_search(args) -> int:
 def _search_cases(session, args) -> int:
     from hashview.search.cases import search_cases
 
-    result = search_cases(session, args.query, k=args.top_k, exclude_source=args.exclude_source)
+    bar = progress_bar(not args.json)
+    try:
+        result = search_cases(session, args.query, k=args.top_k,
+                              exclude_source=args.exclude_source, progress=bar)
+    finally:
+        bar.close()
     if args.json:
         print(json.dumps({"query": args.query, **result.to_dict()}, indent=2))
     else:

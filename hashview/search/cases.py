@@ -2,11 +2,13 @@
 
 Yottixel's rule (Kalra et al., Medical Image Analysis 2020), which fits binary codes:
 
-- **Mosaic** of the query slide: its tissue tiles, read as indexing reads them, are clustered by
-  colour (an RGB histogram of each tile, :data:`COLOUR_CLUSTERS` clusters); inside each colour
-  cluster the tiles are clustered by position, :data:`MOSAIC_SHARE` of the cluster's tiles
-  (at least one), and the tile nearest each position centre joins the mosaic. Only the mosaic
-  is encoded, so a query costs a few dozen forward passes, not thousands.
+- **Mosaic** of the query slide: its tissue tiles are clustered by colour (an RGB histogram of
+  each tile, taken from one low-resolution view of the slide; :data:`COLOUR_CLUSTERS`
+  clusters); inside each colour cluster the tiles are clustered by position,
+  :data:`MOSAIC_SHARE` of the cluster's tiles (at least one), and the tile nearest each
+  position centre joins the mosaic. Only the mosaic is read at full resolution and encoded, so
+  a query costs a few dozen reads and forward passes, not thousands. A slide the library
+  already holds is not read or encoded at all: its stored tiles and codes are used.
 - **Slide distance** = the median, over the mosaic's codes, of the minimum Hamming distance to
   the candidate slide's codes. A case is a patient where the library knows one (the minimum
   over its slides), else the slide.
@@ -25,12 +27,15 @@ from PIL import Image
 
 from hashview.encode import hamming_distance
 from hashview.errors import LibraryError, SourceError
+from hashview.progress import ProgressCallback, report
 from hashview.search.searcher import Searcher
 
 COLOUR_CLUSTERS = 9        # Yottixel's choice
 MOSAIC_SHARE = 0.05        # of each colour cluster's tiles (Yottixel: 5-20 %)
 HISTOGRAM_BINS = 8         # per RGB channel
 KMEANS_ITERATIONS = 20
+THUMBNAIL_TILE_PX = 16     # a tile's side in the view its colour histogram is taken from
+THUMBNAIL_MAX_SIDE = 4096  # that view's longest side (50 MB RGB), tiles shrink below 16 px
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,9 @@ class CaseResult:
     # the mosaic tile that matched it, and the mosaic tiles as encoded
     hits: list = field(default_factory=list, repr=False)
     found_by: list[int] = field(default_factory=list, repr=False)
-    mosaic_images: list = field(default_factory=list, repr=False)
+    mosaic_images: list = field(default_factory=list, repr=False)  # empty from stored codes
+    # True: the query slide is in the library and its stored codes were used (no encoding)
+    query_from_library: bool = False
 
     def to_query_result(self):
         """The ranked slides as a :class:`~hashview.search.query.QueryResult` whose hits are
@@ -70,7 +77,8 @@ class CaseResult:
     def to_dict(self) -> dict:
         from dataclasses import asdict
 
-        return {"query_tiles": self.query_tiles, "mosaic": [list(t) for t in self.mosaic],
+        return {"query_tiles": self.query_tiles, "query_from_library": self.query_from_library,
+                "mosaic": [list(t) for t in self.mosaic],
                 "sources": [asdict(s) for s in self.sources],
                 "cases": [{"case": c, "distance": d, "source_ids": ids}
                           for c, d, ids in self.cases]}
@@ -84,7 +92,9 @@ class CaseResult:
                          f"{printable(s.patient_id or '-'):<10}  {printable(s.name)}")
         if not self.sources:
             lines.append("  (no slides to rank: the library is empty or all were excluded)")
-        lines.append(f"mosaic: {len(self.mosaic)} of the query's {self.query_tiles} tissue tiles")
+        lines.append(f"mosaic: {len(self.mosaic)} of the query's {self.query_tiles} tissue tiles"
+                     + ("; the library's stored codes of this slide (not re-encoded)"
+                        if self.query_from_library else "; tiled and encoded now"))
         return "\n".join(lines)
 
 
@@ -190,44 +200,92 @@ def group_cases(ranked: Sequence[RankedSource]) -> list[tuple[str, float, list[i
     return sorted(((k, d, ids) for k, (d, ids) in cases.items()), key=lambda c: c[1])
 
 
-def search_cases(session, slide_path, k: int = 5, exclude_source: bool = False,
-                 seed: int = 0, progress=None) -> CaseResult:
-    """Rank the library's slides and cases for the whole slide at ``slide_path``."""
-    from concurrent.futures import ThreadPoolExecutor
+def tile_histograms(source, xs: np.ndarray, ys: np.ndarray, side: int) -> np.ndarray:
+    """Colour histograms of the level-0 squares ``(x, y, side)`` of ``source``, cut from one
+    low-resolution view (:data:`THUMBNAIL_TILE_PX` px per tile, the longest side at most
+    :data:`THUMBNAIL_MAX_SIDE`). A colour cluster needs a tile's colours, not its detail, and one
+    small read replaces reading every tissue tile at full resolution."""
+    width, height = source.dimensions
+    scale = max(1.0, side / THUMBNAIL_TILE_PX, max(width, height) / THUMBNAIL_MAX_SIDE)
+    thumbnail = np.asarray(source.get_thumbnail((max(1, round(width / scale)),
+                                                 max(1, round(height / scale)))))
+    rows, cols = thumbnail.shape[:2]
+    scale_x, scale_y = width / cols, height / rows
+    crop = max(1, min(round(side / scale_x), rows, cols))
+    left = np.clip(np.round(np.asarray(xs) / scale_x).astype(np.int64), 0, cols - crop)
+    top = np.clip(np.round(np.asarray(ys) / scale_y).astype(np.int64), 0, rows - crop)
+    return colour_histograms(np.stack([thumbnail[y:y + crop, x:x + crop]
+                                       for x, y in zip(left, top)]))
 
-    from hashview.indexing import reader_threads
+
+def search_cases(session, slide_path, k: int = 5, exclude_source: bool = False,
+                 seed: int = 0, progress: ProgressCallback = None,
+                 use_stored_codes: bool = True) -> CaseResult:
+    """Rank the library's slides and cases for the whole slide at ``slide_path``.
+
+    A slide the library already holds is queried with its stored codes and tile positions (no
+    tiling, no forward pass); ``use_stored_codes=False`` re-tiles and re-encodes it as a new
+    slide. Either way the mosaic is chosen from the same low-resolution view, so both give
+    the same mosaic for the same tiles.
+    """
     from hashview.slides import open_source
-    from hashview.tiling import TilingParams, plan_tiles, read_tile_pixels
 
     searcher = session.load()
-    encoder = session.encoder
-    params = TilingParams(tile_size=searcher.tile_size, target_mpp=searcher.target_mpp)
+    own = searcher.source_ids_of_file(slide_path)
+    from_library = bool(own) and use_stored_codes
     with open_source(slide_path) as source:
-        plan = plan_tiles(source, params, input_size=encoder.input_size)
-        if not plan.tiles:
+        if from_library:
+            report(progress, "mosaic", 0, 1, "stored codes")
+            tile_ids = np.flatnonzero(searcher.tile_sources == min(own))
+            stored = searcher.hits_at(tile_ids, np.zeros(len(tile_ids)))
+            tiles = [(h.x, h.y, h.size) for h in stored]
+        else:
+            plan, tiles = _tissue_tiles(source, searcher, session.encoder, slide_path, progress)
+        if not tiles:
             raise SourceError(slide_path, "no tissue tiles found: nothing to search with")
-
-        def load(tile):
-            return encoder.to_input(read_tile_pixels(source, tile, plan))
-
-        with ThreadPoolExecutor(max_workers=reader_threads(encoder)) as pool:
-            pixels = np.stack(list(pool.map(load, plan.tiles)))
-    positions = np.array([(t.x, t.y) for t in plan.tiles], np.float32)
-    mosaic = select_mosaic(colour_histograms(pixels), positions, seed=seed)
-    codes = encoder.encode([pixels[i] for i in mosaic])
-    exclude = searcher.source_ids_of_file(slide_path) if exclude_source else set()
-    ranked = rank_sources(searcher, codes, exclude, k=k)
+        xs, ys, sizes = (np.array(column) for column in zip(*tiles))
+        mosaic = select_mosaic(tile_histograms(source, xs, ys, int(sizes.max())),
+                               np.stack([xs, ys], axis=1).astype(np.float32), seed=seed)
+        if from_library:
+            codes, images = searcher.codes[tile_ids[mosaic]], []
+        else:
+            codes, images = _encode_mosaic(source, plan, mosaic, session.encoder, progress)
+    ranked = rank_sources(searcher, codes, own if exclude_source else set(), k=k)
     records = {s.id: s for s in session.sources}
     sources = []
     for rank, (sid, distance, pairs) in enumerate(ranked):
         record = records[sid]
-        tiles = [(plan.tiles[mosaic[i]].x, plan.tiles[mosaic[i]].y, tile) for i, tile in pairs]
+        best = [(tiles[mosaic[i]][0], tiles[mosaic[i]][1], tile) for i, tile in pairs]
         sources.append(RankedSource(rank, sid, record.name, record.path, record.label,
-                                    record.patient_id, distance, tiles))
-    best = searcher.hits_at([pairs[0][1] for _, _, pairs in ranked], [0] * len(ranked))
-    hits = [replace(hit, distance=distance) for hit, (_, distance, _) in zip(best, ranked)]
-    return CaseResult(sources[:k], group_cases(sources)[:k],
-                      [(plan.tiles[i].x, plan.tiles[i].y, plan.tiles[i].size) for i in mosaic],
-                      len(plan.tiles), hits=hits[:k],
+                                    record.patient_id, distance, best))
+    best_hits = searcher.hits_at([pairs[0][1] for _, _, pairs in ranked], [0] * len(ranked))
+    hits = [replace(hit, distance=distance) for hit, (_, distance, _) in zip(best_hits, ranked)]
+    return CaseResult(sources[:k], group_cases(sources)[:k], [tiles[i] for i in mosaic],
+                      len(tiles), hits=hits[:k],
                       found_by=[pairs[0][0] for _, _, pairs in ranked][:k],
-                      mosaic_images=[Image.fromarray(pixels[i]) for i in mosaic])
+                      mosaic_images=images, query_from_library=from_library)
+
+
+def _tissue_tiles(source, searcher, encoder, slide_path, progress):
+    """The tiling plan of a new slide at the library's tiling, and its tiles ``(x, y, size)``."""
+    from hashview.tiling import TilingParams, plan_tiles
+
+    report(progress, "tiling", 0, 1, str(slide_path))
+    params = TilingParams(tile_size=searcher.tile_size, target_mpp=searcher.target_mpp)
+    plan = plan_tiles(source, params, input_size=encoder.input_size)
+    report(progress, "tiling", 1, 1, str(slide_path))
+    return plan, [(t.x, t.y, t.size) for t in plan.tiles]
+
+
+def _encode_mosaic(source, plan, mosaic, encoder, progress):
+    """Codes and images of the mosaic tiles, read at full resolution (only they are)."""
+    from hashview.tiling import read_tile_pixels
+
+    images = []
+    for done, i in enumerate(mosaic):
+        report(progress, "reading", done, len(mosaic))
+        images.append(encoder.to_input(read_tile_pixels(source, plan.tiles[i], plan)))
+    report(progress, "encoding", 0, len(mosaic))
+    codes = encoder.encode(images)
+    report(progress, "encoding", len(mosaic), len(mosaic))
+    return codes, [Image.fromarray(pixels) for pixels in images]
