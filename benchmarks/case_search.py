@@ -15,10 +15,11 @@ Reports top-1 accuracy (the first case has the query's label), top-5 majority ac
 mean average precision over the ranked cases (relevant = same label), as a markdown table.
 
     python benchmarks/case_search.py [--model mth-64-general] [--threshold 0.25]
-    python benchmarks/case_search.py --speed [--slides 10000] [--tiles 3000] [--mosaic 9]
+    python benchmarks/case_search.py --speed [--slides 10000] [--tiles 3000] [--mosaic N ...]
 
-``--speed`` times the ranking step alone on random 64-bit codes (no data needed): one query
-of ``--mosaic`` codes against ``--slides`` x ``--tiles`` library tiles, top 5, best of 3.
+``--speed`` times the ranking step alone on random 64-bit codes (no data needed): queries of
+``--mosaic`` codes against ``--slides`` x ``--tiles`` library tiles, top 5, the median of
+``--queries`` (:mod:`hashview.bench.cases`, also ``hashview bench --only cases``).
 """
 
 from __future__ import annotations
@@ -50,24 +51,11 @@ def _scores(orders: list[list[int]], labels: list[str]) -> dict:
     return {"top1": top1 / n, "top5_majority": top5 / n, "map": float(np.mean(aps))}
 
 
-def _speed(n_slides: int, per_slide: int, mosaic: int) -> int:
-    import time
+def _speed(n_slides: int, per_slide: int, mosaics: list[int], queries: int) -> int:
+    from hashview.bench.cases import describe, time_case_ranking
 
-    from hashview.search.cases import rank_sources
-
-    rng = np.random.default_rng(0)
-    codes = rng.integers(0, 256, (n_slides * per_slide, 8), dtype=np.uint8)
-    searcher = SimpleNamespace(codes=codes, tile_sources=np.repeat(np.arange(n_slides),
-                                                                   per_slide),
-                               code_kind="binary", path="synthetic")
-    query = rng.integers(0, 256, (mosaic, 8), dtype=np.uint8)
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        rank_sources(searcher, query, k=5)
-        times.append(time.perf_counter() - start)
-    print(f"ranking {n_slides:,} slides x {per_slide:,} tiles (64-bit) for a {mosaic}-code "
-          f"mosaic, top 5: best of 3 {min(times):.2f} s")
+    for result in time_case_ranking(n_slides, per_slide, mosaics, queries):
+        print(describe(result))
     return 0
 
 
@@ -83,10 +71,15 @@ def main(argv=None) -> int:
     parser.add_argument("--speed", action="store_true", help="time the ranking step alone")
     parser.add_argument("--slides", type=int, default=10_000)
     parser.add_argument("--tiles", type=int, default=3_000)
-    parser.add_argument("--mosaic", type=int, default=9)
+    parser.add_argument("--mosaic", type=int, action="append",
+                        help="mosaic codes per query (repeatable; default 9 and 5 %% of --tiles)")
+    parser.add_argument("--queries", type=int, default=3)
     args = parser.parse_args(argv)
     if args.speed:
-        return _speed(args.slides, args.tiles, args.mosaic)
+        from hashview.bench.cases import mosaic_sizes
+
+        return _speed(args.slides, args.tiles, args.mosaic or mosaic_sizes(args.tiles),
+                      args.queries)
     if not (DATA / "labels.csv").is_file():
         print(f"case_search: {DATA}/labels.csv not found (the shared data folder beside the "
               "checkout)", file=sys.stderr)

@@ -23,6 +23,7 @@ SECTIONS = {
     "region": "region",
     "query": "query",
     "footprint": "footprint",
+    "cases": "cases",
 }
 
 
