@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import struct
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -40,12 +40,36 @@ def load_tissue_tiles(folder: Path, skip_classes: tuple[str, ...] = ("08_EMPTY",
     return [np.asarray(Image.open(p).convert("RGB").resize((CELL, CELL))) for p in paths]
 
 
+def tissue_cells(width: int, height: int) -> np.ndarray:
+    """``(rows, cols)`` bool: the :data:`CELL` cells of the slide that hold tissue, those whose
+    centre is inside the ellipse."""
+    centres_y = (np.arange(height // CELL) + 0.5) * CELL
+    centres_x = (np.arange(width // CELL) + 0.5) * CELL
+    return (((centres_x[None, :] - width / 2) / (width * 0.47)) ** 2
+            + ((centres_y[:, None] - height / 2) / (height * 0.47)) ** 2) <= 1
+
+
+def class_layout(side: int, shares: Sequence[float], seed: int, block: int = 2) -> np.ndarray:
+    """``(cells, cells)`` class index of every cell of a ``side`` px slide: regions of
+    ``block`` x ``block`` cells, each of one class, ``shares`` of the regions per class
+    (rounded; the rounding remainder goes to the largest share), placed at random."""
+    cells = side // CELL
+    regions = -(-cells // block)
+    shares = np.asarray(shares, float) / np.sum(shares)
+    counts = np.round(shares * regions ** 2).astype(int)
+    counts[np.argmax(shares)] += regions ** 2 - counts.sum()
+    classes = np.random.default_rng([seed, 1]).permutation(np.repeat(np.arange(len(shares)),
+                                                                     counts))
+    grid = classes.reshape(regions, regions)
+    return np.repeat(np.repeat(grid, block, axis=0), block, axis=1)[:cells, :cells]
+
+
 def _mosaic_band(tiles: list[np.ndarray], width: int, height: int, top: int, rows: int,
-                 seed: int) -> np.ndarray:
-    """Rows ``top .. top+rows`` of the level-0 mosaic, computed cell by cell (deterministic)."""
+                 seed: int, cell_tiles: Optional[np.ndarray] = None) -> np.ndarray:
+    """Rows ``top .. top+rows`` of the level-0 mosaic, computed cell by cell (deterministic);
+    ``cell_tiles`` ``(rows, cols)`` names each cell's tile, else tiles are drawn at random."""
     band = np.full((rows, width, 3), BACKGROUND, dtype=np.uint8)
-    cx, cy = width / 2, height / 2
-    rx, ry = width * 0.47, height * 0.47
+    tissue = tissue_cells(width, height)
     first, last = top // CELL, (top + rows - 1) // CELL
     cols = width // CELL
     for r in range(first, last + 1):
@@ -55,10 +79,11 @@ def _mosaic_band(tiles: list[np.ndarray], width: int, height: int, top: int, row
         y0 = r * CELL
         if y0 + CELL > height:
             break
+        if cell_tiles is not None:
+            choice = cell_tiles[r]
         for c in range(cols):
             x0 = c * CELL
-            # a cell belongs to the tissue when its centre is inside the ellipse
-            if ((x0 + CELL / 2 - cx) / rx) ** 2 + ((y0 + CELL / 2 - cy) / ry) ** 2 > 1:
+            if not tissue[r, c]:
                 continue
             cell = np.rot90(tiles[choice[c]], turns[c] % 4)
             if turns[c] >= 4:
@@ -155,18 +180,23 @@ class _TiffWriter:
         self.file.close()
 
 
-def make_synthetic_slide(path: Path, tiles_folder: Path, side: int, seed: int = 0,
-                         progress: Optional[ProgressCallback] = None) -> Path:
+def make_synthetic_slide(path: Path, tiles_folder: Optional[Path], side: int, seed: int = 0,
+                         progress: Optional[ProgressCallback] = None,
+                         tiles: Optional[list[np.ndarray]] = None,
+                         cell_tiles: Optional[np.ndarray] = None) -> Path:
     """Write a ``side`` x ``side`` px pyramidal TIFF at :data:`KATHER_MPP` (reused if present).
 
-    Level 0 is rendered in bands of one TIFF tile row, so memory stays at one band plus the
-    first reduced level (``side / 4`` squared); each further level is a 4x box reduction.
+    The tiles are every tissue tile of ``tiles_folder``, or ``tiles`` (RGB :data:`CELL` px
+    arrays) when given; ``cell_tiles`` ``(side // CELL, side // CELL)`` places a chosen tile in
+    each cell (e.g. tissue classes by region, :func:`class_layout`), else each cell's tile is
+    random. Level 0 is rendered in bands of one TIFF tile row, so memory stays at one band plus
+    the first reduced level (``side / 4`` squared); each further level is a 4x box reduction.
     """
     path = Path(path)
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tiles = load_tissue_tiles(tiles_folder)
+    tiles = tiles if tiles is not None else load_tissue_tiles(tiles_folder)
     tmp = path.with_suffix(".tmp")
     writer = _TiffWriter(tmp)
     try:
@@ -175,7 +205,7 @@ def make_synthetic_slide(path: Path, tiles_folder: Path, side: int, seed: int = 
         counts: list[int] = []
         for top in range(0, side, TIFF_TILE):
             rows = min(TIFF_TILE, side - top)
-            band = _mosaic_band(tiles, side, side, top, rows, seed)
+            band = _mosaic_band(tiles, side, side, top, rows, seed, cell_tiles)
             writer.write_tiles(_tiles_of(band), offsets, counts)
             small = Image.fromarray(band).reduce(LEVEL_FACTOR)
             level1[top // LEVEL_FACTOR:top // LEVEL_FACTOR + small.height] = np.asarray(small)
