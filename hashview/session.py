@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from hashview.library import ModelInfo, SourceRecord
     from hashview.models import LoadedModel
     from hashview.progress import ProgressCallback
+    from hashview.search.refine import RefinedResult
     from hashview.tiling import TilingParams
 
 Region = tuple[int, int, int, int]
@@ -237,13 +238,41 @@ class LibrarySession:
         started = time.perf_counter()
         searcher = self.load()
         images, warnings, own_paths = self._query_tiles(searcher, query)
-        exclude = set(exclude_sources or ())
-        if exclude_source:
-            exclude |= {sid for path in own_paths for sid in searcher.source_ids_of_file(path)}
+        exclude = _excluded_sources(searcher, own_paths, exclude_source, exclude_sources)
         result = search_images(searcher, self.encoder, images, k=k, labels=labels,
-                               sources=sources, exclude_sources=exclude or None)
+                               sources=sources, exclude_sources=exclude)
         result.query_images = images
         result.warnings = warnings
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def refine(self, query: Any, positive: Sequence[int], negative: Sequence[int] = (),
+               k: int = 10, exclude_source: bool = False, labels: Optional[set] = None,
+               sources: Optional[set] = None, exclude_sources: Optional[set] = None,
+               push: Optional[float] = None) -> "RefinedResult":
+        """Search again with ``query`` refined by examples: library tile ids (``Hit.tile_index``)
+        of hits marked good (``positive``) and bad (``negative``).
+
+        The library is searched with one code: the bitwise majority of the query's code(s) and
+        the good tiles' codes, pushed away from the bad tiles' codes by ``push`` from 0 to 1
+        (default :data:`hashview.search.refine.DEFAULT_PUSH`); see :mod:`hashview.search.refine`. A
+        query of several tiles (a region, a list) gives each tile's code one vote; ``query``
+        ``None`` refines from the good examples alone. Filters as in :meth:`search`. Returns
+        a :class:`QueryResult` (a ``RefinedResult`` naming the examples). ``RefineError``
+        (one line) for a tile id the library does not hold, a float-code library, or neither
+        a query nor a good example.
+        """
+        from hashview.search.refine import refined_search
+
+        started = time.perf_counter()
+        searcher = self.load()
+        images, warnings, own_paths = ([], [], []) if query is None else \
+            self._query_tiles(searcher, query)
+        exclude = _excluded_sources(searcher, own_paths, exclude_source, exclude_sources)
+        result: RefinedResult = refined_search(
+            searcher, self.encoder, images, positive, negative, push=push, k=k, labels=labels,
+            sources=sources, exclude_sources=exclude)
+        result.query_images, result.warnings = images, warnings
         result.seconds = time.perf_counter() - started
         return result
 
@@ -292,6 +321,16 @@ class LibrarySession:
         params = TilingParams(tile_size=searcher.tile_size, target_mpp=searcher.target_mpp)
         with open_source(path) as source:
             return region_tiles(source, tuple(int(v) for v in region), params, size)
+
+
+def _excluded_sources(searcher: Searcher, own_paths: Sequence[str], exclude_source: bool,
+                      exclude_sources: Optional[set]) -> Optional[set]:
+    """The source ids a search leaves out: those given, and with ``exclude_source`` the
+    query's own files (however they were moved or renamed); None for none."""
+    exclude = set(exclude_sources or ())
+    if exclude_source:
+        exclude |= {sid for path in own_paths for sid in searcher.source_ids_of_file(path)}
+    return exclude or None
 
 
 def _is_region(item: Any) -> bool:

@@ -17,7 +17,8 @@ from typing import Optional, Sequence
 
 from hashview import __version__
 from hashview.cli.models import cmd_eval, cmd_explain, cmd_models, cmd_train
-from hashview.cli.search import cmd_heatmap, cmd_index_build, cmd_search
+from hashview.cli.search import (add_refine_options, cmd_heatmap, cmd_index_build,
+                                 cmd_search)
 from hashview.cli.support import (BATCH_SIZE, EXIT_FAILED, EXIT_OK, EXIT_PARTIAL,
                                   FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER,
                                   TRAIN_BATCH_SIZE, code_bits, int_list, model_input_size,
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: exact for small libraries, an approximate index (built once and "
                         "saved next to the library) for large ones; flat: always exact")
     p.add_argument("--json", action="store_true")
+    add_refine_options(p)
 
     p = sub.add_parser("index-build", help="build and save a library's approximate search index")
     p.add_argument("library", metavar="LIB.h5")

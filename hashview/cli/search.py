@@ -1,5 +1,5 @@
-"""The search commands: ``search`` (tiles, regions, whole slides), ``heatmap`` and
-``index-build``."""
+"""The search commands: ``search`` (tiles, regions, whole slides, refined by example),
+``heatmap`` and ``index-build``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,13 @@ def cmd_search(args) -> int:
     if args.whole_slide and (region or args.labels or args.sources):
         return usage_error("--whole-slide ranks whole slides: it takes no --region, --label "
                            "or --source")
+    try:
+        positive, negative = tile_ids(args.positive), tile_ids(args.negative)
+    except ValueError as exc:
+        return usage_error(str(exc))
+    if args.whole_slide and (positive or negative):
+        return usage_error("--whole-slide ranks whole slides: it takes no --positive or "
+                           "--negative")
     session = LibrarySession(args.library, model=args.model, device=args.device,
                              index=args.index)
     if args.whole_slide:
@@ -32,16 +39,41 @@ def cmd_search(args) -> int:
         say(f"hashview: {note}", err=True)
     if searcher.needs_index_build():
         _build_index_to_keep(searcher)
-    result = session.search((args.query, region) if region else args.query, k=args.top_k,
-                            exclude_source=args.exclude_source,
-                            labels=set(args.labels) if args.labels else None,
-                            sources=set(args.sources) if args.sources else None)
+    query = (args.query, region) if region else args.query
+    filters = dict(k=args.top_k, exclude_source=args.exclude_source,
+                   labels=set(args.labels) if args.labels else None,
+                   sources=set(args.sources) if args.sources else None)
+    if positive or negative:
+        result = session.refine(query, positive, negative, **filters)
+    else:
+        result = session.search(query, **filters)
     if args.json:
         print(json.dumps({"query": args.query, "region": region, **result.to_dict(),
                           "index": searcher.index_info}, indent=2))
         return EXIT_OK
     say_lines(result.to_text())
     return EXIT_OK
+
+
+def add_refine_options(parser) -> None:
+    """``--positive`` / ``--negative``: refine a search by example (library tile ids)."""
+    for option, what in (("--positive", "good: search again towards them"),
+                         ("--negative", "bad: search again away from them")):
+        parser.add_argument(option, action="append", metavar="ID[,ID...]",
+                            help=f"library tile ids (as printed by a search) of hits marked "
+                                 f"{what} (repeatable)")
+
+
+def tile_ids(values) -> list[int]:
+    """``["12,40", "7"]`` -> ``[12, 40, 7]``; ``ValueError`` (one line) for anything else."""
+    ids = []
+    for value in values or ():
+        for part in value.split(","):
+            if not part.strip().isdigit():
+                raise ValueError(f"tile ids are whole numbers separated by commas "
+                                 f"(e.g. 12,40), got {value!r}")
+            ids.append(int(part))
+    return ids
 
 
 def _search_cases(session, args) -> int:

@@ -8,6 +8,8 @@
   region's hits, ``QueryResult``.
 - :mod:`hashview.search.result_summary`: what a result may claim, in words.
 - :mod:`hashview.search.heatmap`: a slide's indexed tiles coloured by distance to a query.
+- :mod:`hashview.search.refine`: refine a search by example (the bitwise majority of the
+  query and the hits marked good, pushed away from those marked bad).
 - :mod:`hashview.search.cases`: whole-slide search (a mosaic of the query slide, slides ranked
   by the median of the mosaic's minimum distances; cases by patient).
 
