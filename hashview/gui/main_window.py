@@ -1,9 +1,10 @@
 """The main window: library (left), slide viewer(s) (centre), results (right), jobs (bottom).
 
 Behaviour lives here (opening, settings, persistence), in :mod:`hashview.gui.window_search`
-(queries, drops, comparison) and :mod:`hashview.gui.window_jobs` (indexing and training jobs);
-the menus are built in :mod:`hashview.gui.menus`. Nothing here tiles, encodes or searches: the
-core does, on worker threads (search) or worker processes (indexing, training).
+(queries, drops, comparison), :mod:`hashview.gui.window_similarity` (the similarity map) and
+:mod:`hashview.gui.window_jobs` (indexing and training jobs); the menus are built in
+:mod:`hashview.gui.menus`. Nothing here tiles, encodes or searches: the core does, on worker
+threads (search) or worker processes (indexing, training).
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ from hashview.gui.thumbnails import ThumbnailLoader
 from hashview.gui.viewer import SlideViewer
 from hashview.gui.window_jobs import JobsMixin
 from hashview.gui.window_search import SearchMixin
+from hashview.gui.window_similarity import SimilarityMapMixin
 from hashview.gui.window_view import ViewMixin
 
 SLIDE_FILTER = ("Slides and images (*.svs *.ndpi *.mrxs *.scn *.tif *.tiff *.vms *.bif *.dcm "
                 "*.png *.jpg *.jpeg *.bmp);;All files (*)")
 
 
-class MainWindow(SearchMixin, JobsMixin, ViewMixin, QMainWindow):
+class MainWindow(SearchMixin, SimilarityMapMixin, JobsMixin, ViewMixin, QMainWindow):
     def __init__(self, settings: Optional[AppSettings] = None):
         super().__init__()
         self.settings = settings or AppSettings()
@@ -78,6 +80,7 @@ class MainWindow(SearchMixin, JobsMixin, ViewMixin, QMainWindow):
 
         self.controller = SearchController(self)
         self._build_status_bar()
+        self._build_similarity_bar()
         self.actions_ = build_menus(self)
         self.actions_.outlines.setChecked(self.settings.tile_outlines)
         self._connect()
@@ -189,6 +192,7 @@ class MainWindow(SearchMixin, JobsMixin, ViewMixin, QMainWindow):
             self._apply_library_to_viewer()
         self.show_message(f"Opened library {Path(path).name}: {info['n_sources']} sources, "
                           f"{info['n_tiles']} tiles")
+        self.refresh_similarity_map()
         return True
 
     def open_slide(self, path: str | Path) -> bool:
@@ -212,6 +216,7 @@ class MainWindow(SearchMixin, JobsMixin, ViewMixin, QMainWindow):
         width, height = source.dimensions
         mpp = f", {source.mpp:.3f} µm/px" if source.mpp else ", µm/px unknown"
         self.show_message(f"Opened {Path(path).name}: {width}x{height} px{mpp}")
+        self.refresh_similarity_map()
         return True
 
     def tiling(self) -> tuple[int, float] | None:

@@ -46,6 +46,9 @@ def build_menus(window) -> SimpleNamespace:
 
     a.outlines = _action(w, "Show &tile outlines", w.show_tile_outlines, "T",
                          "Outline the library's tiles on the open slide", checkable=True)
+    a.similarity = _action(w, "Similarity &map", w.toggle_similarity_map, "H",
+                           "Colour the open slide's tiles by their distance to the last query; "
+                           "a click on the slide searches from there", checkable=True)
     a.zoom_in = _action(w, "Zoom &in", lambda: w.viewer.zoom_in(), K.ZoomIn)
     a.zoom_out = _action(w, "Zoom &out", lambda: w.viewer.zoom_out(), K.ZoomOut)
     a.fit = _action(w, "&Fit to window", lambda: w.viewer.fit(), "Ctrl+0")
@@ -97,6 +100,7 @@ def build_menus(window) -> SimpleNamespace:
 
     view_menu = bar.addMenu("&View")
     view_menu.addAction(a.outlines)
+    view_menu.addAction(a.similarity)
     view_menu.addSeparator()
     for action in (a.zoom_in, a.zoom_out, a.fit):
         view_menu.addAction(action)

@@ -150,16 +150,28 @@ class _Engine:
                              str(session.encoder.device), searcher.tile_size,
                              searcher.target_mpp, index, tuple(searcher.index_notes))
 
+    @staticmethod
+    def query_of(request: SearchRequest):
+        """The request as a :meth:`LibrarySession.search` query."""
+        if request.kind == "files":
+            return list(request.paths)
+        if request.kind == "region":
+            return (request.source_path, request.region)
+        if request.kind == "pixels":
+            return list(request.images)
+        raise HashViewError(None, "the similarity map follows tile and region searches, not "
+                                  "whole-slide ones")
+
+    def similarity_map(self, request: SearchRequest, slide_path: str):
+        from hashview.search.heatmap import similarity_map
+
+        return similarity_map(self.session, self.query_of(request), slide_path)
+
     def run(self, request: SearchRequest) -> SearchOutcome:
         if request.kind == "case":
             return self._run_case(request)
-        if request.kind == "files":
-            query = list(request.paths)
-        elif request.kind == "region":
-            query = (request.source_path, request.region)
-        else:
-            query = list(request.images)
-        result = self.session.search(query, k=request.k, exclude_source=request.exclude_source)
+        result = self.session.search(self.query_of(request), k=request.k,
+                                     exclude_source=request.exclude_source)
         return SearchOutcome(request, result, result.query_images, self.key[0], result.seconds,
                              result.warnings)
 
@@ -206,6 +218,37 @@ class _Task(QRunnable):
             c._emit(c._ended, self.generation, None)
 
 
+class _MapTask(QRunnable):
+    """The similarity map of a search's query over one slide, on the search thread."""
+
+    def __init__(self, controller: "SearchController", generation: int,
+                 request: SearchRequest, slide_path: str):
+        super().__init__()
+        self.controller, self.generation = controller, generation
+        self.request, self.slide_path = request, slide_path
+        self.library, self.device = controller.library, controller.device
+        self.version = controller._library_version
+
+    def run(self) -> None:
+        from hashview.search.heatmap import NotInLibrary
+
+        c = self.controller
+        try:
+            with c._engine_lock:
+                c._emit(c._loaded, 0, c._engine.load(self.library, self.device, self.version))
+                simmap = c._engine.similarity_map(self.request, self.slide_path)
+            c._emit(c._map_done, self.generation, simmap)
+        except NotInLibrary as exc:
+            c._emit(c._map_error, self.generation, (self.slide_path, _one_line(exc), True))
+        except HashViewError as exc:
+            c._emit(c._map_error, self.generation, (self.slide_path, _one_line(exc), False))
+        except Exception as exc:  # noqa: BLE001  (report, never crash the app)
+            traceback.print_exc()
+            c._emit(c._map_error, self.generation, (self.slide_path, _one_line(exc), False))
+        finally:
+            c._emit(c._ended, self.generation, None)
+
+
 def _one_line(exc: BaseException) -> str:
     text = exc.message if isinstance(exc, HashViewError) else str(exc) or type(exc).__name__
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
@@ -220,12 +263,16 @@ class SearchController(QObject):
     failed = Signal(object, str)      # SearchRequest (None for a failed preload), message
     libraryLoaded = Signal(object)    # LoadedLibrary
     busyChanged = Signal(bool)
+    mapReady = Signal(object)           # hashview.search.heatmap.SimilarityMap
+    mapFailed = Signal(str, str, bool)  # slide path, message, the slide is not in the library
 
     # worker -> UI thread (queued: emitted from the pool thread)
     _loaded = Signal(int, object)
     _done = Signal(int, object)
     _error = Signal(int, object)
     _ended = Signal(int, object)
+    _map_done = Signal(int, object)
+    _map_error = Signal(int, object)
 
     def __init__(self, parent: Optional[QObject] = None):
         super().__init__(parent)
@@ -239,12 +286,15 @@ class SearchController(QObject):
         self.last_outcome: Optional[SearchOutcome] = None
         self.loaded_library: Optional[LoadedLibrary] = None
         self._generation = 0
+        self._map_generation = 0
         self._library_version = 0
         self._pending = 0
         self._loaded.connect(self._on_loaded)
         self._done.connect(self._on_done)
         self._error.connect(self._on_error)
         self._ended.connect(self._on_ended)
+        self._map_done.connect(self._on_map_done)
+        self._map_error.connect(self._on_map_error)
 
     # ---------------------------------------------------------------- public API
     def set_library(self, path: Optional[str], device: str = "auto", preload: bool = True) -> None:
@@ -281,6 +331,18 @@ class SearchController(QObject):
             return False
         self.search(self.last_request.with_options(k, exclude_source))
         return True
+
+    def similarity_map(self, request: SearchRequest, slide_path: str) -> None:
+        """The map of ``request``'s query over ``slide_path``: ``mapReady`` or ``mapFailed``;
+        only the latest map asked for is delivered."""
+        if not self.library:
+            self.mapFailed.emit(slide_path, "no library is open", False)
+            return
+        self._map_generation += 1
+        self._pending += 1
+        if self._pending == 1:
+            self.busyChanged.emit(True)
+        self.pool.start(_MapTask(self, self._map_generation, request, slide_path))
 
     def is_busy(self) -> bool:
         return self._pending > 0
@@ -319,6 +381,16 @@ class SearchController(QObject):
         if generation == self._generation:  # older answers were superseded
             self.last_outcome = outcome
             self.finished.emit(outcome)
+
+    @Slot(int, object)
+    def _on_map_done(self, generation: int, simmap) -> None:
+        if generation == self._map_generation:
+            self.mapReady.emit(simmap)
+
+    @Slot(int, object)
+    def _on_map_error(self, generation: int, payload) -> None:
+        if generation == self._map_generation:
+            self.mapFailed.emit(*payload)
 
     @Slot(int, object)
     def _on_error(self, generation: int, payload) -> None:

@@ -87,6 +87,7 @@ class JobsMixin:
             if same:  # a failed or cancelled job keeps the sources it committed: show them too
                 self.controller.invalidate()
                 self.open_library(self.library_path)  # new sources, counts, outlines
+                self._map_after_index(spec, status)
         elif spec.kind == "train" and status == "done" and result:
             from hashview.models import install_model
 

@@ -159,6 +159,7 @@ class SearchMixin:
                 if result.vote else "")
         self.show_message(f"{len(result.hits)} hits for {outcome.request.describe()} "
                           f"in {outcome.seconds:.2f} s{vote}", 10000)
+        self.refresh_similarity_map()  # the map follows the last query
         if outcome.warnings:
             self.warn("\n".join(outcome.warnings), "Some images could not be read")
 

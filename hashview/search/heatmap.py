@@ -23,6 +23,10 @@ OPACITY = 0.55
 LEGEND_HEIGHT = 36
 
 
+class NotInLibrary(SourceError):
+    """The slide has no tiles in the library: index it first (the app offers to)."""
+
+
 @dataclass
 class SimilarityMap:
     slide_path: str
@@ -33,6 +37,14 @@ class SimilarityMap:
     @property
     def scale_max(self) -> int:
         return max(1, round(self.bits * SCALE_SHARE))
+
+    def colours(self) -> np.ndarray:
+        """(n, 3) uint8 RGB per tile: red at distance 0, blue at :attr:`scale_max` and beyond
+        (the same scale in the PNG, the JSON and the app's overlay)."""
+        from hashview.explain import jet
+
+        distances = np.array([t[3] for t in self.tiles], np.float32)
+        return jet(1.0 - np.minimum(distances, self.scale_max) / self.scale_max)
 
     def to_dict(self) -> dict:
         distances = [t[3] for t in self.tiles]
@@ -51,9 +63,12 @@ def similarity_map(session, query: Any, slide_path: str | Path) -> SimilarityMap
         raise SourceError(slide_path, "a similarity map needs a library of binary codes")
     sources = searcher.source_ids_of_file(slide_path)
     tile_ids = np.flatnonzero(np.isin(searcher.tile_sources, list(sources)))
+    if len(tile_ids) == 0 and sources:
+        raise SourceError(slide_path, "in the library, but with no tiles to colour (no tile "
+                                      "held enough tissue when it was indexed)")
     if len(tile_ids) == 0:
-        raise SourceError(slide_path, "not in the library (index it first: hashview index "
-                                      "-l LIB.h5 SLIDE)")
+        raise NotInLibrary(slide_path, "not in the library (index it first: hashview index "
+                                       "-l LIB.h5 SLIDE)")
     codes = session.encoder.encode(images)
     distances = hamming_distance(codes, searcher.codes[tile_ids]).reshape(len(codes), -1)
     nearest = distances.min(axis=0)
@@ -65,17 +80,16 @@ def similarity_map(session, query: Any, slide_path: str | Path) -> SimilarityMap
 
 def render_map(source, simmap: SimilarityMap, max_side: int = 1024) -> Image.Image:
     """The slide's thumbnail with the map blended over its indexed tiles, and a legend."""
-    from hashview.explain import jet
-
     thumb = source.get_thumbnail((max_side, max_side)).convert("RGB")
     scale = thumb.width / source.dimensions[0]
     colour = np.zeros((thumb.height, thumb.width, 3), np.float32)
     covered = np.zeros((thumb.height, thumb.width), bool)
-    for x, y, size, distance in sorted(simmap.tiles, key=lambda t: -t[3]):  # nearest on top
+    colours = simmap.colours()
+    for i in sorted(range(len(simmap.tiles)), key=lambda i: -simmap.tiles[i][3]):  # nearest on top
+        x, y, size, _ = simmap.tiles[i]
         x0, y0 = int(x * scale), int(y * scale)
         x1, y1 = max(x0 + 1, int((x + size) * scale)), max(y0 + 1, int((y + size) * scale))
-        value = 1.0 - min(distance, simmap.scale_max) / simmap.scale_max
-        colour[y0:y1, x0:x1] = jet(np.float32(value))
+        colour[y0:y1, x0:x1] = colours[i]
         covered[y0:y1, x0:x1] = True
     base = np.asarray(thumb, np.float32)
     blended = np.where(covered[..., None], (1 - OPACITY) * base + OPACITY * colour, base)

@@ -1,9 +1,11 @@
 """Mouse, wheel, keyboard and context menu of the slide viewer (a mixin of :class:`SlideViewer`).
 
-Left drag pans (middle drag too); Shift+drag, or any left drag in region mode (R), draws the
-rubber-band selection; a left drag in ruler mode (M) measures; wheel zooms about the cursor;
-double-click zooms in. The keys are the table ``VIEWER_KEYS``, which also feeds the app's
-keyboard shortcut sheet, so the sheet cannot drift from what the keys do.
+Left drag pans (middle drag too), and a left click with the similarity map shown searches from
+there (once the double-click time has passed: a double-click only zooms); Shift+drag, or any
+left drag in region mode (R), draws the rubber-band selection; a left drag in ruler mode (M)
+measures; wheel zooms about the cursor; double-click zooms in. The keys are the table
+``VIEWER_KEYS``, which also feeds the app's keyboard shortcut sheet, so the sheet cannot drift
+from what the keys do.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 from PySide6.QtCore import QPointF, Qt
-from PySide6.QtWidgets import QMenu
+from PySide6.QtWidgets import QApplication, QMenu
 
 from .ruler import line_length
 from .zoom import MAGNIFICATION_PRESETS
 
 WHEEL_STEP = 2 ** (1 / 3)      # zoom factor per wheel notch
+CLICK_SLOP = 4                 # screen px a press may move and still be a click
 K = Qt.Key
 
 
@@ -83,6 +86,7 @@ MOUSE_GESTURES = (
     ("Drag", "Pan (middle drag pans in every mode)"),
     ("Wheel", "Zoom about the cursor"),
     ("Double-click", "Zoom in"),
+    ("Click (similarity map on, H)", "Search from there; the map follows"),
     ("Shift+drag", "Select a region"),
     ("Right-click", "Find similar region, copy coordinates, modes"),
     ("Overview click", "Jump there"),
@@ -142,6 +146,7 @@ class ViewerInteraction:
             self.set_ruler(self.map_to_level0(pos) * 2)
         elif button in (Qt.MouseButton.LeftButton, Qt.MouseButton.MiddleButton):
             self._drag_last = pos
+            self._press_pos = pos if button == Qt.MouseButton.LeftButton else None
             self.setCursor(Qt.CursorShape.ClosedHandCursor)
         else:
             super().mousePressEvent(event)
@@ -158,6 +163,9 @@ class ViewerInteraction:
             self._drag_last = pos
             self._set_view(self._cx - delta.x() * self._ds, self._cy - delta.y() * self._ds,
                            self._ds)
+        elif self.similarity.shown():  # hovering: the distance of the tile under the cursor
+            distance = self.similarity.distance_at(*self.map_to_level0(pos))
+            self.setToolTip("" if distance is None else f"{distance} bits from the query")
 
     def mouseReleaseEvent(self, event) -> None:  # noqa: N802
         if self._band is not None:
@@ -171,6 +179,11 @@ class ViewerInteraction:
         elif self._drag_last is not None:
             self._drag_last = None
             self._update_cursor()
+            start, self._press_pos = self._press_pos, None
+            moved = start is None or (event.position() - start).manhattanLength() > CLICK_SLOP
+            if not moved and self.similarity.visible:
+                self._click_at = event.position()  # searched from when no double-click follows
+                self._click_timer.start(QApplication.doubleClickInterval())
 
     def _finish_band(self, start: QPointF, end: QPointF) -> None:
         width, height = self._source.dimensions
@@ -182,7 +195,14 @@ class ViewerInteraction:
             int(round(x0)), int(round(y0)), int(round(x1 - x0)), int(round(y1 - y0)))
         self.update()
 
+    def _on_single_click(self) -> None:
+        if self._click_at is not None and self.similarity.visible:
+            self.find_similar_at(self._click_at)  # the map follows the new search
+        self._click_at = None
+
     def mouseDoubleClickEvent(self, event) -> None:  # noqa: N802
+        self._click_timer.stop()
+        self._click_at = None
         if self._source is not None and event.button() == Qt.MouseButton.LeftButton:
             self.zoom_at(event.position(), 2.0)
 

@@ -2,7 +2,8 @@
 
 Layers, bottom to top: background; while any tile of the current scale is missing, the thumbnail
 and the cached tiles of every coarser scale and of one finer scale (so the view never shows
-holes); the tiles of the current scale; tile outlines, selection, highlight, ruler; the HUD.
+holes); the tiles of the current scale; the similarity map with its legend; tile outlines,
+selection, highlight, ruler; the HUD.
 Images go through ``displayed()`` (brightness, contrast, gamma) on their way to the screen.
 """
 
@@ -41,6 +42,7 @@ class ViewerPainting:
             self._paint_empty(painter)
         else:
             self._paint_slide(painter)
+            self.similarity.paint(painter)
             self._paint_overlays(painter)
             paint_hud(painter, QRectF(self.rect()), self._source.mpp, self._ds)
         painter.end()

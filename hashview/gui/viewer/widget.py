@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from PySide6.QtCore import QPointF, Qt, Signal
+from PySide6.QtCore import QPointF, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QWidget
 
@@ -30,6 +30,7 @@ from .interaction import ViewerInteraction
 from .overview import OverviewWidget, magnification_text
 from .painting import ViewerPainting
 from .ruler import Line, format_ruler_length, line_length
+from .similarity_layer import SimilarityLayer
 from .tile_loader import TileLoader, TileScale, tile_rect, tile_scale, tiles_in_rect
 from .zoom import MIN_DOWNSAMPLE, downsample_for_magnification, scan_magnification
 
@@ -49,6 +50,7 @@ class SlideViewer(ViewerInteraction, ViewerPainting, QWidget):
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
         self.setMinimumSize(160, 120)
+        self.setMouseTracking(True)  # the similarity map's distance under the cursor
         self._loader = TileLoader(self, cache_mb)
         self._loader.tileLoaded.connect(lambda _key: self.update())
         self._loader.thumbnailLoaded.connect(self._on_thumbnail)
@@ -72,6 +74,12 @@ class SlideViewer(ViewerInteraction, ViewerPainting, QWidget):
         self._ruler: Line | None = None
         self._measuring = False          # a ruler drag is in progress
         self._adjusted = AdjustedImages()
+        self._press_pos: QPointF | None = None  # where a left drag began (a click re-queries)
+        self._click_at: QPointF | None = None
+        self._click_timer = QTimer(self)
+        self._click_timer.setSingleShot(True)
+        self._click_timer.timeout.connect(self._on_single_click)
+        self.similarity = SimilarityLayer(self)
 
     # --- source ---------------------------------------------------------------------------
     def open_source(self, source: Source) -> None:
@@ -82,6 +90,7 @@ class SlideViewer(ViewerInteraction, ViewerPainting, QWidget):
         self._highlight = self._selection = self._band = self._drag_last = self._ruler = None
         self._measuring = False
         self._adjusted.clear()
+        self.similarity.set_map(None)  # distances to another slide's tiles
         self._last_emitted = None
         self.overview.set_thumbnail(None, None)
         self._loader.set_source(source)
@@ -96,6 +105,7 @@ class SlideViewer(ViewerInteraction, ViewerPainting, QWidget):
         self._highlight = self._selection = self._band = self._drag_last = self._ruler = None
         self._measuring = False
         self._adjusted.clear()
+        self.similarity.set_map(None)
         self.overview.set_thumbnail(None, None)
         self._update_cursor()
         self.update()
