@@ -10,8 +10,9 @@ import pytest
 
 from conftest import KATHER, SLIDE
 from hashview.encode import hamming_distance
+from hashview.search import cases as case_search
 from hashview.search.cases import (HISTOGRAM_BINS, RankedSource, colour_histograms, group_cases,
-                                   rank_sources, select_mosaic)
+                                   rank_sources, select_mosaic, slide_minima)
 
 
 def test_colour_histograms_count_each_channel():
@@ -65,6 +66,67 @@ def test_equal_slide_distances_are_ordered_by_source_id():
     codes = np.zeros((4, 8), np.uint8)
     ranked = rank_sources(_fake_searcher(codes, [2, 0, 3, 1]), np.zeros((3, 8), np.uint8))
     assert [sid for sid, _, _ in ranked] == [0, 1, 2, 3]
+
+
+def _straightforward_ranking(codes, tile_sources, mosaic, excluded=(), k=None):
+    """The ranking as first written: one pass over all library codes per mosaic code."""
+    tile_sources = np.asarray(tile_sources)
+    order = np.argsort(tile_sources, kind="stable")
+    codes, sorted_sources = codes[order], tile_sources[order]
+    starts = np.flatnonzero(np.r_[True, sorted_sources[1:] != sorted_sources[:-1]])
+    ends = np.r_[starts[1:], len(codes)]
+    source_ids = sorted_sources[starts]
+    minima = np.stack([np.minimum.reduceat(hamming_distance(code, codes), starts)
+                       for code in mosaic])
+    median = np.median(minima, axis=0)
+    ranked = []
+    for j in np.lexsort((source_ids, median)):
+        if int(source_ids[j]) in excluded:
+            continue
+        if k is not None and len(ranked) == k:
+            break
+        segment = hamming_distance(mosaic, codes[starts[j]:ends[j]])
+        pairs = sorted((int(minima[i, j]), i, int(np.argmin(segment[i])) + int(starts[j]))
+                       for i in range(len(mosaic)))[:5]
+        ranked.append((int(source_ids[j]), float(median[j]),
+                       [(i, int(order[t])) for _, i, t in pairs]))
+    return ranked
+
+
+@pytest.mark.parametrize("width", [8, 4, 16])
+def test_the_blocked_kernel_ranks_exactly_as_one_pass_per_mosaic_code(width, monkeypatch):
+    rng = np.random.default_rng(width)
+    for trial in range(12):
+        # uneven slides (1 to 400 tiles), source ids with gaps (sources with no tiles), tiles
+        # stored in order or shuffled; odd trials use 2 bits of every byte: many ties
+        slides = int(rng.integers(1, 25))
+        ids = np.sort(rng.choice(3 * slides, slides, replace=False))
+        sources = np.repeat(ids, rng.integers(1, 400, slides)).astype(np.int32)
+        if trial % 3 == 2:
+            sources = rng.permutation(sources)
+        codes = rng.integers(0, 256, (len(sources), width), dtype=np.uint8)
+        mosaic = rng.integers(0, 256, (int(rng.integers(1, 40)), width), dtype=np.uint8)
+        if trial % 2:
+            codes &= 0b10000001
+            mosaic &= 0b10000001
+        # blocks from 1 code to the whole library: slides split over blocks and chunks
+        monkeypatch.setattr(case_search, "BLOCK_DISTANCES", int(rng.integers(1, 20_000)))
+        excluded = set(rng.choice(ids, min(2, slides), replace=False).tolist())
+        searcher = _fake_searcher(codes, sources)
+        for k in (None, 3):
+            assert (rank_sources(searcher, mosaic, excluded, k=k)
+                    == _straightforward_ranking(codes, sources, mosaic, excluded, k))
+
+
+def test_slide_minima_is_the_minimum_over_each_slide():
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 256, (50, 8), dtype=np.uint8)
+    starts = np.array([0, 1, 20, 49])
+    mosaic = rng.integers(0, 256, (6, 8), dtype=np.uint8)
+    full = hamming_distance(mosaic, codes)
+    expected = np.stack([full[:, a:b].min(axis=1) for a, b in zip(starts, [1, 20, 49, 50])], 1)
+    assert slide_minima(codes, starts, mosaic).tolist() == expected.tolist()
+    assert slide_minima(codes, starts, mosaic[:0]).shape == (0, 4)
 
 
 def test_a_case_is_the_patient_when_known_else_the_slide():

@@ -1,10 +1,10 @@
 """Whole-slide (case) search speed: seconds per query against the number of library slides.
 
 What is timed: :func:`hashview.search.cases.rank_sources`, the step whose cost grows with the
-library (one pass over every library code per mosaic code, the median-of-min per slide, the
-best tile pairs of the top 5). The query slide's mosaic selection is not included: it costs the
-same whatever the library's size (a thumbnail and two small k-means, or reading and encoding a
-few dozen tiles for a new slide).
+library (every library code against every mosaic code, in blocks on all cores, the
+median-of-min per slide, the best tile pairs of the top 5). The query slide's mosaic selection
+is not included: it costs the same whatever the library's size (a thumbnail and two small
+k-means, or reading and encoding a few dozen tiles for a new slide).
 
 Library: ``slides`` x ``tiles`` random 64-bit codes, source by source as a library stores them.
 Random codes are enough: every code is compared with every mosaic code, whatever the values.
@@ -13,8 +13,8 @@ colour cluster) and the size the mosaic rule gives a query slide of ``tiles`` ti
 (:data:`~hashview.search.cases.MOSAIC_SHARE` of them). Each query is a new random mosaic,
 after one single-code warm-up query; the median over the queries is reported.
 
-The 10^5-slide rows are a linear estimate from the measured ones (the cost is one pass over the
-library per mosaic code), not a measurement: their codes alone would be 2.4 GB.
+The 10^5-slide rows are a linear estimate from the measured ones (the cost is library codes x
+mosaic codes), not a measurement: their codes alone would be 2.4 GB.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from hashview.progress import ProgressCallback, report
 PLANS = {
     # the test suite's size: seconds
     "quick": dict(slides=200, tiles=300, queries=3, estimate_slides=2_000),
-    # 3 x 10^7 tiles: 240 MB of codes, 120 MB of source ids, a 240 MB pass per mosaic code
+    # 3 x 10^7 tiles: 240 MB of codes, 120 MB of source ids, 16 MB of distances per thread
     "full": dict(slides=10_000, tiles=3_000, queries=3, estimate_slides=100_000),
 }
 COLUMNS = ["slides", "tiles per slide", "library tiles", "mosaic codes", "median s per query",
@@ -119,7 +119,8 @@ def run(mode: str, workdir: Path, progress: Optional[ProgressCallback] = None) -
         "does not grow with the library).",
         f"Mosaics: {' and '.join(str(m) for m in mosaic_sizes(plan['tiles']))} codes: one per "
         f"colour cluster, and what the mosaic rule takes of a {plan['tiles']:,}-tile query "
-        "slide. One pass over the library's codes per mosaic code.",
+        "slide. Every library code meets every mosaic code (blocks of library codes on all "
+        "cores).",
         f"{plan['estimate_slides']:,}-slide rows: a linear estimate on paper "
         f"({factor:g} x the measured median; their codes alone would be "
         f"{codes_mb * factor / 1e3:,.2f} GB), not a measurement.",
