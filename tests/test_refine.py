@@ -44,17 +44,21 @@ def test_consensus_works_byte_by_byte_across_a_longer_code():
     assert bits_of(consensus_code(codes)) == "1000000000000001"
 
 
-def test_the_query_and_good_codes_vote_and_ties_keep_the_query_bit():
+def test_the_query_and_good_codes_vote_and_ties_go_to_the_good_examples():
     query = code("10100000")
     good = np.stack([code("11000000"), code("01100000")])
     assert bits_of(refined_code(query, good)) == "11100000"  # 2 of 3 on each of the first bits
-    assert bits_of(refined_code(query, good[:1])) == "10100000"  # 1 against 1: the query's
+    assert bits_of(refined_code(query, good[:1])) == "11000000"  # 1 against 1: the good one's
+    split_good = np.stack([code("11000000"), code("00100000")])
+    # bit 1: the query and one good say 0, one good says 1 -> 0; bit 2 likewise -> 1; bit 0:
+    # 2 against 1 -> 1. Where the good examples split evenly, the query's bit decides.
+    assert bits_of(refined_code(query, split_good)) == "10100000"
 
 
 def test_a_region_query_gives_each_tile_a_vote():
-    tiles = np.stack([code("11000000"), code("11000000"), code("00000000")])
+    tiles = np.stack([code("11000000")] * 3 + [code("00000000")])
     good = code("00110000")[None, :]
-    assert bits_of(refined_code(tiles, good)) == "11000000"  # 2 tiles outvote 1 tile + 1 good
+    assert bits_of(refined_code(tiles, good)) == "11000000"  # 3 tiles outvote 1 tile + 1 good
 
 
 def test_good_examples_alone_break_ties_by_their_own_consensus():
@@ -71,10 +75,10 @@ def test_bad_examples_are_ignored_at_push_zero():
 def test_push_tips_only_split_bits_away_from_the_bad_examples():
     # query and good agree on bit 0 (1) and bits 3-7 (0) and split on bits 1 and 2
     query, good = code("10100000"), code("11000000")[None, :]
-    assert bits_of(refined_code(query, good, push=0)) == "10100000"  # split: the query's bits
-    like_the_query = code("00100000")[None, :]
-    assert bits_of(refined_code(query, good, like_the_query, push=0.5)) == "11000000"
-    assert bits_of(refined_code(query, good, like_the_query, push=1)) == "11000000"
+    assert bits_of(refined_code(query, good, push=0)) == "11000000"  # split: the good one's
+    like_the_good = code("01000000")[None, :]  # bad: pushed back to the query's side
+    assert bits_of(refined_code(query, good, like_the_good, push=0.5)) == "10100000"
+    assert bits_of(refined_code(query, good, like_the_good, push=1)) == "10100000"
     # the shared bits stay, whatever the bad examples say (a tie at push 1 keeps the query's)
     for bad in ("11111111", "00000000"):
         refined = bits_of(refined_code(query, good, code(bad)[None, :], push=1))
@@ -142,11 +146,13 @@ def test_good_examples_bring_their_neighbours_up(session):
     assert worst_rank(session.refine(TUMOUR[0], [example], [query_itself], k=everything)) < 8
 
 
-def test_one_good_example_alone_leaves_the_query_as_it_was(session):
-    # query + 1 good: every bit they disagree on is a tie, and ties keep the query's bit
+def test_one_good_example_moves_the_query_to_it(session):
+    # query + 1 good: every bit they disagree on is a tie, and ties go to the good example
     example = tile_id(session, STROMA[1])
     refined = session.refine(TUMOUR[0], [example], k=5)
     assert [h.tile_index for h in refined.hits] == \
+        [h.tile_index for h in session.search(STROMA[1], k=5).hits]
+    assert [h.tile_index for h in refined.hits] != \
         [h.tile_index for h in session.search(TUMOUR[0], k=5).hits]
 
 

@@ -111,6 +111,10 @@ class MainWindow(SearchMixin, SimilarityMapMixin, JobsMixin, ViewMixin, QMainWin
         self.library_panel.sourceActivated.connect(lambda rec: self.open_slide(rec.path))
         self.results.hitActivated.connect(self.show_hit)
         self.results.optionsChanged.connect(self.rerun_search)
+        self.results.refine.searchAgainRequested.connect(self.search_again)
+        self.results.refine.clearMarksRequested.connect(self.clear_marks)
+        self.results.refine.filtersChanged.connect(self.apply_result_filters)
+        self.results.refine.cropRequested.connect(self.ask_crop_query)
         self.controller.started.connect(self._on_search_started)
         self.controller.finished.connect(self._on_search_finished)
         self.controller.failed.connect(self._on_search_failed)
@@ -172,12 +176,15 @@ class MainWindow(SearchMixin, SimilarityMapMixin, JobsMixin, ViewMixin, QMainWin
         try:
             with Library.open(path, mode="r") as library:
                 self.library_info = library.stats()
+                labels, sources = library.label_names(), library.sources()
             self.library_panel.set_library(path)
         except HashViewError as exc:
             self.warn(exc.message, "Open library")
             return False
         if path != self.library_path:
             self.results.clear()  # hits of another library: not this one's
+            self.results.marks.clear()  # their tile ids mean other tiles here
+        self.results.refine.set_library(labels, sources)
         self.library_path = path
         self.settings.last_library = path
         self.settings.add_recent(path)

@@ -22,6 +22,8 @@ from PySide6.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QLabel, QLis
                                QStackedWidget, QToolButton, QVBoxLayout, QWidget)
 
 from hashview.gui.explain_overlays import ExplainLoader
+from hashview.gui.hit_marks import HitMarks
+from hashview.gui.refine_bar import RefineBar
 from hashview.gui.thumbnails import ThumbnailLoader, pil_to_qimage, qimage_to_pil
 from hashview.search.result_summary import TIE_RULE, per_source_line, rank_marks, tie_note
 
@@ -177,6 +179,9 @@ class ResultsPanel(QWidget):
         self.grid.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.grid.itemClicked.connect(self._on_item_clicked)
         self.grid.itemActivated.connect(self._on_item_clicked)
+        self.marks = HitMarks(self.grid)  # good / bad, for Search again
+        self.refine = RefineBar()
+        self.marks.changed.connect(self._on_marks_changed)
 
         self.empty = QLabel(EMPTY_TEXT)
         self.empty.setWordWrap(True)
@@ -194,6 +199,7 @@ class ResultsPanel(QWidget):
         layout.addWidget(self.detail_label)
         layout.addLayout(options)
         layout.addLayout(explain_row)
+        layout.addWidget(self.refine)
         layout.addWidget(self.stack, 1)
 
     def _set_header(self, title: str, vote: str = "", detail: str = "") -> None:
@@ -272,6 +278,8 @@ class ResultsPanel(QWidget):
             key = f"hit:{hit.tile_index}"
             item = QListWidgetItem(QIcon(_placeholder()), self._caption(hit, mark))
             item.setData(Qt.ItemDataRole.UserRole, hit)
+            item.setData(HitMarks.CAPTION_ROLE, item.text())
+            self.marks.style(item)
             tie = f" (tied: {TIE_RULE})" if mark.endswith("=") else ""
             finder = f"\nfound by query tile {tile + 1}" if n_query > 1 else ""
             item.setToolTip(f"#{mark}, distance {hit.distance}{tie}\n"
@@ -281,12 +289,17 @@ class ResultsPanel(QWidget):
             self.grid.addItem(item)
             self._items_by_key.setdefault(key, []).append(item)
             self.loader.request(key, hit.source_path, (hit.x, hit.y, hit.size, hit.size), THUMB)
+        self.marks.set_enabled(request.kind != "case")
+        self._on_marks_changed()
         self._query_digests = [_digest(image) for image in outcome.query_images]
         self._request_explanations()
         self.export_button.setEnabled(bool(result.hits))
         self.stack.setCurrentWidget(self.grid)
         self.grid.scrollToTop()
         QTimer.singleShot(0, self.grid.scrollToTop)  # after the first layout of the new items
+
+    def _on_marks_changed(self) -> None:
+        self.refine.set_marks(len(self.marks.good()), len(self.marks.bad()), self.marks.enabled)
 
     @staticmethod
     def _caption(hit, mark: str) -> str:

@@ -41,11 +41,33 @@ class SearchRequest:
     images: tuple = ()  # PIL images for "pixels"
     k: int = 10
     exclude_source: bool = False
+    # refinement: library tile ids marked good / bad (the search is then one refined code)
+    positive: tuple[int, ...] = ()
+    negative: tuple[int, ...] = ()
+    # filters on the hits (AND): label names (None = unlabelled) and source ids; ``filter_text``
+    # says them in words
+    labels: Optional[frozenset] = None
+    sources: Optional[frozenset] = None
+    filter_text: str = ""
+    label: str = ""  # how to name "pixels" images (e.g. a crop of an earlier query)
 
     def with_options(self, k: int, exclude_source: bool) -> "SearchRequest":
         return replace(self, k=int(k), exclude_source=bool(exclude_source))
 
+    def base(self) -> "SearchRequest":
+        """The same query without marks or filters (what "a new query" compares)."""
+        return replace(self, positive=(), negative=(), labels=None, sources=None,
+                       filter_text="", k=10, exclude_source=False)
+
     def describe(self) -> str:
+        text = self._describe_query()
+        if self.positive or self.negative:
+            text += f", refined by {len(self.positive)} good, {len(self.negative)} bad"
+        if self.filter_text:
+            text += f" [{self.filter_text}]"
+        return text
+
+    def _describe_query(self) -> str:
         if self.kind == "files":
             return Path(self.paths[0]).name if len(self.paths) == 1 else f"{len(self.paths)} images"
         if self.kind == "region":
@@ -53,6 +75,8 @@ class SearchRequest:
             return f"{Path(self.source_path).name} region {w}x{h} at ({x}, {y})"
         if self.kind == "case":
             return f"{Path(self.source_path).name}, whole slide"
+        if self.label:
+            return self.label
         return "pasted image" if len(self.images) == 1 else f"{len(self.images)} pasted images"
 
     def own_paths(self) -> list[str]:
@@ -170,8 +194,13 @@ class _Engine:
     def run(self, request: SearchRequest) -> SearchOutcome:
         if request.kind == "case":
             return self._run_case(request)
-        result = self.session.search(self.query_of(request), k=request.k,
-                                     exclude_source=request.exclude_source)
+        filters = {"k": request.k, "exclude_source": request.exclude_source,
+                   "labels": request.labels, "sources": request.sources}
+        if request.positive or request.negative:
+            result = self.session.refine(self.query_of(request), list(request.positive),
+                                         list(request.negative), **filters)
+        else:
+            result = self.session.search(self.query_of(request), **filters)
         return SearchOutcome(request, result, result.query_images, self.key[0], result.seconds,
                              result.warnings)
 

@@ -6,7 +6,7 @@ kept in its own module so each file stays readable.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -108,8 +108,97 @@ class SearchMixin:
 
     # ---------------------------------------------------------------- starting searches
     def _request(self, kind: str, **fields) -> SearchRequest:
+        """A new query: the marks of the last one's hits are cleared; the filters stay."""
+        self.results.marks.clear()
+        labels, sources, words = self.results.refine.filters()
         return SearchRequest(kind, k=self.results.k(),
-                             exclude_source=self.results.exclude_source(), **fields)
+                             exclude_source=self.results.exclude_source(), labels=labels,
+                             sources=sources, filter_text=words, **fields)
+
+    # ---------------------------------------------------------------- refining
+    def search_again(self) -> bool:
+        """The last query again, refined by the hits marked good and bad (and the filters)."""
+        last = self.controller.last_request
+        marks = self.results.marks
+        if last is None or last.kind == "case" or not (marks.good() or marks.bad()):
+            self.show_message("Mark some hits good (G) or bad (B) first")
+            return False
+        labels, sources, words = self.results.refine.filters()
+        self.controller.search(replace(
+            last, positive=tuple(marks.good()), negative=tuple(marks.bad()), labels=labels,
+            sources=sources, filter_text=words, k=self.results.k(),
+            exclude_source=self.results.exclude_source()))
+        return True
+
+    def apply_result_filters(self) -> None:
+        """A filter changed: the last search again with it (marks kept as they were used)."""
+        last = self.controller.last_request
+        if last is None:
+            return
+        labels, sources, words = self.results.refine.filters()
+        if last.kind == "case" and (labels or sources):
+            self.show_message("Filters apply to tile and region searches")
+            return
+        self.controller.search(replace(last, labels=labels, sources=sources, filter_text=words))
+
+    def clear_marks(self) -> None:
+        self.results.marks.clear()
+
+    def ask_crop_query(self) -> None:
+        """Crop within the last query (a patch or a region) and search with the crop."""
+        from hashview.gui.crop_dialog import CropDialog
+
+        last = self.controller.last_request
+        if last is None or last.kind == "case":
+            self.show_message("Crop works on a patch or region query: search with one first")
+            return
+        try:
+            image = self._query_picture(last)
+        except (HashViewError, OSError) as exc:
+            self.warn(getattr(exc, "message", str(exc)), "Crop query")
+            return
+        dialog = CropDialog(image, self)
+        if dialog.exec():
+            self.search_crop(last, dialog.crop_box(), image.size)
+
+    def search_crop(self, last: SearchRequest, box, shown_size) -> bool:
+        """Search with ``box`` (x, y, w, h in the pixels of :meth:`_query_picture`)."""
+        if box is None:
+            self.show_message("Drag a rectangle over the query to crop it")
+            return False
+        x, y, w, h = box
+        if last.kind == "region":  # a sub-region of the slide, read as the library's tiles
+            rx, ry, rw, rh = last.region
+            sx, sy = rw / shown_size[0], rh / shown_size[1]
+            self.search_region(rx + x * sx, ry + y * sy, max(1, w * sx), max(1, h * sy))
+        else:
+            crop = self._query_picture(last).crop((x, y, x + w, y + h))
+            self.controller.search(self._request("pixels", images=(crop,), label=(
+                f"crop {w}x{h} of {last.describe()}")))
+        return True
+
+    @staticmethod
+    def _query_picture(request: SearchRequest):
+        """The query as one picture: the first patch image, or the region read from its
+        slide (at most about 1,024 px a side)."""
+        from PIL import Image
+
+        from hashview.slides import open_source
+
+        if request.kind == "files":
+            with Image.open(request.paths[0]) as image:
+                return image.convert("RGB")
+        if request.kind == "pixels":
+            return request.images[0].convert("RGB")
+        x, y, w, h = request.region
+        with open_source(request.source_path) as source:
+            level = source.get_best_level_for_downsample(max(w, h) / 1024)
+            downsample = source.level_downsamples[level]
+            region = source.read_region((x, y), level, (max(1, round(w / downsample)),
+                                                        max(1, round(h / downsample))))
+        scale = min(1.0, 1024 / max(region.size))
+        return region.resize((max(1, round(region.width * scale)),
+                              max(1, round(region.height * scale)))) if scale < 1 else region
 
     def ask_search_files(self) -> None:
         paths, _ = QFileDialog.getOpenFileNames(self, "Search with image", "", IMAGE_FILTER)

@@ -10,8 +10,10 @@ Per bit, every code votes +1 for a 1 and -1 for a 0. The score of a bit is
     mean vote of (query codes + good codes)  -  push * mean vote of the bad codes
 
 and the refined bit is 1 when the score is positive, 0 when negative. **Ties** (score 0) go to
-the query's own bit (the consensus of the query's codes alone; among those, the first code's
-bit), so a refined code never drifts where the evidence is even. Means, not sums: with sums,
+the good examples' majority where they have one, else to the query's own bit (the consensus of
+the query's codes alone; among those, the first code's bit). So one good example, the common
+case in the app, moves the query to that example's code where they differ ("more like this"),
+instead of changing nothing. Means, not sums: with sums,
 ten bad examples would outvote a query and two good ones even on bits they all share; with means
 and a ``push`` of at most 1, a bit on which the query and the good codes agree is never flipped
 (where the bad codes agree too, ``push=1`` makes it a tie, kept by the query): only bits on
@@ -108,11 +110,14 @@ def refined_code(query_codes, good_codes=(), bad_codes=(), push: float = DEFAULT
     positive = np.concatenate([query, good])
     if len(positive) == 0:
         raise ValueError("a refined code needs the query's code or a good example")
-    anchor = consensus_code(query if len(query) else good)
+    anchor = np.unpackbits(consensus_code(query if len(query) else good))
+    if len(good) and len(query):  # ties: the good examples' majority, then the query
+        good_votes = bit_votes(good)
+        anchor = np.where(good_votes > 0, 1, np.where(good_votes < 0, 0, anchor))
     scores = bit_votes(positive)
     if len(bad) and push:
         scores = scores - push * bit_votes(bad)
-    return _pack_signs(scores, np.unpackbits(anchor))
+    return _pack_signs(scores, anchor)
 
 
 @dataclass
