@@ -221,11 +221,12 @@ class _Engine:
                              [note])
 
 
-class _Task(QRunnable):
-    def __init__(self, controller: "SearchController", generation: int,
-                 request: Optional[SearchRequest]):
+class _EngineTask(QRunnable):
+    """Work on the search thread with the library loaded; failures become one line."""
+
+    def __init__(self, controller: "SearchController", generation: int):
         super().__init__()
-        self.controller, self.generation, self.request = controller, generation, request
+        self.controller, self.generation = controller, generation
         # captured now: the UI may switch library while this waits in the queue
         self.library, self.device = controller.library, controller.device
         self.version = controller._library_version
@@ -236,46 +237,57 @@ class _Task(QRunnable):
             with c._engine_lock:
                 info = c._engine.load(self.library, self.device, self.version)
                 c._emit(c._loaded, self.generation, info)
-                if self.request is not None:  # None: only preload the library
-                    c._emit(c._done, self.generation, c._engine.run(self.request))
+                self.work(c._engine)
         except HashViewError as exc:
-            c._emit(c._error, self.generation, (self.request, _one_line(exc)))
+            self.failed(exc)
         except Exception as exc:  # noqa: BLE001  (report, never crash the app)
             traceback.print_exc()
-            c._emit(c._error, self.generation, (self.request, _one_line(exc)))
+            self.failed(exc)
         finally:
             c._emit(c._ended, self.generation, None)
 
+    def work(self, engine: _Engine) -> None:
+        raise NotImplementedError
 
-class _MapTask(QRunnable):
-    """The similarity map of a search's query over one slide, on the search thread."""
+    def failed(self, exc: BaseException) -> None:
+        raise NotImplementedError
+
+
+class _Task(_EngineTask):
+    """A search (``request`` None: only preload the library)."""
+
+    def __init__(self, controller: "SearchController", generation: int,
+                 request: Optional[SearchRequest]):
+        super().__init__(controller, generation)
+        self.request = request
+
+    def work(self, engine: _Engine) -> None:
+        if self.request is not None:
+            self.controller._emit(self.controller._done, self.generation,
+                                  engine.run(self.request))
+
+    def failed(self, exc: BaseException) -> None:
+        self.controller._emit(self.controller._error, self.generation,
+                              (self.request, _one_line(exc)))
+
+
+class _MapTask(_EngineTask):
+    """The similarity map of a search's query over one slide."""
 
     def __init__(self, controller: "SearchController", generation: int,
                  request: SearchRequest, slide_path: str):
-        super().__init__()
-        self.controller, self.generation = controller, generation
+        super().__init__(controller, generation)
         self.request, self.slide_path = request, slide_path
-        self.library, self.device = controller.library, controller.device
-        self.version = controller._library_version
 
-    def run(self) -> None:
+    def work(self, engine: _Engine) -> None:
+        simmap = engine.similarity_map(self.request, self.slide_path)
+        self.controller._emit(self.controller._map_done, self.generation, simmap)
+
+    def failed(self, exc: BaseException) -> None:
         from hashview.search.heatmap import NotInLibrary
 
-        c = self.controller
-        try:
-            with c._engine_lock:
-                c._emit(c._loaded, 0, c._engine.load(self.library, self.device, self.version))
-                simmap = c._engine.similarity_map(self.request, self.slide_path)
-            c._emit(c._map_done, self.generation, simmap)
-        except NotInLibrary as exc:
-            c._emit(c._map_error, self.generation, (self.slide_path, _one_line(exc), True))
-        except HashViewError as exc:
-            c._emit(c._map_error, self.generation, (self.slide_path, _one_line(exc), False))
-        except Exception as exc:  # noqa: BLE001  (report, never crash the app)
-            traceback.print_exc()
-            c._emit(c._map_error, self.generation, (self.slide_path, _one_line(exc), False))
-        finally:
-            c._emit(c._ended, self.generation, None)
+        self.controller._emit(self.controller._map_error, self.generation,
+                              (self.slide_path, _one_line(exc), isinstance(exc, NotInLibrary)))
 
 
 def _one_line(exc: BaseException) -> str:
