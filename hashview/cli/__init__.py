@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", action="append", dest="sources", type=NON_NEGATIVE_INT,
                    metavar="ID",
                    help="only return tiles of this source id (repeatable)")
+    p.add_argument("--patient", action="append", dest="patients", metavar="PATIENT",
+                   help="only return tiles of this patient's slides (repeatable; with "
+                        "--source, both must hold)")
     p.add_argument("--model", "-m", default=None,
                    help="model file or training output folder to encode the query with "
                         "(default: the library's model)")

@@ -8,7 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from hashview.cli.support import EXIT_OK, progress_bar, say, say_lines, usage_error
+from hashview.cli.support import (EXIT_FAILED, EXIT_OK, progress_bar, say, say_lines,
+                                  usage_error)
 from hashview.errors import HashViewError
 
 
@@ -20,9 +21,9 @@ def cmd_search(args) -> int:
         region = parse_region(args.region) if args.region else None
     except ValueError as exc:
         return usage_error(str(exc))
-    if args.whole_slide and (region or args.labels or args.sources):
-        return usage_error("--whole-slide ranks whole slides: it takes no --region, --label "
-                           "or --source")
+    if args.whole_slide and (region or args.labels or args.sources or args.patients):
+        return usage_error("--whole-slide ranks whole slides: it takes no --region, --label, "
+                           "--source or --patient")
     try:
         positive, negative = tile_ids(args.positive), tile_ids(args.negative)
     except ValueError as exc:
@@ -40,9 +41,14 @@ def cmd_search(args) -> int:
     if searcher.needs_index_build():
         _build_index_to_keep(searcher)
     query = (args.query, region) if region else args.query
+    sources = set(args.sources) if args.sources else None
+    if args.patients:
+        of_patients = _sources_of_patients(session, args.patients)
+        if of_patients is None:
+            return EXIT_FAILED
+        sources = of_patients if sources is None else sources & of_patients
     filters = dict(k=args.top_k, exclude_source=args.exclude_source,
-                   labels=set(args.labels) if args.labels else None,
-                   sources=set(args.sources) if args.sources else None)
+                   labels=set(args.labels) if args.labels else None, sources=sources)
     if positive or negative:
         result = session.refine(query, positive, negative, **filters)
     else:
@@ -53,6 +59,21 @@ def cmd_search(args) -> int:
         return EXIT_OK
     say_lines(result.to_text())
     return EXIT_OK
+
+
+def _sources_of_patients(session, patients) -> "set[int] | None":
+    """Source ids of the patients' slides; None (said in one line) for a patient the library
+    has no slide of."""
+    records = session.sources
+    ids = {r.id for r in records if r.patient_id in set(patients)}
+    missing = sorted(set(patients) - {r.patient_id for r in records})
+    if missing:
+        known = sorted({r.patient_id for r in records if r.patient_id})
+        say(f"hashview: {session.path}: no slide of patient {missing[0]!r} in this library "
+            f"({len(known)} patients with ids{': ' + ', '.join(known[:5]) if known else ''}"
+            f"{' …' if len(known) > 5 else ''})", err=True)
+        return None
+    return ids
 
 
 def add_refine_options(parser) -> None:
