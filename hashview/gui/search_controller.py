@@ -54,11 +54,6 @@ class SearchRequest:
     def with_options(self, k: int, exclude_source: bool) -> "SearchRequest":
         return replace(self, k=int(k), exclude_source=bool(exclude_source))
 
-    def base(self) -> "SearchRequest":
-        """The same query without marks or filters (what "a new query" compares)."""
-        return replace(self, positive=(), negative=(), labels=None, sources=None,
-                       filter_text="", k=10, exclude_source=False)
-
     def describe(self) -> str:
         text = self._describe_query()
         if self.positive or self.negative:

@@ -159,10 +159,11 @@ class SearchMixin:
             return
         dialog = CropDialog(image, self)
         if dialog.exec():
-            self.search_crop(last, dialog.crop_box(), image.size)
+            self.search_crop(last, dialog.crop_box(), image.size, picture=image)
 
-    def search_crop(self, last: SearchRequest, box, shown_size) -> bool:
-        """Search with ``box`` (x, y, w, h in the pixels of :meth:`_query_picture`)."""
+    def search_crop(self, last: SearchRequest, box, shown_size, picture=None) -> bool:
+        """Search with ``box`` (x, y, w, h in the pixels of :meth:`_query_picture`, of size
+        ``shown_size``; ``picture``: that picture when already read)."""
         if box is None:
             self.show_message("Drag a rectangle over the query to crop it")
             return False
@@ -172,7 +173,8 @@ class SearchMixin:
             sx, sy = rw / shown_size[0], rh / shown_size[1]
             self.search_region(rx + x * sx, ry + y * sy, max(1, w * sx), max(1, h * sy))
         else:
-            crop = self._query_picture(last).crop((x, y, x + w, y + h))
+            picture = picture if picture is not None else self._query_picture(last)
+            crop = picture.crop((x, y, x + w, y + h))
             self.controller.search(self._request("pixels", images=(crop,), label=(
                 f"crop {w}x{h} of {last.describe()}")))
         return True

@@ -100,10 +100,10 @@ class SimilarityMapMixin:
                                             "appears when it is done (Jobs panel).")
 
     def _map_after_index(self, spec, status: str) -> None:
-        """An index job ended: the slide it was waiting for may have tiles now."""
+        """An index job into the open library ended (the window has reopened the library, which
+        asked for the map again): stop waiting for the slide it indexed."""
         waiting = self._map_waiting_for
         if waiting and waiting in spec.args.get("paths", ()):
             self._map_waiting_for = None
             if status != "done":
                 self.similarity_bar.show_status(f"Indexing {Path(waiting).name}: {status}.")
-        self.refresh_similarity_map()
