@@ -80,8 +80,8 @@ class IndexReport:
                 f"{example['path']} = {example['duplicate_of']}")
 
 
-def _source_record(item: InputItem, fingerprint: str, *, kind: str, width: int, height: int,
-                   mpp: Optional[float], mpp_assumed: bool) -> dict:
+def source_record(item: InputItem, fingerprint: str, *, kind: str, width: int, height: int,
+                  mpp: Optional[float], mpp_assumed: bool) -> dict:
     stat = os.stat(item.path)
     return {
         "path": str(Path(item.path).resolve()),
@@ -199,6 +199,38 @@ def model_tiling(card, params: Optional[TilingParams] = None, tile_size: Optiona
                     else card.target_mpp or DEFAULT_TARGET_MPP))
 
 
+def open_library(library_path: str | Path, card, params: TilingParams,
+                 report_: IndexReport) -> tuple[Library, TilingParams]:
+    """The library opened for appending (made for ``card`` when missing) and the tiling to use:
+    an existing library's own tile size and resolution win (with a warning), so that all its
+    tiles are comparable."""
+    library = Library.open_or_create(
+        library_path, model_name=card.name, model_arch=card.arch, bits=card.bits,
+        model_sha256=card.sha256, tile_size=params.tile_size, target_mpp=params.target_mpp,
+        code_kind=getattr(card, "code_kind", None))
+    if (library.tile_size, library.target_mpp) != (params.tile_size, params.target_mpp):
+        report_.warnings.append(
+            f"{library_path}: using the library's tiling ({library.tile_size} px at "
+            f"{library.target_mpp} µm/px), not the requested one")
+        params = dataclasses.replace(params, tile_size=library.tile_size,
+                                     target_mpp=library.target_mpp)
+    return library, params
+
+
+def already_stored(item: InputItem, fingerprint: str, library: Library, seen: dict[str, str],
+                   report_: IndexReport) -> bool:
+    """True (and reported as skipped) when ``fingerprint`` is in the library or was stored
+    earlier in this run (``seen``: fingerprint -> the file stored with it)."""
+    if fingerprint in seen:
+        report_.duplicate(item.path, seen[fingerprint])
+        return True
+    if library.find_source(fingerprint=fingerprint) is not None:
+        report_.skipped.append(str(item.path))
+        seen[fingerprint] = str(item.path)
+        return True
+    return False
+
+
 def index_paths(paths: Iterable[str | Path], library_path: str | Path,
                 model: str | Path | LoadedModel = DEFAULT_MODEL,
                 params: Optional[TilingParams] = None, device: str = "auto",
@@ -225,17 +257,8 @@ def index_paths(paths: Iterable[str | Path], library_path: str | Path,
     if not items:
         return report_
 
-    library = Library.open_or_create(
-        library_path, model_name=card.name, model_arch=card.arch, bits=card.bits,
-        model_sha256=card.sha256, tile_size=params.tile_size, target_mpp=params.target_mpp,
-        code_kind=getattr(card, "code_kind", None))
+    library, params = open_library(library_path, card, params, report_)
     with library:
-        if (library.tile_size, library.target_mpp) != (params.tile_size, params.target_mpp):
-            report_.warnings.append(
-                f"{library_path}: using the library's tiling ({library.tile_size} px at "
-                f"{library.target_mpp} µm/px), not the requested one")
-            params = dataclasses.replace(params, tile_size=library.tile_size,
-                                         target_mpp=library.target_mpp)
         encoder = Encoder(loaded, device=device, batch_size=batch_size)
         batch = encoder.batch_size
         seen: dict[str, str] = {}  # fingerprint -> the file of this run stored with it
@@ -267,12 +290,7 @@ def _index_slide(item: InputItem, library: Library, encoder: Encoder, params: Ti
                  seen: Optional[dict[str, str]] = None) -> None:
     seen = {} if seen is None else seen
     fingerprint = fingerprint_file(item.path)
-    if fingerprint in seen:
-        report_.duplicate(item.path, seen[fingerprint])
-        return
-    if library.find_source(fingerprint=fingerprint) is not None:
-        report_.skipped.append(str(item.path))
-        seen[fingerprint] = str(item.path)
+    if already_stored(item, fingerprint, library, seen, report_):
         return
     name = Path(item.path).name
     with open_source(item.path) as source:
@@ -290,8 +308,8 @@ def _index_slide(item: InputItem, library: Library, encoder: Encoder, params: Ti
                 report(progress, "encoding", done, len(plan.tiles),
                        rate_message(name, done, time.perf_counter() - start))
         width, height = source.dimensions
-        record = _source_record(item, fingerprint, kind="slide", width=width, height=height,
-                                mpp=source.mpp, mpp_assumed=plan.mpp_assumed)
+        record = source_record(item, fingerprint, kind="slide", width=width, height=height,
+                               mpp=source.mpp, mpp_assumed=plan.mpp_assumed)
     codes_arr = (np.concatenate(codes) if codes
                  else code_kind(encoder.code_kind).empty_encoded(encoder.bits))
     with times.stage("write", len(plan.tiles)):
@@ -317,12 +335,7 @@ def _index_patches(patches: list[InputItem], library: Library, encoder: Encoder,
         except HashViewError as exc:
             report_.failed.append(exc.message)
             continue
-        if fingerprint in seen:
-            report_.duplicate(item.path, seen[fingerprint])
-        elif library.find_source(fingerprint=fingerprint) is not None:
-            report_.skipped.append(str(item.path))
-            seen[fingerprint] = str(item.path)
-        else:
+        if not already_stored(item, fingerprint, library, seen, report_):
             todo.append((item, fingerprint))
             seen[fingerprint] = str(item.path)
 
@@ -346,8 +359,8 @@ def _index_patches(patches: list[InputItem], library: Library, encoder: Encoder,
                 codes = encoder.encode([tile for _, (_, tile) in good])
                 batch_items = []
                 for ((item, fingerprint), ((width, height), _)), code in zip(good, codes):
-                    record = _source_record(item, fingerprint, kind="patch", width=width,
-                                            height=height, mpp=None, mpp_assumed=False)
+                    record = source_record(item, fingerprint, kind="patch", width=width,
+                                           height=height, mpp=None, mpp_assumed=False)
                     batch_items.append((record, code[None, :], np.zeros(1, np.int64),
                                         np.zeros(1, np.int64), np.array([max(width, height)])))
                 # one commit per batch: a per-patch commit costs ~100x more on large folders
