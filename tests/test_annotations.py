@@ -1,0 +1,123 @@
+"""QuPath GeoJSON annotations: reading every form QuPath writes, and refusing bad files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from shapely.geometry import Polygon
+
+from hashview.annotations import AnnotationError
+from hashview.annotations.qupath import read_annotations
+
+DATA = Path(__file__).resolve().parent / "data"
+CMU_ANNOTATIONS = DATA / "annotations" / "CMU-1-Small-Region.geojson"
+
+
+def _features():
+    return json.loads(CMU_ANNOTATIONS.read_text())["features"]
+
+
+def test_qupath_feature_collection_gives_polygons_with_holes_classes_and_properties():
+    warnings = []
+    annotations = read_annotations(CMU_ANNOTATIONS, warnings=warnings)
+    assert [a.label for a in annotations] == ["Dermis", "Epidermis", None]
+    dermis, epidermis, cleft = annotations
+    assert dermis.geometry.geom_type == "Polygon" and len(dermis.geometry.interiors) == 1
+    outline, hole = (Polygon(ring) for ring in (dermis.geometry.exterior,
+                                                 dermis.geometry.interiors[0]))
+    assert hole.within(outline)
+    assert dermis.geometry.area == pytest.approx(outline.area - hole.area)
+    assert epidermis.geometry.geom_type == "MultiPolygon" and len(epidermis.geometry.geoms) == 2
+    # properties.name is the object's own name, never its class
+    assert dermis.properties["name"] == "dermis, lower part"
+    assert cleft.properties["name"] == "cleft, unclassified"
+    assert any("1 feature of type Point skipped" in w for w in warnings)
+    assert any("1 feature of type LineString skipped" in w for w in warnings)
+    assert all(w.startswith(str(CMU_ANNOTATIONS)) for w in warnings)
+
+
+def test_a_list_of_features_and_a_single_feature_are_read(tmp_path):
+    listed = tmp_path / "listed.geojson"
+    listed.write_text(json.dumps(_features()))
+    single = tmp_path / "single.geojson"
+    single.write_text(json.dumps(_features()[1]))
+    assert [a.label for a in read_annotations(listed)] == ["Dermis", "Epidermis", None]
+    (only,) = read_annotations(single)
+    assert only.label == "Epidermis" and only.geometry.geom_type == "MultiPolygon"
+
+
+def test_class_given_by_name_parts_and_a_self_intersecting_outline_repaired(tmp_path):
+    derived_class = {"classification": {"names": ["Tumor", "Positive"]}}
+    bowtie = {"type": "Feature", "properties": derived_class,
+              "geometry": {"type": "Polygon",
+                           "coordinates": [[[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]]]}}
+    path = tmp_path / "bowtie.geojson"
+    path.write_text(json.dumps(bowtie))
+    warnings = []
+    (annotation,) = read_annotations(path, warnings=warnings)
+    assert annotation.label == "Tumor: Positive"
+    assert annotation.geometry.is_valid and annotation.geometry.area == pytest.approx(50)
+    assert warnings == [f"{path}: 1 feature with self-intersecting outlines repaired"]
+
+
+def _polygon_feature(coordinates, properties=None) -> str:
+    return json.dumps({"type": "Feature", "properties": properties or {},
+                       "geometry": {"type": "Polygon", "coordinates": coordinates}})
+
+
+SQUARE = [[[0, 0], [5, 0], [5, 5], [0, 5], [0, 0]]]
+BAD_FILES = {
+    "not JSON": ("{ this is not json", "bad JSON"),
+    "binary": (b"\x89PNG\r\n\x1a\n\xff\xfe", "not UTF-8"),
+    "a number": ("42", "expected a FeatureCollection"),
+    "features not a list": ('{"type": "FeatureCollection", "features": 3}', "'features' list"),
+    "feature not an object": ('["Feature"]', "feature 1: not a JSON object"),
+    "NaN": ('{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": '
+            '[[[NaN, 0], [1, 1], [1, 0], [NaN, 0]]]}}', "NaN"),
+    "Infinity": (_polygon_feature([[[0, 0], [float("inf"), 1], [1, 0], [0, 0]]]), "Infinity"),
+    "overflowing number": ('{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": '
+                           '[[[0, 0], [1e400, 1], [1, 0], [0, 0]]]}}', "not finite"),
+    "text coordinates": (_polygon_feature([[["0", "0"], ["1", "1"], ["1", "0"]]]), "number pairs"),
+    "ragged": (_polygon_feature([[[0, 0], [1], [1, 0, 2, 3]]]), "number pairs"),
+    "two points": (_polygon_feature([[[0, 0], [1, 1]]]), "fewer than 3"),
+    "geometry a string": ('{"type": "Feature", "geometry": "Polygon"}', "not a GeoJSON geometry"),
+    "properties a list": (json.dumps({"type": "Feature", "properties": [1],
+                                      "geometry": {"type": "Polygon", "coordinates": SQUARE}}),
+                          "'properties' is not an object"),
+    "class a number": (_polygon_feature(SQUARE, {"classification": {"name": 7}}), "not text"),
+    "class with NUL": (_polygon_feature(SQUARE, {"classification": "a\0b"}), "not a name"),
+    "deep nesting": ("[" * 200_000 + "]" * 200_000, "nested too deeply"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_a_bad_file_is_one_line_naming_the_file(tmp_path, case):
+    content, reason = BAD_FILES[case]
+    path = tmp_path / "bad.geojson"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(AnnotationError) as err:
+        read_annotations(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    assert reason in message
+
+
+def test_too_large_files_and_too_many_vertices_are_refused_before_they_are_read(tmp_path):
+    path = tmp_path / "big.geojson"
+    path.write_text(CMU_ANNOTATIONS.read_text())
+    with pytest.raises(AnnotationError, match="larger than 0 MB"):
+        read_annotations(path, max_bytes=1000)
+    with pytest.raises(AnnotationError, match="more than 10 vertices"):
+        read_annotations(path, max_vertices=10)
+
+
+def test_a_missing_file_or_a_folder_is_one_line(tmp_path):
+    for path in (tmp_path / "missing.geojson", tmp_path):
+        with pytest.raises(AnnotationError) as err:
+            read_annotations(path)
+        assert str(err.value).startswith(f"{path}: ")
