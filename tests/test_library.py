@@ -235,7 +235,7 @@ def _folder(p):
     (_empty, "not an HDF5 file (empty file)"),
     (_plain_h5, "not a HashView library (no format attribute)"),
     (_foreign_format, "not a HashView library (format is 'something-else')"),
-    (_future, "schema version 9 is newer than this HashView supports (2); upgrade HashView"),
+    (_future, "schema version 9 is newer than this HashView supports (3); upgrade HashView"),
     (_truncated, "truncated or corrupt"),
     (_missing, "no such file"),
     (_folder, "is a folder"),

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional
 from hashview.code_kinds import CODE_KIND_NAMES, code_kind
 
 FORMAT_NAME = "hashview-library"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # the newest schema read and written (3: case metadata)
 STATUS_COMPLETE = "complete"
 CODE_KINDS = CODE_KIND_NAMES  # under the name hashview.library exports
 

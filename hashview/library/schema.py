@@ -1,4 +1,4 @@
-"""The on-disk schema (version 2): creating, checking, reading and encoding rows.
+"""The on-disk schema (versions 2 and 3): creating, checking, reading and encoding rows.
 
 docs/library-format.md is the specification. Schema 1 (read-only here) lives in ``legacy.py``.
 Design choices of schema 2, for small files (target: at most 24 bytes per tile at 64 bits):
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -29,6 +29,7 @@ import numpy as np
 from hashview import __version__
 from hashview.code_kinds import code_kind
 from hashview.errors import LibraryError
+from hashview.library.metadata import MetadataTable, load_metadata
 from hashview.library.records import (FORMAT_NAME, SCHEMA_VERSION, ModelInfo, SourceRecord)
 from hashview.library.validation import (INT32_MAX, StoredData, committed_rows, generation_of,
                                          model_from_attrs, non_negative, tile_ranges)
@@ -46,6 +47,9 @@ FLAG_PATCH, FLAG_MPP_ASSUMED = 1, 2
 STATUS_COMMITTED = 1
 CHUNK_BYTES = 1 << 14  # 16 KiB: small libraries stay small; reads of 10**7 rows stay fast
 SOURCE_CHUNK_ROWS = 256
+# Appends and new libraries write schema 2: a file without case metadata needs nothing of schema
+# 3, so older HashView versions keep reading it. A copy-on-write edit writes schema 3.
+NEW_FILE_VERSION = 2
 
 
 @dataclass
@@ -61,6 +65,7 @@ class Snapshot:
     generation: int
     created: str
     updated: str
+    metadata: MetadataTable = field(default_factory=MetadataTable)
 
 
 def utc_now() -> str:
@@ -107,10 +112,10 @@ def _column(group: h5py.Group, name: str, dtype, row_shape: tuple = (), rows: in
                          chunks=(chunk_rows, *row_shape))
 
 
-def write_skeleton(f: h5py.File, info: ModelInfo) -> None:
+def write_skeleton(f: h5py.File, info: ModelInfo, version: int = NEW_FILE_VERSION) -> None:
     now = utc_now()
     f.attrs.update({
-        "format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, "code_kind": info.code_kind,
+        "format": FORMAT_NAME, "schema_version": version, "code_kind": info.code_kind,
         "model_name": info.name, "model_arch": info.arch, "bits": info.bits,
         "model_sha256": info.sha256, "tile_size": info.tile_size,
         "target_mpp": info.target_mpp, "created": now, "updated": now,
@@ -134,7 +139,7 @@ def write_skeleton(f: h5py.File, info: ModelInfo) -> None:
 
 
 def file_version(f: h5py.File, path: Path) -> int:
-    """Check the format attributes; return the schema version (1 or 2)."""
+    """Check the format attributes; return the schema version (1 to 3)."""
     fmt = f.attrs.get("format")
     if fmt is None:
         raise LibraryError(path, "not a HashView library (no format attribute)")
@@ -219,7 +224,7 @@ def source_rows(recs: list[SourceRecord], tile_sizes: list[int],
 
 
 def load(f: h5py.File, path: Path) -> Snapshot:
-    """Read a schema-2 library's committed prefix (see "Reading" in docs/library-format.md),
+    """Read a schema-2 or -3 library's committed prefix (see "Reading" in docs/library-format.md),
     checking every column before it is read (``validation.py``)."""
     model = model_from_attrs(f, path)
     data = StoredData(f, path)
@@ -264,12 +269,14 @@ def load(f: h5py.File, path: Path) -> Snapshot:
             label=label or None, patient_id=patient or None,
             tile_start=lists["tile_start"][i], tile_count=lists["tile_count"][i],
             mpp_assumed=bool(flags & FLAG_MPP_ASSUMED), added=added_iso[added]))
+    version = file_version(f, path)
+    metadata = load_metadata(f, data, n, path) if version >= 3 else MetadataTable()
     a = f.attrs
-    return Snapshot(version=2, model=model, sources=sources,
+    return Snapshot(version=version, model=model, sources=sources,
                     source_tile_size=cols["tile_size"].astype(np.int32),
                     labels=labels, n_tiles=n_tiles,
                     generation=generation_of(f, path), created=str(a["created"]),
-                    updated=str(a["updated"]))
+                    updated=str(a["updated"]), metadata=metadata)
 
 
 def read_tiles(f: h5py.File, start: int, stop: int) -> dict[str, np.ndarray]:

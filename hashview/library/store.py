@@ -25,6 +25,7 @@ from hashview import code_kinds
 from hashview.errors import LibraryError
 from hashview.library import files, legacy, schema
 from hashview.library.files import FileLocks, LockBusy
+from hashview.library.metadata import MetadataReading
 from hashview.library.records import ModelInfo, SourceRecord, TileRecord
 from hashview.library.schema import (Snapshot, model_info_from_args, reason_from_oserror,
                                      write_skeleton)
@@ -32,7 +33,7 @@ from hashview.library.validation import check_tile_rows, generation_of
 from hashview.library.writing import OPEN_FOR_WRITING, LibraryWriting
 
 
-class Library(LibraryWriting):
+class Library(LibraryWriting, MetadataReading):
     """An open library file; make one with :meth:`create`, :meth:`open`, :meth:`open_or_create`.
 
     Read-only libraries present the snapshot they were opened at (``generation``); a writer in
@@ -379,6 +380,7 @@ class Library(LibraryWriting):
                       "sha256": self.model_sha256},
             "tile_size": self.tile_size, "target_mpp": self.target_mpp,
             "labels": {name: int(c) for name, c in zip(self._labels, counts) if c > 0},
+            "metadata_keys": self.metadata_keys(),
             "unlabeled_tiles": int(np.sum(label_ids < 0)),
             "file_size": file_size,
             "file_bytes_per_tile": (file_size / self._n_tiles) if self._n_tiles else None,
