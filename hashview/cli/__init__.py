@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from hashview import __version__
+from hashview.cli.annotations import (add_annotation_options, annotation_options,
+                                      annotation_usage_problem, label_summary)
+from hashview.cli.edit import EDIT_COMMANDS, add_edit_parser
+from hashview.cli.geojson import add_geojson_option
 from hashview.cli.models import cmd_eval, cmd_explain, cmd_models, cmd_train
 from hashview.cli.search import (add_refine_options, cmd_heatmap, cmd_index_build,
                                  cmd_search)
@@ -64,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=BATCH_SIZE, default=None)
     _add_tiling_args(p)
+    add_annotation_options(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("search", help="find the tiles most similar to a patch or slide region")
@@ -85,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patient", action="append", dest="patients", metavar="PATIENT",
                    help="only return tiles of this patient's slides (repeatable; with "
                         "--source, both must hold)")
+    p.add_argument("--where", action="append", metavar="KEY=VALUE",
+                   help="only return tiles of sources whose case data has this value (label, "
+                        "patient or a metadata key; case-insensitive; repeatable: all must hold)")
     p.add_argument("--model", "-m", default=None,
                    help="model file or training output folder to encode the query with "
                         "(default: the library's model)")
@@ -94,12 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "saved next to the library) for large ones; flat: always exact")
     p.add_argument("--json", action="store_true")
     add_refine_options(p)
+    add_geojson_option(p)
 
     p = sub.add_parser("index-build", help="build and save a library's approximate search index")
     p.add_argument("library", metavar="LIB.h5")
     p.add_argument("--kind", default="auto", choices=["auto", "ivf", "multihash"],
                    help="auto: only when the library is large enough to need one")
     p.add_argument("--json", action="store_true")
+
+    add_edit_parser(sub)
 
     p = sub.add_parser("info", help="describe a library")
     p.add_argument("library", metavar="LIB.h5")
@@ -227,6 +238,8 @@ def cmd_index(args) -> int:
     from hashview.session import LibrarySession
     from hashview.tiling import TilingParams
 
+    if annotation_usage_problem(args):
+        return usage_error(annotation_usage_problem(args))
     model = load_model(args.model or DEFAULT_MODEL)
     try:  # each value passed its option's check; together (stride vs tile size) they may not
         params = model_tiling(
@@ -238,7 +251,8 @@ def cmd_index(args) -> int:
         return usage_error(f"--stride/--tile-size: {exc}")
     bar = progress_bar(not args.json)
     session = LibrarySession(args.library, model=model, device=args.device)
-    result = session.add(args.sources, progress=bar, params=params, batch_size=args.batch_size)
+    result = session.add(args.sources, progress=bar, params=params, batch_size=args.batch_size,
+                         annotations=annotation_options(args))
     bar.close()
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -249,6 +263,8 @@ def cmd_index(args) -> int:
             say(f"hashview: {failure}", err=True)
         say(f"{args.library}: added {len(result.added)} source(s), {result.tiles_added} tiles; "
             f"{len(result.skipped)} already indexed; {len(result.failed)} failed")
+        if result.tile_labels:
+            say(label_summary(result.tile_labels))
     if result.failed:
         return EXIT_PARTIAL if result.added or result.skipped else EXIT_FAILED
     return EXIT_OK
@@ -350,7 +366,7 @@ COMMANDS = {"index": cmd_index, "search": cmd_search, "index-build": cmd_index_b
             "info": cmd_info, "models": cmd_models,
             "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo,
             "explain": cmd_explain, "heatmap": cmd_heatmap, "install-desktop": cmd_install_desktop,
-            "uninstall-desktop": cmd_uninstall_desktop, "bench": cmd_bench}
+            "uninstall-desktop": cmd_uninstall_desktop, "bench": cmd_bench, **EDIT_COMMANDS}
 
 
 def _open_app(paths: Sequence[str]) -> int:

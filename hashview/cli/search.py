@@ -8,12 +8,14 @@ import json
 import sys
 from pathlib import Path
 
+from hashview.cli.geojson import export_search, report_export
 from hashview.cli.support import (EXIT_FAILED, EXIT_OK, progress_bar, say, say_lines,
                                   usage_error)
 from hashview.errors import HashViewError
 
 
 def cmd_search(args) -> int:
+    from hashview.library.metadata import parse_conditions
     from hashview.search.query import parse_region
     from hashview.session import LibrarySession
 
@@ -21,11 +23,13 @@ def cmd_search(args) -> int:
         region = parse_region(args.region) if args.region else None
     except ValueError as exc:
         return usage_error(str(exc))
-    if args.whole_slide and (region or args.labels or args.sources or args.patients):
+    if args.whole_slide and (region or args.labels or args.sources or args.patients
+                             or args.where):
         return usage_error("--whole-slide ranks whole slides: it takes no --region, --label, "
-                           "--source or --patient")
+                           "--source, --patient or --where")
     try:
         positive, negative = tile_ids(args.positive), tile_ids(args.negative)
+        where = parse_conditions(args.where or ())
     except ValueError as exc:
         return usage_error(str(exc))
     if args.whole_slide and (positive or negative):
@@ -34,6 +38,8 @@ def cmd_search(args) -> int:
     session = LibrarySession(args.library, model=args.model, device=args.device,
                              index=args.index)
     if args.whole_slide:
+        if args.geojson:
+            return usage_error("--geojson writes tile hits; --whole-slide ranks whole slides")
         return _search_cases(session, args)
     searcher = session.load()
     for note in searcher.index_notes:
@@ -47,18 +53,23 @@ def cmd_search(args) -> int:
         if of_patients is None:
             return EXIT_FAILED
         sources = of_patients if sources is None else sources & of_patients
+    if where:
+        matching = _sources_where(session, where)
+        sources = matching if sources is None else sources & matching
     filters = dict(k=args.top_k, exclude_source=args.exclude_source,
                    labels=set(args.labels) if args.labels else None, sources=sources)
     if positive or negative:
         result = session.refine(query, positive, negative, **filters)
     else:
         result = session.search(query, **filters)
+    exported = export_search(args, session.path, result.hits, region)
     if args.json:
         print(json.dumps({"query": args.query, "region": region, **result.to_dict(),
-                          "index": searcher.index_info}, indent=2))
-        return EXIT_OK
-    say_lines(result.to_text())
-    return EXIT_OK
+                          "index": searcher.index_info,
+                          **({"geojson": exported.to_dict()} if exported else {})}, indent=2))
+    else:
+        say_lines(result.to_text())
+    return report_export(exported, args.json)
 
 
 def _sources_of_patients(session, patients) -> "set[int] | None":
@@ -74,6 +85,15 @@ def _sources_of_patients(session, patients) -> "set[int] | None":
             f"{' …' if len(known) > 5 else ''})", err=True)
         return None
     return ids
+
+
+def _sources_where(session, conditions) -> set[int]:
+    """Source ids meeting every ``(key, value)`` condition; an unknown key is one line."""
+    from hashview.library import Library
+    from hashview.library.metadata import sources_where
+
+    with Library.open(session.path, "r") as library:
+        return sources_where(library, conditions)
 
 
 def add_refine_options(parser) -> None:
