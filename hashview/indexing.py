@@ -22,8 +22,10 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from hashview.annotations.tiles import AnnotationOptions, label_counts, labelled_tiles
 from hashview.code_kinds import code_kind
 from hashview.encode import Encoder
+from hashview.annotations import AnnotationError
 from hashview.errors import HashViewError
 from hashview.library import Library, LibraryWriteError, fingerprint_file
 from hashview.models import DEFAULT_MODEL, LoadedModel, load_model
@@ -54,6 +56,15 @@ class IndexReport:
     def tiles_added(self) -> int:
         return sum(a["tiles"] for a in self.added)
 
+    @property
+    def tile_labels(self) -> dict[str, int]:
+        """Tiles added per annotation class (``"unlabelled"``: no class), over annotated slides."""
+        counts: dict[str, int] = {}
+        for added in self.added:
+            for label, n in added.get("labels", {}).items():
+                counts[label] = counts.get(label, 0) + n
+        return dict(sorted(counts.items()))
+
     def to_dict(self) -> dict:
         return {
             "library": self.library,
@@ -63,6 +74,7 @@ class IndexReport:
             "warnings": self.warnings,
             "duplicates": self.duplicates,
             "tiles_added": self.tiles_added,
+            "tile_labels": self.tile_labels,
         }
 
     def duplicate(self, path, first) -> None:
@@ -236,14 +248,16 @@ def index_paths(paths: Iterable[str | Path], library_path: str | Path,
                 params: Optional[TilingParams] = None, device: str = "auto",
                 batch_size: Optional[int] = None,
                 progress: Optional[ProgressCallback] = None,
-                times: Optional[StageTimes] = None) -> IndexReport:
+                times: Optional[StageTimes] = None,
+                annotations: Optional[AnnotationOptions] = None) -> IndexReport:
     """Tile, encode and store every slide, image and patch under ``paths``.
 
     ``params`` defaults to the model's training tiling (:func:`model_tiling`). A library that
     already exists must have been made with the same model (else ``LibraryError``); its tile size
     and resolution then win over ``params`` so that all its tiles are comparable. ``times``
     collects the seconds of each stage of slides (tissue mask, read, resize, transform, batch,
-    forward, pack, write); ``None`` times nothing.
+    forward, pack, write); ``None`` times nothing. ``annotations`` labels the tiles of slides
+    by their annotation files (:mod:`hashview.annotations.tiles`); patches keep their folder's.
     """
     times = times or NO_TIMES
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
@@ -256,6 +270,8 @@ def index_paths(paths: Iterable[str | Path], library_path: str | Path,
     report_.failed.extend(e.message for e in errors)
     if not items:
         return report_
+    if annotations is not None:
+        _check_annotation_place(annotations, [it for it in items if it.kind == "slide"])
 
     library, params = open_library(library_path, card, params, report_)
     with library:
@@ -270,7 +286,7 @@ def index_paths(paths: Iterable[str | Path], library_path: str | Path,
                 report(progress, "slides", n, len(slides), Path(item.path).name)
                 try:
                     _index_slide(item, library, encoder, params, pool, report_, progress, times,
-                                 seen)
+                                 seen, annotations)
                 except LibraryWriteError:
                     raise  # the library cannot take more: end the run (committed ones stay)
                 except HashViewError as exc:
@@ -284,10 +300,20 @@ def index_paths(paths: Iterable[str | Path], library_path: str | Path,
     return report_
 
 
+def _check_annotation_place(options: AnnotationOptions, slides: list[InputItem]) -> None:
+    where = options.where
+    if where is not None and not Path(where).exists():
+        raise AnnotationError(where, "no such annotation file or folder")
+    if where is not None and Path(where).is_file() and len(slides) > 1:
+        raise AnnotationError(where, f"one annotation file for {len(slides)} slides; give a "
+                                     "folder with a SLIDE.geojson per slide")
+
+
 def _index_slide(item: InputItem, library: Library, encoder: Encoder, params: TilingParams,
                  pool: ThreadPoolExecutor, report_: IndexReport,
                  progress: Optional[ProgressCallback], times=NO_TIMES,
-                 seen: Optional[dict[str, str]] = None) -> None:
+                 seen: Optional[dict[str, str]] = None,
+                 annotations: Optional[AnnotationOptions] = None) -> None:
     seen = {} if seen is None else seen
     fingerprint = fingerprint_file(item.path)
     if already_stored(item, fingerprint, library, seen, report_):
@@ -297,6 +323,10 @@ def _index_slide(item: InputItem, library: Library, encoder: Encoder, params: Ti
         with times.stage("tissue mask"):
             plan = plan_tiles(source, params, input_size=encoder.input_size)
         report_.warnings.extend(f"{item.path}: {w}" for w in plan.warnings)
+        labels = None
+        if annotations is not None:
+            tiles, labels = labelled_tiles(item.path, plan.tiles, annotations, report_.warnings)
+            plan = dataclasses.replace(plan, tiles=tiles)
         codes = []
         done = 0
         start = time.perf_counter()
@@ -316,8 +346,12 @@ def _index_slide(item: InputItem, library: Library, encoder: Encoder, params: Ti
         library.add_source(record, codes_arr,
                            xs=np.array([t.x for t in plan.tiles], dtype=np.int64),
                            ys=np.array([t.y for t in plan.tiles], dtype=np.int64),
-                           sizes=np.array([t.size for t in plan.tiles], dtype=np.int64))
-    report_.added.append({"path": str(item.path), "tiles": len(plan.tiles)})
+                           sizes=np.array([t.size for t in plan.tiles], dtype=np.int64),
+                           tile_labels=labels)
+    added = {"path": str(item.path), "tiles": len(plan.tiles)}
+    if labels is not None:
+        added["labels"] = label_counts(labels)
+    report_.added.append(added)
     seen[fingerprint] = str(item.path)
 
 

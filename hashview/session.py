@@ -24,6 +24,7 @@ from hashview.search.query import QueryResult, load_library_model, region_tiles,
 from hashview.search import Searcher
 
 if TYPE_CHECKING:
+    from hashview.annotations.tiles import AnnotationOptions
     from hashview.encode import Encoder
     from hashview.indexing import IndexReport
     from hashview.library import ModelInfo, SourceRecord
@@ -199,10 +200,12 @@ class LibrarySession:
     # ------------------------------------------------------------------ indexing
     def add(self, paths: str | Path | Sequence[str | Path],
             progress: "ProgressCallback" = None, params: Optional["TilingParams"] = None,
-            batch_size: Optional[int] = None) -> "IndexReport":
+            batch_size: Optional[int] = None,
+            annotations: Optional["AnnotationOptions"] = None) -> "IndexReport":
         """Tile, encode and store the slides, images and folders of patches under ``paths``
         (what ``hashview index`` and the app's indexing jobs run). Files already in the
-        library are skipped; a bad file is reported in ``report.failed`` and the rest go on."""
+        library are skipped; a bad file is reported in ``report.failed`` and the rest go on.
+        ``annotations`` labels slide tiles by QuPath annotations (``report.tile_labels``)."""
         from hashview.indexing import index_paths
 
         if isinstance(paths, (str, Path)):
@@ -210,7 +213,8 @@ class LibrarySession:
         model = self._model if self._model is not None else self._indexing_model()
         try:
             return index_paths(paths, self.path, model=model, params=params, device=self.device,
-                               batch_size=batch_size, progress=progress)
+                               batch_size=batch_size, progress=progress,
+                               annotations=annotations)
         finally:
             self._stale = True
 

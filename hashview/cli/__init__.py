@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from hashview import __version__
+from hashview.cli.annotations import (add_annotation_options, annotation_options,
+                                      annotation_usage_problem, label_summary)
 from hashview.cli.edit import EDIT_COMMANDS, add_edit_parser
 from hashview.cli.models import cmd_eval, cmd_explain, cmd_models, cmd_train
 from hashview.cli.search import (add_refine_options, cmd_heatmap, cmd_index_build,
@@ -65,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=BATCH_SIZE, default=None)
     _add_tiling_args(p)
+    add_annotation_options(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("search", help="find the tiles most similar to a patch or slide region")
@@ -233,6 +236,8 @@ def cmd_index(args) -> int:
     from hashview.session import LibrarySession
     from hashview.tiling import TilingParams
 
+    if annotation_usage_problem(args):
+        return usage_error(annotation_usage_problem(args))
     model = load_model(args.model or DEFAULT_MODEL)
     try:  # each value passed its option's check; together (stride vs tile size) they may not
         params = model_tiling(
@@ -244,7 +249,8 @@ def cmd_index(args) -> int:
         return usage_error(f"--stride/--tile-size: {exc}")
     bar = progress_bar(not args.json)
     session = LibrarySession(args.library, model=model, device=args.device)
-    result = session.add(args.sources, progress=bar, params=params, batch_size=args.batch_size)
+    result = session.add(args.sources, progress=bar, params=params, batch_size=args.batch_size,
+                         annotations=annotation_options(args))
     bar.close()
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -255,6 +261,8 @@ def cmd_index(args) -> int:
             say(f"hashview: {failure}", err=True)
         say(f"{args.library}: added {len(result.added)} source(s), {result.tiles_added} tiles; "
             f"{len(result.skipped)} already indexed; {len(result.failed)} failed")
+        if result.tile_labels:
+            say(label_summary(result.tile_labels))
     if result.failed:
         return EXIT_PARTIAL if result.added or result.skipped else EXIT_FAILED
     return EXIT_OK

@@ -1,0 +1,56 @@
+"""The annotation options of ``hashview index`` and ``hashview train`` (QuPath GeoJSON)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional
+
+NEXT_TO_SLIDE = ""  # ``--annotations`` with no value: SLIDE.geojson beside each slide
+
+
+def min_cover(text: str) -> float:
+    """An argparse type: a fraction above 0, at most 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction above 0 and at most 1, got {text!r}")
+    return value
+
+
+def add_annotation_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--annotations", nargs="?", const=NEXT_TO_SLIDE, default=None,
+                   metavar="FILE|DIR",
+                   help="label slide tiles by QuPath GeoJSON annotations: one file (one slide), "
+                        "a folder of SLIDE.geojson / SLIDE.svs.geojson files, or no value for "
+                        "the file beside each slide")
+    p.add_argument("--min-cover", type=min_cover, default=None, metavar="F",
+                   help="a tile takes a class covering at least this fraction of it "
+                        "(default 0.5)")
+    p.add_argument("--annotated-only", action="store_true",
+                   help="keep only the tiles that got a class")
+
+
+def annotation_options(args) -> Optional["AnnotationOptions"]:  # noqa: F821 (lazy import)
+    """The options given, or None without ``--annotations`` (then the other two are refused by
+    :func:`annotation_usage_problem`)."""
+    from hashview.annotations.tiles import DEFAULT_MIN_COVER, AnnotationOptions
+
+    if args.annotations is None:
+        return None
+    where = Path(args.annotations) if args.annotations != NEXT_TO_SLIDE else None
+    cover = args.min_cover if args.min_cover is not None else DEFAULT_MIN_COVER
+    return AnnotationOptions(where=where, min_cover=cover, annotated_only=args.annotated_only)
+
+
+def annotation_usage_problem(args) -> Optional[str]:
+    if args.annotations is None and (args.min_cover is not None or args.annotated_only):
+        return "--min-cover and --annotated-only need --annotations"
+    return None
+
+
+def label_summary(counts: dict[str, int]) -> str:
+    """``"tile labels: Dermis 19, Epidermis 10, unlabelled 62"``."""
+    return "tile labels: " + ", ".join(f"{label} {n}" for label, n in counts.items())
