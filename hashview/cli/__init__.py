@@ -19,6 +19,7 @@ from hashview import __version__
 from hashview.cli.annotations import (add_annotation_options, annotation_options,
                                       annotation_usage_problem, label_summary)
 from hashview.cli.edit import EDIT_COMMANDS, add_edit_parser
+from hashview.cli.geojson import add_geojson_option
 from hashview.cli.models import cmd_eval, cmd_explain, cmd_models, cmd_train
 from hashview.cli.search import (add_refine_options, cmd_heatmap, cmd_index_build,
                                  cmd_search)
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "saved next to the library) for large ones; flat: always exact")
     p.add_argument("--json", action="store_true")
     add_refine_options(p)
+    add_geojson_option(p)
 
     p = sub.add_parser("index-build", help="build and save a library's approximate search index")
     p.add_argument("library", metavar="LIB.h5")

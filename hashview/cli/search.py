@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from hashview.cli.geojson import export_search, report_export
 from hashview.cli.support import (EXIT_FAILED, EXIT_OK, progress_bar, say, say_lines,
                                   usage_error)
 from hashview.errors import HashViewError
@@ -37,6 +38,8 @@ def cmd_search(args) -> int:
     session = LibrarySession(args.library, model=args.model, device=args.device,
                              index=args.index)
     if args.whole_slide:
+        if args.geojson:
+            return usage_error("--geojson writes tile hits; --whole-slide ranks whole slides")
         return _search_cases(session, args)
     searcher = session.load()
     for note in searcher.index_notes:
@@ -59,12 +62,14 @@ def cmd_search(args) -> int:
         result = session.refine(query, positive, negative, **filters)
     else:
         result = session.search(query, **filters)
+    exported = export_search(args, session.path, result.hits, region)
     if args.json:
         print(json.dumps({"query": args.query, "region": region, **result.to_dict(),
-                          "index": searcher.index_info}, indent=2))
-        return EXIT_OK
-    say_lines(result.to_text())
-    return EXIT_OK
+                          "index": searcher.index_info,
+                          **({"geojson": exported.to_dict()} if exported else {})}, indent=2))
+    else:
+        say_lines(result.to_text())
+    return report_export(exported, args.json)
 
 
 def _sources_of_patients(session, patients) -> "set[int] | None":
