@@ -9,7 +9,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
@@ -268,13 +267,17 @@ def test_a_sidecar_is_never_used_stale_after_a_removal_and_kept_after_a_relabel(
                 np.bitwise_xor(now[ids], query), axis=1).sum(axis=1).tolist()
 
 
-def test_hdf5_view_of_a_schema_3_file_matches_the_documented_layout(lib_path):
+def test_the_documented_plain_h5py_reading_example_reads_schema_2_and_3(lib_path, monkeypatch):
+    """Runs the example of docs/library-format.md ("Reading") on the file it describes."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "library-format.md").read_text()
+    example = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(lib_path.parent)
+    seen = {}
+    exec(compile(example, "library-format.md", "exec"), seen)  # schema 2: no metadata
+    assert seen["paths"][0] == "/data/a.svs" and "cases" not in seen
     editing.set_case_data(lib_path, {1: {"stain": "HE", "site": "lung"}})
-    with h5py.File(lib_path, "r", locking=False) as f:
-        assert f.attrs["schema_version"] == 3
-        keys = f["metadata/keys/text"][:].tobytes().decode().split("\0")[:-1]
-        ends = f["metadata/text_end"][:]
-        rows = [f["metadata/text"][a:b].tobytes().decode().split("\0")[:-1]
-                for a, b in zip([0, *ends[:-1]], ends)]
-    assert keys == ["stain", "site"] and rows == [["", ""], ["HE", "lung"]]
+    seen = {}
+    exec(compile(example, "library-format.md", "exec"), seen)
+    assert seen["cases"] == [{"stain": "", "site": ""}, {"stain": "HE", "site": "lung"}]
+    assert seen["labels"] == ["tumor", "stroma", "lymph"] and len(seen["codes"]) == 18
     assert not [p for p in os.listdir(lib_path.parent) if p.endswith(".tmp")]
