@@ -18,16 +18,17 @@ from typing import Optional, Sequence
 from hashview import __version__
 from hashview.cli.annotations import (add_annotation_options, annotation_options,
                                       annotation_usage_problem, label_summary)
+from hashview.cli.cluster import add_engine_options, add_merge_parser, cmd_merge, engine_problem
 from hashview.cli.edit import EDIT_COMMANDS, add_edit_parser
 from hashview.cli.geojson import add_geojson_option
 from hashview.cli.models import cmd_eval, cmd_explain, cmd_models, cmd_train
 from hashview.cli.search import (add_refine_options, cmd_heatmap, cmd_index_build,
                                  cmd_search)
-from hashview.cli.support import (BATCH_SIZE, EXIT_FAILED, EXIT_OK, EXIT_PARTIAL,
-                                  FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER,
+from hashview.cli.support import (BATCH_SIZE, EXIT_FAILED, EXIT_OK, FRACTION,
+                                  NON_NEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER,
                                   TRAIN_BATCH_SIZE, code_bits, int_list, model_input_size,
-                                  progress_bar, say, say_lines, target_mpp, tile_size,
-                                  usage_error)
+                                  print_index_report, progress_bar, say, say_lines, target_mpp,
+                                  tile_size, usage_error)
 from hashview.errors import HashViewError
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=BATCH_SIZE, default=None)
     _add_tiling_args(p)
     add_annotation_options(p)
+    add_engine_options(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("search", help="find the tiles most similar to a patch or slide region")
@@ -111,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     add_edit_parser(sub)
+
+    add_merge_parser(sub)
 
     p = sub.add_parser("info", help="describe a library")
     p.add_argument("library", metavar="LIB.h5")
@@ -240,6 +244,8 @@ def cmd_index(args) -> int:
 
     if annotation_usage_problem(args):
         return usage_error(annotation_usage_problem(args))
+    if engine_problem(args):
+        return usage_error(engine_problem(args))
     model = load_model(args.model or DEFAULT_MODEL)
     try:  # each value passed its option's check; together (stride vs tile size) they may not
         params = model_tiling(
@@ -250,24 +256,19 @@ def cmd_index(args) -> int:
     except ValueError as exc:
         return usage_error(f"--stride/--tile-size: {exc}")
     bar = progress_bar(not args.json)
-    session = LibrarySession(args.library, model=model, device=args.device)
-    result = session.add(args.sources, progress=bar, params=params, batch_size=args.batch_size,
-                         annotations=annotation_options(args))
-    bar.close()
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+    if args.engine == "ray":
+        from hashview.cli.cluster import index_on_cluster
+
+        result = index_on_cluster(args, model, params, bar)
     else:
-        for warning in result.warnings:
-            say(f"warning: {warning}", err=True)
-        for failure in result.failed:
-            say(f"hashview: {failure}", err=True)
-        say(f"{args.library}: added {len(result.added)} source(s), {result.tiles_added} tiles; "
-            f"{len(result.skipped)} already indexed; {len(result.failed)} failed")
-        if result.tile_labels:
-            say(label_summary(result.tile_labels))
-    if result.failed:
-        return EXIT_PARTIAL if result.added or result.skipped else EXIT_FAILED
-    return EXIT_OK
+        session = LibrarySession(args.library, model=model, device=args.device)
+        result = session.add(args.sources, progress=bar, params=params,
+                             batch_size=args.batch_size, annotations=annotation_options(args))
+    bar.close()
+    code = print_index_report(result, args.library, "already indexed", args.json)
+    if result.tile_labels and not args.json:
+        say(label_summary(result.tile_labels))
+    return code
 
 
 def cmd_info(args) -> int:
@@ -366,7 +367,8 @@ COMMANDS = {"index": cmd_index, "search": cmd_search, "index-build": cmd_index_b
             "info": cmd_info, "models": cmd_models,
             "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo,
             "explain": cmd_explain, "heatmap": cmd_heatmap, "install-desktop": cmd_install_desktop,
-            "uninstall-desktop": cmd_uninstall_desktop, "bench": cmd_bench, **EDIT_COMMANDS}
+            "uninstall-desktop": cmd_uninstall_desktop, "bench": cmd_bench, **EDIT_COMMANDS,
+            "merge": cmd_merge}
 
 
 def _open_app(paths: Sequence[str]) -> int:

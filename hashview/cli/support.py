@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from typing import Callable, Optional
@@ -33,6 +34,24 @@ def say_lines(text: str, err: bool = False) -> None:
     """:func:`say` for each line of a multi-line text."""
     for line in text.split("\n"):
         say(line, err=err)
+
+
+def print_index_report(result, library: str, already: str, as_json: bool) -> int:
+    """Print an indexing or merge report (``IndexReport``): JSON on stdout, or its warnings and
+    failures on stderr and one summary line; returns the exit code (partial when some sources
+    failed and others were stored or already there)."""
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        for warning in result.warnings:
+            say(f"warning: {warning}", err=True)
+        for failure in result.failed:
+            say(f"hashview: {failure}", err=True)
+        say(f"{library}: added {len(result.added)} source(s), {result.tiles_added} tiles; "
+            f"{len(result.skipped)} {already}; {len(result.failed)} failed")
+    if result.failed:
+        return EXIT_PARTIAL if result.added or result.skipped else EXIT_FAILED
+    return EXIT_OK
 
 
 def usage_error(message: str) -> int:

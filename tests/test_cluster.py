@@ -1,0 +1,95 @@
+"""Indexing on a Ray cluster: the same library as a single-process run, bad files reported by
+name, a killed encoding worker neither loses nor duplicates tiles. One local Ray for all."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from _library_content import library_content
+from conftest import DATA, KATHER, SLIDE
+from hashview.cli import main
+from hashview.indexing import index_paths
+from hashview.library import Library
+from hashview.tiling import TilingParams
+
+ray = pytest.importorskip("ray")
+
+from hashview.cluster import index_with_ray  # noqa: E402 (after the skip without Ray)
+from hashview.cluster.ray_index import ACTOR_PREFIX  # noqa: E402
+
+# Several chunks per slide and two patch batches, so that chunks are spread over both actors.
+BATCH = 8
+PARAMS = TilingParams(tile_size=150, target_mpp=0.495, max_tiles=40)
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=96 << 20,
+             log_to_driver=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory):
+    path = tmp_path_factory.mktemp("single") / "single.h5"
+    report = index_paths([SLIDE, KATHER], path, params=PARAMS, batch_size=BATCH)
+    assert not report.failed
+    return library_content(path)
+
+
+def test_ray_library_equals_the_single_process_one(local_ray, single_process, tmp_path):
+    path = tmp_path / "ray.h5"
+    events = []
+    report = index_with_ray([SLIDE, KATHER], path, params=PARAMS, batch_size=BATCH,
+                            workers=2, progress=events.append)
+    assert not report.failed
+    assert report.tiles_added == len(single_process) == 52  # 40 slide tiles, 12 patches
+    assert library_content(path) == single_process  # same tiles, same codes, same labels
+    last = events[-1]
+    assert (last.stage, last.done, last.total) == ("tiles", 52, 52)
+    assert "tiles/s" in last.message
+    again = index_with_ray([SLIDE, KATHER], path, params=PARAMS, batch_size=BATCH)
+    assert (again.tiles_added, len(again.skipped)) == (0, 13)  # a rerun skips what is stored
+    assert library_content(path) == single_process
+
+
+def test_a_killed_worker_loses_and_duplicates_no_tile(local_ray, single_process, tmp_path):
+    killed = []
+
+    def kill_one_worker(event):
+        if event.done and not killed:
+            names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                     if a["name"].startswith(ACTOR_PREFIX)]
+            actor = ray.get_actor(sorted(names)[0])
+            pid = ray.get(actor.describe.remote())["pid"]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    path = tmp_path / "ray.h5"
+    report = index_with_ray([SLIDE, KATHER], path, params=PARAMS, batch_size=BATCH,
+                            workers=2, progress=kill_one_worker)
+    assert killed and not report.failed
+    assert any("encoding worker was lost" in w for w in report.warnings)
+    assert library_content(path) == single_process
+    with Library.open(path) as library:
+        assert library.n_tiles == len(single_process)  # nothing stored twice
+
+
+def test_cli_ray_engine_reports_a_bad_slide_in_one_line(local_ray, tmp_path, capsys):
+    bad = DATA / "bad" / "truncated.svs"
+    code = main(["index", str(bad), str(KATHER), "--library", str(tmp_path / "lib.h5"),
+                 "--engine", "ray", "--workers", "2", "--batch-size", str(BATCH)])
+    out, err = capsys.readouterr()
+    assert code == 3  # partial: the patches were added
+    lines = [line for line in err.splitlines() if "truncated.svs" in line]
+    assert len(lines) == 1 and lines[0].startswith("hashview: ") and "Traceback" not in err
+    assert "added 12 source(s), 12 tiles" in out
+
+
+def test_engine_options_need_the_ray_engine(capsys):
+    assert main(["index", str(KATHER), "--library", "x.h5", "--workers", "3"]) == 2
+    assert "need --engine ray" in capsys.readouterr().err
