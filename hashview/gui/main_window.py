@@ -111,6 +111,7 @@ class MainWindow(SearchMixin, SimilarityMapMixin, JobsMixin, ViewMixin, QMainWin
         self.library_panel.sourceActivated.connect(lambda rec: self.open_slide(rec.path))
         self.results.hitActivated.connect(self.show_hit)
         self.results.optionsChanged.connect(self.rerun_search)
+        self.results.qupathExportRequested.connect(self.export_hits_to_qupath)
         self.results.refine.searchAgainRequested.connect(self.search_again)
         self.results.refine.clearMarksRequested.connect(self.clear_marks)
         self.results.refine.filtersChanged.connect(self.apply_result_filters)

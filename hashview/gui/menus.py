@@ -72,6 +72,9 @@ def build_menus(window) -> SimpleNamespace:
     a.find_cases = _action(w, "Find similar &cases (whole slide)", w.find_similar_cases,
                            "Ctrl+Shift+F",
                            "Rank the library's slides against the open slide as a whole")
+    a.export_qupath = _action(w, "Export hits to &QuPath…", w.export_hits_to_qupath,
+                              tip="Write the shown query region and hits as GeoJSON, one file "
+                                  "per slide, to drag onto the slide in QuPath")
     a.paste = _action(w, "&Paste image from clipboard", w.paste_from_clipboard, K.Paste,
                       "Search the library with the image on the clipboard")
     a.train = _action(w, "&Train model…", w.ask_train,
@@ -117,7 +120,7 @@ def build_menus(window) -> SimpleNamespace:
         a.panels_menu.addAction(dock.toggleViewAction())
 
     search_menu = bar.addMenu("&Search")
-    for action in (a.search_file, a.paste, a.find_cases):
+    for action in (a.search_file, a.paste, a.find_cases, a.export_qupath):
         search_menu.addAction(action)
     search_menu.addSeparator()
     search_menu.addAction(a.train)

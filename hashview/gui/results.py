@@ -75,6 +75,7 @@ class ResultsPanel(QWidget):
     optionsChanged = Signal(int, bool)
     explainToggled = Signal(bool)          # Grad-CAM overlays on / off
     explainOpacityChanged = Signal(int)    # 0..100, Grad-CAM overlay opacity
+    qupathExportRequested = Signal()       # Export ▸ Hits for QuPath: the window asks where
 
     def __init__(self, parent: Optional[QWidget] = None,
                  loader: Optional[ThumbnailLoader] = None,
@@ -124,6 +125,8 @@ class ResultsPanel(QWidget):
         menu = QMenu(self.export_button)
         self.export_csv_action = menu.addAction("Results as CSV…", self._ask_export_csv)
         self.export_png_action = menu.addAction("Contact sheet as PNG…", self._ask_export_png)
+        self.export_qupath_action = menu.addAction(
+            "Hits for QuPath (GeoJSON)…", lambda: self.qupathExportRequested.emit())
         self.export_button.setMenu(menu)
         self.export_button.setEnabled(False)
 

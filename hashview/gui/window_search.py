@@ -232,6 +232,12 @@ class SearchMixin:
             return
         self.controller.search(self._request("case", source_path=self.source_path))
 
+    def export_hits_to_qupath(self) -> None:
+        """The shown query region and hits as GeoJSON for QuPath, one file per slide."""
+        from hashview.gui.qupath_export import ask_export_hits
+
+        ask_export_hits(self)
+
     def rerun_search(self, k: int, exclude_source: bool) -> None:
         self.settings.top_k = int(k)
         self.controller.rerun(k, exclude_source)
