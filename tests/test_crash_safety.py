@@ -8,6 +8,10 @@ created its library, where the commits happen). After each kill the library must
 sources whose codes equal the reference's; then the same command is run again without a kill and
 the result must equal the reference exactly (same sources, no duplicates, same tiles and codes).
 
+A second kill test removes two sources from a library of 3 x 10**5 tiles (a copy-on-write
+rewrite) and kills it at random moments: the library must then be exactly the old one or
+exactly the new one, and the next edit must work (removing the leftover temporary file).
+
 Run ``python -m pytest -q -s tests/test_crash_safety.py`` to see the summary (docs/reliability.md).
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -256,3 +261,58 @@ def test_checkpoint_interrupted_between_files_is_detected_not_mixed(tmp_path, mo
         [ckpt.WEIGHTS_FILE, ckpt.OPTIM_FILE, ckpt.META_FILE])
     with pytest.raises(ModelError, match="do not match"):
         ckpt.load_checkpoint(tmp_path)
+
+
+# ------------------------------------------------------------------ SIGKILL during an edit
+N_EDIT_KILLS = 12
+
+
+def _remove_command(path: Path) -> list[str]:
+    return [sys.executable, "-m", "hashview", "remove", str(path), "slide-0001.svs", "7"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+def test_sigkill_during_a_removal_leaves_exactly_the_old_or_the_new_library(tmp_path):
+    from test_edit_faults import _make, _state, _temporaries
+
+    from hashview.library import editing
+
+    original = _make(tmp_path / "original.h5", 300, 1000)  # 3 * 10**5 tiles, about 7 MB
+    old = _state(original)
+    reference = tmp_path / "ref" / "lib.h5"
+    reference.parent.mkdir()
+    shutil.copy(original, reference)
+    t0 = time.perf_counter()
+    subprocess.run(_remove_command(reference), check=True, capture_output=True)
+    T = time.perf_counter() - t0
+    t0 = time.perf_counter()  # start-up alone: half the kills land after it, in the rewrite
+    subprocess.run([sys.executable, "-c", "import hashview.cli, hashview.library.editing"],
+                   check=True)
+    t_started = min(time.perf_counter() - t0, T)
+    new = _state(reference)
+    assert new[0] == old[0] + 1 and len(new[2]) == len(old[2]) - 2
+    rng = np.random.default_rng(SEED)
+    outcomes = {"old": 0, "new": 0, "temporary file left": 0}
+    moments = np.concatenate([rng.uniform(0.0, T, N_EDIT_KILLS // 2),
+                              # a little past T too: a run may be slower than the reference
+                              rng.uniform(t_started, 1.2 * T, N_EDIT_KILLS - N_EDIT_KILLS // 2)])
+    for k, moment in enumerate(np.sort(moments)):
+        path = tmp_path / f"kill{k:02d}" / "lib.h5"
+        path.parent.mkdir()
+        shutil.copy(original, path)
+        proc = subprocess.Popen(_remove_command(path), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(moment)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        state = _state(path)
+        assert state in (old, new), f"kill {k} at {moment:.2f} s of {T:.2f} s"
+        outcomes["old" if state == old else "new"] += 1
+        outcomes["temporary file left"] += bool(_temporaries(path.parent))  # killed mid-rewrite
+        # the next edit removes a leftover temporary file and works
+        editing.relabel_sources(path, [0], "after")
+        assert _temporaries(path.parent) == []
+    print(f"\nremoval rewrite of 3e5 tiles: T = {T:.2f} s (start-up {t_started:.2f} s); after "
+          f"{N_EDIT_KILLS} kills: {outcomes}")
+    assert outcomes["old"] > 0
