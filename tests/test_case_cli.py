@@ -1,5 +1,6 @@
 """``hashview meta`` (case data from a CSV), ``search --where``, and the editing commands
-(``remove``, ``relabel``, ``relocate``) on a small library of real Kather patches."""
+(``remove``, ``relabel``, ``relocate``) on a small library of real Kather patches (two per class,
+labelled by class, patients P0/P1: the ``--patient`` tests' library)."""
 
 from __future__ import annotations
 
@@ -10,29 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import KATHER
+from test_patient_filter import patient_library as indexed  # noqa: F401  (a fixture)
 from hashview.cli import main
 from hashview.errors import HashViewError
 from hashview.library import Library
 from hashview.library import case_csv
 from hashview.library.case_csv import apply_case_csv, read_case_csv
-
-
-@pytest.fixture(scope="module")
-def indexed(tmp_path_factory):
-    """A library of two patches per Kather class (labelled by class), and its folder."""
-    from hashview.indexing import index_paths
-
-    folder = tmp_path_factory.mktemp("cases")
-    rows = ["path,label"]
-    for cls in sorted(p for p in KATHER.iterdir() if p.is_dir()):
-        for patch in sorted(cls.iterdir())[:2]:
-            shutil.copy(patch, folder / patch.name)
-            rows.append(f"{patch.name},{cls.name}")
-    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
-    library = folder / "library.h5"
-    index_paths([folder], library)
-    return library, folder
 
 
 @pytest.fixture
@@ -72,7 +56,8 @@ def test_meta_from_csv_then_search_where(library, indexed, tmp_path, capsys):
     assert [s["metadata"] for s in table["sources"][:4]] == [
         {"Stain": "HE", "Site": "colon"}, {"Stain": "he", "Site": "colon"},
         {"Stain": "IHC", "Site": "rectum"}, {}]
-    assert [s["patient"] for s in table["sources"][:4]] == ["P1", "P1", "P2", None]
+    assert [s["patient"] for s in table["sources"][:3]] == ["P1", "P1", "P2"]
+    assert table["sources"][3]["patient"] in ("P0", "P1")  # as indexed: no row for it
     assert main(["info", str(library)]) == 0
     assert "metadata keys: ['Stain', 'Site']" in capsys.readouterr().out
 
