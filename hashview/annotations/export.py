@@ -16,10 +16,10 @@ A patch image's hit is the whole image: there is nothing on it to outline, so pa
 counted and skipped rather than written as one file per image with a frame around everything.
 
 Files are named ``<slide name without extension>.hashview.geojson``: QuPath takes any name
-(drag the file onto the open slide, or File > Import objects), and the ``.hashview`` part keeps
-the hits apart from the slide's own ``<slide>.geojson`` annotations, which ``hashview index
---annotations`` reads as tile labels. Two slides with the same name get their full file names,
-then their library source ids, so no export overwrites another slide's file.
+(drag the file onto the slide open in QuPath to import its objects), and the ``.hashview`` part
+keeps the hits apart from the slide's own ``<slide>.geojson`` annotations, which ``hashview
+index --annotations`` reads as tile labels. Two slides with the same name get their full file
+names, then a number, so that one export never writes two slides into one file.
 """
 
 from __future__ import annotations

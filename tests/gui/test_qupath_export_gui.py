@@ -1,4 +1,5 @@
-"""Search ▸ Export hits to QuPath…: the shown region and hits as GeoJSON, said in the status bar."""
+"""Search ▸ Export hits to QuPath…: the shown region and hits as GeoJSON, said in the status
+bar."""
 
 from __future__ import annotations
 
