@@ -124,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("train", help="train a hashing model on a labelled patch folder")
-    p.add_argument("data", metavar="DATA", help="patch folder: class subfolders or labels.csv")
+    p.add_argument("data", metavar="DATA", nargs="+",
+                   help="patch folder (class subfolders or labels.csv); with --annotations, "
+                        "slides or folders of slides")
     # spelled out: reading hashview.models.card_limits.ARCHITECTURES here would load torch for
     # every command (a test keeps the two lists equal)
     p.add_argument("--arch", required=True, help=f"architecture ({', '.join(ARCH_NAMES)})")
@@ -140,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
     p.add_argument("--split", metavar="FILE", default=None,
                    help="split JSON to train on (default: made from --protocol and --seed)")
-    p.add_argument("--protocol", default="hatdh", choices=["hatdh", "patient"],
-                   help="hatdh: 70/30 per class; patient: no patient on both sides")
+    p.add_argument("--protocol", default=None, choices=["hatdh", "patient"],
+                   help="hatdh (default): 70/30 per class; patient: no patient on both sides "
+                        "(the default for annotated slides of two or more patients)")
     p.add_argument("--input-size", type=model_input_size, default=None,
                    help="model input side in pixels (default: the start model's, else the "
                         "architecture's)")
@@ -160,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="further training option (e.g. triplet_mode=batch-hard), repeatable")
+    add_annotation_options(p, training=True)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("eval", help="retrieval metrics of a model on a labelled patch folder")

@@ -20,17 +20,21 @@ def min_cover(text: str) -> float:
     return value
 
 
-def add_annotation_options(p: argparse.ArgumentParser) -> None:
+def add_annotation_options(p: argparse.ArgumentParser, training: bool = False) -> None:
+    """``--annotations``, ``--min-cover`` and (indexing only: training keeps only labelled
+    tiles) ``--annotated-only``."""
+    what = ("train on the tiles of slides that QuPath GeoJSON annotations label"
+            if training else "label slide tiles by QuPath GeoJSON annotations")
     p.add_argument("--annotations", nargs="?", const=NEXT_TO_SLIDE, default=None,
                    metavar="FILE|DIR",
-                   help="label slide tiles by QuPath GeoJSON annotations: one file (one slide), "
-                        "a folder of SLIDE.geojson / SLIDE.svs.geojson files, or no value for "
-                        "the file beside each slide")
+                   help=f"{what}: one file (one slide), a folder of SLIDE.geojson / "
+                        "SLIDE.svs.geojson files, or no value for the file beside each slide")
     p.add_argument("--min-cover", type=min_cover, default=None, metavar="F",
                    help="a tile takes a class covering at least this fraction of it "
                         "(default 0.5)")
-    p.add_argument("--annotated-only", action="store_true",
-                   help="keep only the tiles that got a class")
+    if not training:
+        p.add_argument("--annotated-only", action="store_true",
+                       help="keep only the tiles that got a class")
 
 
 def annotation_options(args) -> Optional["AnnotationOptions"]:  # noqa: F821 (lazy import)
@@ -42,12 +46,17 @@ def annotation_options(args) -> Optional["AnnotationOptions"]:  # noqa: F821 (la
         return None
     where = Path(args.annotations) if args.annotations != NEXT_TO_SLIDE else None
     cover = args.min_cover if args.min_cover is not None else DEFAULT_MIN_COVER
-    return AnnotationOptions(where=where, min_cover=cover, annotated_only=args.annotated_only)
+    return AnnotationOptions(where=where, min_cover=cover,
+                             annotated_only=getattr(args, "annotated_only", True))
 
 
 def annotation_usage_problem(args) -> Optional[str]:
-    if args.annotations is None and (args.min_cover is not None or args.annotated_only):
-        return "--min-cover and --annotated-only need --annotations"
+    if args.annotations is not None:
+        return None
+    if args.min_cover is not None:
+        return "--min-cover needs --annotations"
+    if getattr(args, "annotated_only", False):
+        return "--annotated-only needs --annotations"
     return None
 
 

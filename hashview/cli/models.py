@@ -66,20 +66,53 @@ def _parse_options(pairs: Sequence[str]) -> dict:
     return options
 
 
+def _trainer(args, named: dict):
+    """The training function for ``args.data`` (a patch folder, or annotated slides) with the
+    arguments that depend on it added to ``named``; or a usage problem (a string)."""
+    from hashview.cli.annotations import annotation_options, annotation_usage_problem
+
+    if annotation_usage_problem(args):
+        return annotation_usage_problem(args)
+    if args.annotations is None:
+        if len(args.data) > 1:
+            return "give one patch folder (several slides need --annotations)"
+        from hashview.training import train_from_folder
+
+        named.update(data_folder=args.data[0], protocol=args.protocol or "hatdh")
+        return train_from_folder
+    from hashview.training.slide_run import train_from_annotated_slides
+
+    named.update(paths=args.data, protocol=args.protocol, annotations=annotation_options(args))
+    return train_from_annotated_slides
+
+
+def _say_annotated_tiles(tiles) -> None:
+    from hashview.cli.annotations import label_summary
+
+    for warning in tiles.warnings:
+        say(f"warning: {warning}", err=True)
+    for failure in tiles.failed:
+        say(f"hashview: {failure}", err=True)
+    say(f"trained on {tiles.tiles} annotated tiles of {len(tiles.slides)} slide(s); "
+        f"{label_summary(tiles.labels)}")
+
+
 def cmd_train(args) -> int:
-    from hashview.training import train_from_folder
     from hashview.training.report import report_lines, warning_line
 
     try:
         options = _parse_options(args.option)
     except ValueError as exc:
         return usage_error(str(exc))
-    named = {"data_folder": args.data, "arch": args.arch, "bits": args.bits,
+    named = {"arch": args.arch, "bits": args.bits,
              "out_dir": args.out, "epochs": args.epochs, "batch_size": args.batch_size,
              "lr": args.lr, "seed": args.seed, "split_file": args.split,
-             "protocol": args.protocol, "resume": args.resume, "device": args.device,
+             "resume": args.resume, "device": args.device,
              "from_scratch": args.from_scratch, "keep_held_out": args.keep_held_out,
              "progress": None}
+    trainer = _trainer(args, named)
+    if isinstance(trainer, str):
+        return usage_error(trainer)
     if args.input_size is not None:
         named["input_size"] = args.input_size
     if args.init:
@@ -89,16 +122,21 @@ def cmd_train(args) -> int:
         return usage_error(f"--option cannot set {clash[0]!r}, which a named argument of "
                            "'hashview train' sets (see --help)")
     bar = progress_bar(not args.json)
-    result = train_from_folder(**{**named, **options, "progress": bar})
+    result = trainer(**{**named, **options, "progress": bar})
     bar.close()
     report = result.report
     warning = warning_line(report, result.card.name)
     summary = {"model": str(result.model_path), "seconds": round(result.seconds, 1),
                "final_loss": result.history[-1] if result.history else None,
                "quality": report.get("quality"), "report": report}
+    tiles = getattr(result, "tiles", None)  # training from annotated slides
+    if tiles is not None:
+        summary["annotated_tiles"] = tiles.to_dict()
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
+        if tiles is not None:
+            _say_annotated_tiles(tiles)
         say_lines("\n".join(report_lines(report, result.card.name)))
         say(f"model written to {result.model_path} ({result.seconds:.0f} s)")
     if warning:

@@ -1,0 +1,103 @@
+"""Training from slides with QuPath annotations: the labelled tiles cut from real slides, the
+patient-level split, and ``hashview train --annotations`` end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from conftest import DATA, SLIDE, TINY_SLIDE
+from hashview.annotations.patches import cut_annotated_tiles
+from hashview.annotations.tiles import AnnotationOptions
+from hashview.cli import main
+from hashview.errors import HashViewError
+from hashview.tiling import TilingParams
+from hashview.training.slide_run import _default_protocol
+
+ANNOTATIONS = DATA / "annotations"
+TCGA_SLIDE = DATA / "TCGA-CR-7395-01A-01-TS1-crop.svs"
+TILING = TilingParams(tile_size=150, target_mpp=0.495)
+
+
+def _rows(folder) -> list[dict]:
+    with open(folder / "labels.csv", newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _two_patients(tmp_path):
+    """Two copies of the annotated CMU slide, each with its annotations beside it."""
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for name in ("patient-a", "patient-b"):
+        shutil.copy(SLIDE, slides / f"{name}.svs")
+        shutil.copy(ANNOTATIONS / "CMU-1-Small-Region.geojson", slides / f"{name}.svs.geojson")
+    return slides
+
+
+def test_annotated_tiles_are_cut_with_their_class_and_slide_as_patient(tmp_path):
+    bad = tmp_path / "exports"
+    bad.mkdir()
+    for annotation in ANNOTATIONS.glob("*.geojson"):
+        shutil.copy(annotation, bad)
+    (bad / "tiny-16px.geojson").write_text("not json")
+    out = tmp_path / "tiles"
+    cut = cut_annotated_tiles([SLIDE, TINY_SLIDE, TCGA_SLIDE], out, AnnotationOptions(bad),
+                              TILING)
+    assert len(cut.failed) == 1 and cut.failed[0].startswith(f"{bad / 'tiny-16px.geojson'}: ")
+    rows = _rows(out)
+    assert len(rows) == cut.tiles == sum(cut.labels.values())
+    by_patient = {row["patient_id"]: set() for row in rows}
+    for row in rows:
+        by_patient[row["patient_id"]].add(row["label"])
+        with Image.open(out / row["path"]) as tile:
+            assert tile.size == (150, 150)
+    assert by_patient == {"CMU-1-Small-Region": {"Dermis", "Epidermis"},
+                          "TCGA-CR-7395-01A-01-TS1-crop": {"Tumor", "Stroma"}}
+    # a slide's classes are its own: the split cannot be by patient, and says so
+    assert _default_protocol(cut) == "hatdh"
+    assert any("split by tile, not by patient" in w for w in cut.warnings)
+
+
+def test_no_annotated_tile_at_all_is_one_line(tmp_path):
+    with pytest.raises(HashViewError, match="no annotated tiles to train on .*no annotation "
+                                            "file"):
+        cut_annotated_tiles([SLIDE], tmp_path / "tiles", AnnotationOptions(tmp_path), TILING)
+
+
+def test_classes_on_two_patients_give_a_patient_split(tmp_path):
+    slides = _two_patients(tmp_path)
+    cut = cut_annotated_tiles(sorted(slides.glob("*.svs")), tmp_path / "tiles",
+                              AnnotationOptions(), TILING)
+    assert set(cut.patients.values()) == {"patient-a", "patient-b"}
+    assert _default_protocol(cut) == "patient"
+    assert not any("split by tile" in w for w in cut.warnings)
+
+
+@pytest.mark.slow
+def test_train_from_annotated_slides_keeps_each_patient_on_one_side(tmp_path, capsys):
+    slides = _two_patients(tmp_path)
+    out = tmp_path / "model"
+    code = main(["train", str(slides), "--annotations", "--arch", "mth", "--bits", "16",
+                 "--out", str(out), "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+                 "--keep-held-out", "--accept-worse", "--option", "steps_per_epoch=2", "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["annotated_tiles"]["labels"] == {"Dermis": 38, "Epidermis": 20}
+    split = json.loads((out / "split.json").read_text())
+    assert split["protocol"] == "patient"
+    sides = [{path.split("/")[0] for path in split[part]} for part in ("train", "test")]
+    assert sides[0] and sides[1] and not sides[0] & sides[1]
+    assert (out / summary["model"].rsplit("/", 1)[-1]).is_file()
+
+
+def test_train_refuses_several_folders_without_annotations(tmp_path, capsys):
+    code = main(["train", str(SLIDE), str(TCGA_SLIDE), "--arch", "mth", "--bits", "16",
+                 "--out", str(tmp_path)])
+    assert code == 2 and "several slides need --annotations" in capsys.readouterr().err
+    code = main(["train", str(SLIDE), "--min-cover", "0.6", "--arch", "mth", "--bits", "16",
+                 "--out", str(tmp_path)])
+    assert code == 2 and "--min-cover needs --annotations" in capsys.readouterr().err
