@@ -139,3 +139,21 @@ def test_one_annotation_file_for_several_slides_and_stray_options_are_refused(tm
     with pytest.raises(SystemExit):
         main(["index", str(SLIDE), "--library", str(library), "--annotations", "x",
               "--min-cover", "0"])
+
+
+def test_an_indexing_job_takes_annotation_options(tmp_path):
+    from hashview.jobs.runner import run_job
+    from hashview.jobs.spec import JobSpec
+
+    events: list[dict] = []
+    options = {"where": str(CMU_ANNOTATIONS.parent), "min_cover": 0.5, "annotated_only": True}
+    spec = JobSpec("index", {"paths": [SLIDE], "library_path": tmp_path / "lib.h5",
+                             "annotations": options})
+    assert run_job(spec, events.append) == "done", events[-1]
+    labels = events[-1]["result"]["tile_labels"]
+    assert set(labels) == {"Dermis", "Epidermis"}
+    assert events[-1]["result"]["tiles_added"] == sum(labels.values())
+    events.clear()
+    bad = JobSpec("index", {**spec.args, "annotations": {"min_cover": 2}})
+    assert run_job(bad, events.append) == "failed"
+    assert "bad annotation options" in events[-1]["message"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -101,3 +102,20 @@ def test_train_refuses_several_folders_without_annotations(tmp_path, capsys):
     code = main(["train", str(SLIDE), "--min-cover", "0.6", "--arch", "mth", "--bits", "16",
                  "--out", str(tmp_path)])
     assert code == 2 and "--min-cover needs --annotations" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_training_job_takes_annotated_slides(tmp_path):
+    from hashview.jobs.runner import run_job
+    from hashview.jobs.spec import JobSpec
+
+    slides = _two_patients(tmp_path)
+    events: list[dict] = []
+    spec = JobSpec("train", {"data_folder": slides, "annotations": {"where": None},
+                             "arch": "dch", "bits": 8, "out_dir": tmp_path / "model",
+                             "epochs": 1, "batch_size": 8, "input_size": 64,
+                             "steps_per_epoch": 1, "device": "cpu", "keep_held_out": True})
+    assert run_job(spec, events.append) == "done", events[-1]
+    assert Path(events[-1]["result"]["model_path"]).is_file()
+    assert any("trained on 58 annotated tiles of 2 slide(s): Dermis 38, Epidermis 20"
+               in e.get("message", "") for e in events)

@@ -14,6 +14,7 @@ import sys
 import time
 import traceback
 import warnings
+from pathlib import Path
 from typing import Callable, Optional
 
 from hashview.errors import HashViewError
@@ -115,8 +116,13 @@ def _run_index(spec: JobSpec, progress: ProgressEmitter, emit: Emit) -> dict:
     from hashview.indexing import index_paths
     from hashview.tiling import TilingParams
 
-    _check_args(spec, index_paths)
     kwargs = dict(spec.args)
+    engine = kwargs.pop("engine", "local")  # "ray": hashview.cluster.index_with_ray's args
+    if engine not in ("local", "ray"):
+        raise HashViewError(f"job {spec.id}", f"unknown engine {engine!r} (local or ray)")
+    if engine == "ray":
+        from hashview.cluster import index_with_ray as index_paths
+    _check_args(spec, index_paths, extra={"engine"})
     if isinstance(kwargs.get("params"), dict):
         try:
             params = TilingParams(**kwargs["params"])
@@ -124,12 +130,45 @@ def _run_index(spec: JobSpec, progress: ProgressEmitter, emit: Emit) -> dict:
         except (TypeError, ValueError) as exc:
             raise HashViewError(f"job {spec.id}", f"bad tiling parameters ({exc})") from None
         kwargs["params"] = params
+    if isinstance(kwargs.get("annotations"), dict):
+        kwargs["annotations"] = _annotation_options(spec, kwargs["annotations"])
     result = index_paths(progress=progress, **kwargs)
     for message in result.warnings:
         emit({"event": "log", "level": "warning", "message": message})
     for message in result.failed:
         emit({"event": "log", "level": "error", "message": message})
     return result.to_dict()
+
+
+def _annotation_options(spec: JobSpec, given: dict):
+    """``AnnotationOptions`` from a job's JSON ``annotations`` (``where`` null: beside each
+    slide); bad values are one line."""
+    from hashview.annotations.tiles import AnnotationOptions
+
+    try:
+        where = given.get("where")
+        return AnnotationOptions(where=Path(where) if where else None,
+                                 min_cover=float(given.get("min_cover", 0.5)),
+                                 annotated_only=bool(given.get("annotated_only", False)))
+    except (TypeError, ValueError) as exc:
+        raise HashViewError(f"job {spec.id}", f"bad annotation options ({exc})") from None
+
+
+def _train_annotated(spec: JobSpec, args: dict, progress: ProgressEmitter, emit: Emit):
+    """Training on the annotated tiles of the slides under ``data_folder``."""
+    from hashview.training.slide_run import train_from_annotated_slides
+
+    options = _annotation_options(spec, args.pop("annotations"))
+    result = train_from_annotated_slides([args.pop("data_folder")], annotations=options,
+                                         progress=progress, **args)
+    tiles = result.tiles
+    for level, messages in (("warning", tiles.warnings), ("error", tiles.failed)):
+        for message in messages:
+            emit({"event": "log", "level": level, "message": message})
+    counts = ", ".join(f"{label} {n}" for label, n in tiles.labels.items())
+    emit({"event": "log", "level": "info", "message": f"trained on {tiles.tiles} annotated "
+          f"tiles of {len(tiles.slides)} slide(s): {counts}"})
+    return result
 
 
 def _run_train(spec: JobSpec, progress: ProgressEmitter, emit: Emit) -> dict:
@@ -144,8 +183,11 @@ def _run_train(spec: JobSpec, progress: ProgressEmitter, emit: Emit) -> dict:
         extra |= set(objective_class(str(spec.args.get("arch", ""))).options)
     except HashViewError:
         pass  # an unknown arch: train_from_folder says so in one line
-    _check_args(spec, train_from_folder, extra)
-    result = train_from_folder(progress=progress, **spec.args)
+    _check_args(spec, train_from_folder, extra | {"annotations"})
+    if isinstance(spec.args.get("annotations"), dict):  # slides with QuPath annotations
+        result = _train_annotated(spec, dict(spec.args), progress, emit)
+    else:
+        result = train_from_folder(progress=progress, **spec.args)
     card = result.card
     history = [float(x) for x in result.history]
     # The held-out report goes to the job's log (and the result); a collapsed or regressed

@@ -3,7 +3,9 @@
 ``args`` are the keyword arguments of :func:`hashview.indexing.index_paths` (kind "index") or
 :func:`hashview.training.train_from_folder` (kind "train"), with paths as strings and the tiling
 parameters as a dict under ``params``. Path and dataclass values are converted on construction,
-so ``JobSpec("index", {"paths": [Path(...)], ...})`` is fine.
+so ``JobSpec("index", {"paths": [Path(...)], ...})`` is fine. ``annotations`` (the fields of
+:class:`~hashview.annotations.tiles.AnnotationOptions`) labels an index job's slide tiles, and
+makes a train job train on the annotated slides under ``data_folder``.
 """
 
 from __future__ import annotations
