@@ -208,5 +208,11 @@ def test_search_geojson_failures_are_one_line_and_not_success(slide_library, tmp
     assert code == 1 and "wrote" not in out
     (line,) = err.splitlines()
     assert line.startswith(f"hashview: {tmp_path / 'CMU-1-Small-Region.hashview.geojson'}: ")
+    not_a_folder = tmp_path / "notes.txt"
+    not_a_folder.write_text("x")
+    code, out, err = run(capsys, "search", library, SLIDE, "--region", "1000,1000,224,224",
+                         "--geojson", not_a_folder)
+    assert code == 1 and out == "" and err == (f"hashview: {not_a_folder}: not a folder; the "
+                                               "hits go into a folder, one file per slide\n")
     code, _, err = run(capsys, "search", library, SLIDE, "--whole-slide", "--geojson", tmp_path)
     assert code == 2 and "--geojson" in err
