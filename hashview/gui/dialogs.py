@@ -25,6 +25,13 @@ def runs_dir() -> Path:
 
 
 SCRATCH = "__scratch__"  # the "start from" choice of random weights
+# What training reads: placeholder of the folder field, per input kind.
+TRAIN_INPUTS = {
+    "patches": ("A folder of labelled patches",
+                "Folder of labelled patches (class subfolders or labels.csv)"),
+    "slides": ("Slides with QuPath annotations",
+               "Folder of slides, each with its QuPath export SLIDE.geojson beside it"),
+}
 
 
 class TrainDialog(QDialog):
@@ -41,8 +48,14 @@ class TrainDialog(QDialog):
         self.setWindowTitle("Train a hashing model")
         self.device = device
         self.folder = QLineEdit(folder)
-        self.folder.setPlaceholderText(
-            "Folder of labelled patches (class subfolders or labels.csv)")
+        self.input_kind = QComboBox()
+        for key, (text, _) in TRAIN_INPUTS.items():
+            self.input_kind.addItem(text, key)
+        self.input_kind.setToolTip("Annotated slides: each tile a class covers at least half "
+                                   "of is a training patch of that class; each slide is one "
+                                   "patient")
+        self.input_kind.currentIndexChanged.connect(self._update_input_hint)
+        self._update_input_hint()
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._browse)
         folder_row = QHBoxLayout()
@@ -91,7 +104,8 @@ class TrainDialog(QDialog):
         self._update_name_hint()
 
         form = QFormLayout()
-        form.addRow("Patch folder", folder_row)
+        form.addRow("Train on", self.input_kind)
+        form.addRow("Folder", folder_row)
         form.addRow("Train", self.plan)
         form.addRow("Model name", self.name)
         self.advanced = QWidget()  # shown for the "advanced" plan only
@@ -151,8 +165,11 @@ class TrainDialog(QDialog):
             if card.arch == arch and card.trained and card.name != default:
                 self.start_from.addItem(f"{card.name} (fine-tune it)", card.name)
 
+    def _update_input_hint(self, *_args) -> None:
+        self.folder.setPlaceholderText(TRAIN_INPUTS[self.input_kind.currentData()][1])
+
     def _browse(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Patch folder", self.folder.text())
+        folder = QFileDialog.getExistingDirectory(self, "Folder", self.folder.text())
         if folder:
             self.folder.setText(folder)
 
@@ -169,12 +186,15 @@ class TrainDialog(QDialog):
         return plain_name(typed) if typed else self.default_model_name()
 
     def job_args(self) -> dict:
-        """Keyword arguments of ``hashview.training.train_from_folder``."""
+        """Keyword arguments of ``hashview.training.train_from_folder``; for annotated slides,
+        with ``annotations`` (the files beside each slide), as the train job takes them."""
         name = self.model_name()
         args = {"data_folder": str(Path(self.folder.text().strip()).resolve()),
                 "arch": self.arch.currentData(), "bits": self.bits.value(),
                 "out_dir": str(runs_dir() / name),
                 "name": name, "device": self.device}
+        if self.input_kind.currentData() == "slides":
+            args["annotations"] = {"where": None}
         if self.epochs.value():
             args["epochs"] = self.epochs.value()
         from hashview.training.defaults import DEFAULT_START
@@ -188,9 +208,14 @@ class TrainDialog(QDialog):
 
     def _accept(self) -> None:
         folder = Path(self.folder.text().strip())
+        slides = self.input_kind.currentData() == "slides"
         if not self.folder.text().strip() or not folder.is_dir():
+            what = "slides" if slides else "labelled patches"
+            QMessageBox.warning(self, "Train a hashing model", f"{folder}: not a folder of {what}")
+            return
+        if slides and not any(folder.rglob("*.geojson")):
             QMessageBox.warning(self, "Train a hashing model",
-                                f"{folder}: not a folder of labelled patches")
+                                f"{folder}: no QuPath annotations (SLIDE.geojson) in it")
             return
         self.accept()
 
