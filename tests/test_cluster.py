@@ -93,3 +93,20 @@ def test_cli_ray_engine_reports_a_bad_slide_in_one_line(local_ray, tmp_path, cap
 def test_engine_options_need_the_ray_engine(capsys):
     assert main(["index", str(KATHER), "--library", "x.h5", "--workers", "3"]) == 2
     assert "need --engine ray" in capsys.readouterr().err
+
+
+def test_a_background_job_indexes_on_ray(local_ray, tmp_path):
+    from hashview.jobs import JobSpec, run_job
+
+    events: list[dict] = []
+    spec = JobSpec("index", {"paths": [KATHER], "library_path": tmp_path / "lib.h5",
+                             "batch_size": BATCH, "engine": "ray", "workers": 2})
+    assert run_job(spec, events.append) == "done"
+    assert events[-1]["result"]["tiles_added"] == 12
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress[-1]["stage"] == "tiles" and progress[-1]["done"] == 12
+    events.clear()
+    spec = JobSpec("index", {"paths": [KATHER], "library_path": tmp_path / "lib.h5",
+                             "engine": "spark"})
+    assert run_job(spec, events.append) == "failed"
+    assert "unknown engine 'spark'" in events[-1]["message"]

@@ -120,9 +120,10 @@ def _run_index(spec: JobSpec, progress: ProgressEmitter, emit: Emit) -> dict:
     engine = kwargs.pop("engine", "local")  # "ray": hashview.cluster.index_with_ray's args
     if engine not in ("local", "ray"):
         raise HashViewError(f"job {spec.id}", f"unknown engine {engine!r} (local or ray)")
+    index = index_paths
     if engine == "ray":
-        from hashview.cluster import index_with_ray as index_paths
-    _check_args(spec, index_paths, extra={"engine"})
+        from hashview.cluster import index_with_ray as index
+    _check_args(spec, index, extra={"engine"})
     if isinstance(kwargs.get("params"), dict):
         try:
             params = TilingParams(**kwargs["params"])
@@ -132,7 +133,7 @@ def _run_index(spec: JobSpec, progress: ProgressEmitter, emit: Emit) -> dict:
         kwargs["params"] = params
     if isinstance(kwargs.get("annotations"), dict):
         kwargs["annotations"] = _annotation_options(spec, kwargs["annotations"])
-    result = index_paths(progress=progress, **kwargs)
+    result = index(progress=progress, **kwargs)
     for message in result.warnings:
         emit({"event": "log", "level": "warning", "message": message})
     for message in result.failed:
