@@ -110,3 +110,11 @@ def test_a_background_job_indexes_on_ray(local_ray, tmp_path):
                              "engine": "spark"})
     assert run_job(spec, events.append) == "failed"
     assert "unknown engine 'spark'" in events[-1]["message"]
+
+
+def test_more_workers_than_the_local_ray_can_place_is_one_line(local_ray, tmp_path, capsys):
+    code = main(["index", str(KATHER), "--library", str(tmp_path / "lib.h5"), "--engine", "ray",
+                 "--workers", "4"])
+    assert code == 1
+    assert capsys.readouterr().err == ("hashview: 4 workers need 2.5 CPUs with reading; the "
+                                       "local Ray has 2\n")

@@ -48,6 +48,11 @@ CHUNKS_PER_WORKER_CPU, CHUNKS_PER_WORKER_GPU = 2, 8
 MAX_CHUNK_TRIES = 3  # a chunk whose actor dies this often fails its source
 WAIT_S = 0.5  # longest pause between progress reports
 ACTOR_PREFIX = "hashview-encoder-"  # + run id + number: the encoding actors' names
+# Slides planned (or being planned) but not yet committed, per actor: plans hold every tile's
+# position, so an archive is planned as the work goes, not all at once.
+SLIDES_AHEAD_PER_WORKER = 2
+WORKER_START_S = 900  # no actor up by then: the cluster cannot place them (an autoscaler may
+#                       need minutes to add a GPU node)
 
 
 def index_with_ray(paths: Iterable[str | Path], library_path: str | Path,
@@ -155,6 +160,9 @@ class _ClusterRun:
         self.queue: deque[_Chunk] = deque()
         self.in_flight: dict = {}  # encode ref -> (_Chunk, _Worker)
         self.plans: dict = {}  # plan ref -> InputItem
+        self.to_plan: deque[InputItem] = deque()
+        self.open_slides = 0  # planned, not yet committed or failed
+        self.slides_planned = 0
         self.seen: dict[str, str] = {}
         self.planned = self.done = 0
         self.started: Optional[float] = None  # when the first worker was ready
@@ -168,11 +176,8 @@ class _ClusterRun:
         ray = self.ray
         self.model_input = ModelInput.for_card(loaded.card)
         cpus = 1.0 if gpus else CPU_SHARE
-        if local and not gpus:
-            available = ray.cluster_resources().get("CPU", 0)
-            if count * cpus > available:
-                raise HashViewError(None, f"{count} workers need {count * cpus:g} CPUs; the "
-                                          f"local Ray has {available:g}")
+        if local:  # a cluster may grow (autoscaling): only a local one is checked
+            _check_room(ray.cluster_resources(), count, cpus, gpus)
         threads = max(1, int((os.cpu_count() or 2) // count)) if local and not gpus else None
         self._actor = ray.remote(ChunkEncoder)
         self._actor_options = {"num_cpus": cpus, "num_gpus": gpus}
@@ -182,6 +187,7 @@ class _ClusterRun:
         self._plan = ray.remote(plan_slide).options(num_cpus=cpus)
         self.chunks_in_flight = count * (CHUNKS_PER_WORKER_GPU if gpus
                                          else CHUNKS_PER_WORKER_CPU)
+        self.slides_ahead = count * SLIDES_AHEAD_PER_WORKER
         for _ in range(count):
             self._add_worker()
 
@@ -211,13 +217,17 @@ class _ClusterRun:
         """Plan, read, encode and commit ``items``; chunks of ``batch`` tiles are one forward
         batch each, cut where a single-process run cuts them, so codes come out the same."""
         self.batch = batch
-        known = self.ray.put(frozenset(s.fingerprint for s in self.library.sources()))
-        for item in items:
-            if item.kind == "slide":
-                ref = self._plan.remote(item, self.params, self.model_input.input_size, known)
-                self.plans[ref] = item
+        self.known = self.ray.put(frozenset(s.fingerprint for s in self.library.sources()))
+        self.to_plan.extend(it for it in items if it.kind == "slide")
+        self.slides_total = len(self.to_plan)
         self._queue_patches([it for it in items if it.kind == "patch"], batch)
-        while self.plans or self.queue or self.in_flight:
+        asked = time.perf_counter()
+        while self.to_plan or self.plans or self.queue or self.in_flight:
+            if self.started is None and time.perf_counter() - asked > WORKER_START_S:
+                raise HashViewError(None, f"no encoding worker started in {WORKER_START_S} s: "
+                                          "the cluster has no room for them (see --workers, "
+                                          "--gpus-per-worker)")
+            self._plan_more()
             self._dispatch()
             waiting = (list(self.plans) + list(self.in_flight)
                        + [w.ready_ref for w in self.workers if not w.ready])
@@ -231,8 +241,16 @@ class _ClusterRun:
                     self._worker_ready(ref)
             self._report()
 
+    def _plan_more(self) -> None:
+        while self.to_plan and len(self.plans) + self.open_slides < self.slides_ahead:
+            item = self.to_plan.popleft()
+            ref = self._plan.remote(item, self.params, self.model_input.input_size, self.known)
+            self.plans[ref] = item
+
     def _worker_ready(self, ref) -> None:
-        worker = next(w for w in self.workers if w.ready_ref is ref)
+        worker = next((w for w in self.workers if w.ready_ref == ref), None)
+        if worker is None:
+            return  # replaced meanwhile
         try:
             self.ray.get(ref)
             worker.ready = True
@@ -257,6 +275,7 @@ class _ClusterRun:
             self.in_flight[worker.handle.encode.remote(chunk.read_ref)] = (chunk, worker)
 
     def _planned(self, item: InputItem, ref) -> None:
+        self.slides_planned += 1
         try:
             plan: SlidePlan = self.ray.get(ref)
         except self.ray.exceptions.RayError as exc:
@@ -279,6 +298,7 @@ class _ClusterRun:
         if not starts:
             self._commit(unit)
             return
+        self.open_slides += 1
         plan_ref = self.ray.put(plan.plan)
         for index, start in enumerate(starts):
             stop = min(start + size, plan.n_tiles)
@@ -297,6 +317,7 @@ class _ClusterRun:
             if not already_stored(item, fingerprint, self.library, self.seen, self.report):
                 todo.append((item, fingerprint))
                 self.seen[fingerprint] = str(item.path)
+        self.patches_planned = len(todo)
         for start in range(0, len(todo), batch):
             group = todo[start:start + batch]
             unit = _Unit(Path(group[0][0].path).name, 1, patches=group)
@@ -317,7 +338,7 @@ class _ClusterRun:
             chunk.tries += 1
             if chunk.tries < MAX_CHUNK_TRIES:
                 self.queue.appendleft(chunk)
-            elif not unit.failed:
+            else:
                 self._fail(unit, f"{unit.name}: lost {chunk.tries} encoding workers")
             return
         except self.ray.exceptions.RayError as exc:
@@ -334,8 +355,15 @@ class _ClusterRun:
             self._commit(unit)
 
     def _fail(self, unit: _Unit, message: str) -> None:
-        unit.failed = True
-        self.report.failed.append(message)
+        if not unit.failed:
+            unit.failed = True
+            self.report.failed.append(message)
+            self._close(unit)
+
+    def _close(self, unit: _Unit) -> None:
+        unit.encoded.clear()
+        if unit.slide is not None and unit.n_chunks:
+            self.open_slides -= 1
 
     # ------------------------------------------------------------ the one writer
     def _commit(self, unit: _Unit) -> None:
@@ -348,7 +376,7 @@ class _ClusterRun:
             raise  # the library cannot take more: end the run (committed sources stay)
         except HashViewError as exc:
             self.report.failed.append(exc.message)
-        unit.encoded.clear()
+        self._close(unit)
 
     def _commit_slide(self, slide: SlidePlan, unit: _Unit) -> None:
         parts = [unit.encoded[i].pixels for i in range(unit.n_chunks)]
@@ -379,10 +407,30 @@ class _ClusterRun:
     def _report(self) -> None:
         seconds = time.perf_counter() - (self.started or time.perf_counter())
         rate = self.done / seconds if seconds > 0 else 0.0
+        total = self._total()
         message = f"{rate:.0f} tiles/s" if self.done else "starting workers"
-        if self.done and self.planned > self.done:
-            message += f" · ETA {_clock((self.planned - self.done) / rate)}"
-        report(self.progress, "tiles", self.done, self.planned or None, message)
+        if self.done and total > self.done:
+            message += f" · ETA {_clock((total - self.done) / rate)}"
+        report(self.progress, "tiles", self.done, total or None, message)
+
+    def _total(self) -> int:
+        """Tiles planned, plus the slides not planned yet at the mean of those planned."""
+        unplanned = self.slides_total - self.slides_planned
+        if not unplanned or not self.slides_planned:
+            return self.planned
+        slide_tiles = self.planned - self.patches_planned
+        return self.planned + round(unplanned * slide_tiles / self.slides_planned)
+
+
+def _check_room(resources: dict, count: int, cpus: float, gpus: float) -> None:
+    """Refuse (one line) actors that a local Ray cannot place beside one read task."""
+    have_cpus, have_gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    if count * cpus + CPU_SHARE > have_cpus:
+        raise HashViewError(None, f"{count} workers need {count * cpus + CPU_SHARE:g} CPUs "
+                                  f"with reading; the local Ray has {have_cpus:g}")
+    if count * gpus > have_gpus:
+        raise HashViewError(None, f"{count} workers need {count * gpus:g} GPUs; the local Ray "
+                                  f"has {have_gpus:g}")
 
 
 def _clock(seconds: float) -> str:
