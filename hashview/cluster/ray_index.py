@@ -13,6 +13,7 @@ or stored twice. docs/cluster.md says why Ray core and not Ray Data.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -259,20 +260,29 @@ class _ClusterRun:
             self._replace(worker)
 
     def _dispatch(self) -> None:
+        room = self.chunks_in_flight - len(self.in_flight)
+        # reads start before the actors are up (they take seconds to load torch and the
+        # model), so the first chunks are waiting when one is ready
+        for chunk in itertools.islice(self.queue, max(0, room)):
+            self._read(chunk)
         ready = [w for w in self.workers if w.ready]
         while self.queue and ready and len(self.in_flight) < self.chunks_in_flight:
             chunk = self.queue.popleft()
             if chunk.unit.failed:
                 continue
-            if chunk.read_ref is None:
-                if chunk.unit.slide is not None:
-                    chunk.read_ref = self._read_slide.remote(*chunk.read_args, self.model_input)
-                else:
-                    chunk.read_ref = self._read_patches.remote(chunk.read_args,
-                                                               self.model_input)
+            self._read(chunk)
             worker = min(ready, key=lambda w: w.busy)
             worker.busy += 1
             self.in_flight[worker.handle.encode.remote(chunk.read_ref)] = (chunk, worker)
+
+    def _read(self, chunk: _Chunk) -> None:
+        """Start the read task of ``chunk`` unless it has one (a retried chunk keeps its)."""
+        if chunk.read_ref is not None or chunk.unit.failed:
+            return
+        if chunk.unit.slide is not None:
+            chunk.read_ref = self._read_slide.remote(*chunk.read_args, self.model_input)
+        else:
+            chunk.read_ref = self._read_patches.remote(chunk.read_args, self.model_input)
 
     def _planned(self, item: InputItem, ref) -> None:
         self.slides_planned += 1
