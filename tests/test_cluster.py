@@ -118,3 +118,17 @@ def test_more_workers_than_the_local_ray_can_place_is_one_line(local_ray, tmp_pa
     assert code == 1
     assert capsys.readouterr().err == ("hashview: 4 workers need 2.5 CPUs with reading; the "
                                        "local Ray has 2\n")
+
+
+def test_a_cluster_address_nothing_answers_at_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    library = tmp_path / "lib.h5"
+    run = subprocess.run([sys.executable, "-m", "hashview", "index", str(KATHER), "--library",
+                          str(library), "--engine", "ray", "--address", "ray://127.0.0.1:1"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert run.stderr == "hashview: ray://127.0.0.1:1: no Ray cluster answers there " \
+                         "(Connection refused)\n"
+    assert not library.exists()  # no library made for a run that could not start

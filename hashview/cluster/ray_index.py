@@ -16,8 +16,10 @@ import contextlib
 import itertools
 import logging
 import os
+import socket
 import time
 import uuid
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,7 @@ CPU_SHARE = 0.5
 CHUNKS_PER_WORKER_CPU, CHUNKS_PER_WORKER_GPU = 2, 8
 MAX_CHUNK_TRIES = 3  # a chunk whose actor dies this often fails its source
 WAIT_S = 0.5  # longest pause between progress reports
+CONNECT_S = 10  # a cluster address must accept a connection within this
 ACTOR_PREFIX = "hashview-encoder-"  # + run id + number: the encoding actors' names
 # Slides planned (or being planned) but not yet committed, per actor: plans hold every tile's
 # position, so an archive is planned as the work goes, not all at once.
@@ -63,8 +66,9 @@ def index_with_ray(paths: Iterable[str | Path], library_path: str | Path,
                    batch_size: Optional[int] = None,
                    progress: Optional[ProgressCallback] = None) -> IndexReport:
     """:func:`hashview.indexing.index_paths` on a Ray cluster: the same library, report and
-    dedup. ``address`` None uses the Ray already initialised in this process, else starts a
-    local one on this machine's cores; "auto" or "ray://HOST:PORT" joins a running cluster.
+    dedup. A Ray already initialised in this process is used as it is; else ``address`` None
+    starts a local one on this machine's cores, and "auto", "HOST:PORT" or "ray://HOST:PORT"
+    join a running cluster.
     ``workers`` encoding actors, each with ``gpus_per_worker`` GPUs (0: CPU)."""
     ray = _import_ray()
     if workers < 1 or gpus_per_worker < 0:
@@ -77,6 +81,8 @@ def index_with_ray(paths: Iterable[str | Path], library_path: str | Path,
     report_.failed.extend(e.message for e in errors)
     if not items:
         return report_
+    if address and address != "auto" and not ray.is_initialized():
+        _check_reachable(address)  # before a library is made for a run that cannot start
     library, params = open_library(library_path, loaded.card, params, report_)
     batch = batch_size or (DEFAULT_BATCH_CUDA if gpus_per_worker else DEFAULT_BATCH_CPU)
     with library, _connected(ray, address):
@@ -107,7 +113,9 @@ def _connected(ray, address: Optional[str]):
         return
     try:
         if address:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            with warnings.catch_warnings():  # Ray's own advice on a timeout: the line says it
+                warnings.simplefilter("ignore")
+                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         else:
             ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False,
                      object_store_memory=LOCAL_OBJECT_STORE_BYTES,
@@ -119,6 +127,21 @@ def _connected(ray, address: Optional[str]):
         yield
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """One line at once for a cluster address nothing answers at (Ray itself retries for
+    minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_S):
+            pass
+    except ValueError:
+        raise HashViewError(address, "not a Ray address (auto, HOST:PORT or ray://HOST:PORT)") \
+            from None
+    except OSError as exc:
+        raise HashViewError(address, f"no Ray cluster answers there ({exc.strerror or exc})") \
+            from None
 
 
 @dataclass(eq=False)
