@@ -281,3 +281,20 @@ def test_the_documented_plain_h5py_reading_example_reads_schema_2_and_3(lib_path
     assert seen["cases"] == [{"stain": "", "site": ""}, {"stain": "HE", "site": "lung"}]
     assert seen["labels"] == ["tumor", "stroma", "lymph"] and len(seen["codes"]) == 18
     assert not [p for p in os.listdir(lib_path.parent) if p.endswith(".tmp")]
+
+
+def test_a_float_library_keeps_its_descriptors_and_can_be_emptied(tmp_path):
+    path = tmp_path / "float.h5"
+    rng = np.random.default_rng(0)
+    with Library.create(path, "lgffem-32", "lgffem", 32, "f" * 64, code_kind="float") as lib:
+        for i in range(3):
+            lib.add_source({"path": f"/d/{i}.svs", "fingerprint": f"f{i}"},
+                           rng.normal(size=(4, 32)), np.arange(4), np.zeros(4), np.full(4, 224))
+        stored = lib.codes()
+    editing.remove_sources(path, [1])
+    with Library.open(path) as lib:
+        assert lib.code_kind == "float"
+        np.testing.assert_array_equal(lib.codes(), np.concatenate([stored[:4], stored[8:]]))
+    editing.remove_sources(path, [0, 1])
+    with Library.open(path) as lib:
+        assert (lib.n_sources, lib.n_tiles, lib.label_names()) == (0, 0, [])
