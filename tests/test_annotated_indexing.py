@@ -135,7 +135,7 @@ def test_one_annotation_file_for_several_slides_and_stray_options_are_refused(tm
     assert code == 1 and err.count("\n") == 1 and "one annotation file for 2 slides" in err
     assert not library.exists()
     assert main(["index", str(SLIDE), "--library", str(library), "--annotated-only"]) == 2
-    assert "need --annotations" in capsys.readouterr().err
+    assert "--annotated-only needs --annotations" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["index", str(SLIDE), "--library", str(library), "--annotations", "x",
               "--min-cover", "0"])

@@ -6,7 +6,7 @@ import json
 from typing import Sequence
 
 from hashview.cli.support import (EXIT_OK, EXIT_WORSE_MODEL, progress_bar, say, say_lines,
-                                  usage_error)
+                                  say_problems, usage_error)
 
 EXPLAIN_PANEL = 256  # side of each of the four panels of ``hashview explain --out``
 # How `hashview models` marks a model whose held-out report failed (card "quality").
@@ -89,10 +89,7 @@ def _trainer(args, named: dict):
 def _say_annotated_tiles(tiles) -> None:
     from hashview.cli.annotations import label_summary
 
-    for warning in tiles.warnings:
-        say(f"warning: {warning}", err=True)
-    for failure in tiles.failed:
-        say(f"hashview: {failure}", err=True)
+    say_problems(tiles.warnings, tiles.failed)
     say(f"trained on {tiles.tiles} annotated tiles of {len(tiles.slides)} slide(s); "
         f"{label_summary(tiles.labels)}")
 

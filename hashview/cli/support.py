@@ -36,6 +36,14 @@ def say_lines(text: str, err: bool = False) -> None:
         say(line, err=err)
 
 
+def say_problems(warnings, failures) -> None:
+    """Warnings (``warning: ...``) and one-line failures (``hashview: ...``) on stderr."""
+    for warning in warnings:
+        say(f"warning: {warning}", err=True)
+    for failure in failures:
+        say(f"hashview: {failure}", err=True)
+
+
 def print_index_report(result, library: str, already: str, as_json: bool) -> int:
     """Print an indexing or merge report (``IndexReport``): JSON on stdout, or its warnings and
     failures on stderr and one summary line; returns the exit code (partial when some sources
@@ -43,10 +51,7 @@ def print_index_report(result, library: str, already: str, as_json: bool) -> int
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        for warning in result.warnings:
-            say(f"warning: {warning}", err=True)
-        for failure in result.failed:
-            say(f"hashview: {failure}", err=True)
+        say_problems(result.warnings, result.failed)
         say(f"{library}: added {len(result.added)} source(s), {result.tiles_added} tiles; "
             f"{len(result.skipped)} {already}; {len(result.failed)} failed")
     if result.failed:
