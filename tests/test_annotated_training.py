@@ -92,7 +92,9 @@ def test_train_from_annotated_slides_keeps_each_patient_on_one_side(tmp_path, ca
     assert split["protocol"] == "patient"
     sides = [{path.split("/")[0] for path in split[part]} for part in ("train", "test")]
     assert sides[0] and sides[1] and not sides[0] & sides[1]
-    assert (out / summary["model"].rsplit("/", 1)[-1]).is_file()
+    card = json.loads((out / summary["model"].rsplit("/", 1)[-1]).with_suffix(".json")
+                      .read_text())
+    assert (card["tile_size"], card["target_mpp"]) == (150, 0.495)  # the start model's tiling
 
 
 def test_train_refuses_several_folders_without_annotations(tmp_path, capsys):

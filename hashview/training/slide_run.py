@@ -42,6 +42,7 @@ def train_from_annotated_slides(paths: Sequence[str | Path], arch: str, bits: in
     from hashview.annotations.patches import cut_annotated_tiles
     from hashview.indexing import model_tiling
     from hashview.models import DEFAULT_MODEL, load_model
+    from hashview.models.store import rewrite_card
     from hashview.training.defaults import start_model_name
     from hashview.training.folder_run import train_from_folder
 
@@ -57,6 +58,9 @@ def train_from_annotated_slides(paths: Sequence[str | Path], arch: str, bits: in
         protocol = _default_protocol(tiles)
     result = train_from_folder(Path(out_dir) / TILES_FOLDER, arch, bits, out_dir,
                                protocol=protocol, progress=progress, **options)
+    # The tiles' resolution is known here (a patch folder's is not): indexing with the model
+    # then reads slides at the scale it was trained at.
+    result.card = rewrite_card(result.model_path, target_mpp=params.target_mpp)
     result.tiles = tiles
     return result
 
