@@ -157,3 +157,15 @@ def test_an_indexing_job_takes_annotation_options(tmp_path):
     bad = JobSpec("index", {**spec.args, "annotations": {"min_cover": 2}})
     assert run_job(bad, events.append) == "failed"
     assert "bad annotation options" in events[-1]["message"]
+
+
+def test_the_python_api_takes_annotations(tmp_path):
+    from hashview.annotations.tiles import AnnotationOptions
+    from hashview.session import LibrarySession
+
+    session = LibrarySession(tmp_path / "lib.h5")
+    report = session.add(SLIDE, annotations=AnnotationOptions(CMU_ANNOTATIONS, min_cover=0.9,
+                                                              annotated_only=True))
+    assert not report.failed and report.tile_labels
+    assert report.tiles_added == sum(report.tile_labels.values())
+    assert _library_labels(tmp_path / "lib.h5").count("Dermis") == report.tile_labels["Dermis"]
