@@ -7,7 +7,9 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Sequence
+
+Buffer = Any  # an object with the buffer protocol (bytes, a C-contiguous NumPy array)
 
 _FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
@@ -80,8 +82,11 @@ def set_mode(path_or_fd: str | os.PathLike | int, mode: int) -> None:
         pass
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes | Sequence[Buffer]) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one.
+
+    ``data``: bytes, or byte buffers (bytes, NumPy arrays) written one after the other, so that
+    a large payload is not copied to be joined to its header.
 
     The bytes go to a temporary file in the same folder, are fsync'ed, then renamed over ``path``
     (``os.replace`` is atomic on POSIX and Windows); the temporary file never outlives a failure.
@@ -96,7 +101,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         set_mode(fd, mode)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for chunk in ([data] if isinstance(data, (bytes, bytearray, memoryview)) else data):
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
