@@ -24,7 +24,10 @@ SECTIONS = {
     "query": "query",
     "footprint": "footprint",
     "cases": "cases",
+    "archive": "archive",
 }
+# Sections run only when named (``--only``): they take many minutes and GBs of memory and disk.
+OPT_IN = ("archive",)
 
 
 @dataclass

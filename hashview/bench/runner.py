@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from hashview.bench import SECTIONS, Section, prepare
+from hashview.bench import OPT_IN, SECTIONS, Section, prepare
 from hashview.progress import ProgressCallback, report
 
 DOCS_BENCHMARKS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
@@ -29,24 +29,26 @@ def marker(name: str, end: bool = False) -> str:
     return f"<!-- bench:{name}:{'end' if end else 'start'} -->"
 
 
-def available_sections() -> list[str]:
-    """Sections whose module exists in this installation, in run order."""
+def available_sections(opt_in: bool = False) -> list[str]:
+    """Sections whose module exists in this installation, in run order; those of
+    :data:`OPT_IN` only with ``opt_in`` (they run when named)."""
     names = []
     for name, module in SECTIONS.items():
-        if importlib.util.find_spec(f"hashview.bench.{module}") is not None:
+        if (opt_in or name not in OPT_IN) and \
+                importlib.util.find_spec(f"hashview.bench.{module}") is not None:
             names.append(name)
     return names
 
 
 def resolve_names(only: Optional[Sequence[str]]) -> list[str]:
-    """``--only`` names (validated) or every available section."""
+    """``--only`` names (validated) or every available section but the opt-in ones."""
     if not only:
         return available_sections()
     unknown = [n for n in only if n not in SECTIONS]
     if unknown:
         raise ValueError(f"unknown benchmark section(s): {', '.join(unknown)} "
                          f"(known: {', '.join(SECTIONS)})")
-    missing = [n for n in only if n not in available_sections()]
+    missing = [n for n in only if n not in available_sections(opt_in=True)]
     if missing:
         raise ValueError(f"benchmark section(s) not available in this installation: "
                          f"{', '.join(missing)}")

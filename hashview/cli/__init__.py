@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--full", dest="mode", action="store_const", const="full",
                        help="the real numbers (minutes; the default)")
     p.add_argument("--only", default=None, metavar="NAME[,NAME]",
-                   help="run only these sections (throughput, baseline, region, query, footprint)")
+                   help="run only these sections (throughput, baseline, region, query, "
+                        "footprint, cases; archive, 10^8 tiles, runs only when named)")
     p.add_argument("--workdir", default=None, metavar="DIR",
                    help="scratch folder for slides and libraries (default /tmp/hashview-bench)")
     p.add_argument("--json", dest="json_out", default=None, metavar="OUT",
