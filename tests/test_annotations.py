@@ -121,3 +121,17 @@ def test_a_missing_file_or_a_folder_is_one_line(tmp_path):
         with pytest.raises(AnnotationError) as err:
             read_annotations(path)
         assert str(err.value).startswith(f"{path}: ")
+
+
+def test_a_file_of_too_many_vertices_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    import hashview.annotations.qupath as qupath
+
+    path = tmp_path / "many.geojson"
+    path.write_text(_polygon_feature([[[0, 0]] * 600_000 + [[1, 1], [1, 0], [0, 0]]]))
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("parsed")
+
+    monkeypatch.setattr(qupath.json, "loads", no_parsing)
+    with pytest.raises(AnnotationError, match="more than 10 vertices"):
+        read_annotations(path, max_vertices=10)

@@ -10,7 +10,9 @@ Only areas label tiles: Polygon and MultiPolygon features are read (holes kept);
 (points, lines) is skipped and counted in one warning per kind. A self-intersecting polygon is
 repaired with shapely's ``make_valid``. Anything that cannot be read (not UTF-8 JSON, not GeoJSON,
 NaN or non-numeric coordinates, a file or vertex count past the caps below) raises
-:class:`AnnotationError`, one line naming the file; the file size is checked before it is read.
+:class:`AnnotationError`, one line naming the file. The file size is checked before it is
+read, and the vertex count is bounded before it is parsed (a 200 MB file of tiny coordinate
+pairs would otherwise take gigabytes as Python lists).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from shapely.geometry import MultiPolygon, Polygon
 from hashview.annotations.types import Annotation, AnnotationError
 
 MAX_FILE_BYTES = 200 * 1024 * 1024  # a QuPath export of a heavily annotated slide is a few MB
-MAX_VERTICES = 5_000_000            # about 80 MB of coordinates once read
+MAX_VERTICES = 2_000_000  # far above hand-drawn annotations; up to ~0.3 GB as Python lists
+# Brackets beyond one per vertex: rings, polygons, and any in names or measurements.
+_BRACKET_SLACK = 500_000
 MAX_LABEL_CHARS = 200
 _POLYGONAL = ("Polygon", "MultiPolygon")
 
@@ -41,7 +45,7 @@ def read_annotations(path: str | Path, *, warnings: Optional[list[str]] = None,
     Skipped features (other geometry, empty shapes) and repaired polygons are reported as one
     line each in ``warnings`` when a list is given. Raises :class:`AnnotationError`.
     """
-    data = _load_json(path, max_bytes)
+    data = _load_json(path, max_bytes, max_vertices)
     features = _features(data, path)
     skipped: Counter = Counter()
     budget = _VertexBudget(path, max_vertices)
@@ -59,7 +63,7 @@ def _counted(n: int, what: str) -> str:
     return f"{n} feature{'s' if n > 1 else ''} {what}"
 
 
-def _load_json(path: str | Path, max_bytes: int):
+def _load_json(path: str | Path, max_bytes: int, max_vertices: int):
     try:
         with open(path, "rb") as handle:
             raw = handle.read(max_bytes + 1)
@@ -67,6 +71,11 @@ def _load_json(path: str | Path, max_bytes: int):
         raise AnnotationError(path, exc.strerror or "cannot be read") from None
     if len(raw) > max_bytes:
         raise AnnotationError(path, f"larger than {max_bytes // (1024 * 1024)} MB; "
+                                    "not read as annotations")
+    # Every vertex is a JSON list: counting brackets (fast, in C) refuses a file whose parsed
+    # form would not fit in memory before it is parsed.
+    if raw.count(b"[") > max_vertices + _BRACKET_SLACK:
+        raise AnnotationError(path, f"more than {max_vertices:,} vertices; "
                                     "not read as annotations")
     try:
         text = raw.decode("utf-8-sig")
