@@ -18,7 +18,6 @@ pairs would otherwise take gigabytes as Python lists).
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from pathlib import Path
 from typing import Optional

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:  # the CLI loads the core lazily, per command
+    from hashview.annotations.tiles import AnnotationOptions
 
 NEXT_TO_SLIDE = ""  # ``--annotations`` with no value: SLIDE.geojson beside each slide
 
@@ -37,7 +40,7 @@ def add_annotation_options(p: argparse.ArgumentParser, training: bool = False) -
                        help="keep only the tiles that got a class")
 
 
-def annotation_options(args) -> Optional["AnnotationOptions"]:  # noqa: F821 (lazy import)
+def annotation_options(args) -> Optional["AnnotationOptions"]:
     """The options given, or None without ``--annotations`` (then the other two are refused by
     :func:`annotation_usage_problem`)."""
     from hashview.annotations.tiles import DEFAULT_MIN_COVER, AnnotationOptions
