@@ -135,3 +135,39 @@ def test_a_file_of_too_many_vertices_is_refused_before_it_is_parsed(tmp_path, mo
     monkeypatch.setattr(qupath.json, "loads", no_parsing)
     with pytest.raises(AnnotationError, match="more than 10 vertices"):
         read_annotations(path, max_vertices=10)
+
+
+@pytest.mark.parametrize("level", ["structure", "bytes"])
+def test_mutated_qupath_files_are_read_or_refused_in_one_line(tmp_path, level):
+    """The project's JSON and byte mutators on both hand-drawn fixtures, deeper into the
+    coordinates: every outcome is a list of valid annotations or one AnnotationError line."""
+    import copy
+    import random
+
+    from tests.fuzz.mutate_bytes import mutate_bytes
+    from tests.fuzz.mutate_json import dumps, mutate_json
+
+    rng = random.Random(f"qupath-{level}")
+    originals = [(p.read_bytes(), json.loads(p.read_text()))
+                 for p in sorted((DATA / "annotations").glob("*.geojson"))]
+    path = tmp_path / "mutated.geojson"
+    refused = 0
+    for case in range(150):
+        raw, document = originals[case % len(originals)]
+        if level == "structure":
+            mutated, what = mutate_json(rng, copy.deepcopy(document), deeper=0.8)
+            path.write_text(dumps(mutated))
+        else:
+            data = bytearray(raw)
+            what = mutate_bytes(rng, data)
+            path.write_bytes(bytes(data))
+        try:
+            annotations = read_annotations(path)
+        except AnnotationError as exc:
+            refused += 1
+            assert "\n" not in str(exc) and str(exc).startswith(f"{path}: "), what
+            continue
+        for annotation in annotations:
+            assert annotation.geometry.is_valid and annotation.geometry.area > 0, what
+            assert annotation.label is None or isinstance(annotation.label, str), what
+    assert refused  # the mutations did reach the checks
