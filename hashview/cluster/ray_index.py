@@ -50,6 +50,7 @@ CPU_SHARE = 0.5
 CHUNKS_PER_WORKER_CPU, CHUNKS_PER_WORKER_GPU = 2, 8
 MAX_CHUNK_TRIES = 3  # a chunk whose actor dies this often fails its source
 WAIT_S = 0.5  # longest pause between progress reports
+AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 CONNECT_S = 10  # a cluster address must accept a connection within this
 ACTOR_PREFIX = "hashview-encoder-"  # + run id + number: the encoding actors' names
 # Slides planned (or being planned) but not yet committed, per actor: plans hold every tile's
@@ -117,6 +118,9 @@ def _connected(ray, address: Optional[str]):
                 warnings.simplefilter("ignore")
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         else:
+            # the local Ray's notice that token authentication is on (it is) would be the
+            # only line on stderr before the progress bar
+            logging.getLogger(AUTH_NOTICE_LOGGER).setLevel(logging.ERROR)
             ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False,
                      object_store_memory=LOCAL_OBJECT_STORE_BYTES,
                      logging_level=logging.WARNING, log_to_driver=False)
