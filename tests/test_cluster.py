@@ -4,6 +4,7 @@ name, a killed encoding worker neither loses nor duplicates tiles. One local Ray
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 
 import pytest
@@ -52,8 +53,12 @@ def test_ray_library_equals_the_single_process_one(local_ray, single_process, tm
     last = events[-1]
     assert (last.stage, last.done, last.total) == ("tiles", 52, 52)
     assert "tiles/s" in last.message
-    again = index_with_ray([SLIDE, KATHER], path, params=PARAMS, batch_size=BATCH)
-    assert (again.tiles_added, len(again.skipped)) == (0, 13)  # a rerun skips what is stored
+    copy = tmp_path / "copy.svs"
+    shutil.copyfile(SLIDE, copy)
+    again = index_with_ray([SLIDE, copy, KATHER], path, params=PARAMS, batch_size=BATCH)
+    assert again.tiles_added == 0 and len(again.skipped) == 14  # a rerun skips what is stored
+    # which of the two is the duplicate depends on which plan comes back first
+    assert [set(d.values()) for d in again.duplicates] == [{str(copy), str(SLIDE)}]
     assert library_content(path) == single_process
 
 

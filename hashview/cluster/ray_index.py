@@ -321,11 +321,8 @@ class _ClusterRun:
         if plan.failure:
             self.report.failed.append(plan.failure)
             return
-        if plan.known or already_stored(item, plan.fingerprint, self.library, self.seen,
-                                        self.report):
-            if plan.known and plan.fingerprint not in self.seen:
-                self.report.skipped.append(str(item.path))
-                self.seen[plan.fingerprint] = str(item.path)
+        # a slide the task found stored (``plan.known``) is reported here like any other
+        if already_stored(item, plan.fingerprint, self.library, self.seen, self.report):
             return
         self.seen[plan.fingerprint] = str(item.path)
         self.report.warnings.extend(f"{item.path}: {w}" for w in plan.plan.warnings)
