@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import os
-import socket
 import time
 import uuid
-import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +24,8 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from hashview.cluster.connect import (CPU_SHARE, check_reachable, check_room, connected,
+                                      import_ray)
 from hashview.cluster.work import (ChunkEncoder, SlidePlan, TileChunk, plan_slide,
                                    read_patch_chunk, read_slide_chunk)
 from hashview.code_kinds import code_kind
@@ -41,17 +40,10 @@ from hashview.progress import ProgressCallback, report
 from hashview.slides import InputItem, expand_inputs
 from hashview.tiling import TilingParams
 
-# A local cluster keeps chunks of model inputs (10 MB each on a CPU) in a small object store.
-LOCAL_OBJECT_STORE_BYTES = 256 << 20
-# On a CPU an actor and a read task each reserve half a core: a forward pass and the reading
-# of the next chunk share the cores, as they do in a single-process run.
-CPU_SHARE = 0.5
 # Chunks in flight per actor (being read or encoded): enough to keep a GPU fed by read tasks.
 CHUNKS_PER_WORKER_CPU, CHUNKS_PER_WORKER_GPU = 2, 8
 MAX_CHUNK_TRIES = 3  # a chunk whose actor dies this often fails its source
 WAIT_S = 0.5  # longest pause between progress reports
-AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
-CONNECT_S = 10  # a cluster address must accept a connection within this
 ACTOR_PREFIX = "hashview-encoder-"  # + run id + number: the encoding actors' names
 # Slides planned (or being planned) but not yet committed, per actor: plans hold every tile's
 # position, so an archive is planned as the work goes, not all at once.
@@ -71,7 +63,7 @@ def index_with_ray(paths: Iterable[str | Path], library_path: str | Path,
     starts a local one on this machine's cores, and "auto", "HOST:PORT" or "ray://HOST:PORT"
     join a running cluster.
     ``workers`` encoding actors, each with ``gpus_per_worker`` GPUs (0: CPU)."""
-    ray = _import_ray()
+    ray = import_ray()
     if workers < 1 or gpus_per_worker < 0:
         raise ValueError("workers must be >= 1 and gpus_per_worker >= 0")
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
@@ -83,10 +75,10 @@ def index_with_ray(paths: Iterable[str | Path], library_path: str | Path,
     if not items:
         return report_
     if address and address != "auto" and not ray.is_initialized():
-        _check_reachable(address)  # before a library is made for a run that cannot start
+        check_reachable(address)  # before a library is made for a run that cannot start
     library, params = open_library(library_path, loaded.card, params, report_)
     batch = batch_size or (DEFAULT_BATCH_CUDA if gpus_per_worker else DEFAULT_BATCH_CPU)
-    with library, _connected(ray, address):
+    with library, connected(ray, address):
         run = _ClusterRun(ray, library, params, report_, progress)
         with contextlib.closing(run):
             run.start_workers(loaded, workers, gpus_per_worker, device, batch,
@@ -94,58 +86,6 @@ def index_with_ray(paths: Iterable[str | Path], library_path: str | Path,
             run.index(items, batch)
     report_.summarise_duplicates()
     return report_
-
-
-def _import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise HashViewError(None, "the ray engine needs Ray: pip install 'hashview[cluster]'") \
-            from None
-    return ray
-
-
-@contextlib.contextmanager
-def _connected(ray, address: Optional[str]):
-    """Ray for this run: the one already initialised, a running cluster, or a local one (shut
-    down again at the end)."""
-    if ray.is_initialized():
-        yield
-        return
-    try:
-        if address:
-            with warnings.catch_warnings():  # Ray's own advice on a timeout: the line says it
-                warnings.simplefilter("ignore")
-                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-        else:
-            # the local Ray's notice that token authentication is on (it is) would be the
-            # only line on stderr before the progress bar
-            logging.getLogger(AUTH_NOTICE_LOGGER).setLevel(logging.ERROR)
-            ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False,
-                     object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-                     logging_level=logging.WARNING, log_to_driver=False)
-    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError...
-        raise HashViewError(address or "local Ray", f"cannot start or join the Ray cluster "
-                                                    f"({type(exc).__name__}: {exc})") from None
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-def _check_reachable(address: str) -> None:
-    """One line at once for a cluster address nothing answers at (Ray itself retries for
-    minutes)."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_S):
-            pass
-    except ValueError:
-        raise HashViewError(address, "not a Ray address (auto, HOST:PORT or ray://HOST:PORT)") \
-            from None
-    except OSError as exc:
-        raise HashViewError(address, f"no Ray cluster answers there ({exc.strerror or exc})") \
-            from None
 
 
 @dataclass(eq=False)
@@ -205,7 +145,7 @@ class _ClusterRun:
         self.model_input = ModelInput.for_card(loaded.card)
         cpus = 1.0 if gpus else CPU_SHARE
         if local:  # a cluster may grow (autoscaling): only a local one is checked
-            _check_room(ray.cluster_resources(), count, cpus, gpus)
+            check_room(ray.cluster_resources(), count, cpus, gpus)
         threads = max(1, int((os.cpu_count() or 2) // count)) if local and not gpus else None
         self._actor = ray.remote(ChunkEncoder)
         self._actor_options = {"num_cpus": cpus, "num_gpus": gpus}
@@ -454,17 +394,6 @@ class _ClusterRun:
             return self.planned
         slide_tiles = self.planned - self.patches_planned
         return self.planned + round(unplanned * slide_tiles / self.slides_planned)
-
-
-def _check_room(resources: dict, count: int, cpus: float, gpus: float) -> None:
-    """Refuse (one line) actors that a local Ray cannot place beside one read task."""
-    have_cpus, have_gpus = resources.get("CPU", 0), resources.get("GPU", 0)
-    if count * cpus + CPU_SHARE > have_cpus:
-        raise HashViewError(None, f"{count} workers need {count * cpus + CPU_SHARE:g} CPUs "
-                                  f"with reading; the local Ray has {have_cpus:g}")
-    if count * gpus > have_gpus:
-        raise HashViewError(None, f"{count} workers need {count * gpus:g} GPUs; the local Ray "
-                                  f"has {have_gpus:g}")
 
 
 def _clock(seconds: float) -> str:
