@@ -243,7 +243,8 @@ def make_section(records: list[dict], n_tiles: int, plan: dict) -> Section:
 
 def _result(r: dict) -> str:
     if r["phase"] == "write":
-        return f"{r['file_bytes'] / 2 ** 30:.2f} GiB file, {r['bytes_per_tile']:.1f} bytes per tile"
+        return (f"{r['file_bytes'] / 2 ** 30:.2f} GiB file, {r['bytes_per_tile']:.1f} bytes per "
+                "tile")
     if r["phase"] in ("open", "reopen"):
         return f"searching with {r['index']}"
     if r["phase"] == "build":
