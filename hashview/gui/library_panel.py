@@ -1,7 +1,11 @@
-"""The library panel: the sources of the open library with thumbnails, labels and tile counts.
+"""The library panel: the sources of the open library with thumbnails, labels, tile counts,
+patient ids and case metadata.
 
 Thumbnails are asked for only when a row is first painted (the model's DecorationRole), so a
-library of thousands of patches costs nothing until the user scrolls to them.
+library of thousands of patches costs nothing until the user scrolls to them. The filter box
+takes free words (matched in names, labels, patient ids and metadata values) and ``key=value``
+conditions (:mod:`hashview.gui.case_filter`). The right-click menu (and the Delete key) asks
+for edits by signal; :mod:`hashview.gui.library_edits` carries them out.
 """
 
 from __future__ import annotations
@@ -11,9 +15,12 @@ from typing import Optional
 
 from PySide6.QtCore import (QAbstractListModel, QModelIndex, QSize, QSortFilterProxyModel, Qt,
                             Signal)
-from PySide6.QtGui import QColor, QIcon, QImage, QPixmap
-from PySide6.QtWidgets import (QLabel, QLineEdit, QListView, QVBoxLayout, QWidget)
+from PySide6.QtGui import QAction, QColor, QIcon, QImage, QKeySequence, QPixmap
+from PySide6.QtWidgets import (QAbstractItemView, QLabel, QLineEdit, QListView, QMenu,
+                               QVBoxLayout, QWidget)
 
+from hashview.errors import HashViewError
+from hashview.gui.case_filter import sources_matching, split_filter
 from hashview.gui.thumbnails import ThumbnailLoader
 
 ICON = 48
@@ -25,6 +32,8 @@ def elide_middle(text: str, limit: int = NAME_CHARS) -> str:
         return text
     keep = limit - 1
     return text[: (keep + 1) // 2] + "…" + text[len(text) - keep // 2:]
+
+
 SourceRole = Qt.ItemDataRole.UserRole + 1
 
 
@@ -35,6 +44,7 @@ class SourceListModel(QAbstractListModel):
         super().__init__(parent)
         self.loader = loader
         self.records: list = []
+        self.metadata: dict[int, dict[str, str]] = {}  # source id -> {key: value}
         self._icons: dict[str, QIcon] = {}
         self._asked: set[str] = set()
         self._row_of: dict[str, int] = {}
@@ -43,9 +53,10 @@ class SourceListModel(QAbstractListModel):
         self._placeholder = QIcon(placeholder)
         loader.loaded.connect(self._on_thumbnail)
 
-    def set_records(self, records: list) -> None:
+    def set_records(self, records: list, metadata: Optional[dict] = None) -> None:
         self.beginResetModel()
         self.records = list(records)
+        self.metadata = dict(metadata or {})
         self._row_of = {r.path: i for i, r in enumerate(self.records)}
         self._asked &= set(self._row_of)  # keep thumbnails of sources still listed
         self.endResetModel()
@@ -59,7 +70,8 @@ class SourceListModel(QAbstractListModel):
         rec = self.records[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
             kind = "patch" if rec.kind == "patch" else f"{rec.tile_count} tiles"
-            return f"{elide_middle(rec.name)}\n{rec.label or 'unlabelled'} · {kind}"
+            patient = f" · {rec.patient_id}" if rec.patient_id else ""
+            return f"{elide_middle(rec.name)}\n{rec.label or 'unlabelled'} · {kind}{patient}"
         if role == Qt.ItemDataRole.DecorationRole:
             icon = self._icons.get(rec.path)
             if icon is None and rec.path not in self._asked:
@@ -68,13 +80,18 @@ class SourceListModel(QAbstractListModel):
             return icon or self._placeholder
         if role == Qt.ItemDataRole.ToolTipRole:
             mpp = f"{rec.mpp:.3f} µm/px" if rec.mpp else "µm/px unknown"
+            case = "".join(f"\n{key}: {value}" for key, value in
+                           self.metadata.get(rec.id, {}).items())
             return (f"{rec.path}\n{rec.kind}, {rec.width}x{rec.height} px, {mpp}\n"
                     f"label: {rec.label or '—'}, {rec.tile_count} tile(s)\n"
-                    "Double-click to open")
+                    f"patient: {rec.patient_id or '—'}{case}\n"
+                    "Double-click to open; right-click to relabel or remove")
         if role == SourceRole:
             return rec
-        if role == Qt.ItemDataRole.UserRole:  # what the filter box matches
-            return f"{rec.name} {rec.label or ''} {rec.kind}".lower()
+        if role == Qt.ItemDataRole.UserRole:  # what the filter box's free words match
+            values = " ".join(self.metadata.get(rec.id, {}).values())
+            return (f"{rec.name} {rec.label or ''} {rec.kind} {rec.patient_id or ''} "
+                    f"{values}").casefold()
         return None
 
     def _on_thumbnail(self, key: str, image: QImage) -> None:
@@ -92,10 +109,39 @@ class SourceListModel(QAbstractListModel):
         return sum(1 for r in self.records if r.path in self._icons)
 
 
+class SourceFilter(QSortFilterProxyModel):
+    """Keeps the rows whose text holds every free word and whose id is among ``ids``."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.words: list[str] = []
+        self.ids: Optional[set[int]] = None  # None: no condition
+
+    def set_filter(self, words: list[str], ids: Optional[set[int]]) -> None:
+        if hasattr(self, "beginFilterChange"):  # Qt 6.9+; invalidateFilter is deprecated
+            self.beginFilterChange()
+            self.words, self.ids = list(words), ids
+            self.endFilterChange()
+        else:
+            self.words, self.ids = list(words), ids
+            self.invalidateRowsFilter()
+
+    def filterAcceptsRow(self, row: int, parent: QModelIndex) -> bool:  # noqa: N802 (Qt API)
+        index = self.sourceModel().index(row, 0, parent)
+        if self.ids is not None and index.data(SourceRole).id not in self.ids:
+            return False
+        text = index.data(Qt.ItemDataRole.UserRole)
+        return all(word in text for word in self.words)
+
+
 class LibraryPanel(QWidget):
-    """Signals ``sourceActivated(SourceRecord)`` on double-click / Enter."""
+    """Signals ``sourceActivated(SourceRecord)`` on double-click / Enter, and
+    ``removeRequested`` / ``relabelRequested`` (a list of SourceRecords) from the right-click
+    menu or the Delete key."""
 
     sourceActivated = Signal(object)
+    removeRequested = Signal(list)
+    relabelRequested = Signal(list)
 
     def __init__(self, parent: Optional[QWidget] = None,
                  loader: Optional[ThumbnailLoader] = None):
@@ -106,14 +152,21 @@ class LibraryPanel(QWidget):
         self.header = QLabel("No library open")
         self.header.setWordWrap(True)
         self.filter = QLineEdit()
-        self.filter.setPlaceholderText("Filter by name or label")
+        self.filter.setPlaceholderText("Filter: words or key=value (stain=HE site=colon)")
+        self.filter.setToolTip("Free words match names, labels, patient ids and case data; "
+                               "key=value keeps sources with that value (label, patient or a "
+                               "column of the imported case data); quote values with spaces")
         self.filter.setClearButtonEnabled(True)
+        self.filter_note = QLabel()
+        self.filter_note.setWordWrap(True)
+        self.filter_note.setStyleSheet("color: #a01010;")
+        self.filter_note.hide()
+        self._conditions: Optional[list] = None  # the conditions the ids below were found for
+        self._condition_ids: Optional[set[int]] = None
         self.model = SourceListModel(self.loader, self)
-        self.proxy = QSortFilterProxyModel(self)
+        self.proxy = SourceFilter(self)
         self.proxy.setSourceModel(self.model)
-        self.proxy.setFilterRole(Qt.ItemDataRole.UserRole)
-        self.proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
-        self.filter.textChanged.connect(self.proxy.setFilterFixedString)
+        self.filter.textChanged.connect(self._apply_filter)
         self.view = QListView()
         self.view.setModel(self.proxy)
         self.view.setIconSize(QSize(ICON, ICON))
@@ -121,11 +174,20 @@ class LibraryPanel(QWidget):
         self.view.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.view.setSpacing(1)
         self.view.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.view.activated.connect(self._on_activated)
+        self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.view.customContextMenuRequested.connect(self._context_menu)
+        self.remove_action = QAction("Remove from library…", self.view)
+        self.remove_action.setShortcut(QKeySequence(QKeySequence.StandardKey.Delete))
+        self.remove_action.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
+        self.remove_action.triggered.connect(lambda *_: self._request(self.removeRequested))
+        self.view.addAction(self.remove_action)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addWidget(self.header)
         layout.addWidget(self.filter)
+        layout.addWidget(self.filter_note)
         layout.addWidget(self.view, 1)
 
     def set_library(self, path: Optional[str | Path]) -> None:
@@ -134,14 +196,18 @@ class LibraryPanel(QWidget):
 
         if path is None:
             self.library_path, self.stats = None, {}
+            self._conditions, self._condition_ids = None, None
             self.model.set_records([])
             self.header.setText("No library open")
             return
         with Library.open(path, mode="r") as library:
             records = library.sources()
             self.stats = library.stats()
+            table = library.metadata_table()
         self.library_path = str(path)
-        self.model.set_records(records)
+        self.model.set_records(records, {i: table.of(i) for i in range(len(table.rows))})
+        self._conditions = None  # ids may have moved (a removal): find them again
+        self._apply_filter(self.filter.text())
         labels = len(self.stats.get("labels", {}))
         self.header.setText(f"<b>{Path(path).name}</b><br>{self.stats['n_sources']} sources, "
                             f"{self.stats['n_tiles']} tiles, {labels} labels")
@@ -156,6 +222,56 @@ class LibraryPanel(QWidget):
 
     def visible_count(self) -> int:
         return self.proxy.rowCount()
+
+    def selected_records(self) -> list:
+        rows = sorted(self.view.selectionModel().selectedIndexes(), key=lambda i: i.row())
+        return [index.data(SourceRole) for index in rows]
+
+    def _apply_filter(self, text: str) -> None:
+        """Free words and ``key=value`` conditions; a bad condition is one line under the box
+        and shows no source."""
+        problem = None
+        try:
+            conditions, words = split_filter(text)
+            if conditions != self._conditions:
+                self._conditions, self._condition_ids = conditions, None
+                if conditions and self.library_path:
+                    self._condition_ids = sources_matching(self.library_path, conditions)
+        except (ValueError, HashViewError) as exc:
+            problem = getattr(exc, "reason", None) or str(exc)
+            words, self._conditions, self._condition_ids = [], None, set()
+        self.filter_note.setText(problem or "")
+        self.filter_note.setVisible(bool(problem))
+        self.proxy.set_filter(words, self._condition_ids)
+
+    def _request(self, signal) -> None:
+        records = self.selected_records()
+        if records:
+            signal.emit(records)
+
+    def _context_menu(self, pos) -> None:
+        menu = self.context_menu_at(pos)
+        if menu is not None:
+            menu.exec(self.view.viewport().mapToGlobal(pos))
+            menu.deleteLater()
+
+    def context_menu_at(self, pos) -> Optional[QMenu]:
+        """The right-click menu for the row at ``pos`` (and the other selected rows)."""
+        index = self.view.indexAt(pos)
+        if not index.isValid():
+            return None
+        if not self.view.selectionModel().isSelected(index):
+            self.view.setCurrentIndex(index)
+        records = self.selected_records()
+        menu = QMenu(self.view)
+        if len(records) == 1:
+            menu.addAction("Open").triggered.connect(
+                lambda *_: self.sourceActivated.emit(records[0]))
+        menu.addAction("Relabel…").triggered.connect(
+            lambda *_: self.relabelRequested.emit(records))
+        menu.addSeparator()
+        menu.addAction(self.remove_action)
+        return menu
 
     def _on_activated(self, index: QModelIndex) -> None:
         record = index.data(SourceRole)
