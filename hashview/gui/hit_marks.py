@@ -1,7 +1,8 @@
 """Good and bad marks on the hits of the results grid: what "Search again" refines with.
 
 G marks the selected hits good, B bad, U (or the same key again) clears the mark; the grid's
-right-click menu does the same. A mark belongs to a library tile (its id), so it stays on that
+right-click menu does the same, and offers "Relabel tile…" (``relabelRequested``, carried out by
+:mod:`hashview.gui.library_edits`). A mark belongs to a library tile (its id), so it stays on that
 tile when it shows up again after a refined search, until the marks are cleared or a new query
 starts.
 """
@@ -23,6 +24,7 @@ class HitMarks(QObject):
     their unmarked caption as ``CAPTION_ROLE``."""
 
     changed = Signal()
+    relabelRequested = Signal(list)  # the selected hits: give their library tiles a new label
     CAPTION_ROLE = Qt.ItemDataRole.UserRole + 1
 
     def __init__(self, grid: QListWidget):
@@ -92,9 +94,16 @@ class HitMarks(QObject):
         return super().eventFilter(watched, event)
 
     def _context_menu(self, pos) -> None:
+        menu = self.context_menu_at(pos)
+        if menu is not None:
+            menu.exec(self.grid.viewport().mapToGlobal(pos))
+            menu.deleteLater()
+
+    def context_menu_at(self, pos) -> QMenu | None:
+        """The right-click menu for the hit at ``pos`` (and the other selected hits)."""
         item = self.grid.itemAt(pos)
         if item is None or item.data(Qt.ItemDataRole.UserRole) is None or not self.enabled:
-            return
+            return None
         if not item.isSelected():
             self.grid.setCurrentItem(item)
         items = self.grid.selectedItems()
@@ -102,5 +111,9 @@ class HitMarks(QObject):
         menu.addAction("Mark good\tG").triggered.connect(lambda *_: self.mark(items, GOOD))
         menu.addAction("Mark bad\tB").triggered.connect(lambda *_: self.mark(items, BAD))
         menu.addAction("Clear mark\tU").triggered.connect(lambda *_: self.mark(items, None))
-        menu.exec(self.grid.viewport().mapToGlobal(pos))
-        menu.deleteLater()
+        menu.addSeparator()
+        hits = [i.data(Qt.ItemDataRole.UserRole) for i in items
+                if i.data(Qt.ItemDataRole.UserRole) is not None]
+        menu.addAction("Relabel tile…" if len(hits) == 1 else f"Relabel {len(hits)} tiles…"
+                       ).triggered.connect(lambda *_: self.relabelRequested.emit(hits))
+        return menu

@@ -20,6 +20,7 @@ from hashview.errors import HashViewError
 from hashview.gui.compare import ComparePane, QueryPane, ViewerSync
 from hashview.gui.dialogs import LIBRARY_FILTER, NewLibraryDialog, SettingsDialog, show_about
 from hashview.gui.jobs_panel import JobsPanel
+from hashview.gui.library_edits import SLIDE_FILTER, LibraryEditor
 from hashview.gui.library_panel import LibraryPanel
 from hashview.gui.menus import build_menus
 from hashview.gui.results import ResultsPanel
@@ -31,9 +32,6 @@ from hashview.gui.window_jobs import JobsMixin
 from hashview.gui.window_search import SearchMixin
 from hashview.gui.window_similarity import SimilarityMapMixin
 from hashview.gui.window_view import ViewMixin
-
-SLIDE_FILTER = ("Slides and images (*.svs *.ndpi *.mrxs *.scn *.tif *.tiff *.vms *.bif *.dcm "
-                "*.png *.jpg *.jpeg *.bmp);;All files (*)")
 
 
 class MainWindow(SearchMixin, SimilarityMapMixin, JobsMixin, ViewMixin, QMainWindow):
@@ -80,6 +78,7 @@ class MainWindow(SearchMixin, SimilarityMapMixin, JobsMixin, ViewMixin, QMainWin
 
         self.controller = SearchController(self)
         self._build_status_bar()
+        self.edits = LibraryEditor(self)
         self._build_similarity_bar()
         self.actions_ = build_menus(self)
         self.actions_.outlines.setChecked(self.settings.tile_outlines)
@@ -108,7 +107,7 @@ class MainWindow(SearchMixin, SimilarityMapMixin, JobsMixin, ViewMixin, QMainWin
 
     def _connect(self) -> None:
         self.viewer.findSimilarRequested.connect(self.search_region)
-        self.library_panel.sourceActivated.connect(lambda rec: self.open_slide(rec.path))
+        self.library_panel.sourceActivated.connect(self.edits.open_record)
         self.results.hitActivated.connect(self.show_hit)
         self.results.optionsChanged.connect(self.rerun_search)
         self.results.qupathExportRequested.connect(self.export_hits_to_qupath)
@@ -138,6 +137,7 @@ class MainWindow(SearchMixin, SimilarityMapMixin, JobsMixin, ViewMixin, QMainWin
         self.results.explainer.shutdown(5000)
         self.thumbnails.shutdown(2000)
         self.controller.wait(5000)
+        self.edits.wait(60000)  # a rewrite finishes (or fails whole) before the app exits
         self.close_comparison()
         if self.source is not None:
             self.viewer.close_source()  # returns once no tile read uses the source
@@ -185,7 +185,7 @@ class MainWindow(SearchMixin, SimilarityMapMixin, JobsMixin, ViewMixin, QMainWin
         if path != self.library_path:
             self.results.clear()  # hits of another library: not this one's
             self.results.marks.clear()  # their tile ids mean other tiles here
-        self.results.refine.set_library(labels, sources)
+        self.results.refine.set_library(labels, sources, path)
         self.library_path = path
         self.settings.last_library = path
         self.settings.add_recent(path)

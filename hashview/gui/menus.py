@@ -41,6 +41,9 @@ def build_menus(window) -> SimpleNamespace:
                           tip="Index the open slide into the library (background job)")
     a.add_folder = _action(w, "Add f&older to library…", w.ask_add_folder_to_library,
                            tip="Index every slide and patch in a folder (background job)")
+    a.import_cases = _action(w, "Import case &data (CSV)…", w.edits.ask_import_case_data,
+                             tip="Patient ids, labels and case columns (stain, site…) for the "
+                                 "library's slides from a CSV, one row per slide")
     a.quit = _action(w, "&Quit", w.close, K.Quit)
     a.quit.setShortcut(QKeySequence("Ctrl+Q"))  # StandardKey.Quit is empty on some platforms
 
@@ -94,6 +97,7 @@ def build_menus(window) -> SimpleNamespace:
     file_menu.addSeparator()
     file_menu.addAction(a.add_slide)
     file_menu.addAction(a.add_folder)
+    file_menu.addAction(a.import_cases)
     file_menu.addSeparator()
     a.recent_menu = file_menu.addMenu("&Recent")
     a.recent_menu.aboutToShow.connect(lambda: fill_recent_menu(w, a.recent_menu))

@@ -33,8 +33,8 @@ class JobsMixin:
         target = Path(self.library_path).name if self.library_path else "a new library"
         answer = QMessageBox.question(
             self, "Add to library", f"Index {what} into {target}?\n\nIt runs in the background; "
-            "the library view updates when it is done. Tiles cannot be removed from a library "
-            "yet.")
+            "the library view updates when it is done. A source can be removed again from the "
+            "Library panel (right-click).")
         if answer == QMessageBox.StandardButton.Yes:
             return self.add_to_library(paths)
         return None
