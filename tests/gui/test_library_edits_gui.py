@@ -1,0 +1,280 @@
+"""Editing the library from the app: case data from a CSV, metadata in the library panel and its
+filter, removing and relabelling sources and tiles, the Where filter of the results, locating a
+moved slide. Each test edits its own copy of the session library."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import Qt  # noqa: E402
+from PySide6.QtWidgets import QFileDialog, QInputDialog  # noqa: E402
+
+from conftest import KATHER, TUMOUR_PATCH  # noqa: E402
+
+EDIT_MS = 60_000
+SEARCH_MS = 60_000
+# case data of the Kather patches: stain HE for all, site by class, patient by class
+SITES = {"01_TUMOR": "colon", "02_STROMA": "colon", "04_LYMPHO": "node", "07_ADIPOSE": "fat"}
+
+
+@pytest.fixture
+def edit_window(qtbot, tmp_path, slide_library):
+    """The main window on a copy of the session library (the edits rewrite it)."""
+    from hashview.gui.main_window import MainWindow
+
+    path = tmp_path / "library.h5"
+    shutil.copyfile(slide_library[0], path)
+    win = MainWindow()
+    qtbot.addWidget(win)
+    win.resize(1200, 800)
+    win.show()
+    assert win.open_library(path)
+    yield win
+    win.edits.wait()
+    win.close()
+
+
+def _case_csv(tmp_path):
+    path = tmp_path / "cases.csv"
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["file", "patient", "stain", "site"])
+        for folder, site in SITES.items():
+            for patch in sorted((KATHER / folder).iterdir()):
+                out.writerow([patch.name, f"P-{folder[:2]}", "HE", site])
+        out.writerow(["not-in-the-library.svs", "P-9", "HE", "colon"])
+    return path
+
+
+def _run_edit(qtbot, window, start):
+    """Start an edit with ``start()`` and wait for its end; the result or the failure text."""
+    outcome = []
+    window.edits.finished.connect(outcome.append)
+    window.edits.failed.connect(outcome.append)
+    assert start() is not False
+    qtbot.waitUntil(lambda: bool(outcome), timeout=EDIT_MS)
+    return outcome[0]
+
+
+def _choose(menu, text):
+    """Trigger the menu's action ``text`` (a click on it); the menu's texts."""
+    texts = [a.text() for a in menu.actions()]
+    assert text in texts, texts
+    next(a for a in menu.actions() if a.text() == text).trigger()
+    return texts
+
+
+def _import_cases(qtbot, window, tmp_path, monkeypatch):
+    csv_path = _case_csv(tmp_path)
+    monkeypatch.setattr(QFileDialog, "getOpenFileName",
+                        staticmethod(lambda *a, **k: (str(csv_path), "")))
+    return _run_edit(qtbot, window, window.actions_.import_cases.trigger)
+
+
+def _library(window):
+    from hashview.library import Library
+
+    return Library.open(window.library_path, mode="r")
+
+
+def test_case_data_import_shows_metadata_and_the_filter_takes_key_value(
+        qtbot, edit_window, tmp_path, monkeypatch, message_boxes):
+    panel = edit_window.library_panel
+    edit, match = _import_cases(qtbot, edit_window, tmp_path, monkeypatch)
+    assert len(match.matched) == 12 and match.unmatched == ["not-in-the-library.svs"]
+    info = message_boxes.of("information")
+    assert info and "12 rows matched, 1 unmatched (not-in-the-library.svs)" in info[-1][2]
+    assert "metadata keys: stain, site" in info[-1][2]
+    with _library(edit_window) as lib:
+        assert lib.metadata_keys() == ["stain", "site"]
+
+    rows = {rec.name: panel.model.index(i) for i, rec in enumerate(panel.records())}
+    stroma = next(n for n in rows if "CRC-Prim-HE-04.tif_Row_1501" in n)
+    tooltip = rows[stroma].data(Qt.ItemDataRole.ToolTipRole)
+    assert "patient: P-02" in tooltip and "stain: HE" in tooltip and "site: colon" in tooltip
+    assert rows[stroma].data(Qt.ItemDataRole.DisplayRole).endswith("· P-02")
+
+    panel.filter.setText("stain=HE site=colon")
+    assert panel.visible_count() == 6 and not panel.filter_note.isVisibleTo(panel)
+    panel.filter.setText("site=node")
+    assert panel.visible_count() == 3
+    panel.filter.setText("fat")  # a free word matches metadata values too
+    assert panel.visible_count() == 3
+    panel.filter.setText("site=colon p-01")
+    assert panel.visible_count() == 3
+    panel.filter.setText("sight=colon")
+    assert panel.visible_count() == 0
+    assert "no metadata key 'sight'" in panel.filter_note.text()
+    panel.filter.setText("")
+    assert panel.visible_count() == 13 and not panel.filter_note.isVisibleTo(panel)
+
+
+def test_remove_from_the_context_menu_keeps_the_other_sources(
+        qtbot, edit_window, monkeypatch, message_boxes):
+    panel = edit_window.library_panel
+    with _library(edit_window) as lib:
+        before = {s.path: lib.source_tiles(s.id).tolist() for s in lib.sources()}
+        n_tiles = lib.n_tiles
+    doomed = [r for r in panel.records() if r.kind == "patch"][:2]
+    panel.view.clearSelection()
+    for rec in doomed:
+        row = panel.records().index(rec)
+        panel.view.selectionModel().select(panel.proxy.index(row, 0),
+                                           panel.view.selectionModel().SelectionFlag.Select)
+    point = panel.view.visualRect(panel.proxy.index(panel.records().index(doomed[0]), 0))
+    shown = []
+    result = _run_edit(qtbot, edit_window, lambda: shown.extend(_choose(
+        panel.context_menu_at(point.center()), "Remove from library…")))
+    assert "Relabel…" in shown
+    question = message_boxes.of("question")[-1][2]
+    assert "2 sources" in question and doomed[0].name in question and doomed[1].name in question
+    assert f"{sum(r.tile_count for r in doomed)} tiles" in question
+    assert result.summary.startswith("removed 2 sources")
+
+    kept = {p: t for p, t in before.items() if p not in {r.path for r in doomed}}
+    with _library(edit_window) as lib:
+        assert {s.path: lib.source_tiles(s.id).tolist() for s in lib.sources()} == kept
+        assert lib.n_tiles == n_tiles - sum(r.tile_count for r in doomed)
+    assert {r.path for r in panel.records()} == set(kept)
+    assert str(len(kept)) + " sources" in panel.header.text()
+
+
+def test_the_delete_key_asks_and_a_no_removes_nothing(qtbot, edit_window, monkeypatch):
+    from PySide6.QtWidgets import QMessageBox
+
+    panel = edit_window.library_panel
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(
+        lambda *a, **k: asked.append(a[2]) or QMessageBox.StandardButton.No))
+    panel.view.setFocus()
+    panel.view.setCurrentIndex(panel.proxy.index(0, 0))
+    qtbot.keyClick(panel.view, Qt.Key.Key_Delete)
+    assert asked and panel.records()[0].name in asked[0]
+    assert not edit_window.edits.busy and len(panel.records()) == 13
+
+
+def test_an_edit_of_a_library_in_use_fails_in_one_line_and_loses_nothing(
+        qtbot, edit_window, message_boxes):
+    from hashview.library import Library
+
+    panel = edit_window.library_panel
+    panel.view.setCurrentIndex(panel.proxy.index(0, 0))
+    with Library.open(edit_window.library_path, "a"):  # as an indexing run would hold it
+        message = _run_edit(qtbot, edit_window, panel.remove_action.trigger)
+    assert message.startswith(f"{edit_window.library_path}: ") and "\n" not in message
+    assert message_boxes.of("warning")[-1][2] == message
+    assert len(panel.records()) == 13 and not edit_window.edits.progress.isVisible()
+
+
+def test_relabel_sources_from_the_panel_menu(qtbot, edit_window, monkeypatch):
+    panel = edit_window.library_panel
+    offered = []
+    monkeypatch.setattr(QInputDialog, "getItem", staticmethod(
+        lambda parent, title, prompt, items, *a: offered.append(items) or ("09_NECROSIS", True)))
+    target = next(r for r in panel.records() if r.kind == "patch")
+    row = panel.records().index(target)
+    panel.view.setCurrentIndex(panel.proxy.index(row, 0))
+    point = panel.view.visualRect(panel.proxy.index(row, 0)).center()
+    result = _run_edit(qtbot, edit_window,
+                       lambda: _choose(panel.context_menu_at(point), "Relabel…"))
+    assert "01_TUMOR" in offered[0] and "(unlabelled)" in offered[0]
+    assert result.summary.startswith("relabelled 1 sources (1 tiles) as '09_NECROSIS'")
+    with _library(edit_window) as lib:
+        assert lib.find_source(path=target.path).label == "09_NECROSIS"
+    assert next(r for r in panel.records() if r.path == target.path).label == "09_NECROSIS"
+    assert "09_NECROSIS" in [edit_window.results.refine.label.itemText(i)
+                             for i in range(edit_window.results.refine.label.count())]
+
+
+def _search(qtbot, window, check=lambda r: True):
+    window.search_files([str(TUMOUR_PATCH)])
+    qtbot.waitUntil(lambda: window.results.outcome is not None
+                    and check(window.results.outcome.request), timeout=SEARCH_MS)
+    return window.results.outcome
+
+
+def test_relabel_a_tile_from_the_results_menu(qtbot, edit_window, monkeypatch):
+    outcome = _search(qtbot, edit_window)
+    grid = edit_window.results.grid
+    item = edit_window.results.hit_items()[0]
+    hit = item.data(Qt.ItemDataRole.UserRole)
+    grid.clearSelection()
+    item.setSelected(True)
+    monkeypatch.setattr(QInputDialog, "getItem",
+                        staticmethod(lambda *a: ("checked", True)))
+    result = _run_edit(qtbot, edit_window, lambda: _choose(
+        edit_window.results.marks.context_menu_at(grid.visualItemRect(item).center()),
+        "Relabel tile…"))
+    assert result.summary.startswith("relabelled 1 tiles as")
+    with _library(edit_window) as lib:
+        labels = lib.label_names()
+        ids = lib.tile_table()["label_id"]
+        assert [i for i, v in enumerate(ids) if v >= 0 and labels[v] == "checked"] == \
+            [hit.tile_index]
+    qtbot.waitUntil(lambda: edit_window.results.outcome is not outcome, timeout=SEARCH_MS)
+    relabelled = [h for h in edit_window.results.hits() if h.tile_index == hit.tile_index]
+    assert relabelled and relabelled[0].label == "checked"  # the search ran again
+
+
+def test_where_filter_restricts_hits_and_an_unknown_key_is_one_line(
+        qtbot, edit_window, tmp_path, monkeypatch):
+    _import_cases(qtbot, edit_window, tmp_path, monkeypatch)
+    _search(qtbot, edit_window)
+    refine = edit_window.results.refine
+    refine.where.setText("site=node")
+    refine.where.editingFinished.emit()
+    outcome = _search(qtbot, edit_window, lambda r: "where site=node" in r.filter_text)
+    with _library(edit_window) as lib:
+        node = {s.path for s in lib.sources() if lib.metadata(s.id).get("site") == "node"}
+    assert outcome.result.hits and {h.source_path for h in outcome.result.hits} <= node
+
+    last = edit_window.controller.last_request
+    refine.where.setText("sight=node")
+    refine.where.editingFinished.emit()
+    assert "no metadata key 'sight'" in refine.where_problem()
+    assert "\n" not in refine.where_problem()
+    assert edit_window.controller.last_request is last  # no search with it
+
+
+def test_a_missing_slide_is_located_with_its_folder(qtbot, edit_window, tmp_path, monkeypatch,
+                                                    message_boxes):
+    from hashview.library.editing import relocate
+
+    # the patches as if their folder had been moved away: the library points at old/kather
+    edit_window.controller.wait()
+    relocate(edit_window.library_path, KATHER, tmp_path / "old" / "kather")
+    edit_window.open_library(edit_window.library_path)
+    shutil.copytree(KATHER, tmp_path / "new" / "kather")
+    panel = edit_window.library_panel
+    missing = next(r for r in panel.records() if "01_TUMOR" in r.path)
+    found = tmp_path / "new" / "kather" / "01_TUMOR" / missing.path.rsplit("/", 1)[1]
+    monkeypatch.setattr(QFileDialog, "getOpenFileName",
+                        staticmethod(lambda *a, **k: (str(found), "")))
+    row = panel.records().index(missing)
+    result = _run_edit(qtbot, edit_window,
+                       lambda: panel.view.activated.emit(panel.proxy.index(row, 0)))
+    assert "no longer at" in message_boxes.of("question")[-1][2]
+    assert result.summary.endswith("12 found there, 0 missing")
+    assert all(os.path.exists(r.path) for r in panel.records())
+    assert edit_window.source_path == str(found)
+
+
+def test_relocation_moves_a_gone_folder_and_only_the_file_from_a_folder_still_there(tmp_path):
+    from hashview.gui.library_edits import relocation_dirs
+
+    (tmp_path / "kept").mkdir()
+    assert relocation_dirs(str(tmp_path / "gone/kather/01/a.tif"),
+                           str(tmp_path / "new/kather/01/a.tif")) == \
+        (str(tmp_path / "gone"), str(tmp_path / "new"))
+    assert relocation_dirs(str(tmp_path / "kept/sub/a.svs"), str(tmp_path / "x/sub/a.svs")) == \
+        (str(tmp_path / "kept/sub"), str(tmp_path / "x/sub"))
+    assert relocation_dirs(str(tmp_path / "kept/a.svs"), str(tmp_path / "x/a.svs")) == \
+        (str(tmp_path / "kept/a.svs"), str(tmp_path / "x/a.svs"))
+    assert relocation_dirs(str(tmp_path / "gone/a.svs"), str(tmp_path / "x/b.svs")) == \
+        (str(tmp_path / "gone/a.svs"), str(tmp_path / "x/b.svs"))
