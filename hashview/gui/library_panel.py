@@ -37,6 +37,15 @@ def elide_middle(text: str, limit: int = NAME_CHARS) -> str:
 SourceRole = Qt.ItemDataRole.UserRole + 1
 
 
+def problem_note() -> QLabel:
+    """A hidden red line under a filter field, for why its text cannot be applied."""
+    note = QLabel()
+    note.setWordWrap(True)
+    note.setStyleSheet("color: #a01010;")
+    note.hide()
+    return note
+
+
 class SourceListModel(QAbstractListModel):
     """Rows of :class:`hashview.library.SourceRecord`; thumbnails loaded on first display."""
 
@@ -157,10 +166,7 @@ class LibraryPanel(QWidget):
                                "key=value keeps sources with that value (label, patient or a "
                                "column of the imported case data); quote values with spaces")
         self.filter.setClearButtonEnabled(True)
-        self.filter_note = QLabel()
-        self.filter_note.setWordWrap(True)
-        self.filter_note.setStyleSheet("color: #a01010;")
-        self.filter_note.hide()
+        self.filter_note = problem_note()
         self._conditions: Optional[list] = None  # the conditions the ids below were found for
         self._condition_ids: Optional[set[int]] = None
         self.model = SourceListModel(self.loader, self)

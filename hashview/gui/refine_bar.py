@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QLineEdit, QPushB
 
 from hashview.errors import HashViewError
 from hashview.gui.case_filter import sources_matching, split_filter
+from hashview.gui.library_panel import problem_note
 
 ANY = "Any"
 UNLABELLED = "(unlabelled)"
@@ -47,10 +48,7 @@ class RefineBar(QWidget):
         self.where.setToolTip("Keep hits from the slides whose case data have these values "
                               "(key=value, all of them; Return applies)")
         self.where.setClearButtonEnabled(True)
-        self.where_note = QLabel()
-        self.where_note.setWordWrap(True)
-        self.where_note.setStyleSheet("color: #a01010;")
-        self.where_note.hide()
+        self.where_note = problem_note()
         self._where_applied = ""  # the Where text the last filtersChanged used
         self._where_ids: Optional[frozenset] = None
         self._library_path: Optional[str] = None

@@ -24,20 +24,11 @@ SITES = {"01_TUMOR": "colon", "02_STROMA": "colon", "04_LYMPHO": "node", "07_ADI
 
 
 @pytest.fixture
-def edit_window(qtbot, tmp_path, slide_library):
-    """The main window on a copy of the session library (the edits rewrite it)."""
-    from hashview.gui.main_window import MainWindow
-
+def library_path(tmp_path, slide_library):
+    """A copy of the session library (the edits rewrite it): what ``window`` opens here."""
     path = tmp_path / "library.h5"
     shutil.copyfile(slide_library[0], path)
-    win = MainWindow()
-    qtbot.addWidget(win)
-    win.resize(1200, 800)
-    win.show()
-    assert win.open_library(path)
-    yield win
-    win.edits.wait()
-    win.close()
+    return path
 
 
 def _case_csv(tmp_path):
@@ -84,14 +75,14 @@ def _library(window):
 
 
 def test_case_data_import_shows_metadata_and_the_filter_takes_key_value(
-        qtbot, edit_window, tmp_path, monkeypatch, message_boxes):
-    panel = edit_window.library_panel
-    edit, match = _import_cases(qtbot, edit_window, tmp_path, monkeypatch)
+        qtbot, window, tmp_path, monkeypatch, message_boxes):
+    panel = window.library_panel
+    edit, match = _import_cases(qtbot, window, tmp_path, monkeypatch)
     assert len(match.matched) == 12 and match.unmatched == ["not-in-the-library.svs"]
     info = message_boxes.of("information")
     assert info and "12 rows matched, 1 unmatched (not-in-the-library.svs)" in info[-1][2]
     assert "metadata keys: stain, site" in info[-1][2]
-    with _library(edit_window) as lib:
+    with _library(window) as lib:
         assert lib.metadata_keys() == ["stain", "site"]
 
     rows = {rec.name: panel.model.index(i) for i, rec in enumerate(panel.records())}
@@ -116,9 +107,9 @@ def test_case_data_import_shows_metadata_and_the_filter_takes_key_value(
 
 
 def test_remove_from_the_context_menu_keeps_the_other_sources(
-        qtbot, edit_window, monkeypatch, message_boxes):
-    panel = edit_window.library_panel
-    with _library(edit_window) as lib:
+        qtbot, window, monkeypatch, message_boxes):
+    panel = window.library_panel
+    with _library(window) as lib:
         before = {s.path: lib.source_tiles(s.id).tolist() for s in lib.sources()}
         n_tiles = lib.n_tiles
     doomed = [r for r in panel.records() if r.kind == "patch"][:2]
@@ -129,7 +120,7 @@ def test_remove_from_the_context_menu_keeps_the_other_sources(
                                            panel.view.selectionModel().SelectionFlag.Select)
     point = panel.view.visualRect(panel.proxy.index(panel.records().index(doomed[0]), 0))
     shown = []
-    result = _run_edit(qtbot, edit_window, lambda: shown.extend(_choose(
+    result = _run_edit(qtbot, window, lambda: shown.extend(_choose(
         panel.context_menu_at(point.center()), "Remove from library…")))
     assert "Relabel…" in shown
     question = message_boxes.of("question")[-1][2]
@@ -138,17 +129,17 @@ def test_remove_from_the_context_menu_keeps_the_other_sources(
     assert result.summary.startswith("removed 2 sources")
 
     kept = {p: t for p, t in before.items() if p not in {r.path for r in doomed}}
-    with _library(edit_window) as lib:
+    with _library(window) as lib:
         assert {s.path: lib.source_tiles(s.id).tolist() for s in lib.sources()} == kept
         assert lib.n_tiles == n_tiles - sum(r.tile_count for r in doomed)
     assert {r.path for r in panel.records()} == set(kept)
     assert str(len(kept)) + " sources" in panel.header.text()
 
 
-def test_the_delete_key_asks_and_a_no_removes_nothing(qtbot, edit_window, monkeypatch):
+def test_the_delete_key_asks_and_a_no_removes_nothing(qtbot, window, monkeypatch):
     from PySide6.QtWidgets import QMessageBox
 
-    panel = edit_window.library_panel
+    panel = window.library_panel
     asked = []
     monkeypatch.setattr(QMessageBox, "question", staticmethod(
         lambda *a, **k: asked.append(a[2]) or QMessageBox.StandardButton.No))
@@ -156,24 +147,24 @@ def test_the_delete_key_asks_and_a_no_removes_nothing(qtbot, edit_window, monkey
     panel.view.setCurrentIndex(panel.proxy.index(0, 0))
     qtbot.keyClick(panel.view, Qt.Key.Key_Delete)
     assert asked and panel.records()[0].name in asked[0]
-    assert not edit_window.edits.busy and len(panel.records()) == 13
+    assert not window.edits.busy and len(panel.records()) == 13
 
 
 def test_an_edit_of_a_library_in_use_fails_in_one_line_and_loses_nothing(
-        qtbot, edit_window, message_boxes):
+        qtbot, window, message_boxes):
     from hashview.library import Library
 
-    panel = edit_window.library_panel
+    panel = window.library_panel
     panel.view.setCurrentIndex(panel.proxy.index(0, 0))
-    with Library.open(edit_window.library_path, "a"):  # as an indexing run would hold it
-        message = _run_edit(qtbot, edit_window, panel.remove_action.trigger)
-    assert message.startswith(f"{edit_window.library_path}: ") and "\n" not in message
+    with Library.open(window.library_path, "a"):  # as an indexing run would hold it
+        message = _run_edit(qtbot, window, panel.remove_action.trigger)
+    assert message.startswith(f"{window.library_path}: ") and "\n" not in message
     assert message_boxes.of("warning")[-1][2] == message
-    assert len(panel.records()) == 13 and not edit_window.edits.progress.isVisible()
+    assert len(panel.records()) == 13 and not window.edits.progress.isVisible()
 
 
-def test_relabel_sources_from_the_panel_menu(qtbot, edit_window, monkeypatch):
-    panel = edit_window.library_panel
+def test_relabel_sources_from_the_panel_menu(qtbot, window, monkeypatch):
+    panel = window.library_panel
     offered = []
     monkeypatch.setattr(QInputDialog, "getItem", staticmethod(
         lambda parent, title, prompt, items, *a: offered.append(items) or ("09_NECROSIS", True)))
@@ -181,15 +172,15 @@ def test_relabel_sources_from_the_panel_menu(qtbot, edit_window, monkeypatch):
     row = panel.records().index(target)
     panel.view.setCurrentIndex(panel.proxy.index(row, 0))
     point = panel.view.visualRect(panel.proxy.index(row, 0)).center()
-    result = _run_edit(qtbot, edit_window,
+    result = _run_edit(qtbot, window,
                        lambda: _choose(panel.context_menu_at(point), "Relabel…"))
     assert "01_TUMOR" in offered[0] and "(unlabelled)" in offered[0]
     assert result.summary.startswith("relabelled 1 sources (1 tiles) as '09_NECROSIS'")
-    with _library(edit_window) as lib:
+    with _library(window) as lib:
         assert lib.find_source(path=target.path).label == "09_NECROSIS"
     assert next(r for r in panel.records() if r.path == target.path).label == "09_NECROSIS"
-    assert "09_NECROSIS" in [edit_window.results.refine.label.itemText(i)
-                             for i in range(edit_window.results.refine.label.count())]
+    assert "09_NECROSIS" in [window.results.refine.label.itemText(i)
+                             for i in range(window.results.refine.label.count())]
 
 
 def _search(qtbot, window, check=lambda r: True):
@@ -199,70 +190,70 @@ def _search(qtbot, window, check=lambda r: True):
     return window.results.outcome
 
 
-def test_relabel_a_tile_from_the_results_menu(qtbot, edit_window, monkeypatch):
-    outcome = _search(qtbot, edit_window)
-    grid = edit_window.results.grid
-    item = edit_window.results.hit_items()[0]
+def test_relabel_a_tile_from_the_results_menu(qtbot, window, monkeypatch):
+    outcome = _search(qtbot, window)
+    grid = window.results.grid
+    item = window.results.hit_items()[0]
     hit = item.data(Qt.ItemDataRole.UserRole)
     grid.clearSelection()
     item.setSelected(True)
     monkeypatch.setattr(QInputDialog, "getItem",
                         staticmethod(lambda *a: ("checked", True)))
-    result = _run_edit(qtbot, edit_window, lambda: _choose(
-        edit_window.results.marks.context_menu_at(grid.visualItemRect(item).center()),
+    result = _run_edit(qtbot, window, lambda: _choose(
+        window.results.marks.context_menu_at(grid.visualItemRect(item).center()),
         "Relabel tile…"))
     assert result.summary.startswith("relabelled 1 tiles as")
-    with _library(edit_window) as lib:
+    with _library(window) as lib:
         labels = lib.label_names()
         ids = lib.tile_table()["label_id"]
         assert [i for i, v in enumerate(ids) if v >= 0 and labels[v] == "checked"] == \
             [hit.tile_index]
-    qtbot.waitUntil(lambda: edit_window.results.outcome is not outcome, timeout=SEARCH_MS)
-    relabelled = [h for h in edit_window.results.hits() if h.tile_index == hit.tile_index]
+    qtbot.waitUntil(lambda: window.results.outcome is not outcome, timeout=SEARCH_MS)
+    relabelled = [h for h in window.results.hits() if h.tile_index == hit.tile_index]
     assert relabelled and relabelled[0].label == "checked"  # the search ran again
 
 
 def test_where_filter_restricts_hits_and_an_unknown_key_is_one_line(
-        qtbot, edit_window, tmp_path, monkeypatch):
-    _import_cases(qtbot, edit_window, tmp_path, monkeypatch)
-    _search(qtbot, edit_window)
-    refine = edit_window.results.refine
+        qtbot, window, tmp_path, monkeypatch):
+    _import_cases(qtbot, window, tmp_path, monkeypatch)
+    _search(qtbot, window)
+    refine = window.results.refine
     refine.where.setText("site=node")
     refine.where.editingFinished.emit()
-    outcome = _search(qtbot, edit_window, lambda r: "where site=node" in r.filter_text)
-    with _library(edit_window) as lib:
+    outcome = _search(qtbot, window, lambda r: "where site=node" in r.filter_text)
+    with _library(window) as lib:
         node = {s.path for s in lib.sources() if lib.metadata(s.id).get("site") == "node"}
     assert outcome.result.hits and {h.source_path for h in outcome.result.hits} <= node
 
-    last = edit_window.controller.last_request
+    last = window.controller.last_request
     refine.where.setText("sight=node")
     refine.where.editingFinished.emit()
     assert "no metadata key 'sight'" in refine.where_problem()
     assert "\n" not in refine.where_problem()
-    assert edit_window.controller.last_request is last  # no search with it
+    assert window.controller.last_request is last  # no search with it
 
 
-def test_a_missing_slide_is_located_with_its_folder(qtbot, edit_window, tmp_path, monkeypatch,
-                                                    message_boxes):
+def test_a_missing_slide_is_located_with_its_folder(qtbot, window, tmp_path, monkeypatch,
+                                               message_boxes):
     from hashview.library.editing import relocate
 
     # the patches as if their folder had been moved away: the library points at old/kather
-    edit_window.controller.wait()
-    relocate(edit_window.library_path, KATHER, tmp_path / "old" / "kather")
-    edit_window.open_library(edit_window.library_path)
+    window.controller.wait()
+    relocate(window.library_path, KATHER, tmp_path / "old" / "kather")
+    window.open_library(window.library_path)
     shutil.copytree(KATHER, tmp_path / "new" / "kather")
-    panel = edit_window.library_panel
+    panel = window.library_panel
     missing = next(r for r in panel.records() if "01_TUMOR" in r.path)
     found = tmp_path / "new" / "kather" / "01_TUMOR" / missing.path.rsplit("/", 1)[1]
     monkeypatch.setattr(QFileDialog, "getOpenFileName",
                         staticmethod(lambda *a, **k: (str(found), "")))
     row = panel.records().index(missing)
-    result = _run_edit(qtbot, edit_window,
+    result = _run_edit(qtbot, window,
                        lambda: panel.view.activated.emit(panel.proxy.index(row, 0)))
     assert "no longer at" in message_boxes.of("question")[-1][2]
     assert result.summary.endswith("12 found there, 0 missing")
     assert all(os.path.exists(r.path) for r in panel.records())
-    assert edit_window.source_path == str(found)
+    assert window.source_path == str(found)
 
 
 def test_relocation_moves_a_gone_folder_and_only_the_file_from_a_folder_still_there(tmp_path):
