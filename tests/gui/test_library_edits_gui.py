@@ -156,6 +156,7 @@ def test_an_edit_of_a_library_in_use_fails_in_one_line_and_loses_nothing(
 
     panel = window.library_panel
     panel.view.setCurrentIndex(panel.proxy.index(0, 0))
+    window.controller.wait()  # the search thread's first load of the library is done
     with Library.open(window.library_path, "a"):  # as an indexing run would hold it
         message = _run_edit(qtbot, window, panel.remove_action.trigger)
     assert message.startswith(f"{window.library_path}: ") and "\n" not in message
@@ -269,3 +270,20 @@ def test_relocation_moves_a_gone_folder_and_only_the_file_from_a_folder_still_th
         (str(tmp_path / "kept/a.svs"), str(tmp_path / "x/a.svs"))
     assert relocation_dirs(str(tmp_path / "gone/a.svs"), str(tmp_path / "x/b.svs")) == \
         (str(tmp_path / "gone/a.svs"), str(tmp_path / "x/b.svs"))
+
+
+def test_a_csv_naming_no_slide_is_one_line_and_the_library_unchanged(
+        qtbot, window, tmp_path, monkeypatch, message_boxes):
+    from hashview.library import Library
+
+    bad = tmp_path / "cases.csv"
+    bad.write_text("patient,stain\nP1,HE\n")
+    monkeypatch.setattr(QFileDialog, "getOpenFileName",
+                        staticmethod(lambda *a, **k: (str(bad), "")))
+    with Library.open(window.library_path) as lib:
+        generation = lib.generation
+    message = _run_edit(qtbot, window, window.actions_.import_cases.trigger)
+    assert message.startswith(f"{bad}: no column naming the slides") and "\n" not in message
+    assert message_boxes.of("warning")[-1][2] == message
+    with Library.open(window.library_path) as lib:
+        assert lib.generation == generation and lib.metadata_keys() == []
