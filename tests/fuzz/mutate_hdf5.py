@@ -156,7 +156,7 @@ def replace_dataset(rng: random.Random, f: h5py.File) -> str:
     if layout == "chunked" and new.ndim and new.size:
         f.create_dataset(name, data=new, chunks=True, maxshape=(None,) + new.shape[1:])
     elif layout == "compact" and new.nbytes < 60_000 and new.size and new.dtype.kind != "O":
-        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl = _untimed_dcpl()
         dcpl.set_layout(h5py.h5d.COMPACT)
         space = h5py.h5s.create_simple(new.shape) if new.ndim else h5py.h5s.create(h5py.h5s.SCALAR)
         h5py.h5d.create(f.id, name.encode(), h5py.h5t.py_create(new.dtype), space, dcpl=dcpl)
@@ -233,6 +233,13 @@ def link_elsewhere(rng: random.Random, f: h5py.File) -> str:
     return f"replace {name} by a {label}"
 
 
+def _untimed_dcpl():
+    """A dataset creation list without timestamps, so a case's bytes depend on its seed alone."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_obj_track_times(False)
+    return dcpl
+
+
 def virtual_dataset(rng: random.Random, f: h5py.File) -> str:
     groups, datasets = _objects(f)
     name = rng.choice(datasets)
@@ -247,7 +254,14 @@ def virtual_dataset(rng: random.Random, f: h5py.File) -> str:
                                 maxshape=(None,) + shape[1:] if rng.random() < 0.5 else None)
     layout[...] = h5py.VirtualSource(file_name, source_name, shape=shape, dtype=dtype)
     del f[name]
-    f.create_virtual_dataset(name, layout)
+    # create_virtual_dataset stamps the object with its creation time, which would make the
+    # same (seed, index) give other bytes a second later; the property list below does not.
+    dcpl = layout._get_dcpl(f.filename)
+    dcpl.set_obj_track_times(False)
+    maxshape = tuple(h5py.h5s.UNLIMITED if m is None else m for m in layout.maxshape) \
+        if layout.maxshape is not None else None
+    h5py.h5d.create(f.id, name.encode(), h5py.h5t.py_create(dtype, logical=1),
+                    h5py.h5s.create_simple(shape, maxshape), dcpl=dcpl)
     return f"replace {name} by a virtual dataset of {file_name}:{source_name}"
 
 
@@ -266,7 +280,7 @@ def external_storage(rng: random.Random, f: h5py.File) -> str:
     target = f"ext-{stand_in}"  # relative: resolved in the file's folder (EXTERNAL_FILES_HERE)
     nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
     del f[name]
-    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl = _untimed_dcpl()
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # never write to the file named
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_LATE)
     dcpl.set_external(target.encode(), 0, nbytes)
