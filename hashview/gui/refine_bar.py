@@ -141,6 +141,8 @@ class RefineBar(QWidget):
             ids = self._where_ids
             sources = ids if sources is None else sources & ids
             words.append(f"where {self._where_applied}")
+        elif self.where_problem():  # said with the results too: these hits are not filtered
+            words.append("Where not applied")
         return labels, sources, ", ".join(words)
 
     # ------------------------------------------------------------------ where

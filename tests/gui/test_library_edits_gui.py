@@ -232,6 +232,9 @@ def test_where_filter_restricts_hits_and_an_unknown_key_is_one_line(
     assert "no metadata key 'sight'" in refine.where_problem()
     assert "\n" not in refine.where_problem()
     assert window.controller.last_request is last  # no search with it
+    # a new search while the line shows runs unfiltered, and its results say so
+    outcome = _search(qtbot, window, lambda r: "Where not applied" in r.filter_text)
+    assert {h.source_path for h in outcome.result.hits} - node
 
 
 def test_a_missing_slide_is_located_with_its_folder(qtbot, window, tmp_path, monkeypatch,
