@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from hashview.cluster.merge import merge_libraries
 
-__all__ = ["index_with_ray", "merge_libraries"]
+__all__ = ["index_with_ray", "merge_libraries", "ray_installed"]
+
+
+def ray_installed() -> bool:
+    """Whether the ray engine can run here (Ray importable), without importing it."""
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
 
 
 def __getattr__(name: str):

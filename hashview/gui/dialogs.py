@@ -328,6 +328,7 @@ class SettingsDialog(QDialog):
         self.cache_mb.setSingleStep(64)
         self.cache_mb.setSuffix(" MB")
         self.cache_mb.setValue(settings.cache_mb)
+        self._engine_widgets(settings)
 
         form = QFormLayout()
         form.addRow("Device", self.device)
@@ -336,7 +337,37 @@ class SettingsDialog(QDialog):
         form.addRow("Target resolution", self.target_mpp)
         form.addRow("Hits per search (top-k)", self.top_k)
         form.addRow("Viewer tile cache", self.cache_mb)
+        form.addRow("Indexing runs on", self.engine)
+        form.addRow("Ray cluster address", self.ray_address)
+        form.addRow("Ray encoding workers", self.ray_workers)
         _finish_form(self, form)
+
+    def _engine_widgets(self, settings: AppSettings) -> None:
+        """This computer, or a Ray cluster (greyed out, with the install line, without Ray)."""
+        from hashview.cluster import ray_installed
+
+        self.engine = QComboBox()
+        self.engine.addItem("This computer", "local")
+        self.engine.addItem("A Ray cluster", "ray")
+        if not ray_installed():
+            self.engine.model().item(1).setEnabled(False)
+            self.engine.setItemData(1, "Needs Ray: pip install 'hashview[cluster]'",
+                                    Qt.ItemDataRole.ToolTipRole)
+        chosen = self.engine.findData(settings.index_engine)
+        self.engine.setCurrentIndex(chosen if chosen == 1 and ray_installed() else 0)
+        self.ray_address = QLineEdit(settings.ray_address)
+        self.ray_address.setPlaceholderText("empty: a local Ray on this computer; auto; HOST:PORT")
+        self.ray_workers = QSpinBox()
+        self.ray_workers.setRange(1, 4096)
+        self.ray_workers.setValue(max(1, settings.ray_workers))
+
+        def follow(_index: int = 0) -> None:
+            on_ray = self.engine.currentData() == "ray"
+            self.ray_address.setEnabled(on_ray)
+            self.ray_workers.setEnabled(on_ray)
+
+        self.engine.currentIndexChanged.connect(follow)
+        follow()
 
     def apply(self) -> None:
         s = self.settings
@@ -346,6 +377,9 @@ class SettingsDialog(QDialog):
         s.target_mpp = self.target_mpp.value()
         s.top_k = self.top_k.value()
         s.cache_mb = self.cache_mb.value()
+        s.index_engine = self.engine.currentData()
+        s.ray_address = self.ray_address.text().strip()
+        s.ray_workers = self.ray_workers.value()
         s.sync()
 
 

@@ -25,6 +25,9 @@ DEFAULTS: dict[str, tuple[Any, type]] = {
     "last_library": ("", str),
     "tile_outlines": (False, bool),
     "sync_zoom": (True, bool),
+    "index_engine": ("local", str),     # local | ray (a Ray cluster: pip install hashview[cluster])
+    "ray_address": ("", str),           # "" = a local Ray on this computer's cores; auto | HOST:PORT
+    "ray_workers": (2, int),            # encoding actors of a Ray run
 }
 
 

@@ -48,10 +48,14 @@ class JobsMixin:
             return None
         tile_size, mpp = self.tiling()  # the library's: all its tiles stay comparable
         model = self.library_info["model"]["name"] or DEFAULT_MODEL
-        spec = JobSpec("index", {"paths": [str(Path(p).resolve()) for p in paths],
-                                 "library_path": self.library_path, "model": model,
-                                 "params": {"tile_size": tile_size, "target_mpp": mpp},
-                                 "device": self.settings.device})
+        args = {"paths": [str(Path(p).resolve()) for p in paths],
+                "library_path": self.library_path, "model": model,
+                "params": {"tile_size": tile_size, "target_mpp": mpp},
+                "device": self.settings.device}
+        if self.settings.index_engine == "ray":  # Settings ▸ Indexing: a Ray cluster
+            args.update(engine="ray", address=self.settings.ray_address or None,
+                        workers=max(1, self.settings.ray_workers))
+        spec = JobSpec("index", args)
         self.submit_job(spec)
         return spec
 

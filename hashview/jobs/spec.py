@@ -103,7 +103,8 @@ class JobSpec:
         if self.kind == "index":
             paths = a["paths"]
             what = Path(paths[0]).name if len(paths) == 1 else f"{len(paths)} inputs"
-            return f"Index {what} into {Path(a['library_path']).name}"
+            where = " on Ray" if a.get("engine") == "ray" else ""
+            return f"Index {what} into {Path(a['library_path']).name}{where}"
         return f"Train {a['arch']}-{a['bits']} on {Path(str(a['data_folder'])).name}"
 
     # ------------------------------------------------------------------ JSON
