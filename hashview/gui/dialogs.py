@@ -357,6 +357,7 @@ class SettingsDialog(QDialog):
         self.engine.setCurrentIndex(chosen if chosen == 1 and ray_installed() else 0)
         self.ray_address = QLineEdit(settings.ray_address)
         self.ray_address.setPlaceholderText("empty: a local Ray on this computer; auto; HOST:PORT")
+        self.ray_address.setMinimumWidth(360)  # the placeholder says what each form means
         self.ray_workers = QSpinBox()
         self.ray_workers.setRange(1, 4096)
         self.ray_workers.setValue(max(1, settings.ray_workers))
