@@ -139,6 +139,12 @@ def test_one_annotation_file_for_several_slides_and_stray_options_are_refused(tm
     with pytest.raises(SystemExit):
         main(["index", str(SLIDE), "--library", str(library), "--annotations", "x",
               "--min-cover", "0"])
+    # "--annotations" between slides: the next slide is not taken for the annotation file
+    assert main(["index", str(TINY_SLIDE), "--annotations", str(SLIDE),
+                 "--library", str(library)]) == 2
+    err = capsys.readouterr().err
+    assert "not 'CMU-1-Small-Region.svs'" in err.strip().splitlines()[-1]
+    assert not library.exists()
 
 
 def test_an_indexing_job_takes_annotation_options(tmp_path):

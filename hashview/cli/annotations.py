@@ -53,8 +53,17 @@ def annotation_options(args) -> Optional["AnnotationOptions"]:
                              annotated_only=getattr(args, "annotated_only", True))
 
 
+GEOJSON_SUFFIXES = (".geojson", ".json")
+
+
 def annotation_usage_problem(args) -> Optional[str]:
     if args.annotations is not None:
+        given = Path(args.annotations) if args.annotations != NEXT_TO_SLIDE else None
+        if given is not None and not given.is_dir() \
+                and given.suffix.lower() not in GEOJSON_SUFFIXES:
+            # "--annotations SLIDE.svs": argparse took the slide as the optional value
+            return (f"--annotations takes a GeoJSON file or a folder, not {given.name!r}: "
+                    "give the slides first, or the annotation file after --annotations")
         return None
     if args.min_cover is not None:
         return "--min-cover needs --annotations"
