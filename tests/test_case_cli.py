@@ -59,7 +59,7 @@ def test_meta_from_csv_then_search_where(library, indexed, tmp_path, capsys):
     assert [s["patient"] for s in table["sources"][:3]] == ["P1", "P1", "P2"]
     assert table["sources"][3]["patient"] in ("P0", "P1")  # as indexed: no row for it
     assert main(["info", str(library)]) == 0
-    assert "metadata keys: ['Stain', 'Site']" in capsys.readouterr().out
+    assert "metadata keys: Stain, Site\n" in capsys.readouterr().out
 
     query = str(indexed[1] / names[5])
     assert main(["search", str(library), query, "--where", "stain=HE", "--json"]) == 0

@@ -288,6 +288,8 @@ def cmd_info(args) -> int:
         for key, value in stats.items():
             if isinstance(value, float):
                 value = f"{value:.4g}"
+            elif isinstance(value, (list, tuple)):  # e.g. the metadata keys
+                value = ", ".join(map(str, value)) or "none"
             say(f"{key.replace('_', ' '):>{width}}: {value}")
     return EXIT_OK
 
