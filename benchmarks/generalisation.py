@@ -2,6 +2,7 @@
 
     python benchmarks/generalisation.py --out /tmp/gen.md [--json /tmp/gen.json]
         [--models dch-64,mth-64] [--quick] [--data-root ../shared/data] [--device cpu]
+        [--normalise REF [--normalise-method macenko|reinhard]]
 
 Rows: models (default every installed model). Columns:
 
@@ -18,6 +19,11 @@ Rows: models (default every installed model). Columns:
 Every cell carries how the model met the data: in-set, new patients or zero-shot (see
 :func:`hashview.generalisation.exposure`). ``--quick`` uses seed 0 only and two stain targets,
 for recipe development. Re-stained images are cached in memory for the run, never on disk.
+
+``--normalise REF`` re-stains every tile, database and queries of every column alike, to one
+reference stain (a stain target's name above, or an image, ``SLIDE@x,y,w,h`` or folder, under
+the data root or not) at the model's input size before encoding, to measure stain
+normalisation at index and query time against the same table without it.
 """
 
 from __future__ import annotations
@@ -44,6 +50,17 @@ STAIN_TARGETS = {  # name -> path under the data root (a folder is fitted on a m
     "he-target": "samples/he-stain-target-1000.png"}
 QUICK_TARGETS = ("cmu1", "he-target")
 VOTE, BALANCED = "vote_accuracy@10", "balanced_accuracy@10"
+
+
+def normalising_reference(root: Path, spec, method: str):
+    """The fitted normaliser ``--normalise`` names (None without it)."""
+    from hashview.stain import fit_stain_target
+    if spec is None:
+        return None
+    path = STAIN_TARGETS.get(spec, spec)
+    file_part = path.rpartition("@")[0] or path  # SLIDE@x,y,w,h names a file
+    found = f"{root}/{path}" if (root / file_part).exists() else path
+    return fit_stain_target(found, method, name=spec)
 
 
 def check_data(root: Path, targets: dict) -> None:
@@ -73,20 +90,21 @@ def inherited_split(card, dataset_name: str):
     return None if own.get("data_root") == dataset_name else lineage_split(card, dataset_name)
 
 
-def judge_model(name: str, root: Path, transfers: dict, seeds5, seeds3, device, cache) -> dict:
+def judge_model(name: str, root: Path, transfers: dict, seeds5, seeds3, device, cache,
+                normaliser=None) -> dict:
     loaded = as_loaded_model(name)
     card = loaded.card
     started = time.perf_counter()
     kather = evaluate_cross_stain(loaded, root / KATHER, transfers,
                                   split=inherited_split(card, KATHER), seeds=seeds5,
-                                  device=device, cache=cache)
+                                  device=device, cache=cache, stain_normaliser=normaliser)
     row = {"model": name, "kather": kather}
     for key, folder, protocol in (("idc", IDC, "patient"), ("oral", ORAL, "hatdh"),
                                   ("osteo", OSTEO, "hatdh")):
         # a set the model (or its ancestor) trained on is judged on that training split only
         split = inherited_split(card, Path(folder).name)
         result = evaluate_model(loaded, root / folder, split=split, protocol=protocol,
-                                seeds=seeds3, device=device)
+                                seeds=seeds3, device=device, stain_normaliser=normaliser)
         result["exposure"] = exposure(card, Path(folder).name, result["protocol"])
         row[key] = result
     row["seconds"] = round(time.perf_counter() - started, 1)
@@ -133,7 +151,10 @@ def _cell(value: float, tag: str) -> str:
 
 
 def markdown(rows: list[dict], target_names: list[str], settings: dict) -> str:
+    normalised = settings.get("normalise")
     lines = [f"# Generalisation of HashView models ({settings['mode']} mode)", "",
+             *([f"Every tile (database and queries) stain-normalised to {normalised['reference']}"
+                f" ({normalised['method']}) before encoding.", ""] if normalised else []),
              "| model | Kather mAP | Kather vote@10 | stain vote@10 mean | worst stain vote@10 "
              "| IDC balanced@10 | IDC mAP | oral vote@10 | oral balanced@10 | oral mAP "
              "| osteo vote@10 | osteo mAP |",
@@ -189,11 +210,15 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="seed 0 only, two stain targets")
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--normalise", metavar="REF", default=None,
+                        help="stain-normalise every tile to this reference (a target name "
+                             "above, or an image/SLIDE@x,y,w,h/folder) before encoding")
+    parser.add_argument("--normalise-method", default="macenko", choices=["macenko", "reinhard"])
     parser.add_argument("--write-cards", action="store_true",
                         help="store each model's numbers in its card (full mode only)")
     args = parser.parse_args(argv)
-    if args.write_cards and args.quick:
-        parser.error("--write-cards needs the full run (not --quick)")
+    if args.write_cards and (args.quick or args.normalise):
+        parser.error("--write-cards needs the full run (not --quick, not --normalise)")
     from hashview.models import list_models
 
     root = Path(args.data_root)
@@ -205,10 +230,12 @@ def main(argv=None) -> int:
     try:
         check_data(root, targets)
         transfers = fit_targets({n: root / p for n, p in targets.items()})
+        normaliser = normalising_reference(root, args.normalise, args.normalise_method)
         cache: dict = {}
         rows = []
         for name in names:
-            rows.append(judge_model(name, root, transfers, seeds5, seeds3, args.device, cache))
+            rows.append(judge_model(name, root, transfers, seeds5, seeds3, args.device, cache,
+                                    normaliser))
             print(f"{name}: {rows[-1]['seconds']} s", file=sys.stderr, flush=True)
     except HashViewError as exc:
         print(f"generalisation: {exc}", file=sys.stderr)
@@ -221,6 +248,8 @@ def main(argv=None) -> int:
                 "bare_glass": {n: c.get("no_tissue", 0) for n, c in restained.items()},
                 "restained": {n: sum(c.values()) for n, c in restained.items()},
                 "seconds": round(time.perf_counter() - started, 1)}
+    if normaliser is not None:
+        settings["normalise"] = {"reference": args.normalise, **normaliser.summary()}
     Path(args.out).write_text(markdown(rows, list(targets), settings))
     json_path = Path(args.json) if args.json else Path(args.out).with_suffix(".json")
     json_path.write_text(json.dumps({"settings": settings, "rows": _strip_curves(rows)},

@@ -99,22 +99,29 @@ def _load_patches(entries: Sequence[PatchEntry], size: int):
 
 def encode_folder_split(loaded_model, entries: Sequence[PatchEntry], device="auto",
                         batch_size: Optional[int] = None,
-                        progress: Optional[ProgressCallback] = None) -> np.ndarray:
+                        progress: Optional[ProgressCallback] = None,
+                        stain_normaliser=None) -> np.ndarray:
     """Packed codes ``(len(entries), bits // 8)`` (float32 ``(len(entries), bits)`` descriptors
     for a float model); each patch is one tile at the card's size."""
     return encode_patches(loaded_model, lambda size: _load_patches(entries, size), len(entries),
-                          device, batch_size, progress)
+                          device, batch_size, progress, stain_normaliser)
 
 
 def encode_patches(loaded_model, patches: Callable[[int], Iterable], count: int, device="auto",
                    batch_size: Optional[int] = None,
-                   progress: Optional[ProgressCallback] = None) -> np.ndarray:
+                   progress: Optional[ProgressCallback] = None,
+                   stain_normaliser=None) -> np.ndarray:
     """Codes of ``count`` patches; ``patches(input_size)`` yields them as tiles of that side
-    (so callers holding images in memory, e.g. re-stained ones, encode them like files)."""
+    (so callers holding images in memory, e.g. re-stained ones, encode them like files).
+
+    ``stain_normaliser`` (a :class:`hashview.stain.StainTransfer`) re-stains every tile, at the
+    model's input size, to its reference before encoding."""
     from hashview.encode import Encoder
     encoder = Encoder(loaded_model, device=device, batch_size=batch_size)
-    parts = list(encoder.encode_batches(patches(encoder.input_size), progress=progress,
-                                        total=count))
+    tiles = patches(encoder.input_size)
+    if stain_normaliser is not None:
+        tiles = (stain_normaliser.restain(encoder.to_input(tile)) for tile in tiles)
+    parts = list(encoder.encode_batches(tiles, progress=progress, total=count))
     if not parts:
         return code_kind(encoder.code_kind).empty_encoded(encoder.bits)
     return np.concatenate(parts, axis=0)
@@ -223,23 +230,34 @@ def evaluate_model(model, data_folder: Union[str, Path],
                    seeds: Sequence[int] = DEFAULT_SEEDS, train_fraction: float = 0.7,
                    k_list: Sequence[int] = (10, 100), radius: int = 2, vote_k: int = 10,
                    device="auto", batch_size: Optional[int] = None,
-                   progress: Optional[ProgressCallback] = None) -> dict:
+                   progress: Optional[ProgressCallback] = None,
+                   stain_normaliser=None) -> dict:
     """Retrieval metrics of ``model`` (a LoadedModel, or a name/path for load_model).
 
     Returns a JSON-able dict: ``mean``/``std`` over splits, ``splits`` (each split's metrics,
     see :func:`hashview.metrics.evaluate_codes`), ``curves``, the model's name/arch/bits,
     ``split_source`` ("argument", "model card" or "protocol") and ``warnings``.
+    ``stain_normaliser`` (a :class:`hashview.stain.StainTransfer`) re-stains every image,
+    database and queries alike, to one reference before encoding; ``stain_normalised`` then
+    names it and counts how each image was treated.
     """
     loaded = as_loaded_model(model)
     card = loaded.card
     dataset = load_dataset(data_folder)
     splits, source, warnings = choose_splits(card, dataset, split, protocol, seeds,
                                              train_fraction)
-    codes = encode_folder_split(loaded, dataset.entries, device, batch_size, progress)
+    codes = encode_folder_split(loaded, dataset.entries, device, batch_size, progress,
+                                stain_normaliser)
     result = score_splits(codes, dataset, splits, int(card.bits),
                            dict(k_list=tuple(k_list), radius=radius, vote_k=vote_k), progress)
     return {"kind": "model", "name": card.name, "arch": card.arch, "trained": bool(card.trained),
-            "split_source": source, "warnings": warnings, **result}
+            "split_source": source, "warnings": warnings,
+            **normalised_note(stain_normaliser), **result}
+
+
+def normalised_note(stain_normaliser) -> dict:
+    """``{"stain_normalised": summary}`` for a result made with a normaliser, else ``{}``."""
+    return {} if stain_normaliser is None else {"stain_normalised": stain_normaliser.summary()}
 
 
 def pixel_features(entries: Sequence[PatchEntry], size: int = LSH_PIXEL_SIZE,

@@ -27,7 +27,7 @@ import numpy as np
 from hashview.errors import HashViewError
 from hashview.evaluation import (DEFAULT_SEEDS, LabelledFolder, score_splits, as_loaded_model,
                                  choose_splits, encode_folder_split, encode_patches,
-                                 load_dataset, score_ranking, summarise)
+                                 load_dataset, normalised_note, score_ranking, summarise)
 from hashview.progress import ProgressCallback
 from hashview.splits import Split
 
@@ -174,12 +174,14 @@ def evaluate_cross_stain(model, data_folder: Union[str, Path],
                          radius: int = 2, vote_k: int = 10, device="auto",
                          batch_size: Optional[int] = None,
                          progress: Optional[ProgressCallback] = None,
-                         cache: Optional[dict] = None) -> dict:
+                         cache: Optional[dict] = None, stain_normaliser=None) -> dict:
     """In-set metrics and, per stain target, cross-stain metrics and the gap (see notes).
 
     ``targets`` maps a name to a target (image, ``SLIDE@x,y,w,h``, folder) or a fitted
     :class:`hashview.stain.StainTransfer`. Each image is encoded once as it is and once per
     target; ``cache`` (a dict) keeps the re-stained images between calls (e.g. across models).
+    ``stain_normaliser`` (a fitted StainTransfer) re-stains every tile, database and
+    (re-stained) queries alike, to its one reference before encoding.
     """
     if not targets:
         raise HashViewError(None, "no stain targets given")
@@ -189,13 +191,14 @@ def evaluate_cross_stain(model, data_folder: Union[str, Path],
     splits, source, warnings = choose_splits(card, dataset, split, protocol, seeds,
                                              train_fraction)
     metric_args = dict(k_list=tuple(k_list), radius=radius, vote_k=vote_k)
-    codes = encode_folder_split(loaded, dataset.entries, device, batch_size, progress)
+    codes = encode_folder_split(loaded, dataset.entries, device, batch_size, progress,
+                                stain_normaliser)
     in_set = score_splits(codes, dataset, splits, bits, metric_args, progress)
     per_target = {}
     for name, transfer in fit_targets(targets, method).items():
         images, counts = restained_patches(dataset, transfer, cache)
         query_codes = encode_patches(loaded, _tiles_of(images), len(images), device,
-                                     batch_size, progress)
+                                     batch_size, progress, stain_normaliser)
         scores = score_splits(codes, dataset, splits, bits, metric_args, progress, query_codes)
         per_target[name] = {"target": transfer.name, "method": transfer.method,
                             "restain": counts, "gap": _gap(in_set["mean"], scores["mean"], vote_k),
@@ -204,7 +207,7 @@ def evaluate_cross_stain(model, data_folder: Union[str, Path],
             "trained": bool(card.trained), "exposure": exposure(card, dataset.name,
                                                                 splits[0].protocol),
             "split_source": source, "warnings": warnings, "method": method,
-            "in_set": in_set, "targets": per_target}
+            **normalised_note(stain_normaliser), "in_set": in_set, "targets": per_target}
 
 
 # ---------------------------------------------------------------- cross-folder
@@ -213,9 +216,11 @@ def evaluate_cross_folder(model, database_folder: Union[str, Path],
                           query_folder: Union[str, Path], k_list: Sequence[int] = (10, 100),
                           radius: int = 2, vote_k: int = 10, seed: int = 0, device="auto",
                           batch_size: Optional[int] = None,
-                          progress: Optional[ProgressCallback] = None) -> dict:
+                          progress: Optional[ProgressCallback] = None,
+                          stain_normaliser=None) -> dict:
     """Every image of ``query_folder`` whose class ``database_folder`` also has, ranked
-    against every image of ``database_folder``; the others are dropped and counted."""
+    against every image of ``database_folder``; the others are dropped and counted.
+    ``stain_normaliser`` re-stains both folders' images to its reference before encoding."""
     loaded = as_loaded_model(model)
     card, bits = loaded.card, int(loaded.card.bits)
     database, queries = load_dataset(database_folder), load_dataset(query_folder)
@@ -227,9 +232,10 @@ def evaluate_cross_folder(model, database_folder: Union[str, Path],
     kept = [i for i, label in enumerate(queries.labels) if label in shared]
     dropped = Counter(label for label in queries.labels if label not in shared)
     metric_args = dict(k_list=tuple(k_list), radius=radius, vote_k=vote_k)
-    db_codes = encode_folder_split(loaded, database.entries, device, batch_size, progress)
+    db_codes = encode_folder_split(loaded, database.entries, device, batch_size, progress,
+                                   stain_normaliser)
     query_codes = encode_folder_split(loaded, [queries.entries[i] for i in kept], device,
-                                      batch_size, progress)
+                                      batch_size, progress, stain_normaliser)
     scores = score_ranking(db_codes, database.labels, query_codes,
                            [queries.labels[i] for i in kept], bits, metric_args, seed)
     mean, std = summarise([scores])
@@ -243,4 +249,5 @@ def evaluate_cross_folder(model, database_folder: Union[str, Path],
                         "exposure": exposure(card, queries.name)},
             "shared_classes": sorted(shared), "dropped": dict(sorted(dropped.items())),
             "n_dropped": sum(dropped.values()), "seed": seed,
+            **normalised_note(stain_normaliser),
             "mean": mean, "std": std, "splits": [scores]}

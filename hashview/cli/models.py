@@ -190,6 +190,21 @@ def _say_generalisation(result: dict, data: str) -> None:
             f"{fallbacks} of {sum(restain.values())} images fell back")
 
 
+def _stain_normaliser(args):
+    """The reference ``--normalise`` names, fitted (None without the option)."""
+    from hashview.stain import fit_stain_target
+    if not args.normalise:
+        return None
+    return fit_stain_target(args.normalise, args.normalise_method)
+
+
+def _say_normalised(result: dict) -> None:
+    note = result.get("stain_normalised")
+    if note:
+        say(f"  every image stain-normalised to {note['target']} ({note['method']}; "
+            f"{note.get('no_tissue', 0)} bare glass left as is)")
+
+
 def cmd_eval_generalisation(args) -> int:
     from hashview.generalisation import evaluate_cross_folder, evaluate_cross_stain
     from hashview.models import DEFAULT_MODEL
@@ -202,16 +217,17 @@ def cmd_eval_generalisation(args) -> int:
         targets = _stain_targets(args.stain_target)
     except ValueError as exc:
         return usage_error(str(exc))
+    normaliser = _stain_normaliser(args)
     bar = progress_bar(not args.json)
     model = args.model or DEFAULT_MODEL
     if args.queries:
         result = evaluate_cross_folder(model, args.data, args.queries, device=args.device,
-                                       progress=bar)
+                                       progress=bar, stain_normaliser=normaliser)
     else:
         result = evaluate_cross_stain(model, args.data, targets, split=args.split,
                                       protocol=args.protocol, seeds=args.seeds,
                                       method=args.stain_method, device=args.device,
-                                      progress=bar)
+                                      progress=bar, stain_normaliser=normaliser)
     bar.close()
     if args.json:
         print(json.dumps(result, indent=2, default=str))
@@ -219,6 +235,7 @@ def cmd_eval_generalisation(args) -> int:
     for warning in result.get("warnings", []):
         say(f"warning: {warning}", err=True)
     _say_generalisation(result, args.data)
+    _say_normalised(result)
     return EXIT_OK
 
 
@@ -228,6 +245,9 @@ def cmd_eval(args) -> int:
     if args.stain_target or args.queries:
         return cmd_eval_generalisation(args)
     seeds = args.seeds
+    if args.baseline and args.normalise:
+        return usage_error("--normalise evaluates a model, not --baseline")
+    normaliser = _stain_normaliser(args)
     bar = progress_bar(not args.json)
     if args.baseline:
         result = evaluate_baseline(args.baseline, args.data, bits=args.bits, split=args.split,
@@ -237,7 +257,7 @@ def cmd_eval(args) -> int:
 
         result = evaluate_model(args.model or DEFAULT_MODEL, args.data, split=args.split,
                                 protocol=args.protocol, seeds=seeds, device=args.device,
-                                progress=bar)
+                                progress=bar, stain_normaliser=normaliser)
     bar.close()
     if args.plot:
         plot_curves(result, args.plot)
@@ -250,6 +270,7 @@ def cmd_eval(args) -> int:
     n = len(result.get("splits", [])) or 1
     say(f"{result.get('name') or args.baseline} on {args.data} ({n} split(s), "
         f"{result.get('split_source', args.protocol)})")
+    _say_normalised(result)
     for key in sorted(mean):
         if isinstance(mean[key], (int, float)):
             say(f"  {key:<28} {mean[key]:.4f} ± {std.get(key, 0.0):.4f}")
