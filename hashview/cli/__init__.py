@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also query with the test images re-stained to this target (an image, "
                         "SLIDE@x,y,w,h or a folder), beside the in-set numbers; repeatable")
     p.add_argument("--stain-method", default="macenko", choices=["macenko", "reinhard"])
+    p.add_argument("--normalise", metavar="REF", default=None,
+                   help="stain-normalise every image, database and queries, to this reference "
+                        "(an image, SLIDE@x,y,w,h or a folder) before encoding")
+    p.add_argument("--normalise-method", default="macenko", choices=["macenko", "reinhard"])
     p.add_argument("--queries", metavar="FOLDER", default=None,
                    help="cross-folder: DATA is the whole database, FOLDER's images the queries "
                         "(classes DATA lacks are dropped and counted)")
