@@ -277,6 +277,9 @@ def cmd_index(args) -> int:
     code = print_index_report(result, args.library, "already indexed", args.json)
     if result.tile_labels and not args.json:
         say(label_summary(result.tile_labels))
+    if args.annotations is not None and result.skipped and not args.json:
+        say(f"{len(result.skipped)} already indexed keep their labels; to apply these "
+            f"annotations to them: hashview relabel {args.library} --annotations")
     return code
 
 

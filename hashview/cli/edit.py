@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from hashview.cli.annotations import (NEXT_TO_SLIDE, annotation_options,
+                                      annotation_usage_problem, min_cover)
 from hashview.cli.support import EXIT_OK, EXIT_PARTIAL, say, usage_error
 
 
@@ -30,7 +32,16 @@ def add_edit_parser(sub) -> None:
     p.add_argument("sources", nargs="*", metavar="SOURCE", help="source id, path or file name")
     p.add_argument("--tiles", action="append", metavar="ID[,ID...]",
                    help="tile ids (as printed by a search) instead of sources (repeatable)")
-    p.add_argument("--label", required=True, help="the new label; empty = unknown")
+    p.add_argument("--label", help="the new label; empty = unknown")
+    p.add_argument("--annotations", nargs="?", const=NEXT_TO_SLIDE, default=None,
+                   metavar="FILE|DIR",
+                   help="instead of --label: each tile of the slides (default: all) takes its "
+                        "class from QuPath GeoJSON annotations, as at indexing: one file (one "
+                        "slide), a folder of SLIDE.geojson files, or no value for the file "
+                        "beside each slide")
+    p.add_argument("--min-cover", type=min_cover, default=None, metavar="F",
+                   help="with --annotations: a tile takes a class covering at least this "
+                        "fraction of it (default 0.5)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("relocate", help="point sources at the folder their files moved to")
@@ -87,6 +98,10 @@ def cmd_relabel(args) -> int:
     from hashview.cli.search import tile_ids
     from hashview.library.editing import relabel_sources, relabel_tiles
 
+    if args.annotations is not None or args.min_cover is not None:
+        return _relabel_from_annotations(args)
+    if args.label is None:
+        return usage_error("relabel needs --label (or --annotations)")
     if bool(args.sources) == bool(args.tiles):
         return usage_error("relabel takes sources or --tiles (one of the two)")
     if args.tiles:
@@ -96,6 +111,21 @@ def cmd_relabel(args) -> int:
             return usage_error(str(exc))
         return _report(args, relabel_tiles(args.library, tiles, args.label))
     return _report(args, relabel_sources(args.library, args.sources, args.label))
+
+
+def _relabel_from_annotations(args) -> int:
+    from hashview.annotations.relabel import relabel_from_annotations
+
+    problem = annotation_usage_problem(args)
+    if problem or args.label is not None or args.tiles:
+        return usage_error(problem or "--annotations relabels slides: no --label or --tiles")
+    options = annotation_options(args)
+    result = relabel_from_annotations(args.library, args.sources, options)
+    code = _report(args, result)
+    if not args.json:
+        for line in result.details["without_annotations"] + result.details["failed"]:
+            say(line)
+    return EXIT_PARTIAL if result.details["failed"] else code
 
 
 def cmd_relocate(args) -> int:

@@ -109,7 +109,7 @@ def remove_sources(path: str | Path, sources: Iterable[int | str]) -> EditResult
         return (f"removed {n} source{'s' if n != 1 else ''} ({tiles} tiles); "
                 f"{len(new.sources)} sources, {len(new.codes)} tiles left")
 
-    return _edit(path, "remove", change, summary, lambda d: len(d["removed"]))
+    return edit(path, "remove", change, summary, lambda d: len(d["removed"]))
 
 
 def relabel_sources(path: str | Path, sources: Iterable[int | str],
@@ -129,7 +129,7 @@ def relabel_sources(path: str | Path, sources: Iterable[int | str],
         return {"sources": sorted(ids), "label": label or None,
                 "tiles": int(sum(c.sources[i].tile_count for i in ids))}
 
-    return _edit(path, "relabel", change,
+    return edit(path, "relabel", change,
                  lambda d, _: f"relabelled {len(d['sources'])} sources ({d['tiles']} tiles) "
                               f"as {_shown(d['label'])}", lambda d: len(d["sources"]))
 
@@ -147,7 +147,7 @@ def relabel_tiles(path: str | Path, tile_ids: Iterable[int], label: Optional[str
         c.label_ids[rows] = c.label_id(label)
         return {"tiles": rows, "label": label or None}
 
-    return _edit(path, "relabel", change,
+    return edit(path, "relabel", change,
                  lambda d, _: f"relabelled {len(d['tiles'])} tiles as {_shown(d['label'])}",
                  lambda d: len(d["tiles"]))
 
@@ -170,7 +170,7 @@ def relocate(path: str | Path, old_dir: str | Path, new_dir: str | Path) -> Edit
             (found if os.path.exists(moved) else missing).append(moved)
         return {"old_dir": old, "new_dir": new, "found": found, "missing": missing}
 
-    return _edit(path, "relocate", change,
+    return edit(path, "relocate", change,
                  lambda d, _: f"relocated {len(d['found']) + len(d['missing'])} sources from "
                               f"{d['old_dir']} to {d['new_dir']}: {len(d['found'])} found "
                               f"there, {len(d['missing'])} missing",
@@ -204,7 +204,7 @@ def set_case_data(path: str | Path,
         c.metadata = merged(c.metadata, len(c.sources), free)
         return {"sources": sorted(cases), "relabelled": relabelled, "keys": c.metadata.keys}
 
-    return _edit(path, "meta", change,
+    return edit(path, "meta", change,
                  lambda d, _: f"set case data of {len(d['sources'])} sources "
                               f"({d['relabelled']} relabelled); metadata keys: "
                               f"{', '.join(d['keys']) or 'none'}", lambda d: len(d["sources"]))
@@ -252,8 +252,10 @@ def resolve_sources(path, sources: Sequence[SourceRecord],
 
 
 # ------------------------------------------------------------------ the rewrite
-def _edit(path, action: str, change: Callable[[Contents], dict],
-          summary: Callable[[dict, Contents], str], count: Callable[[dict], int]) -> EditResult:
+def edit(path, action: str, change: Callable[[Contents], dict],
+         summary: Callable[[dict, Contents], str], count: Callable[[dict], int]) -> EditResult:
+    """The one way an edit runs: ``change`` mutates the contents under the writer lock and
+    returns its details; the library is rewritten copy-on-write (:func:`rewrite`)."""
     details, new_lib = rewrite(Path(path), change)
     c, n_sources, n_tiles, generation = new_lib
     return EditResult(str(path), action, summary(details, c), count(details), generation,
