@@ -22,6 +22,7 @@ from hashview.errors import HashViewError
 
 UNLABELLED = "(unlabelled)"
 CSV_FILTER = "Case data (*.csv);;All files (*)"
+GEOJSON_FILTER = "QuPath GeoJSON (*.geojson *.json);;All files (*)"
 SLIDE_FILTER = ("Slides and images (*.svs *.ndpi *.mrxs *.scn *.tif *.tiff *.vms *.bif *.dcm "
                 "*.png *.jpg *.jpeg *.bmp);;All files (*)")  # Open slide and Locate… alike
 LISTED = 5  # sources named in a confirmation; the rest are counted
@@ -105,6 +106,7 @@ class LibraryEditor(QObject):
         self._failed.connect(self._on_failed)
         window.library_panel.removeRequested.connect(self.confirm_remove)
         window.library_panel.relabelRequested.connect(self.ask_relabel_sources)
+        window.library_panel.annotationsRequested.connect(self.ask_annotations)
         window.results.marks.relabelRequested.connect(self.ask_relabel_tiles)
 
     # ---------------------------------------------------------------- running an edit
@@ -240,6 +242,37 @@ class LibraryEditor(QObject):
             return False
         ids = [r.id for r in records]
         return self.run("Relabel", lambda lib: relabel_sources(lib, ids, label))
+
+    def ask_annotations(self, records: list) -> bool:
+        """Relabel slides' tiles from QuPath annotations: one file for one slide, else a
+        folder of SLIDE.geojson files."""
+        if not records:
+            return False
+        start = _nearest_folder(records[0].path)
+        if len(records) == 1:
+            where, _ = QFileDialog.getOpenFileName(
+                self.window, f"QuPath annotations of {_names(records)}", start, GEOJSON_FILTER)
+        else:
+            where = QFileDialog.getExistingDirectory(
+                self.window, f"Folder of SLIDE.geojson files for {len(records)} slides", start)
+        return bool(where) and self.relabel_from_annotations(records, where)
+
+    def relabel_from_annotations(self, records: list, where: str) -> bool:
+        from hashview.annotations.relabel import relabel_from_annotations
+        from hashview.annotations.tiles import AnnotationOptions
+
+        ids = [r.id for r in records]
+
+        def then(edit) -> None:
+            problems = edit.details["without_annotations"] + edit.details["failed"]
+            text = f"{Path(edit.path).name}: {edit.summary}"
+            self.window.show_message(text, 30000)
+            box = QMessageBox.warning if problems else QMessageBox.information
+            box(self.window, "Labels from QuPath annotations",
+                "\n".join([text, *problems[:LISTED]]))
+
+        return self.run("Labels from QuPath annotations", lambda lib: relabel_from_annotations(
+            lib, ids, AnnotationOptions(where=Path(where))), then)
 
     def ask_relabel_tiles(self, hits: list) -> bool:
         from hashview.library.editing import relabel_tiles

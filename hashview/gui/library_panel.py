@@ -151,6 +151,7 @@ class LibraryPanel(QWidget):
     sourceActivated = Signal(object)
     removeRequested = Signal(list)
     relabelRequested = Signal(list)
+    annotationsRequested = Signal(list)   # slides to relabel from QuPath annotations
 
     def __init__(self, parent: Optional[QWidget] = None,
                  loader: Optional[ThumbnailLoader] = None):
@@ -275,6 +276,9 @@ class LibraryPanel(QWidget):
                 lambda *_: self.sourceActivated.emit(records[0]))
         menu.addAction("Relabel…").triggered.connect(
             lambda *_: self.relabelRequested.emit(records))
+        if all(r.kind == "slide" for r in records):
+            menu.addAction("Labels from QuPath annotations…").triggered.connect(
+                lambda *_: self.annotationsRequested.emit(records))
         menu.addSeparator()
         menu.addAction(self.remove_action)
         return menu

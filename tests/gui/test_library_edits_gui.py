@@ -184,6 +184,40 @@ def test_relabel_sources_from_the_panel_menu(qtbot, window, monkeypatch):
                              for i in range(window.results.refine.label.count())]
 
 
+def test_slide_labels_from_qupath_annotations_via_the_panel_menu(
+        qtbot, window, monkeypatch, message_boxes):
+    from conftest import DATA
+
+    panel = window.library_panel
+    annotations = DATA / "annotations" / "CMU-1-Small-Region.geojson"
+    asked = []
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(
+        lambda parent, title, *a: asked.append(title) or (str(annotations), "")))
+    slide = next(r for r in panel.records() if r.kind == "slide")
+    row = panel.records().index(slide)
+    panel.view.setCurrentIndex(panel.proxy.index(row, 0))
+    point = panel.view.visualRect(panel.proxy.index(row, 0)).center()
+    result = _run_edit(qtbot, window, lambda: _choose(
+        panel.context_menu_at(point), "Labels from QuPath annotations…"))
+    assert slide.name in asked[0]
+    assert result.summary.startswith("relabelled the tiles of 1 slides from their annotations")
+    assert message_boxes.of("information")[-1][2].endswith(result.summary)
+    with _library(window) as lib:
+        names = lib.label_names()
+        stored = lib.source(slide.id)
+        rows = slice(stored.tile_start, stored.tile_start + stored.tile_count)
+        labels = {names[i] for i in lib.tile_table()["label_id"][rows] if i >= 0}
+    assert labels == {"Dermis", "Epidermis"}
+    assert "Dermis" in [window.results.refine.label.itemText(i)
+                        for i in range(window.results.refine.label.count())]
+    patch = next(r for r in panel.records() if r.kind == "patch")  # patches: no such entry
+    row = panel.records().index(patch)
+    panel.view.setCurrentIndex(panel.proxy.index(row, 0))
+    point = panel.view.visualRect(panel.proxy.index(row, 0)).center()
+    assert "Labels from QuPath annotations…" not in [
+        a.text() for a in panel.context_menu_at(point).actions()]
+
+
 def _search(qtbot, window, check=lambda r: True):
     window.search_files([str(TUMOUR_PATCH)])
     qtbot.waitUntil(lambda: window.results.outcome is not None
