@@ -121,3 +121,35 @@ def test_a_training_job_takes_annotated_slides(tmp_path):
     assert Path(events[-1]["result"]["model_path"]).is_file()
     assert any("trained on 58 annotated tiles of 2 slide(s): Dermis 38, Epidermis 20"
                in e.get("message", "") for e in events)
+
+
+def test_a_case_csv_gives_the_slides_their_patients(tmp_path, monkeypatch, capsys):
+    import hashview.training.slide_run as slide_run
+
+    slides = _two_patients(tmp_path)
+    cases = tmp_path / "cases.csv"
+    cases.write_text("slide,patient,site\npatient-a.svs,P-7,skin\n"
+                     f"{slides / 'patient-b.svs'},P-7,skin\n")
+    # the same patient on both slides: its tiles may not be split apart
+    from hashview.library.case_csv import patients_of, read_case_csv
+
+    cut = cut_annotated_tiles(sorted(slides.glob("*.svs")), tmp_path / "tiles",
+                              AnnotationOptions(), TILING, patients_of(read_case_csv(cases)))
+    assert set(cut.patients.values()) == {"P-7"}
+    assert {row["patient_id"] for row in _rows(tmp_path / "tiles")} == {"P-7"}
+    assert _default_protocol(cut) == "hatdh"
+
+    given = {}
+
+    def trainer(**named):
+        given.update(named)
+        raise HashViewError(None, "stop here")
+
+    monkeypatch.setattr(slide_run, "train_from_annotated_slides", trainer)
+    code = main(["train", str(slides), "--annotations", "--cases", str(cases), "--arch", "mth",
+                 "--bits", "16", "--out", str(tmp_path / "model")])
+    assert code == 1 and "stop here" in capsys.readouterr().err
+    assert given["patients"]["patient-a.svs"] == given["patients"]["patient-b.svs"] == "P-7"
+    assert main(["train", str(slides), "--cases", str(cases), "--arch", "mth", "--bits", "16",
+                 "--out", str(tmp_path / "model")]) == 2
+    assert "--cases needs --annotations" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -53,13 +54,22 @@ def _folder_name(index: int, slide: Path) -> str:
     return f"{index:03d}-" + (re.sub(r"[^A-Za-z0-9._-]+", "_", slide.stem)[:60] or "slide")
 
 
+def _patient_of(slide: Path, patients: Mapping[str, str]) -> str:
+    """The slide's patient: by the path as given, the full path or the file name; else the
+    slide itself is the patient (its file stem)."""
+    for key in (str(slide), os.path.abspath(slide), slide.name):
+        if patients.get(key):
+            return patients[key]
+    return slide.stem
+
+
 def cut_annotated_tiles(slides: Sequence[str | Path], folder: str | Path,
                         options: AnnotationOptions, params: TilingParams,
                         patients: Optional[Mapping[str, str]] = None,
                         progress: Optional[ProgressCallback] = None) -> AnnotatedTiles:
     """Write the class-covered tiles of ``slides`` to ``folder`` (replaced if it holds an
-    earlier cut) with its ``labels.csv``. ``patients`` maps a slide path (as given) to its
-    patient id. Raises :class:`HashViewError` when no slide gave a tile."""
+    earlier cut) with its ``labels.csv``. ``patients`` maps a slide (its path as given, full
+    path or file name) to its patient id; a slide not in it is its own patient. Raises :class:`HashViewError` when no slide gave a tile."""
     folder = Path(folder)
     options = AnnotationOptions(options.where, options.min_cover, annotated_only=True)
     result = AnnotatedTiles(folder)
@@ -68,7 +78,7 @@ def cut_annotated_tiles(slides: Sequence[str | Path], folder: str | Path,
     rows = []
     for index, slide in enumerate(map(Path, slides)):
         report(progress, "cutting tiles", index, len(slides), slide.name)
-        patient = (patients or {}).get(str(slide)) or slide.stem
+        patient = _patient_of(slide, patients or {})
         try:
             written = _cut_slide(slide, folder / _folder_name(index, slide), options, params,
                                  result.warnings)

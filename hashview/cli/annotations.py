@@ -38,6 +38,11 @@ def add_annotation_options(p: argparse.ArgumentParser, training: bool = False) -
     if not training:
         p.add_argument("--annotated-only", action="store_true",
                        help="keep only the tiles that got a class")
+    else:
+        p.add_argument("--cases", metavar="CASES.csv",
+                       help="patient ids of the slides, from a case CSV as for hashview meta "
+                            "(a file/path/slide column and a patient column); a slide without "
+                            "a row is its own patient")
 
 
 def annotation_options(args) -> Optional["AnnotationOptions"]:
@@ -69,6 +74,8 @@ def annotation_usage_problem(args) -> Optional[str]:
         return "--min-cover needs --annotations"
     if getattr(args, "annotated_only", False):
         return "--annotated-only needs --annotations"
+    if getattr(args, "cases", None):
+        return "--cases needs --annotations"
     return None
 
 

@@ -82,6 +82,10 @@ def _trainer(args, named: dict):
         return train_from_folder
     from hashview.training.slide_run import train_from_annotated_slides
 
+    if args.cases:
+        from hashview.library.case_csv import patients_of, read_case_csv
+
+        named["patients"] = patients_of(read_case_csv(args.cases))
     named.update(paths=args.data, protocol=args.protocol, annotations=annotation_options(args))
     return train_from_annotated_slides
 

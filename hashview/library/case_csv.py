@@ -137,6 +137,21 @@ def _columns(path: Path, header: list[str], lowered: list[str],
     return out
 
 
+def patients_of(table: CaseTable) -> dict[str, str]:
+    """``{slide: patient}`` from the rows with a patient, each slide keyed by its cell, its
+    path (relative cells taken from the CSV's folder) and its file name, for matching slides
+    that are not in a library (training from annotated slides)."""
+    folder = os.path.dirname(os.path.abspath(table.path))
+    out: dict[str, str] = {}
+    for name, values in table.rows:
+        patient = values.get("patient")
+        if patient:
+            for key in (name, os.path.normpath(os.path.join(folder, name)),
+                        os.path.basename(name)):
+                out.setdefault(key, patient)
+    return out
+
+
 def apply_case_csv(library_path: str | Path, table: CaseTable) -> tuple[EditResult, CaseMatch]:
     """Match the rows to the library's sources and store their case data (one rewrite). A CSV
     matching no source is refused (CaseFileError) and the library left as it is."""
