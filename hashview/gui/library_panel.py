@@ -215,10 +215,19 @@ class LibraryPanel(QWidget):
         self.model.set_records(records, {i: table.of(i) for i in range(len(table.rows))})
         self._conditions = None  # ids may have moved (a removal): find them again
         self._apply_filter(self.filter.text())
-        labels = len(self.stats.get("labels", {}))
-        self.header.setText(f"<b>{Path(path).name}</b><br>{self.stats['n_sources']} sources, "
-                            f"{self.stats['n_tiles']} tiles, {labels} labels")
         self.header.setToolTip(str(path))
+
+    def _show_header(self) -> None:
+        """Name and size of the library; with a filter, how many of its sources it shows."""
+        if not self.library_path:
+            return
+        labels = len(self.stats.get("labels", {}))
+        shown = self.proxy.rowCount()
+        filtered = (f" · <b>{shown} of {self.stats['n_sources']} shown</b>"
+                    if self.filter.text().strip() else "")
+        self.header.setText(f"<b>{Path(self.library_path).name}</b><br>"
+                            f"{self.stats['n_sources']} sources, {self.stats['n_tiles']} tiles, "
+                            f"{labels} labels{filtered}")
 
     def refresh(self) -> None:
         if self.library_path:
@@ -250,6 +259,7 @@ class LibraryPanel(QWidget):
         self.filter_note.setText(problem or "")
         self.filter_note.setVisible(bool(problem))
         self.proxy.set_filter(words, self._condition_ids)
+        self._show_header()
 
     def _request(self, signal) -> None:
         records = self.selected_records()

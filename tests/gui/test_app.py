@@ -65,6 +65,10 @@ def test_open_slide_shows_it_in_the_viewer(qtbot, window):
     window.library_panel.filter.setText("tumor")
     assert window.library_panel.visible_count() == 3
     assert "13 sources" in window.library_panel.header.text()
+    assert "3 of 13 shown" in window.library_panel.header.text()
+    window.library_panel.filter.setText("")
+    assert "shown" not in window.library_panel.header.text()
+    window.library_panel.filter.setText("tumor")
     stats = window.library_info
     qtbot.waitUntil(lambda: window.status_tiles.text()
                     == f"{stats['n_tiles']:,} tiles · exact search", timeout=30_000)
