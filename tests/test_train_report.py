@@ -86,12 +86,14 @@ def test_code_stats_and_verdict_thresholds():
     few = {**healthy, "distinct": 4}  # under an eighth of 40 images
     assert is_collapsed(few) and not is_collapsed({**healthy, "distinct": 6})
     assert is_collapsed({**healthy, "n_images": 12, "distinct": 3})  # fewer than 4 classes
-    trained = {"name": "t", "vote_accuracy@10": 0.70, "n_queries": 40, "codes": healthy}
-    start = {"name": "s", "vote_accuracy@10": 0.80}
+    trained = {"name": "t", "vote_accuracy@10": 0.70, "map": 0.72, "n_queries": 40,
+               "codes": healthy}
+    start = {"name": "s", "vote_accuracy@10": 0.80, "map": 0.70}
     margin = regression_margin(0.80, 40)
     assert margin == pytest.approx(0.0632, abs=1e-3)
     assert verdict(trained, start)[0] == "worse_than_start"
     assert verdict({**trained, "vote_accuracy@10": 0.75}, start)[0] == "ok"  # within the margin
+    assert verdict({**trained, "vote_accuracy@10": 0.75, "map": 0.70}, start)[0] == "no_gain"
     assert verdict({**trained, "codes": few}, start)[0] == "collapsed"
 
 

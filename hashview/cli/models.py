@@ -10,7 +10,8 @@ from hashview.cli.support import (EXIT_OK, EXIT_WORSE_MODEL, progress_bar, say, 
 
 EXPLAIN_PANEL = 256  # side of each of the four panels of ``hashview explain --out``
 # How `hashview models` marks a model whose held-out report failed (card "quality").
-QUALITY_FLAGS = {"collapsed": "[COLLAPSED] ", "worse_than_start": "[WORSE THAN ITS START] "}
+QUALITY_FLAGS = {"collapsed": "[COLLAPSED] ", "worse_than_start": "[WORSE THAN ITS START] ",
+                 "no_gain": "[NO BETTER THAN ITS START] "}
 
 
 def _metrics_summary(metrics: dict) -> str:
@@ -99,7 +100,7 @@ def _say_annotated_tiles(tiles) -> None:
 
 
 def cmd_train(args) -> int:
-    from hashview.training.report import report_lines, warning_line
+    from hashview.training.report import QUALITY_NO_GAIN, report_lines, warning_line
 
     try:
         options = _parse_options(args.option)
@@ -140,7 +141,9 @@ def cmd_train(args) -> int:
             _say_annotated_tiles(tiles)
         say_lines("\n".join(report_lines(report, result.card.name)))
         say(f"model written to {result.model_path} ({result.seconds:.0f} s)")
-    if warning:
+    if warning and report.get("quality") == QUALITY_NO_GAIN:
+        say(warning, err=True)  # not harmful, so no failure exit: the start serves as well
+    elif warning:
         say(warning if args.accept_worse else f"{warning} (exit {EXIT_WORSE_MODEL}; "
             "--accept-worse to accept it)", err=True)
         if not args.accept_worse:

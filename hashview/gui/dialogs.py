@@ -233,7 +233,7 @@ def library_choice_widgets(settings: AppSettings) -> tuple[QComboBox, QSpinBox, 
     model = QComboBox()
     for card in list_models():
         state = "trained" if card.trained else "untrained"
-        if card.quality in ("collapsed", "worse_than_start"):
+        if card.quality in ("collapsed", "worse_than_start", "no_gain"):
             state += ", " + card.quality.replace("_", " ").upper()
         model.addItem(f"{card.name}  ({card.arch}, {card.bits} bits, {state})", card.name)
     model.setCurrentIndex(max(0, model.findData(settings.model or DEFAULT_MODEL)))

@@ -38,7 +38,7 @@ MAX_CARD_DEPTH = 32
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}\Z")
 
 
-QUALITIES = (None, "ok", "collapsed", "worse_than_start")
+QUALITIES = (None, "ok", "collapsed", "worse_than_start", "no_gain")
 
 
 @dataclass
@@ -66,7 +66,8 @@ class ModelCard:
     target_mpp: Optional[float] = None
     code_kind: str = "binary"  # "binary" | "float" (see the module notes)
     # A trained model's verdict from its held-out report (hashview.training.report): "ok",
-    # "collapsed" or "worse_than_start"; None for models trained before the report existed.
+    # "collapsed", "worse_than_start" or "no_gain"; None for models trained before the report
+    # existed.
     quality: Optional[str] = None
     # Where the card was found ("bundled", "user", "builtin" or a path); not written to JSON.
     source: str = field(default="", compare=False)

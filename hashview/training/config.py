@@ -66,6 +66,13 @@ class TrainConfig:
     # DCH
     gamma: float = 1e-4
     pretrain_epochs: Optional[int] = None  # stage 1 epochs (of `epochs`); None: epochs // 3
+    # Fine-tuning a small folder (hashview.training.defaults): keep the epoch whose weights
+    # score the best validation mAP, epoch 0 (the start as it is) included; train_from_folder
+    # sets the validation part aside from the training part (`inner_val_fraction` of it).
+    keep_best_epoch: bool = False
+    inner_val_fraction: float = 0.0
+    stop_epoch: Optional[int] = None      # end after this many epochs, the schedule unchanged
+    freeze_children: int = 0              # the net's first N top-level modules are not trained
 
     def model_name(self) -> str:
         return self.name or plain_name(f"{self.arch}-{self.bits}-{self.dataset}")
@@ -170,6 +177,12 @@ class TrainConfig:
             raise bad("ema_decay must be in [0, 1)")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise bad("steps_per_epoch must be >= 1")
+        if not 0.0 <= self.inner_val_fraction < 1.0:
+            raise bad("inner_val_fraction must be in [0, 1)")
+        if self.stop_epoch is not None and not 0 <= self.stop_epoch <= self.epochs:
+            raise bad("stop_epoch must be between 0 and epochs")
+        if self.freeze_children < 0:
+            raise bad("freeze_children must be >= 0")
 
 
 def _is_of(value, kind) -> bool:

@@ -22,6 +22,13 @@ DEFAULT_START = {"mth": "mth-64-general", "hatdh": "hatdh-64-general", "dch": "d
 # held-out report says whether the shorter run helped (benchmarks/own_folder.py measures it).
 FINE_TUNE_MAX_EPOCHS = 10
 
+# How a run fine-tunes a start on a small folder, over the start's own recipe (measured in
+# docs/training.md, "Own folders"): see there for the routes tried and by how much.
+FINE_TUNE_RECIPE: dict = {}
+# Whether a run picks its start among the bundled models of its architecture and code length
+# by their retrieval as they are on the inner validation part (needs inner_val_fraction).
+CHOOSE_START = False
+
 # TrainConfig fields taken over from the start model's recipe. Not taken: what names the run
 # (name, dataset, seed, device, bits), where the start itself started (init_from), and the
 # step count of another folder's size (steps_per_epoch).
@@ -51,4 +58,4 @@ def start_recipe(start_card) -> dict:
     if recipe.get("epochs", 0) > FINE_TUNE_MAX_EPOCHS:
         recipe["epochs"] = FINE_TUNE_MAX_EPOCHS
         recipe.pop("pretrain_epochs", None)  # the start's stage split was for its own epochs
-    return recipe
+    return {**recipe, **FINE_TUNE_RECIPE}

@@ -15,18 +15,19 @@ phase whose checkpoint it finds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Optional
 
-from hashview.errors import ModelError
+from hashview.errors import HashViewError, ModelError
 from hashview.fileio import atomic_write_bytes
 from hashview.progress import ProgressCallback, report as report_progress
 from hashview.training import checkpoint as ckpt
 from hashview.training.config import TrainConfig
-from hashview.training.defaults import start_model_name, start_recipe
+from hashview.training.defaults import CHOOSE_START, start_model_name, start_recipe
 from hashview.training.loop import TrainResult, train
-from hashview.training.report import (QUALITY_COLLAPSED, build_report, code_stats,
+from hashview.training.report import (MAP_KEY, QUALITY_COLLAPSED, build_report, code_stats,
                                       is_collapsed, model_report)
 
 SPLIT_FILE = "split.json"
@@ -82,6 +83,41 @@ def _config(arch, bits, epochs, batch_size, lr, seed, dataset_name, start_name, 
     return TrainConfig.from_options(arch=arch, bits=int(bits), seed=int(seed), **fields)
 
 
+def _inner_split(data, split, fraction: float):
+    """The training part split again, as the folder was, with the next seed: ``fraction`` of
+    it to validate on (None when 0). Never the held-out part: the report must stay an
+    estimate on patches nothing was chosen by."""
+    from hashview.splits import make_split
+
+    if not fraction:
+        return None
+    train_idx, _ = split.indices(data.paths)
+    paths = [data.paths[i] for i in train_idx]
+    labels = [data.labels[i] for i in train_idx]
+    patients = [data.patients[i] for i in train_idx]
+    try:
+        return make_split(paths, labels, data.name, split.protocol, split.seed + 1,
+                          1.0 - fraction, patients)
+    except (ValueError, HashViewError):  # too few patients to split by patient
+        return make_split(paths, labels, data.name, "hatdh", split.seed + 1, 1.0 - fraction)
+
+
+def _choose_start(arch: str, bits: int, default: str, data, split, fraction: float,
+                  device) -> tuple[str, dict]:
+    """The bundled model of ``arch`` and ``bits`` that retrieves best as it is (mAP) on the
+    inner validation part, the default start on a tie; and every candidate's score."""
+    from hashview.models import list_models, load_model
+
+    inner = _inner_split(data, split, fraction)
+    names = [c.name for c in list_models() if c.source == "bundled" and c.trained
+             and c.arch == arch and int(c.bits) == int(bits)]
+    if inner is None or default not in names:
+        return default, {}
+    scores = {name: model_report(load_model(name), data, inner, device)[MAP_KEY]
+              for name in names}
+    return max(names, key=lambda n: (scores[n], n == default)), scores
+
+
 def _reference_model(arch: str, start_name: Optional[str]):
     """The model the trained one is compared with and its role: its start, or (from scratch)
     the default bundled model as it is."""
@@ -93,13 +129,17 @@ def _reference_model(arch: str, start_name: Optional[str]):
 
 
 def _held_out_phase(config, data, split, held_dir: Path, reference, progress, resume: bool,
-                    device) -> tuple[TrainResult, dict]:
+                    device, chosen_by: dict) -> tuple[TrainResult, dict]:
     from hashview.models import load_model
     from hashview.models.store import rewrite_card
 
-    train_idx, _ = split.indices(data.paths)
-    result = train(config, [data.entries[i] for i in train_idx], held_dir, progress=progress,
-                   resume=resume and ckpt.checkpoint_exists(held_dir), split=split.to_dict())
+    inner = _inner_split(data, split, config.inner_val_fraction)
+    fit_idx, val_idx = (inner.indices(data.paths) if inner is not None
+                        else (split.indices(data.paths)[0], []))
+    result = train(config, [data.entries[i] for i in fit_idx], held_dir, progress=progress,
+                   resume=resume and ckpt.checkpoint_exists(held_dir),
+                   val_entries=[data.entries[i] for i in val_idx] or None,
+                   split=split.to_dict())
     report_progress(progress, "evaluating", 0, 2, "held-out report")
     trained = model_report(load_model(result.model_path), data, split, device)
     report_progress(progress, "evaluating", 1, 2, "held-out report")
@@ -108,6 +148,11 @@ def _held_out_phase(config, data, split, held_dir: Path, reference, progress, re
     report_progress(progress, "evaluating", 2, 2, "held-out report")
     report = build_report(trained, start, role, split)
     report["measured_on"] = "this model, trained on the training part of the folder only"
+    report.update(chosen_by)  # the inner validation scores of the candidate starts
+    if "kept_epoch" in result.card.training:  # the final retrain stops at the same epoch
+        report["kept_epoch"] = result.card.training["kept_epoch"]
+        report["inner_validation"] = {"n_images": len(val_idx),
+                                      "map": result.card.training["kept_val_map"]}
     atomic_write_bytes(held_dir / REPORT_FILE, json.dumps(report, indent=2).encode("utf-8"))
     result.card = rewrite_card(result.model_path, metrics=report, quality=report["quality"])
     return result, report
@@ -118,7 +163,8 @@ def train_from_folder(data_folder, arch: str, bits: int, out_dir, epochs: Option
                       seed: int = 0, split_file=None, protocol: str = "hatdh",
                       progress: Optional[ProgressCallback] = None, resume: bool = False,
                       train_fraction: float = 0.7, from_scratch: bool = False,
-                      keep_held_out: bool = False, **options) -> TrainResult:
+                      keep_held_out: bool = False, choose_start: Optional[bool] = None,
+                      **options) -> TrainResult:
     """Train ``arch``-``bits`` on a labelled patch folder: a held-out run and its report, then
     (unless ``keep_held_out``) the final model on every patch (see the module notes).
 
@@ -147,11 +193,21 @@ def train_from_folder(data_folder, arch: str, bits: int, out_dir, epochs: Option
         split = Split.load(split_file)
     else:
         split = resolve_splits(data, None, protocol, [seed], train_fraction)[0]
-    start_name = start_model_name(arch, options.pop("init_from", None), from_scratch)
+    init_from = options.pop("init_from", None)
+    start_name = start_model_name(arch, init_from, from_scratch)
     reference = _reference_model(arch, start_name)
     config = _config(arch, bits, epochs, batch_size, lr, seed, data.name, start_name,
                      reference[0].card if start_name else None, options)
     config.resolved()  # an invalid option is refused before anything is written
+    candidates = {}
+    if start_name and not init_from and (CHOOSE_START if choose_start is None
+                                         else choose_start):
+        chosen, candidates = _choose_start(config.resolved().arch, bits, start_name, data,
+                                           split, config.inner_val_fraction, config.device)
+        if chosen != start_name:
+            start_name, reference = chosen, _reference_model(arch, chosen)
+            config = _config(arch, bits, epochs, batch_size, lr, seed, data.name, chosen,
+                             reference[0].card, options)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -163,12 +219,16 @@ def train_from_folder(data_folder, arch: str, bits: int, out_dir, epochs: Option
         report = json.loads((held_dir / REPORT_FILE).read_text(encoding="utf-8"))
         held = None
     else:
+        chosen_by = {"start_candidates": candidates} if candidates else {}
         held, report = _held_out_phase(config, data, split, held_dir, reference, progress,
-                                       resume, device)
+                                       resume, device, chosen_by)
     tile_size = _patch_size(data.entries)
     if keep_held_out:
         final = held
     else:
+        if "kept_epoch" in report:  # no patch left to validate on: stop where validation did
+            config = dataclasses.replace(config, stop_epoch=int(report["kept_epoch"]),
+                                         inner_val_fraction=0.0)
         final = train(config, data.entries, out_dir, progress=progress,
                       resume=resume and ckpt.checkpoint_exists(out_dir), split=None)
         report = {**report, "measured_on": (

@@ -71,6 +71,11 @@ class _Run:
         self.init_summary = (init_weights(self.net, cfg.arch, cfg.bits, cfg.init_from)
                              if cfg.init_from else None)
         self.objective = objective_cls(cfg, self.net, n_classes)
+        # fine-tuning a small folder may keep the start's early layers as they are; in eval
+        # mode during training too, so their BatchNorm statistics stay the start's
+        self.frozen = list(self.net.children())[:cfg.freeze_children]
+        for module in self.frozen:
+            module.requires_grad_(False)
         self.stages = self.objective.stages()
         self.net.to(device, memory_format=torch.channels_last)
         for module in self.objective.extra.values():
@@ -92,6 +97,9 @@ class _Run:
         self.ema: Optional[dict[str, torch.Tensor]] = None
         if cfg.ema_decay > 0:
             self.reset_ema()
+        # the epoch kept by validation (cfg.keep_best_epoch): its score, number and weights
+        self.best_map, self.best_epoch = -1.0, -1
+        self.best_state: Optional[dict[str, torch.Tensor]] = None
         # the saved card records this mean and std, so the model is used as it was trained
         self.model_input = ModelInput(cfg.input_size, DEFAULT_MEAN, DEFAULT_STD, device)
         self.augment_config = AugmentConfig.from_options(cfg.augment_options)
@@ -113,7 +121,8 @@ class _Run:
                    epoch_generator(self.cfg.seed, epoch, _SAMPLER), self.cfg.steps_per_epoch)
 
     def _build_optimizer(self, stage: str) -> None:
-        cfg, params = self.cfg, self.objective.parameters(stage)
+        cfg = self.cfg
+        params = [p for p in self.objective.parameters(stage) if p.requires_grad]
         if cfg.optimizer == "adadelta":
             self.optimizer = torch.optim.Adadelta(params, lr=cfg.lr, rho=0.95, eps=1e-7,
                                                   weight_decay=cfg.weight_decay)
@@ -170,6 +179,8 @@ class _Run:
 
     def step(self, pixels: torch.Tensor, labels: torch.Tensor) -> float:
         self.net.train()
+        for module in self.frozen:
+            module.eval()
         x = self.prepare(pixels, self.cfg.augment)
         y = labels.to(self.device, non_blocking=True)
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.use_amp \
@@ -215,6 +226,32 @@ class _Run:
                 out.append(self.net(x).float().cpu().numpy())
         return np.concatenate(out)
 
+    def shipped_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the weights the model file would hold now (the EMA when on)."""
+        state = self.ema if self.ema is not None else self.net.state_dict()
+        return {k: v.detach().clone() for k, v in state.items()}
+
+    def validation_map(self, data: PatchesInMemory, val: PatchesInMemory) -> float:
+        """Validation mAP of the weights the model file would hold now (database = the
+        training images, queries = ``val``)."""
+        current = None
+        if self.ema is not None:
+            current = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+            self.net.load_state_dict(self.ema)
+        try:
+            return self.objective.retrieval_map(self.encode(data.images), data.labels,
+                                                self.encode(val.images), val.labels)
+        finally:
+            if current is not None:
+                self.net.load_state_dict(current)
+
+    def consider(self, epoch: int, val_map: float) -> None:
+        """Keep these weights when they score better than every earlier epoch (ties keep
+        the earlier, fewer steps away from the start)."""
+        if val_map > self.best_map:
+            self.best_map, self.best_epoch = float(val_map), int(epoch)
+            self.best_state = self.shipped_state()
+
     # -- checkpoints
     def tensors(self) -> dict[str, torch.Tensor]:
         t = {f"net.{k}": v for k, v in self.net.state_dict().items()}
@@ -223,6 +260,8 @@ class _Run:
         if self.ema is not None:
             t.update({f"ema.{k}": v for k, v in self.ema.items()})
             t["ema_steps"] = torch.tensor(self.ema_steps, dtype=torch.int64)
+        if self.best_state is not None:
+            t.update({f"best.{k}": v for k, v in self.best_state.items()})
         t["rng.torch"] = torch.get_rng_state()
         if self.is_cuda:
             t["rng.cuda"] = torch.cuda.get_rng_state(self.device)
@@ -238,7 +277,8 @@ class _Run:
         meta = {"epoch": self.epoch, "batch": self.batch, "stage": self.stage,
                 "config": self.cfg.to_dict(), "class_names": class_names,
                 "loss_sum": self.loss_sum, "loss_count": self.loss_count,
-                "history": self.history, "log": self.log, "seconds": self.seconds}
+                "history": self.history, "log": self.log, "seconds": self.seconds,
+                "best_map": self.best_map, "best_epoch": self.best_epoch}
         ckpt.save_checkpoint(out_dir, self.tensors(), optim, meta)
 
     def restore(self, out_dir: Path) -> None:
@@ -258,6 +298,10 @@ class _Run:
         self.loss_sum, self.loss_count = float(meta["loss_sum"]), int(meta["loss_count"])
         self.history, self.log = list(meta["history"]), list(meta["log"])
         self.seconds = float(meta["seconds"])
+        self.best_map = float(meta.get("best_map", -1.0))
+        self.best_epoch = int(meta.get("best_epoch", -1))
+        best = {k[5:]: v.clone() for k, v in tensors.items() if k.startswith("best.")}
+        self.best_state = best or None
         self._build_optimizer(meta["stage"])
         self.optimizer.load_state_dict(optim["optimizer"])
         self.scheduler.load_state_dict(optim["scheduler"])
@@ -317,9 +361,13 @@ def train(config: TrainConfig, train_entries: Sequence, out_dir, progress: Optio
         run.restore(out_dir)
     session_start = run.seconds
     loader_pin = run.is_cuda
+    end = cfg.epochs if cfg.stop_epoch is None else cfg.stop_epoch
+    select = cfg.keep_best_epoch and val is not None
+    if select and run.best_state is None:  # epoch 0: the start as it is is a candidate
+        run.consider(0, run.validation_map(data, val))
     try:
-        report(progress, "training", run.epoch, cfg.epochs, f"{cfg.arch}-{cfg.bits}")
-        while run.epoch < cfg.epochs:
+        report(progress, "training", run.epoch, end, f"{cfg.arch}-{cfg.bits}")
+        while run.epoch < end:
             epoch = run.epoch
             stage = run.stage_of(epoch)
             if stage != run.stage:  # a stage boundary (DCH: pretrain -> finetune)
@@ -339,23 +387,24 @@ def train(config: TrainConfig, train_entries: Sequence, out_dir, progress: Optio
                 run.loss_sum += loss
                 run.loss_count += 1
                 run.seconds = session_start + time.perf_counter() - started
-                report(progress, "training", epoch, cfg.epochs,
-                       f"epoch {epoch + 1}/{cfg.epochs} batch {run.batch}/"
+                report(progress, "training", epoch, end,
+                       f"epoch {epoch + 1}/{end} batch {run.batch}/"
                        f"{run.steps_per_epoch} loss {loss:.4f}")
             mean_loss = run.loss_sum / max(1, run.loss_count)
             entry = {"epoch": epoch + 1, "stage": stage, "loss": mean_loss,
                      "lr": run.scheduler.get_last_lr()[0],
                      "epoch_seconds": round(time.perf_counter() - t0, 3)}
             if val is not None:
-                entry["val_map"] = run.objective.retrieval_map(
-                    run.encode(data.images), data.labels, run.encode(val.images), val.labels)
+                entry["val_map"] = run.validation_map(data, val)
+                if select:
+                    run.consider(epoch + 1, entry["val_map"])
             run.history.append(mean_loss)
             run.log.append(entry)
             run.epoch, run.batch, run.loss_sum, run.loss_count = epoch + 1, 0, 0.0, 0
             run.seconds = session_start + time.perf_counter() - started
             run.save(out_dir, data.class_names)
-            report(progress, "training", epoch + 1, cfg.epochs,
-                   f"epoch {epoch + 1}/{cfg.epochs} loss {mean_loss:.4f}")
+            report(progress, "training", epoch + 1, end,
+                   f"epoch {epoch + 1}/{end} loss {mean_loss:.4f}")
     except Cancelled:
         run.seconds = session_start + time.perf_counter() - started
         run.save(out_dir, data.class_names)
@@ -365,8 +414,9 @@ def train(config: TrainConfig, train_entries: Sequence, out_dir, progress: Optio
 
 def _finish(run: _Run, cfg: TrainConfig, data: PatchesInMemory, device: torch.device,
             out_dir: Path, split: Optional[dict]) -> TrainResult:
-    if run.ema is not None:  # ship the averaged weights
-        run.net.load_state_dict({k: v.to(run.device) for k, v in run.ema.items()})
+    shipped = run.best_state if run.best_state is not None else run.ema
+    if shipped is not None:  # ship the kept epoch's weights, else the averaged ones
+        run.net.load_state_dict({k: v.to(run.device) for k, v in shipped.items()})
     run.net.eval()
     training = {"config": cfg.to_dict(), "epochs": cfg.epochs, "seconds": round(run.seconds, 2),
                 "device": str(device), "torch_threads": torch.get_num_threads(),
@@ -374,6 +424,9 @@ def _finish(run: _Run, cfg: TrainConfig, data: PatchesInMemory, device: torch.de
                 "history": run.history, "log": run.log}
     if run.init_summary is not None:
         training["init_from"] = run.init_summary
+    if run.best_state is not None:
+        training["kept_epoch"] = run.best_epoch
+        training["kept_val_map"] = round(run.best_map, 4)
     card = ModelCard(
         name=cfg.model_name(), arch=cfg.arch, bits=cfg.bits, input_size=cfg.input_size,
         mean=run.model_input.mean, std=run.model_input.std,

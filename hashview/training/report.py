@@ -18,6 +18,9 @@ Verdicts (``quality`` in the model card):
   error of the start's accuracy over the held-out queries (sqrt(p(1-p)/n), at least 0.02): with
   40 queries at p = 0.8 that is 0.063, so a drop of one or two queries is not called a
   regression but a real one is.
+- ``"no_gain"``: not worse, but no better either: neither held-out vote@10 nor mAP is above
+  the start's (a run that kept epoch 0, the start as it is, lands here). Using the start as it
+  is serves as well, and the user is told so.
 - ``"ok"`` otherwise.
 """
 
@@ -36,6 +39,7 @@ DEAD_BITS_FRACTION_MAX = 0.5  # more dead bits than this fraction of the bits: c
 BALANCED_BIT_RANGE = (0.1, 0.9)  # a bit is balanced when its mean over the folder is in here
 MIN_REGRESSION_MARGIN = 0.02
 QUALITY_OK, QUALITY_COLLAPSED, QUALITY_WORSE = "ok", "collapsed", "worse_than_start"
+QUALITY_NO_GAIN = "no_gain"
 
 
 def code_stats(codes: np.ndarray, bits: int, n_classes: int) -> dict:
@@ -95,6 +99,12 @@ def verdict(trained: dict, start: Optional[dict]) -> tuple[str, list[str]]:
                            f"{start[VOTE_KEY]:.3f} for {start['name']} (margin {margin:.3f}, "
                            f"{trained['n_queries']} queries)")
             return QUALITY_WORSE, reasons
+        if trained[VOTE_KEY] <= start[VOTE_KEY] and trained[MAP_KEY] <= start[MAP_KEY]:
+            reasons.append(f"held-out vote@10 {trained[VOTE_KEY]:.3f} and mAP "
+                           f"{trained[MAP_KEY]:.3f}, no better than {start[VOTE_KEY]:.3f} and "
+                           f"{start[MAP_KEY]:.3f} for {start['name']} as it is: keep using "
+                           f"{start['name']}")
+            return QUALITY_NO_GAIN, reasons
     return QUALITY_OK, reasons
 
 
@@ -125,6 +135,14 @@ def report_lines(report: dict, model_name: str) -> list[str]:
         lines.append(f"  {name:<{width}}  {scores[VOTE_KEY]:7.3f}  {scores[BALANCED_KEY]:11.3f}"
                      f"  {scores[MAP_KEY]:5.3f}  {codes['distinct']:>6} / {codes['n_images']:<5}"
                      f"  {codes['balanced_bits']:13.2f}  {codes['dead_bits']:>9}")
+    if "kept_epoch" in report:
+        inner = report["inner_validation"]
+        lines.append(f"  kept epoch {report['kept_epoch']} (0: the start as it is), validation "
+                     f"mAP {inner['map']:.3f} on {inner['n_images']} training patches set aside")
+    candidates = report.get("start_candidates")
+    if candidates:
+        lines.append("  start chosen by that validation mAP as is: " + ", ".join(
+            f"{name} {score:.3f}" for name, score in sorted(candidates.items())))
     final = report.get("final_codes")
     if final:
         lines.append(f"  final model on all patches: {final['distinct']} distinct codes over "
@@ -133,9 +151,12 @@ def report_lines(report: dict, model_name: str) -> list[str]:
 
 
 def warning_line(report: dict, model_name: str) -> Optional[str]:
-    """One loud line for a collapsed or regressed model; None when it is ok."""
+    """One loud line for a collapsed, regressed or no better model; None when it is ok."""
     quality = report["quality"]
     if quality == QUALITY_OK:
         return None
+    if quality == QUALITY_NO_GAIN:
+        return (f"NOTE: model {model_name} is NO BETTER THAN ITS START: "
+                f"{'; '.join(report['reasons'])}")
     what = "COLLAPSED" if quality == QUALITY_COLLAPSED else "WORSE THAN ITS START"
     return f"WARNING: model {model_name} {what}: {'; '.join(report['reasons'])}"
