@@ -78,6 +78,39 @@ class StainTransfer:
         except _FAILURES as exc:
             raise HashViewError(name, f"cannot fit a {method} stain target ({exc})") from None
 
+    @classmethod
+    def from_reference(cls, method: str, name: str, lab_mean, lab_std, he=None,
+                       max_c=None) -> "StainTransfer":
+        """A transfer to a reference stored earlier (:meth:`reference`), without its pixels:
+        Reinhard's LAB means and spreads, and for Macenko the stain matrix ``he`` (3x2) and
+        the 99th-percentile concentrations ``max_c`` (2)."""
+        from torchstain.numpy.normalizers import (NumpyMacenkoNormalizer,
+                                                  NumpyReinhardNormalizer)
+        if method not in METHODS:
+            raise HashViewError(name, f"unknown stain method {method!r}")
+        transfer = cls.__new__(cls)
+        transfer.method, transfer.name = method, name
+        transfer.counts, transfer.fallback_reasons = Counter(), Counter()
+        transfer._reinhard = NumpyReinhardNormalizer()
+        transfer._reinhard.target_means = np.asarray(lab_mean, dtype=np.float32)
+        transfer._reinhard.target_stds = np.asarray(lab_std, dtype=np.float32)
+        transfer._macenko = None
+        if method == "macenko":
+            transfer._macenko = NumpyMacenkoNormalizer()
+            transfer._macenko.HERef = np.asarray(he, dtype=np.float64)
+            transfer._macenko.maxCRef = np.asarray(max_c, dtype=np.float64)
+        return transfer
+
+    def reference(self) -> dict:
+        """The fitted reference as small arrays (lists), enough for :meth:`from_reference`."""
+        found = {"method": self.method, "name": self.name,
+                 "lab_mean": np.asarray(self._reinhard.target_means).tolist(),
+                 "lab_std": np.asarray(self._reinhard.target_stds).tolist()}
+        if self._macenko is not None:
+            found.update(he=np.asarray(self._macenko.HERef).tolist(),
+                         max_c=np.asarray(self._macenko.maxCRef).tolist())
+        return found
+
     @property
     def fallbacks(self) -> int:
         """Patches with tissue that were not transferred with the chosen method."""
