@@ -34,6 +34,9 @@ class ModelInfo:
     tile_size: int = 224
     target_mpp: float = 0.5
     code_kind: str = "binary"
+    # JSON text of the stain reference every tile is normalised to before encoding ("" when
+    # none; see hashview.stain_reference): codes with and without it are not comparable
+    stain_reference: str = ""
 
     @classmethod
     def coerce(cls, obj: Any, **overrides) -> "ModelInfo":
@@ -49,7 +52,7 @@ class ModelInfo:
             for key in ("name", "arch", "sha256"):
                 if key in obj or f"model_{key}" in obj:
                     values[key] = obj.get(key, obj.get(f"model_{key}"))
-            for key in ("bits", "tile_size", "target_mpp", "code_kind"):
+            for key in ("bits", "tile_size", "target_mpp", "code_kind", "stain_reference"):
                 if key in obj:
                     values[key] = obj[key]
         else:
@@ -66,7 +69,8 @@ class ModelInfo:
         return cls(name=str(values["name"]), arch=str(values["arch"]), bits=int(values["bits"]),
                    sha256=str(values["sha256"]),
                    tile_size=int(values.get("tile_size", 224)),
-                   target_mpp=float(values.get("target_mpp", 0.5)), code_kind=kind)
+                   target_mpp=float(values.get("target_mpp", 0.5)), code_kind=kind,
+                   stain_reference=str(values.get("stain_reference") or ""))
 
     def describe(self) -> str:
         size = code_kind(self.code_kind).size_text(self.bits)

@@ -121,6 +121,8 @@ def write_skeleton(f: h5py.File, info: ModelInfo, version: int = NEW_FILE_VERSIO
         "target_mpp": info.target_mpp, "created": now, "updated": now,
         "hashview_version": __version__, "n_tiles": 0, "n_sources": 0, "generation": 0,
     })
+    if info.stain_reference:  # optional: a reader that does not know it ignores it
+        f.attrs["stain_reference"] = info.stain_reference
     tiles = f.create_group("tiles")
     # No compression anywhere: codes would not shrink, and fixed-size chunks are rewritten in
     # place on append, whereas a compressed chunk moves (and a crash could leave the index

@@ -31,6 +31,7 @@ from hashview.library.schema import (Snapshot, model_info_from_args, reason_from
                                      write_skeleton)
 from hashview.library.validation import check_tile_rows, generation_of
 from hashview.library.writing import OPEN_FOR_WRITING, LibraryWriting
+from hashview.library.stain_attribute import describe as describe_stain
 
 
 class Library(LibraryWriting, MetadataReading):
@@ -379,6 +380,8 @@ class Library(LibraryWriting, MetadataReading):
             "model": {"name": self.model_name, "arch": self.model_arch,
                       "sha256": self.model_sha256},
             "tile_size": self.tile_size, "target_mpp": self.target_mpp,
+            **({"stain_normalised": describe_stain(self._model.stain_reference)}
+               if self._model.stain_reference else {}),
             "labels": {name: int(c) for name, c in zip(self._labels, counts) if c > 0},
             "metadata_keys": self.metadata_keys(),
             "unlabeled_tiles": int(np.sum(label_ids < 0)),

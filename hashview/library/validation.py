@@ -27,6 +27,7 @@ import numpy as np
 from hashview.code_kinds import code_kind
 from hashview.errors import LibraryError, printable
 from hashview.library.records import CODE_KINDS, ModelInfo
+from hashview.library.stain_attribute import ATTRIBUTE, parse_reference
 from hashview.tiling import MAX_TARGET_MPP, MAX_TILE_SIZE, MIN_TARGET_MPP, MIN_TILE_SIZE
 
 MAX_CODE_BITS = 1 << 16  # far above any model's, low enough that one code row is small
@@ -85,9 +86,16 @@ def model_from_attrs(f: h5py.File, path: Path) -> ModelInfo:
             or not MIN_TARGET_MPP <= target_mpp <= MAX_TARGET_MPP):
         raise damaged(path, f"target_mpp is {printable(repr(target_mpp))[:80]}, not a number "
                             f"from {MIN_TARGET_MPP:g} to {MAX_TARGET_MPP:g} µm/px")
+    stain = _scalar_attr(f, path, ATTRIBUTE) if ATTRIBUTE in f.attrs else ""
+    if stain:
+        try:
+            parse_reference(stain)
+        except ValueError as exc:
+            raise damaged(path, f"stain_reference {exc}") from None
     return ModelInfo(name=values["model_name"], arch=values["model_arch"], bits=bits,
                      sha256=values["model_sha256"], tile_size=tile_size,
-                     target_mpp=float(target_mpp), code_kind=str(kind))
+                     target_mpp=float(target_mpp), code_kind=str(kind),
+                     stain_reference=stain or "")
 
 
 def generation_of(f: h5py.File, path: Path) -> int:
