@@ -8,6 +8,7 @@ bit 0 is the most significant bit of byte 0; this is the layout FAISS binary ind
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
@@ -101,8 +102,13 @@ class Encoder:
     """
 
     def __init__(self, loaded_model: LoadedModel, device: Union[str, torch.device] = "auto",
-                 batch_size: Optional[int] = None):
+                 batch_size: Optional[int] = None, stain_normaliser=None):
         self.card = loaded_model.card
+        # a hashview.stain.StainTransfer every tile is re-stained with at input size (a
+        # library's stain reference); one at a time: torchstain's error handling swaps the
+        # process-wide warning filters, which reader threads must not do at once
+        self.stain_normaliser = stain_normaliser
+        self._stain_lock = threading.Lock()
         self.device = pick_device(device)
         self.is_cuda = self.device.type == "cuda"
         self.batch_size = int(batch_size or (DEFAULT_BATCH_CUDA if self.is_cuda
@@ -125,8 +131,13 @@ class Encoder:
 
     def to_input(self, image: Image.Image) -> np.ndarray:
         """The model's input for ``image``: RGB uint8 ``(S, S, 3)``; ``encode*`` accept these
-        as well as PIL images, so loader threads can do this step off the forward thread."""
-        return self.model_input.array(image)
+        as well as PIL images, so loader threads can do this step off the forward thread.
+        With a stain normaliser the array is re-stained to its reference."""
+        pixels = self.model_input.array(image)
+        if self.stain_normaliser is None:
+            return pixels
+        with self._stain_lock:
+            return self.stain_normaliser.restain(pixels)
 
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Packed codes ``(N, bits // 8)`` uint8; float32 ``(N, bits)`` L2-normalised
@@ -196,6 +207,9 @@ class Encoder:
             yield batch
 
     def _stage(self, batch: list) -> torch.Tensor:
+        if self.stain_normaliser is not None:  # arrays come from to_input: already re-stained
+            batch = [item if isinstance(item, np.ndarray) else self.to_input(item)
+                     for item in batch]
         return self.model_input.pixel_batch(batch)  # (B, S, S, 3) uint8, pinned on CUDA
 
     @torch.inference_mode()

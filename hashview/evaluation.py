@@ -117,11 +117,10 @@ def encode_patches(loaded_model, patches: Callable[[int], Iterable], count: int,
     ``stain_normaliser`` (a :class:`hashview.stain.StainTransfer`) re-stains every tile, at the
     model's input size, to its reference before encoding."""
     from hashview.encode import Encoder
-    encoder = Encoder(loaded_model, device=device, batch_size=batch_size)
-    tiles = patches(encoder.input_size)
-    if stain_normaliser is not None:
-        tiles = (stain_normaliser.restain(encoder.to_input(tile)) for tile in tiles)
-    parts = list(encoder.encode_batches(tiles, progress=progress, total=count))
+    encoder = Encoder(loaded_model, device=device, batch_size=batch_size,
+                      stain_normaliser=stain_normaliser)
+    parts = list(encoder.encode_batches(patches(encoder.input_size), progress=progress,
+                                        total=count))
     if not parts:
         return code_kind(encoder.code_kind).empty_encoded(encoder.bits)
     return np.concatenate(parts, axis=0)

@@ -26,12 +26,13 @@ from hashview.annotations.tiles import AnnotationOptions, label_counts, labelled
 from hashview.code_kinds import code_kind
 from hashview.encode import Encoder
 from hashview.annotations import AnnotationError
-from hashview.errors import HashViewError
-from hashview.library import Library, LibraryWriteError, fingerprint_file
+from hashview.errors import HashViewError, LibraryError
+from hashview.library import Library, LibraryWriteError, ModelInfo, fingerprint_file
 from hashview.models import DEFAULT_MODEL, LoadedModel, load_model
 from hashview.progress import ProgressCallback, report
 from hashview.slides import InputItem, expand_inputs, open_source
 from hashview.slides.image_source import load_rgb_image
+from hashview.stain_reference import normaliser_of
 from hashview.timing import NO_TIMES, StageTimes
 from hashview.tiling import (DEFAULT_TARGET_MPP, DEFAULT_TILE_SIZE, Tile, TilePlan, TilingParams,
                              plan_tiles, read_tile_pixels, square_tile)
@@ -212,14 +213,21 @@ def model_tiling(card, params: Optional[TilingParams] = None, tile_size: Optiona
 
 
 def open_library(library_path: str | Path, card, params: TilingParams,
-                 report_: IndexReport) -> tuple[Library, TilingParams]:
+                 report_: IndexReport,
+                 stain_reference: Optional[str] = None) -> tuple[Library, TilingParams]:
     """The library opened for appending (made for ``card`` when missing) and the tiling to use:
     an existing library's own tile size and resolution win (with a warning), so that all its
-    tiles are comparable."""
-    library = Library.open_or_create(
-        library_path, model_name=card.name, model_arch=card.arch, bits=card.bits,
-        model_sha256=card.sha256, tile_size=params.tile_size, target_mpp=params.target_mpp,
-        code_kind=getattr(card, "code_kind", None))
+    tiles are comparable. ``stain_reference`` (:mod:`hashview.stain_reference` text) is stored
+    in a new library; an existing one must already have the same (or it is refused)."""
+    info = ModelInfo.coerce(card, tile_size=params.tile_size, target_mpp=params.target_mpp,
+                            stain_reference=stain_reference)
+    library = Library.open_or_create(library_path, info, tile_size=params.tile_size,
+                                     target_mpp=params.target_mpp, code_kind=info.code_kind)
+    if stain_reference and library.model.stain_reference != stain_reference:
+        library.close()
+        has = "another" if library.model.stain_reference else "no"
+        raise LibraryError(library_path, f"was made with {has} stain reference; index into a "
+                                         "new library to normalise to this one")
     if (library.tile_size, library.target_mpp) != (params.tile_size, params.target_mpp):
         report_.warnings.append(
             f"{library_path}: using the library's tiling ({library.tile_size} px at "
@@ -249,7 +257,8 @@ def index_paths(paths: Iterable[str | Path], library_path: str | Path,
                 batch_size: Optional[int] = None,
                 progress: Optional[ProgressCallback] = None,
                 times: Optional[StageTimes] = None,
-                annotations: Optional[AnnotationOptions] = None) -> IndexReport:
+                annotations: Optional[AnnotationOptions] = None,
+                stain_reference: Optional[str] = None) -> IndexReport:
     """Tile, encode and store every slide, image and patch under ``paths``.
 
     ``params`` defaults to the model's training tiling (:func:`model_tiling`). A library that
@@ -258,6 +267,8 @@ def index_paths(paths: Iterable[str | Path], library_path: str | Path,
     collects the seconds of each stage of slides (tissue mask, read, resize, transform, batch,
     forward, pack, write); ``None`` times nothing. ``annotations`` labels the tiles of slides
     by their annotation files (:mod:`hashview.annotations.tiles`); patches keep their folder's.
+    ``stain_reference`` (text of :func:`hashview.stain_reference.fit_reference_text`) makes a
+    new library normalise every tile to that stain; a library that has one always uses it.
     """
     times = times or NO_TIMES
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
@@ -273,9 +284,12 @@ def index_paths(paths: Iterable[str | Path], library_path: str | Path,
     if annotations is not None:
         _check_annotation_place(annotations, [it for it in items if it.kind == "slide"])
 
-    library, params = open_library(library_path, card, params, report_)
+    library, params = open_library(library_path, card, params, report_, stain_reference)
     with library:
-        encoder = Encoder(loaded, device=device, batch_size=batch_size)
+        stored = library.model.stain_reference
+        encoder = Encoder(loaded, device=device, batch_size=batch_size,
+                          stain_normaliser=normaliser_of(stored, library_path) if stored
+                          else None)
         batch = encoder.batch_size
         seen: dict[str, str] = {}  # fingerprint -> the file of this run stored with it
         with ThreadPoolExecutor(max_workers=reader_threads(encoder),

@@ -22,6 +22,7 @@ from PIL import Image
 from hashview.errors import HashViewError, LibraryError, SourceError
 from hashview.search.query import QueryResult, load_library_model, region_tiles, search_images
 from hashview.search import Searcher
+from hashview.stain_reference import normaliser_of
 
 if TYPE_CHECKING:
     from hashview.annotations.tiles import AnnotationOptions
@@ -94,6 +95,7 @@ class LibrarySession:
         self.encoder: Optional["Encoder"] = None
         self._model: Optional["LoadedModel"] = None  # the model behind ``encoder``
         self._generation: Optional[int] = None
+        self._stain_reference = ""  # the reference the encoder re-stains queries to
         self._stale = True
         self._builder: Optional[threading.Thread] = None
 
@@ -152,9 +154,15 @@ class LibrarySession:
         with Library.open(self.path, mode="r") as library:
             searcher = Searcher(library, index=self.index)
             stored, generation = library.model, library.generation
-        if self.encoder is None or self.encoder.card.sha256 != stored.sha256:
+        new_encoder = self.encoder is None or self.encoder.card.sha256 != stored.sha256
+        if new_encoder:
             self._model = load_library_model(self.path, stored, self._model_choice)
             self.encoder = Encoder(self._model, device=self.device)
+        if new_encoder or stored.stain_reference != self._stain_reference:
+            # queries are re-stained to the library's reference, as its tiles were
+            self.encoder.stain_normaliser = (normaliser_of(stored.stain_reference, self.path)
+                                             if stored.stain_reference else None)
+            self._stain_reference = stored.stain_reference
         self.searcher, self._generation, self._stale = searcher, generation, False
 
     @property
@@ -201,11 +209,13 @@ class LibrarySession:
     def add(self, paths: str | Path | Sequence[str | Path],
             progress: "ProgressCallback" = None, params: Optional["TilingParams"] = None,
             batch_size: Optional[int] = None,
-            annotations: Optional["AnnotationOptions"] = None) -> "IndexReport":
+            annotations: Optional["AnnotationOptions"] = None,
+            stain_reference: Optional[str] = None) -> "IndexReport":
         """Tile, encode and store the slides, images and folders of patches under ``paths``
         (what ``hashview index`` and the app's indexing jobs run). Files already in the
         library are skipped; a bad file is reported in ``report.failed`` and the rest go on.
-        ``annotations`` labels slide tiles by QuPath annotations (``report.tile_labels``)."""
+        ``annotations`` labels slide tiles by QuPath annotations (``report.tile_labels``);
+        ``stain_reference`` stain-normalises a new library (see :func:`index_paths`)."""
         from hashview.indexing import index_paths
 
         if isinstance(paths, (str, Path)):
@@ -214,7 +224,7 @@ class LibrarySession:
         try:
             return index_paths(paths, self.path, model=model, params=params, device=self.device,
                                batch_size=batch_size, progress=progress,
-                               annotations=annotations)
+                               annotations=annotations, stain_reference=stain_reference)
         finally:
             self._stale = True
 

@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model name, .safetensors path or training output folder")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=BATCH_SIZE, default=None)
+    p.add_argument("--stain-normalise", metavar="REF", default=None,
+                   help="new library: re-stain every tile, and every later query, to this "
+                        "reference stain (an image, SLIDE@x,y,w,h or a folder)")
+    p.add_argument("--stain-normalise-method", default="macenko", choices=["macenko", "reinhard"])
     _add_tiling_args(p)
     add_annotation_options(p)
     add_engine_options(p)
@@ -255,6 +259,8 @@ def cmd_index(args) -> int:
         return usage_error(annotation_usage_problem(args))
     if engine_problem(args):
         return usage_error(engine_problem(args))
+    if args.stain_normalise and args.engine == "ray":
+        return usage_error("--stain-normalise indexes on this machine, not --engine ray")
     model = load_model(args.model or DEFAULT_MODEL)
     try:  # each value passed its option's check; together (stride vs tile size) they may not
         params = model_tiling(
@@ -270,9 +276,14 @@ def cmd_index(args) -> int:
 
         result = index_on_cluster(args, model, params, bar)
     else:
+        from hashview.stain_reference import fit_reference_text
+
+        stain = (fit_reference_text(args.stain_normalise, args.stain_normalise_method)
+                 if args.stain_normalise else None)
         session = LibrarySession(args.library, model=model, device=args.device)
         result = session.add(args.sources, progress=bar, params=params,
-                             batch_size=args.batch_size, annotations=annotation_options(args))
+                             batch_size=args.batch_size, annotations=annotation_options(args),
+                             stain_reference=stain)
     bar.close()
     code = print_index_report(result, args.library, "already indexed", args.json)
     if result.tile_labels and not args.json:

@@ -74,6 +74,9 @@ def _check_same_model(source: Library, target: Library) -> None:
     if (theirs.sha256, theirs.bits) != (mine.sha256, mine.bits):
         raise LibraryError(source.path, f"made with {theirs.describe()}; {target.path} holds "
                                         f"codes of {mine.describe()}: not merged")
+    if theirs.stain_reference != mine.stain_reference:  # tiles re-stained otherwise
+        raise LibraryError(source.path, f"stain reference differs from {target.path}'s: "
+                                        "not merged")
     if (theirs.tile_size, theirs.target_mpp) != (mine.tile_size, mine.target_mpp):
         raise LibraryError(source.path, f"tiles of {theirs.tile_size} px at {theirs.target_mpp} "
                                         f"µm/px; {target.path} has {mine.tile_size} px at "

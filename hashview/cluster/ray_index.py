@@ -30,7 +30,7 @@ from hashview.cluster.work import (ChunkEncoder, SlidePlan, TileChunk, plan_slid
                                    read_patch_chunk, read_slide_chunk)
 from hashview.code_kinds import code_kind
 from hashview.encode import DEFAULT_BATCH_CPU, DEFAULT_BATCH_CUDA
-from hashview.errors import HashViewError
+from hashview.errors import HashViewError, LibraryError
 from hashview.indexing import IndexReport, already_stored, model_tiling, open_library, \
     source_record
 from hashview.library import Library, LibraryWriteError, fingerprint_file
@@ -77,6 +77,10 @@ def index_with_ray(paths: Iterable[str | Path], library_path: str | Path,
     if address and address != "auto" and not ray.is_initialized():
         check_reachable(address)  # before a library is made for a run that cannot start
     library, params = open_library(library_path, loaded.card, params, report_)
+    if library.model.stain_reference:  # the actors encode without re-staining
+        library.close()
+        raise LibraryError(library_path, "is stain-normalised: index into it without "
+                                         "--engine ray")
     batch = batch_size or (DEFAULT_BATCH_CUDA if gpus_per_worker else DEFAULT_BATCH_CPU)
     with library, connected(ray, address):
         run = _ClusterRun(ray, library, params, report_, progress)
