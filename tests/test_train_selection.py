@@ -145,3 +145,19 @@ def test_the_start_is_chosen_among_bundled_models_by_inner_validation(tmp_path, 
     assert best == "mth-64" and result.card.training["init_from"]["model"] == best
     assert result.report["start_model"]["name"] == best
     assert result.card.input_size == load_model(best).card.input_size
+
+
+def test_too_few_patients_to_validate_on_splits_the_training_part_by_patch():
+    import dataclasses
+
+    from hashview.evaluation import load_dataset
+    from hashview.splits import make_split
+    from hashview.training.folder_run import _inner_split
+
+    data = load_dataset(KATHER)
+    one_patient = dataclasses.replace(data, patients=["p1"] * len(data.paths))
+    split = make_split(data.paths, data.labels, data.name, "hatdh", 0)
+    split = dataclasses.replace(split, protocol="patient")
+    inner = _inner_split(one_patient, split, 0.3)
+    assert inner.protocol == "hatdh" and inner.test and set(inner.test) <= set(split.train)
+    assert _inner_split(data, split, 0.0) is None

@@ -96,10 +96,13 @@ def _inner_split(data, split, fraction: float):
     labels = [data.labels[i] for i in train_idx]
     patients = [data.patients[i] for i in train_idx]
     try:
-        return make_split(paths, labels, data.name, split.protocol, split.seed + 1,
-                          1.0 - fraction, patients)
-    except (ValueError, HashViewError):  # too few patients to split by patient
-        return make_split(paths, labels, data.name, "hatdh", split.seed + 1, 1.0 - fraction)
+        inner = make_split(paths, labels, data.name, split.protocol, split.seed + 1,
+                           1.0 - fraction, patients)
+    except (ValueError, HashViewError):
+        inner = None
+    if inner is None or not inner.test:  # too few patients to split by patient: by patch
+        inner = make_split(paths, labels, data.name, "hatdh", split.seed + 1, 1.0 - fraction)
+    return inner
 
 
 def _choose_start(arch: str, bits: int, default: str, data, split, fraction: float,
