@@ -219,8 +219,11 @@ def open_library(library_path: str | Path, card, params: TilingParams,
     an existing library's own tile size and resolution win (with a warning), so that all its
     tiles are comparable. ``stain_reference`` (:mod:`hashview.stain_reference` text) is stored
     in a new library; an existing one must already have the same (or it is refused)."""
-    info = ModelInfo.coerce(card, tile_size=params.tile_size, target_mpp=params.target_mpp,
-                            stain_reference=stain_reference)
+    try:
+        info = ModelInfo.coerce(card, tile_size=params.tile_size, target_mpp=params.target_mpp,
+                                stain_reference=stain_reference)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise LibraryError(library_path, f"bad model description ({exc})") from None
     library = Library.open_or_create(library_path, info, tile_size=params.tile_size,
                                      target_mpp=params.target_mpp, code_kind=info.code_kind)
     if stain_reference and library.model.stain_reference != stain_reference:

@@ -282,11 +282,22 @@ class NewLibraryDialog(QDialog):
         where.addWidget(self.path, 1)
         where.addWidget(browse)
         self.model, self.tile_size, self.target_mpp = library_choice_widgets(settings)
+        self.stain = QLineEdit()
+        self.stain.setPlaceholderText("none: tiles keep their colours")
+        self.stain.setToolTip("Re-stain every tile, and every query, to this H&E reference "
+                              "image: helps when slides come from several labs "
+                              "(see docs/benchmarks.md)")
+        pick_stain = QPushButton("Choose…")
+        pick_stain.clicked.connect(self._choose_stain)
+        stain = QHBoxLayout()
+        stain.addWidget(self.stain, 1)
+        stain.addWidget(pick_stain)
         form = QFormLayout()
         form.addRow("File", where)
         form.addRow("Model", self.model)
         form.addRow("Tile size", self.tile_size)
         form.addRow("Target resolution", self.target_mpp)
+        form.addRow("Stain-normalise to", stain)
         _finish_form(self, form)
         self.resize(560, self.sizeHint().height())
 
@@ -296,8 +307,14 @@ class NewLibraryDialog(QDialog):
         if path:
             self.path.setText(path)
 
+    def _choose_stain(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Stain reference", self._folder)
+        if path:
+            self.stain.setText(path)
+
     def choice(self) -> dict:
-        """``path``, ``model``, ``tile_size`` and ``target_mpp`` (0: the model's)."""
+        """``path``, ``model``, ``tile_size``, ``target_mpp`` (0: the model's) and
+        ``stain_reference`` (an image to normalise tiles to; "" for none)."""
         path = self.path.text().strip()
         if path and not path.lower().endswith((".h5", ".hdf5")):
             path += ".h5"
@@ -305,7 +322,8 @@ class NewLibraryDialog(QDialog):
             path = str(Path(self._folder) / path)
         return {"path": str(Path(path).expanduser()) if path else "",
                 "model": self.model.currentData(),
-                "tile_size": self.tile_size.value(), "target_mpp": self.target_mpp.value()}
+                "tile_size": self.tile_size.value(), "target_mpp": self.target_mpp.value(),
+                "stain_reference": self.stain.text().strip()}
 
 
 class SettingsDialog(QDialog):

@@ -301,12 +301,14 @@ class MainWindow(SearchMixin, SimilarityMapMixin, JobsMixin, ViewMixin, QMainWin
 
     def create_library(self, path: str | Path, model: Optional[str] = None,
                        tile_size: Optional[int] = None,
-                       target_mpp: Optional[float] = None) -> bool:
+                       target_mpp: Optional[float] = None, stain_reference: str = "") -> bool:
         """An empty library for ``model`` and tiling, then open it. ``None``: as chosen in
-        Settings; a tile size or resolution of 0: the model's."""
+        Settings; a tile size or resolution of 0: the model's. ``stain_reference``: an image
+        (or ``SLIDE@x,y,w,h``) every tile and query of the library is re-stained to."""
         from hashview.indexing import model_tiling
-        from hashview.library import Library
+        from hashview.library import Library, ModelInfo
         from hashview.models import DEFAULT_MODEL, list_models, load_model
+        from hashview.stain_reference import fit_reference_text
 
         name = model or self.settings.model or DEFAULT_MODEL
         card = next((c for c in list_models() if c.name == name), None)
@@ -321,8 +323,9 @@ class MainWindow(SearchMixin, SimilarityMapMixin, JobsMixin, ViewMixin, QMainWin
                               target_mpp=target_mpp or None)
         try:
             load_model(name)  # a model whose weights fail to load must not get a library
-            Library.create(path, card, tile_size=tiling.tile_size,
-                           target_mpp=tiling.target_mpp).close()
+            stain = fit_reference_text(stain_reference) if stain_reference else None
+            Library.create(path, ModelInfo.coerce(card, stain_reference=stain) if stain else card,
+                           tile_size=tiling.tile_size, target_mpp=tiling.target_mpp).close()
         except HashViewError as exc:
             self.warn(exc.message, "New library")
             return False
