@@ -123,3 +123,17 @@ def test_a_damaged_stored_reference_is_one_line(normalised_library, tmp_path, ca
         out, err = capsys.readouterr()
         assert out == "" and len(err.strip().splitlines()) == 1
         assert "damaged.h5" in err and "stain_reference" in err
+
+
+def test_cli_index_stain_normalise(tmp_path, capsys):
+    path = tmp_path / "cli.h5"
+    assert main(["index", str(KATHER / "01_TUMOR"), "-l", str(path), "-m", MODEL, "--device",
+                 "cpu", "--stain-normalise", str(SLIDE), "--stain-normalise-method",
+                 "reinhard"]) == 0
+    with Library.open(path) as library:
+        reference = parse_reference(library.model.stain_reference)
+    assert (reference["method"], reference["name"]) == ("reinhard", str(SLIDE))
+    capsys.readouterr()
+    code = main(["index", str(KATHER), "-l", str(path), "--engine", "ray",
+                 "--stain-normalise", str(SLIDE)])
+    assert code != 0 and "--stain-normalise" in capsys.readouterr().err
