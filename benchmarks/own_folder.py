@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import random
 import shutil
 import sys
@@ -86,7 +87,8 @@ def build_folders(root: Path) -> dict:
     }
 
 
-def run(folder: Path, protocol: str, arch: str, scratch: bool, out: Path, epochs=None) -> dict:
+def run(folder: Path, protocol: str, arch: str, scratch: bool, out: Path, epochs=None,
+        options=None) -> dict:
     from hashview.evaluation import load_dataset
     from hashview.models import list_models, load_model
     from hashview.splits import Split
@@ -95,7 +97,8 @@ def run(folder: Path, protocol: str, arch: str, scratch: bool, out: Path, epochs
 
     start = time.perf_counter()
     result = train_from_folder(folder, arch, 64, out, protocol=protocol, device="cpu",
-                               from_scratch=scratch, keep_held_out=True, epochs=epochs)
+                               from_scratch=scratch, keep_held_out=True, epochs=epochs,
+                               **(options or {}))
     seconds = time.perf_counter() - start
     data = load_dataset(folder)
     split = Split.load(out / "split.json")
@@ -107,7 +110,8 @@ def run(folder: Path, protocol: str, arch: str, scratch: bool, out: Path, epochs
     config = result.card.training["config"]
     return {"report": result.report, "seconds": seconds, "bundled": bundled,
             "epochs": config["epochs"], "input": config["input_size"],
-            "n_images": len(data.entries), "collapsed_bundled": sorted(
+            "n_images": len(data.entries), "kept": result.report.get("kept_epoch"),
+            "collapsed_bundled": sorted(
                 n for n, s in bundled.items() if is_collapsed(s["codes"]))}
 
 
@@ -117,6 +121,8 @@ def table_rows(name: str, arch: str, scratch: bool, outcome: dict) -> list[str]:
     start = rep.get("start_model", {})
     best = max(outcome["bundled"].items(), key=lambda kv: kv[1]["vote_accuracy@10"])
     how = "scratch" if scratch else f"from {start.get('name')}"
+    if outcome.get("kept") is not None:
+        how += f", kept epoch {outcome['kept']}"
     return [f"| {name} ({outcome['n_images']}) | {arch} {how}, {outcome['epochs']} ep, "
             f"{outcome['input']} px | {held['vote_accuracy@10']:.3f} / {held['map']:.3f} | "
             f"{start.get('vote_accuracy@10', nan):.3f} / {start.get('map', nan):.3f} | "
@@ -130,6 +136,14 @@ HEADER = ["| folder (patches) | run | trained vote@10 / mAP | start (or default)
           "|---|---|---|---|---|---|---|---|---|"]
 
 
+def _option(text: str) -> tuple:
+    key, _, value = text.partition("=")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", nargs="+", default=["kather:mth"],
@@ -137,9 +151,13 @@ def main(argv=None) -> int:
     parser.add_argument("--root", type=Path, default=Path("/tmp/own-folders"))
     parser.add_argument("--epochs", type=int, default=None,
                         help="override the recipe's epochs (recorded in the table)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a training option for every run (JSON value), as hashview "
+                             "train --option")
     parser.add_argument("--md", type=Path, default=Path("/tmp/own-folder.md"))
     args = parser.parse_args(argv)
     folders = build_folders(args.root)
+    options = dict(_option(text) for text in args.option)
     lines = ["# hashview train on own folders (held-out run, defaults)", "",
              f"command: `{' '.join([sys.executable, *sys.argv])}`", ""] + HEADER
     details = []
@@ -148,7 +166,7 @@ def main(argv=None) -> int:
         scratch = "scratch" in rest
         folder, protocol = folders[name]
         out = args.root / "runs" / spec.replace(":", "-")
-        outcome = run(folder, protocol, arch, scratch, out, args.epochs)
+        outcome = run(folder, protocol, arch, scratch, out, args.epochs, options)
         lines += table_rows(name, arch, scratch, outcome)
         details.append(f"- {spec}: every bundled model as is (vote@10 / mAP, distinct codes): "
                        + ", ".join(f"{n} {s['vote_accuracy@10']:.3f} / {s['map']:.3f} "
