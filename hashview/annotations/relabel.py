@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from hashview.annotations.qupath import read_annotations
-from hashview.annotations.tiles import (ANNOTATION_SUFFIX, AnnotationOptions,
-                                        annotation_file_for, label_counts, label_tiles)
+from hashview.annotations.tiles import (AnnotationOptions, annotation_file_for,
+                                        expected_annotation_names, label_counts, label_tiles)
 from hashview.annotations.types import AnnotationError
 from hashview.errors import LibraryError
 from hashview.library.editing import Contents, EditResult, edit, resolve_sources
@@ -49,8 +49,8 @@ def relabel_from_annotations(path: str | Path, sources: Iterable[int | str] = ()
             source = c.sources[i]
             file = annotation_file_for(source.path, options.where)
             if file is None:
-                without.append(f"{source.path}: no annotation file ({Path(source.path).stem}"
-                               f"{ANNOTATION_SUFFIX})")
+                without.append(f"{source.path}: no annotation file "
+                               f"({expected_annotation_names(source.path)})")
                 continue
             try:
                 annotations = read_annotations(file)

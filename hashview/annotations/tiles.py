@@ -55,6 +55,11 @@ def annotation_file_for(slide: str | Path, where: Optional[str | Path] = None) -
     return None
 
 
+def expected_annotation_names(slide: str | Path) -> str:
+    """The file names :func:`annotation_file_for` looks for, for a one-line message."""
+    return " or ".join(name + ANNOTATION_SUFFIX for name in (Path(slide).stem, Path(slide).name))
+
+
 def tile_cover(annotations: Sequence[Annotation], xs, ys, sizes) -> tuple[list[str], np.ndarray]:
     """Class names (sorted) and, per class and tile, the fraction of the tile's square
     (level-0 ``x, y, size``) that the class's annotations cover: shape ``(classes, tiles)``."""
@@ -118,8 +123,7 @@ def labelled_tiles(slide: str | Path, tiles: Sequence, options: AnnotationOption
     """
     path = annotation_file_for(slide, options.where)
     if path is None:
-        expected = " or ".join(name + ANNOTATION_SUFFIX for name in (Path(slide).stem,
-                                                                    Path(slide).name))
+        expected = expected_annotation_names(slide)
         if options.annotated_only:
             raise AnnotationError(slide, f"no annotation file ({expected})")
         warnings.append(f"{slide}: no annotation file ({expected}); its tiles are unlabelled")
