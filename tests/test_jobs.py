@@ -173,7 +173,8 @@ def test_run_job_trains_a_tiny_model_in_process(tmp_path):
     events: list[dict] = []
     spec = JobSpec("train", {"data_folder": KATHER, "arch": "dch", "bits": 8,
                              "out_dir": tmp_path / "model", "epochs": 1, "batch_size": 8,
-                             "input_size": 64, "steps_per_epoch": 1, "device": "cpu"})
+                             "input_size": 64, "steps_per_epoch": 1, "device": "cpu",
+                             "method": "network"})
     assert spec.title == "Train dch-8 on kather"
     assert run_job(spec, events.append) == "done", events[-1]
     assert any(e["event"] == "progress" and e["stage"] == "training" for e in events)

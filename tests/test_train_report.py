@@ -38,7 +38,7 @@ def test_default_start_with_other_bits_keeps_the_hash_layer_fresh(tmp_path):
         start["tensors_kept_fresh"])
     assert result.card.input_size == load_model(DEFAULT_START["mth"]).card.input_size
     assert REPORT_KEYS <= set(result.card.metrics) and result.card.quality in (
-        "ok", "collapsed", "worse_than_start")
+        "ok", "collapsed", "worse_than_start", "no_gain")
     assert result.card.metrics["start_model"]["role"] == "start"
     assert result.card.metrics["held_out"]["n_queries"] == 4  # 30 % of 4 x 3 tiles
     assert result.card.tile_size == 150  # every patch is 150 px: slides are read so
@@ -61,12 +61,14 @@ def test_final_retrain_uses_every_patch_and_a_resume_continues_it(tmp_path):
         if calls["evaluated"] and event.stage == "training" and "batch" in event.message:
             raise Cancelled()
 
+    network = dict(TINY, method="network")  # the whole net: checkpoints to resume from
     with pytest.raises(Cancelled):
-        train_from_folder(KATHER, "mth", 16, tmp_path, progress=cancel_in_the_final_run, **TINY)
+        train_from_folder(KATHER, "mth", 16, tmp_path, progress=cancel_in_the_final_run,
+                          **network)
     held = tmp_path / "held-out" / "mth-16-kather.safetensors"
     stamp = held.stat().st_mtime_ns
     assert not (tmp_path / "mth-16-kather.safetensors").exists()
-    result = train_from_folder(KATHER, "mth", 16, tmp_path, resume=True, **TINY)
+    result = train_from_folder(KATHER, "mth", 16, tmp_path, resume=True, **network)
     assert held.stat().st_mtime_ns == stamp  # the held-out run was not redone
     assert result.card.training["data"]["images"] == 12  # train + held-out
     assert load_model(held).card.training["data"]["images"] == 8

@@ -74,7 +74,7 @@ def test_frozen_children_stay_the_start(entries, tmp_path):
 
 def test_folder_run_validates_on_its_training_part_and_retrains_to_the_kept_epoch(tmp_path):
     result = train_from_folder(KATHER, "mth", 64, tmp_path, epochs=2, batch_size=8,
-                               steps_per_epoch=1, device="cpu", lr=50.0,
+                               steps_per_epoch=1, device="cpu", lr=50.0, method="network",
                                keep_best_epoch=True, inner_val_fraction=0.3)
     report = result.report
     held = load_model(tmp_path / "held-out")
@@ -105,7 +105,7 @@ def test_cli_says_no_gain_and_exits_zero(tmp_path, capsys):
     argv = ["train", str(KATHER), "--arch", "mth", "--bits", "64", "--epochs", "1",
             "--batch-size", "8", "--device", "cpu", "--keep-held-out", "--lr", "50",
             "--option", "steps_per_epoch=1", "--option", "keep_best_epoch=true",
-            "--option", "inner_val_fraction=0.3", "--out", str(tmp_path)]
+            "--option", "inner_val_fraction=0.3", "--whole-network", "--out", str(tmp_path)]
     assert main(argv) == 0
     err = capsys.readouterr()[1]
     assert "NO BETTER THAN ITS START" in err and "keep using mth-64-general" in err

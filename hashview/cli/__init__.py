@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "the architecture's default start model")
     start.add_argument("--from-scratch", action="store_true",
                        help="start from random weights, not the default start model")
+    p.add_argument("--whole-network", action="store_true",
+                   help="train every layer of the start for its recipe's epochs (at most 10) "
+                        "instead of refitting only its hash layer on its features (the "
+                        "default from a start; from scratch the whole network trains anyway)")
     p.add_argument("--keep-held-out", action="store_true",
                    help="save the held-out run's model; skip the final retrain on all patches")
     p.add_argument("--accept-worse", action="store_true",

@@ -119,6 +119,8 @@ def cmd_train(args) -> int:
         named["input_size"] = args.input_size
     if args.init:
         named["init_from"] = args.init
+    if args.whole_network:
+        named["method"] = "network"
     clash = sorted(set(options) & set(named))
     if clash:
         return usage_error(f"--option cannot set {clash[0]!r}, which a named argument of "

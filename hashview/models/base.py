@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -40,6 +42,26 @@ class HashingNet(nn.Module):
         """``(relaxed codes, pre-tanh logits)`` from one pass (for losses needing both)."""
         logits = self.hash_logits(x)
         return torch.tanh(logits), logits
+
+    def hash_head(self) -> Optional[nn.Linear]:
+        """The one linear layer whose output gives the hash logits (see
+        :meth:`hash_head_weights`), for refitting the head on frozen features
+        (:mod:`hashview.training.head_fit`); None when the codes come from anything else."""
+        return None
+
+    def hash_head_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W, b)`` with ``hash_logits(x) == W f + b`` in eval mode, ``f`` the input of
+        :meth:`hash_head`."""
+        head = self.hash_head()
+        bias = head.bias if head.bias is not None else torch.zeros(head.out_features)
+        return head.weight.detach().clone(), bias.detach().clone()
+
+    def set_hash_head(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Make ``hash_logits(x) == weight f + bias`` in eval mode."""
+        head = self.hash_head()
+        with torch.no_grad():
+            head.weight.copy_(weight)
+            head.bias.copy_(bias)
 
     def feature_layer(self) -> nn.Module:
         """The module whose output a Grad-CAM hook should capture (a 4-D feature map)."""

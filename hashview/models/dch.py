@@ -73,6 +73,32 @@ class DCH(HashingNet):
         codes = self.forward(x)
         return codes, self.classifier(codes)
 
+    def hash_head(self) -> nn.Linear:
+        return self.lbe
+
+    def hash_head_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        weight, bias = super().hash_head_weights()
+        if isinstance(self.lbe_norm, nn.BatchNorm1d):  # fold the eval-mode BN in
+            norm = self.lbe_norm
+            scale = (norm.weight / torch.sqrt(norm.running_var + norm.eps)).detach()
+            weight = weight * scale[:, None]
+            bias = (bias - norm.running_mean) * scale + norm.bias.detach()
+        return weight, bias
+
+    def set_hash_head(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.lbe.weight.copy_(weight)
+            if isinstance(self.lbe_norm, nn.BatchNorm1d):  # BN as the identity plus the bias
+                norm = self.lbe_norm
+                norm.running_mean.zero_()
+                norm.running_var.fill_(1.0 - norm.eps)
+                norm.weight.fill_(1.0)
+                norm.bias.copy_(bias)
+                if self.lbe.bias is not None:
+                    self.lbe.bias.zero_()
+            else:
+                self.lbe.bias.copy_(bias)
+
     def feature_layer(self) -> nn.Module:
         # Grad-CAM target: the last conv block (conv-BN-ReLU, 64 ch at input/2 resolution)
         # before the final max-pool: the finest map still carrying class-specific features.

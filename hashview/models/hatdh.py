@@ -143,6 +143,9 @@ class HATDH(HashingNet):
     def hash_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.hash_layer(self.features(x))
 
+    def hash_head(self) -> nn.Linear:
+        return self.hash_layer
+
     def feature_layer(self) -> nn.Module:
         # Grad-CAM target: the HCAM output (the attention-refined last feature map, the exact
         # tensor that is average-pooled into F); without attention, the last MobileNet block.

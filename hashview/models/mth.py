@@ -123,6 +123,9 @@ class MTH(HashingNet):
         features = self.deep_features(x)
         return torch.tanh(self.hash_layer(features)), features
 
+    def hash_head(self) -> nn.Linear:
+        return self.hash_layer
+
     def feature_layer(self) -> nn.Module:
         # Grad-CAM target: the last conv map (second DenseBlock, after its BN-ReLU), the tensor
         # that is average-pooled into D.

@@ -23,6 +23,7 @@ from hashview.training.objectives import objective_class
 OPTIMISERS = ("adam", "adamw", "adadelta")
 # HATDH: Adam 1e-3; Keras Adadelta default 1.0; AdamW (LGFFEM's paper) at Adam's rate. AdamW
 # applies `weight_decay` decoupled from the gradient; Adam adds it to the gradient (L2).
+METHODS = ("network", "head")
 DEFAULT_LR = {"adam": 1e-3, "adamw": 1e-3, "adadelta": 1.0}
 
 
@@ -73,6 +74,9 @@ class TrainConfig:
     inner_val_fraction: float = 0.0
     stop_epoch: Optional[int] = None      # end after this many epochs, the schedule unchanged
     freeze_children: int = 0              # the net's first N top-level modules are not trained
+    # "network": train the net (every unfrozen layer) for `epochs`; "head": keep the net as
+    # `init_from` made it and refit only its hash layer on its features (training.head_fit)
+    method: str = "network"
 
     def model_name(self) -> str:
         return self.name or plain_name(f"{self.arch}-{self.bits}-{self.dataset}")
@@ -183,6 +187,11 @@ class TrainConfig:
             raise bad("stop_epoch must be between 0 and epochs")
         if self.freeze_children < 0:
             raise bad("freeze_children must be >= 0")
+        if self.method not in METHODS:
+            raise bad(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method == "head" and not self.init_from:
+            raise bad("method 'head' refits the hash layer of a trained start: give init_from "
+                      "(a run from scratch trains the whole network)")
 
 
 def _is_of(value, kind) -> bool:

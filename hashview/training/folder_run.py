@@ -151,6 +151,7 @@ def _held_out_phase(config, data, split, held_dir: Path, reference, progress, re
     report_progress(progress, "evaluating", 2, 2, "held-out report")
     report = build_report(trained, start, role, split)
     report["measured_on"] = "this model, trained on the training part of the folder only"
+    report["method"] = config.method
     report.update(chosen_by)  # the inner validation scores of the candidate starts
     if "kept_epoch" in result.card.training:  # the final retrain stops at the same epoch
         report["kept_epoch"] = result.card.training["kept_epoch"]

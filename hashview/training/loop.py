@@ -359,6 +359,8 @@ def train(config: TrainConfig, train_entries: Sequence, out_dir, progress: Optio
         _, _, meta = ckpt.load_checkpoint(out_dir)
         _check_resumable(meta, cfg, data.class_names, out_dir)
         run.restore(out_dir)
+    if cfg.method == "head":
+        return _fit_head_only(run, cfg, data, device, out_dir, split, progress, started)
     session_start = run.seconds
     loader_pin = run.is_cuda
     end = cfg.epochs if cfg.stop_epoch is None else cfg.stop_epoch
@@ -412,8 +414,25 @@ def train(config: TrainConfig, train_entries: Sequence, out_dir, progress: Optio
     return _finish(run, cfg, data, device, out_dir, split)
 
 
+def _fit_head_only(run: _Run, cfg: TrainConfig, data: PatchesInMemory, device: torch.device,
+                   out_dir: Path, split: Optional[dict], progress, started: float) -> TrainResult:
+    """``method="head"``: the start's net with a refitted hash layer (seconds, so no
+    checkpoint: a cancelled fit leaves nothing to resume)."""
+    from hashview.training.head_fit import fit_hash_head
+
+    if run.net.hash_head() is None:
+        raise ModelError(out_dir, f"{cfg.arch} has no single hash layer to refit; train the "
+                                  "whole network (method 'network')")
+    fitted = fit_hash_head(run, progress)
+    run.best_state = run.ema = None  # the fitted net is what ships
+    run.history = list(fitted.pop("history"))
+    run.log = [{"stage": "head", "epochs": len(run.history), "loss": run.history[-1]}]
+    run.seconds = time.perf_counter() - started
+    return _finish(run, cfg, data, device, out_dir, split, {"head_fit": fitted})
+
+
 def _finish(run: _Run, cfg: TrainConfig, data: PatchesInMemory, device: torch.device,
-            out_dir: Path, split: Optional[dict]) -> TrainResult:
+            out_dir: Path, split: Optional[dict], extra: Optional[dict] = None) -> TrainResult:
     shipped = run.best_state if run.best_state is not None else run.ema
     if shipped is not None:  # ship the kept epoch's weights, else the averaged ones
         run.net.load_state_dict({k: v.to(run.device) for k, v in shipped.items()})
@@ -424,6 +443,7 @@ def _finish(run: _Run, cfg: TrainConfig, data: PatchesInMemory, device: torch.de
                 "history": run.history, "log": run.log}
     if run.init_summary is not None:
         training["init_from"] = run.init_summary
+    training.update(extra or {})
     if run.best_state is not None:
         training["kept_epoch"] = run.best_epoch
         training["kept_val_map"] = round(run.best_map, 4)
