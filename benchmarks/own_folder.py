@@ -52,13 +52,40 @@ def _class_folder(src: Path, out: Path, per_class: int, seed: int, total=None) -
     return out
 
 
-def _idc_folder(out: Path, patients: int, per_patient: int, seed: int) -> Path:
+def _held_out_of_bundled(data_root: str, protocol: str) -> set:
+    """The patches of ``data_root`` in the held-out part of its split 0, which no bundled
+    model trained on (every bundled Kather and IDC model, the general ones included, trained
+    on the split-0 training part only)."""
+    from hashview.evaluation import load_dataset, resolve_splits
+
+    data = load_dataset(DATA / data_root)
+    split = resolve_splits(data, None, protocol, [0])[0]
+    return {data.paths[i] for i in split.indices(data.paths)[1]}
+
+
+def _new_kather_folder(out: Path) -> Path:
+    """Every Kather tile of the split-0 held-out part (10 a class): tissue of a known lab
+    that no bundled model saw."""
+    if out.is_dir():
+        return out
+    src = DATA / "kather2016_subset"
+    _copy([(src / rel, rel) for rel in sorted(_held_out_of_bundled("kather2016_subset",
+                                                                    "hatdh"))], out)
+    return out
+
+
+def _idc_folder(out: Path, patients: int, per_patient: int, seed: int,
+                unseen_only: bool = False) -> Path:
     """Seeded patients with both classes, ``per_patient`` patches each; labels.csv keeps the
-    patient ids, so the patient protocol splits it."""
+    patient ids, so the patient protocol splits it. ``unseen_only``: patients of the split-0
+    held-out part only, whom no bundled model saw."""
     if out.is_dir():
         return out
     src = DATA / "idc_breast"
     rows = list(csv.DictReader(open(src / "labels.csv", newline="")))
+    if unseen_only:
+        unseen = _held_out_of_bundled("idc_breast", "patient")
+        rows = [r for r in rows if r["path"] in unseen]
     by_patient = {}
     for row in rows:
         by_patient.setdefault(row["patient_id"], []).append(row)
@@ -76,10 +103,12 @@ def _idc_folder(out: Path, patients: int, per_patient: int, seed: int) -> Path:
 
 
 def build_folders(root: Path) -> dict:
-    return {
+    return {  # kather and idc: some of their patches trained bundled models; *-new: none did
         "kather": (_class_folder(DATA / "kather2016_subset", root / "kather-own", 16, 0),
                    "hatdh"),
         "idc": (_idc_folder(root / "idc-own", 4, 45, 0), "patient"),
+        "kather-new": (_new_kather_folder(root / "kather-new"), "hatdh"),
+        "idc-new": (_idc_folder(root / "idc-new", 4, 45, 0, unseen_only=True), "patient"),
         "oral": (_class_folder(DATA / "tissue_multi_lab/oral_oscc", root / "oral-own", 0, 0,
                                total=150), "hatdh"),
         "osteo": (_class_folder(DATA / "tissue_multi_lab/osteosarcoma", root / "osteo-own",
@@ -110,6 +139,7 @@ def run(folder: Path, protocol: str, arch: str, scratch: bool, out: Path, epochs
     config = result.card.training["config"]
     return {"report": result.report, "seconds": seconds, "bundled": bundled,
             "epochs": config["epochs"], "input": config["input_size"],
+            "method": config.get("method", "network"),
             "n_images": len(data.entries), "kept": result.report.get("kept_epoch"),
             "collapsed_bundled": sorted(
                 n for n, s in bundled.items() if is_collapsed(s["codes"]))}
@@ -123,7 +153,9 @@ def table_rows(name: str, arch: str, scratch: bool, outcome: dict) -> list[str]:
     how = "scratch" if scratch else f"from {start.get('name')}"
     if outcome.get("kept") is not None:
         how += f", kept epoch {outcome['kept']}"
-    return [f"| {name} ({outcome['n_images']}) | {arch} {how}, {outcome['epochs']} ep, "
+    how += (", hash layer refitted" if outcome.get("method") == "head"
+            else f", {outcome['epochs']} ep")
+    return [f"| {name} ({outcome['n_images']}) | {arch} {how}, "
             f"{outcome['input']} px | {held['vote_accuracy@10']:.3f} / {held['map']:.3f} | "
             f"{start.get('vote_accuracy@10', nan):.3f} / {start.get('map', nan):.3f} | "
             f"{best[0]} {best[1]['vote_accuracy@10']:.3f} / {best[1]['map']:.3f} | "
@@ -147,7 +179,8 @@ def _option(text: str) -> tuple:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", nargs="+", default=["kather:mth"],
-                        help="FOLDER:ARCH[:scratch] (folders: kather idc oral osteo)")
+                        help="FOLDER:ARCH[:scratch] (folders: kather idc oral osteo kather-new "
+                             "idc-new)")
     parser.add_argument("--root", type=Path, default=Path("/tmp/own-folders"))
     parser.add_argument("--epochs", type=int, default=None,
                         help="override the recipe's epochs (recorded in the table)")

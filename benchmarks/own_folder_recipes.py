@@ -21,13 +21,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from own_folder import build_folders  # noqa: E402  (a benchmark beside this one)
 
-VAL = {"keep_best_epoch": True, "inner_val_fraction": 0.3}
+NET = {"method": "network"}  # the whole network trained (the default before head fitting)
+VAL = {**NET, "keep_best_epoch": True, "inner_val_fraction": 0.3}
 # the net's first top-level modules that stay as the start's: MTH all but fc + hash layer,
 # DCH its conv features, HATDH its MobileNet backbone
 FROZEN = {"mth": 4, "dch": 1, "hatdh": 1}
 RECIPES = {
-    "cap10": {},                              # the start's recipe, 10 epochs (before)
-    "lr1e-4": {"lr": 1e-4},
+    "head": {},                               # the default: the hash layer refitted
+    "cap10": NET,                             # the start's recipe, 10 epochs (before)
+    "lr1e-4": {**NET, "lr": 1e-4},
     "val-best": VAL,
     "val-best-lr1e-4": {**VAL, "lr": 1e-4},
     "val-best-frozen": {**VAL, "freeze": True},
@@ -100,7 +102,8 @@ HEADER = ["| folder | arch | recipe | trained vote@10 / mAP | minus start as is 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--folders", nargs="+", default=["oral", "osteo", "kather", "idc"])
+    parser.add_argument("--folders", nargs="+",
+                        default=["oral", "osteo", "kather-new", "idc-new", "kather", "idc"])
     parser.add_argument("--archs", nargs="+", default=["mth", "dch", "hatdh"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
@@ -108,7 +111,7 @@ def main(argv=None) -> int:
     parser.add_argument("--md", type=Path, default=Path("/tmp/own-folder-recipes.md"))
     args = parser.parse_args(argv)
     folders = build_folders(args.root)
-    lines = ["# fine-tuning recipes on own folders (held-out runs, 64 bits, 10 epochs)", "",
+    lines = ["# recipes on own folders (held-out runs, 64 bits; network: 10 epochs)", "",
              f"command: `{' '.join([sys.executable, *sys.argv])}`", "", *HEADER]
     cache: dict = {}
     for name in args.folders:
