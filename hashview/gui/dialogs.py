@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox,
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox,
                                QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
                                QMessageBox, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
@@ -87,6 +87,12 @@ class TrainDialog(QDialog):
         self.start_from = QComboBox()
         self.start_from.setToolTip("Start from a trained model's weights (fine-tune it on your "
                                    "patches) or from random weights")
+        # From a start only the hash layer is refitted (seconds) unless every layer is asked
+        # for; from random weights the whole network trains anyway.
+        self.whole_network = QCheckBox("Train every layer (slower; by default only the hash "
+                                       "layer is refitted)")
+        self.start_from.currentIndexChanged.connect(
+            lambda *_: self.whole_network.setEnabled(self.start_from.currentData() != SCRATCH))
         for signal in (self.folder.textChanged, self.arch.currentIndexChanged,
                        self.bits.valueChanged):
             signal.connect(self._update_name_hint)
@@ -95,8 +101,9 @@ class TrainDialog(QDialog):
             signal.connect(self._update_start_choices)
         self._update_start_choices()
         self.plan.currentIndexChanged.connect(self._apply_plan)
-        note = QLabel("Training runs in the background (Jobs panel); on a CPU it takes from "
-                      "minutes to hours. A part of your patches is held out: when done, the "
+        note = QLabel("Training runs in the background (Jobs panel); on a CPU refitting the "
+                      "hash layer takes a minute or so, training every layer minutes to hours. "
+                      "A part of your patches is held out: when done, the "
                       "new model's score on it is shown next to the model it started from, "
                       "and the model appears in Settings ▸ Model.")
         note.setWordWrap(True)
@@ -115,6 +122,7 @@ class TrainDialog(QDialog):
         advanced_form.addRow("Code length", self.bits)
         advanced_form.addRow("Epochs", self.epochs)
         advanced_form.addRow("Start from", self.start_from)
+        advanced_form.addRow("", self.whole_network)
         form.addRow(self.advanced)
         self._apply_plan()
         self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok
@@ -202,8 +210,11 @@ class TrainDialog(QDialog):
         start = self.start_from.currentData()
         if start == SCRATCH:
             args["from_scratch"] = True
-        elif start and start != DEFAULT_START.get(args["arch"]):  # the default needs no argument
-            args["init_from"] = start
+        else:
+            if start and start != DEFAULT_START.get(args["arch"]):  # the default needs none
+                args["init_from"] = start
+            if self.whole_network.isChecked():
+                args["method"] = "network"
         return args
 
     def _accept(self) -> None:

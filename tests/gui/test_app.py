@@ -337,10 +337,13 @@ def test_dialogs_settings_training_and_about(qtbot, window, tmp_path, monkeypatc
     assert args["arch"] == "hatdh" and args["bits"] == 32 and args["name"] == "hatdh-32-kather"
     assert args["data_folder"] == str(KATHER) and "epochs" not in args  # the recipe's
     # hatdh starts from its default model unless random weights are picked
-    assert "init_from" not in args and "from_scratch" not in args
+    assert "init_from" not in args and "from_scratch" not in args and "method" not in args
     assert train.start_from.currentData() == DEFAULT_START["hatdh"]
+    train.whole_network.setChecked(True)  # every layer, not only the refitted hash layer
+    assert train.job_args()["method"] == "network"
     train.start_from.setCurrentIndex(train.start_from.findData(SCRATCH))
-    assert train.job_args()["from_scratch"] is True
+    assert train.job_args()["from_scratch"] is True and "method" not in train.job_args()
+    assert not train.whole_network.isEnabled()
     train.epochs.setValue(7)
     assert train.job_args()["epochs"] == 7
     train.folder.setText(str(tmp_path / "my patches"))  # model names are plain names
