@@ -24,11 +24,11 @@ import numpy as np
 from hashview import code_kinds
 from hashview.errors import LibraryError
 from hashview.library import files, legacy, schema
+from hashview.library.file_access import load_snapshot, read_access, write_new
 from hashview.library.files import FileLocks, LockBusy
 from hashview.library.metadata import MetadataReading
 from hashview.library.records import ModelInfo, SourceRecord, TileRecord
-from hashview.library.schema import (Snapshot, model_info_from_args, reason_from_oserror,
-                                     write_skeleton)
+from hashview.library.schema import Snapshot, model_info_from_args, reason_from_oserror
 from hashview.library.validation import check_tile_rows, generation_of
 from hashview.library.writing import OPEN_FOR_WRITING, LibraryWriting
 from hashview.library.stain_attribute import describe as describe_stain
@@ -98,7 +98,7 @@ class Library(LibraryWriting, MetadataReading):
             # on the library: no other process can take it over before this one writes.
             tmp, locks = files.make_temp_library(path)
             try:
-                _write_new(Path(tmp), info)
+                write_new(Path(tmp), info)
                 files.publish(tmp, path, overwrite)
             except BaseException:
                 locks.close()
@@ -120,7 +120,7 @@ class Library(LibraryWriting, MetadataReading):
                          created: Optional[str] = None) -> "Library":
         """A writer on a new file at ``path`` that the caller has writer-locked (``locks``) and
         will rename into place itself (used to upgrade schema-1 files)."""
-        _write_new(path, info, created)
+        write_new(path, info, created)
         h5 = h5py.File(path, "r+", locking=files.HDF5_LOCKING,
                        rdcc_nbytes=files.WRITER_CHUNK_CACHE)
         lib = cls(path, "a", schema.load(h5, path), h5, locks, owns_locks=False)
@@ -150,8 +150,8 @@ class Library(LibraryWriting, MetadataReading):
         except OSError as e:
             raise LibraryError(path, reason_from_oserror(e, mode == "a")) from None
         if mode == "r":
-            with _read_access(path) as (f, inode):
-                return cls(path, "r", _load_any(f, path), inode=inode)
+            with read_access(path) as (f, inode):
+                return cls(path, "r", load_snapshot(f, path), inode=inode)
         return cls._open_for_writing(path)
 
     @classmethod
@@ -241,7 +241,7 @@ class Library(LibraryWriting, MetadataReading):
         """The generation of the library file at ``path`` now: a number that grows with every
         commit (cheap: reads one attribute). Compare with :attr:`generation`."""
         path = Path(path)
-        with _read_access(path) as (f, _):
+        with read_access(path) as (f, _):
             return generation_of(f, path)
 
     def has_changed(self) -> bool:
@@ -250,7 +250,7 @@ class Library(LibraryWriting, MetadataReading):
         if self._mode == "a":
             return False  # this object is the only writer
         try:
-            with _read_access(self._path) as (f, inode):
+            with read_access(self._path) as (f, inode):
                 return inode != self._inode or generation_of(f, self._path) != self.generation
         except LibraryError:
             return True
@@ -423,7 +423,7 @@ class Library(LibraryWriting, MetadataReading):
             with self._guard():
                 yield self._f
             return
-        with _read_access(self._path) as (f, inode):
+        with read_access(self._path) as (f, inode):
             if inode != self._inode:
                 raise LibraryError(self._path, "library file was replaced while it was open; "
                                                "open it again")
@@ -453,28 +453,6 @@ class _Exists(LibraryError):
     """Library.create found a file at the path (or one appeared there while it built its own)."""
 
 
-def _write_new(path: Path, info: ModelInfo, created: Optional[str] = None) -> None:
-    """An empty library at ``path`` (a new temporary file), written and flushed with every error
-    checked (on a full disk: the reason, and nothing half-closed left to HDF5)."""
-    h5 = h5py.File(path, "w", locking=files.HDF5_LOCKING, rdcc_nbytes=files.WRITER_CHUNK_CACHE)
-    try:
-        write_skeleton(h5, info)
-        if created:
-            h5.attrs["created"] = created
-        fd = h5.id.get_vfd_handle()
-        files.reserve_space(fd, 0, h5.id.get_filesize())
-        h5.flush()
-        files.fsync(fd)
-    except BaseException:
-        files.abandon(h5)
-        raise
-    try:
-        h5.close()
-    except BaseException:
-        files.abandon(h5)
-        raise
-
-
 def _upgrade_schema1(path: Path) -> None:
     """Rewrite the schema-1 library ``path`` as schema 2, atomically (see ``legacy.py``).
 
@@ -501,45 +479,3 @@ def _upgrade_schema1(path: Path) -> None:
         locks.close()
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-@contextlib.contextmanager
-def _read_access(path: Path) -> Iterator[tuple[h5py.File, Optional[tuple]]]:
-    """A fresh read-only handle on ``path`` under the shared commit lock, with the file's
-    (device, inode); the lock is held until the block ends."""
-    locks = None
-    h5 = None
-    try:
-        try:
-            locks = FileLocks(path, writable=False)
-            locks.shared_read(files.READ_TIMEOUT_S)
-            h5 = h5py.File(path, "r", locking=files.HDF5_LOCKING)
-        except LockBusy:
-            raise LibraryError(path, "file is in use by another process (locked)") from None
-        except FileNotFoundError:
-            raise LibraryError(path, "no such file") from None
-        except (OSError, ValueError, RuntimeError) as e:
-            raise LibraryError(path, reason_from_oserror(e, False)) from None
-        inode = locks.inode()
-        if inode is not None:
-            st = os.fstat(h5.id.get_vfd_handle())
-            if (st.st_dev, st.st_ino) != inode:  # replaced between our two opens
-                raise LibraryError(path, "library file was replaced while being read; open it "
-                                         "again")
-        yield h5, inode
-    finally:
-        if h5 is not None:
-            h5.close()
-        if locks is not None:
-            locks.close()
-
-
-def _load_any(f: h5py.File, path: Path) -> Snapshot:
-    try:
-        if schema.file_version(f, path) == 1:
-            return legacy.load_v1(f, path)
-        return schema.load(f, path)
-    except LibraryError:
-        raise
-    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
-        raise LibraryError(path, reason_from_oserror(e, False)) from None
