@@ -12,6 +12,8 @@ small (tens of tiles a class): read the numbers as rough, beside the larger tabl
 
     python benchmarks/annotated_slides.py                      # every bundled model
     python benchmarks/annotated_slides.py --models mth-64-general dch-64-general
+    python benchmarks/annotated_slides.py --models mth-64-general \
+        --normalise ../shared/data/samples/he-stain-target-1000.png   # as a normalised library
 """
 
 from __future__ import annotations
@@ -45,11 +47,11 @@ def _cut(name: str, slides: list[Path], params, root: Path):
     return folder
 
 
-def _score(model, folder: Path) -> str:
+def _score(model, folder: Path, normaliser=None) -> str:
     from hashview.evaluation import evaluate_model
 
     mean = evaluate_model(model, folder, protocol="hatdh", seeds=range(5), device="cpu",
-                          vote_k=VOTE_K)["mean"]
+                          vote_k=VOTE_K, stain_normaliser=normaliser)["mean"]
     return f"{mean[f'balanced_accuracy@{VOTE_K}']:.3f} / {mean['map']:.3f}"
 
 
@@ -59,7 +61,14 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", help="default: every trained bundled model")
+    parser.add_argument("--normalise", metavar="REF", default=None,
+                        help="stain-normalise every tile (database and queries) to this "
+                             "reference (Macenko), as a library indexed with --stain-normalise")
     args = parser.parse_args(argv)
+    normaliser = None
+    if args.normalise:
+        from hashview.stain import fit_stain_target
+        normaliser = fit_stain_target(args.normalise)
     names = args.models or [c.name for c in list_models() if c.trained]
     root = Path(tempfile.mkdtemp(prefix="hashview-annotated-slides-"))
     print("| model | CMU-1 skin (Dermis, Epidermis) balanced@5 / mAP | TCGA crop (Tumor, Stroma) "
@@ -70,9 +79,10 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             model = load_model(name)
             params = model_tiling(model.card)
-            cells = [_score(model, _cut(key, [slide], params, root))
+            cells = [_score(model, _cut(key, [slide], params, root), normaliser)
                      for key, slide in SLIDES.items()]
-            cells.append(_score(model, _cut("both", list(SLIDES.values()), params, root)))
+            cells.append(_score(model, _cut("both", list(SLIDES.values()), params, root),
+                                normaliser))
             print(f"| {name} | {' | '.join(cells)} | {time.perf_counter() - start:.0f} |",
                   flush=True)
     finally:

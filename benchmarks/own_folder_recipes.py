@@ -28,6 +28,9 @@ VAL = {**NET, "keep_best_epoch": True, "inner_val_fraction": 0.3}
 FROZEN = {"mth": 4, "dch": 1, "hatdh": 1}
 RECIPES = {
     "head": {},                               # the default: the hash layer refitted
+    # the same, from the bundled model of the arch that retrieves best as it is on 30 % of
+    # the training part (the head is then fitted on all of it)
+    "head-choose": {"choose_start": True},
     "cap10": NET,                             # the start's recipe, 10 epochs (before)
     "lr1e-4": {**NET, "lr": 1e-4},
     "val-best": VAL,

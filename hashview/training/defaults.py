@@ -31,8 +31,10 @@ FINE_TUNE_RECIPE: dict = {"method": "head"}
 # be refitted; a start of another architecture trains the whole network.
 HEAD_FIT_ARCHS = ("mth", "hatdh", "dch")
 # Whether a run picks its start among the bundled models of its architecture and code length
-# by their retrieval as they are on the inner validation part (needs inner_val_fraction).
+# by their retrieval as they are on an inner validation part of the training part
+# (inner_val_fraction of it, else CHOOSE_START_FRACTION).
 CHOOSE_START = False
+CHOOSE_START_FRACTION = 0.3
 
 # TrainConfig fields taken over from the start model's recipe. Not taken: what names the run
 # (name, dataset, seed, device, bits), where the start itself started (init_from), and the

@@ -25,7 +25,8 @@ from hashview.fileio import atomic_write_bytes
 from hashview.progress import ProgressCallback, report as report_progress
 from hashview.training import checkpoint as ckpt
 from hashview.training.config import TrainConfig
-from hashview.training.defaults import CHOOSE_START, start_model_name, start_recipe
+from hashview.training.defaults import (CHOOSE_START, CHOOSE_START_FRACTION, start_model_name,
+                                        start_recipe)
 from hashview.training.loop import TrainResult, train
 from hashview.training.report import (MAP_KEY, QUALITY_COLLAPSED, build_report, code_stats,
                                       is_collapsed, model_report)
@@ -207,7 +208,8 @@ def train_from_folder(data_folder, arch: str, bits: int, out_dir, epochs: Option
     if start_name and not init_from and (CHOOSE_START if choose_start is None
                                          else choose_start):
         chosen, candidates = _choose_start(config.resolved().arch, bits, start_name, data,
-                                           split, config.inner_val_fraction, config.device)
+                                           split, config.inner_val_fraction
+                                           or CHOOSE_START_FRACTION, config.device)
         if chosen != start_name:
             start_name, reference = chosen, _reference_model(arch, chosen)
             config = _config(arch, bits, epochs, batch_size, lr, seed, data.name, chosen,
