@@ -155,3 +155,21 @@ def test_cli_says_the_head_was_refitted_and_whole_network_trains_every_layer(tmp
                         str(tmp_path / "net")]) in (0, 3)
     assert "only the hash layer" not in "".join(capsys.readouterr())
     assert load_model(tmp_path / "net").card.training["config"]["method"] == "network"
+
+
+def test_a_chosen_start_needs_no_inner_validation_and_its_head_is_refitted(tmp_path,
+                                                                            monkeypatch):
+    import hashview.training.folder_run as folder_run
+
+    real = folder_run.model_report
+
+    def mth_64_retrieves_best(loaded, *args, **kwargs):  # above any real mAP
+        scores = real(loaded, *args, **kwargs)
+        return {**scores, "map": 2.0} if loaded.card.name == "mth-64" else scores
+
+    monkeypatch.setattr(folder_run, "model_report", mth_64_retrieves_best)
+    result = train_from_folder(KATHER, "mth", 64, tmp_path, device="cpu", keep_held_out=True,
+                               choose_start=True)
+    assert result.card.training["init_from"]["model"] == "mth-64"
+    assert "mth-64-general" in result.report["start_candidates"]
+    assert result.card.training["head_fit"]["n_images"] == 8  # the whole training part
