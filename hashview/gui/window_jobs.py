@@ -125,11 +125,16 @@ class JobsMixin:
 
 
 def _held_out_summary(report: dict) -> str:
-    """The held-out vote@10 of the trained model beside its start's, for the status bar."""
+    """The held-out vote@10 and mAP of the trained model beside its start's, and how it was
+    trained, for the status bar."""
     held, start = report.get("held_out"), report.get("start_model")
     if not held:
         return ""
-    text = f"Held-out vote@10 {held['vote_accuracy@10']:.3f}"
+    text = f"Held-out vote@10 {held['vote_accuracy@10']:.3f}, mAP {held['map']:.3f}"
     if start:
-        text += f" ({start['name']}: {start['vote_accuracy@10']:.3f})"
-    return text + f" over {held['n_queries']} patches."
+        text += (f" ({start['name']} as it is: {start['vote_accuracy@10']:.3f}, "
+                 f"{start['map']:.3f})")
+    text += f" over {held['n_queries']} patches."
+    if report.get("method") == "head" and start:
+        text += f" Only the hash layer of {start['name']} was refitted."
+    return text

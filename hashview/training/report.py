@@ -137,8 +137,7 @@ def report_lines(report: dict, model_name: str) -> list[str]:
                      f"  {codes['balanced_bits']:13.2f}  {codes['dead_bits']:>9}")
     if report.get("method") == "head" and start:
         lines.append(f"  only the hash layer was refitted, on {start['name']}'s features of the "
-                     "patches (the rest of the net is the start's; --whole-network trains "
-                     "every layer)")
+                     "patches; the rest of the net is the start's")
     if "kept_epoch" in report:
         inner = report["inner_validation"]
         lines.append(f"  kept epoch {report['kept_epoch']} (0: the start as it is), validation "
