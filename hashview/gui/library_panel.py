@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from PySide6.QtCore import (QAbstractListModel, QModelIndex, QSize, QSortFilterProxyModel, Qt,
-                            Signal)
+                            QTimer, Signal)
 from PySide6.QtGui import QAction, QColor, QIcon, QImage, QKeySequence, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QLabel, QLineEdit, QListView, QMenu,
                                QVBoxLayout, QWidget)
@@ -24,6 +24,7 @@ from hashview.gui.case_filter import sources_matching, split_filter
 from hashview.gui.thumbnails import ThumbnailLoader
 
 ICON = 48
+CONDITION_DELAY_MS = 300  # a pause in typing before key=value conditions read the library
 NAME_CHARS = 30  # long file names (Kather tiles) are shortened in the middle; tooltips show all
 
 
@@ -173,7 +174,13 @@ class LibraryPanel(QWidget):
         self.model = SourceListModel(self.loader, self)
         self.proxy = SourceFilter(self)
         self.proxy.setSourceModel(self.model)
-        self.filter.textChanged.connect(self._apply_filter)
+        # key=value conditions read the library file: looked up after a pause in typing, not
+        # on every keystroke; free words filter at once
+        self._condition_timer = QTimer(self)
+        self._condition_timer.setSingleShot(True)
+        self._condition_timer.setInterval(CONDITION_DELAY_MS)
+        self._condition_timer.timeout.connect(lambda: self._apply_filter(self.filter.text()))
+        self.filter.textChanged.connect(self._on_filter_edited)
         self.view = QListView()
         self.view.setModel(self.proxy)
         self.view.setIconSize(QSize(ICON, ICON))
@@ -242,6 +249,19 @@ class LibraryPanel(QWidget):
     def selected_records(self) -> list:
         rows = sorted(self.view.selectionModel().selectedIndexes(), key=lambda i: i.row())
         return [index.data(SourceRole) for index in rows]
+
+    def _on_filter_edited(self, text: str) -> None:
+        try:
+            conditions, _ = split_filter(text)
+        except ValueError:  # maybe half typed: said after the pause
+            conditions = None
+            self._condition_timer.start()
+            return
+        if conditions and conditions != self._conditions and self.library_path:
+            self._condition_timer.start()
+            return
+        self._condition_timer.stop()
+        self._apply_filter(text)
 
     def _apply_filter(self, text: str) -> None:
         """Free words and ``key=value`` conditions; a bad condition is one line under the box

@@ -91,19 +91,41 @@ def test_case_data_import_shows_metadata_and_the_filter_takes_key_value(
     assert "patient: P-02" in tooltip and "stain: HE" in tooltip and "site: colon" in tooltip
     assert rows[stroma].data(Qt.ItemDataRole.DisplayRole).endswith("· P-02")
 
-    panel.filter.setText("stain=HE site=colon")
-    assert panel.visible_count() == 6 and not panel.filter_note.isVisibleTo(panel)
+    panel.filter.setText("stain=HE site=colon")  # conditions: looked up after a pause
+    qtbot.waitUntil(lambda: panel.visible_count() == 6)
+    assert not panel.filter_note.isVisibleTo(panel)
     panel.filter.setText("site=node")
-    assert panel.visible_count() == 3
-    panel.filter.setText("fat")  # a free word matches metadata values too
+    qtbot.waitUntil(lambda: panel.visible_count() == 3)
+    panel.filter.setText("fat")  # a free word matches metadata values too, at once
     assert panel.visible_count() == 3
     panel.filter.setText("site=colon p-01")
+    qtbot.waitUntil(lambda: not panel._condition_timer.isActive())
     assert panel.visible_count() == 3
     panel.filter.setText("sight=colon")
-    assert panel.visible_count() == 0
+    qtbot.waitUntil(lambda: panel.visible_count() == 0)
     assert "no metadata key 'sight'" in panel.filter_note.text()
     panel.filter.setText("")
     assert panel.visible_count() == 13 and not panel.filter_note.isVisibleTo(panel)
+
+
+def test_typing_a_condition_reads_the_library_once_after_the_pause(
+        qtbot, window, tmp_path, monkeypatch, message_boxes):
+    import hashview.gui.library_panel as library_panel
+
+    panel = window.library_panel
+    _import_cases(qtbot, window, tmp_path, monkeypatch)
+    reads = []
+    real = library_panel.sources_matching
+    monkeypatch.setattr(library_panel, "sources_matching",
+                        lambda *a: reads.append(a[1]) or real(*a))
+    for end in range(1, len("site=node") + 1):  # one keystroke at a time, no pause
+        panel.filter.setText("site=node"[:end])
+    assert reads == []
+    qtbot.waitUntil(lambda: panel.visible_count() == 3)
+    assert len(reads) == 1
+    panel.filter.setText("site=node ")  # the same condition: no new read, filtered at once
+    assert not panel._condition_timer.isActive()
+    assert len(reads) == 1 and panel.visible_count() == 3
 
 
 def test_remove_from_the_context_menu_keeps_the_other_sources(
