@@ -37,3 +37,29 @@ def test_an_unreadable_stain_reference_is_one_line_and_makes_no_library(window, 
     text = message_boxes.of("warning")[-1][2]
     assert "missing.png" in text and "\n" not in text.strip()
     assert not (tmp_path / "never.h5").exists()
+
+
+def test_fitting_the_reference_shows_a_busy_cursor_and_restores_it(window, tmp_path,
+                                                                   monkeypatch):
+    import hashview.stain_reference as stain_reference
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QGuiApplication
+
+    from hashview.errors import HashViewError
+
+    seen = {}
+
+    def fit(reference):
+        cursor = QGuiApplication.overrideCursor()
+        seen["cursor"] = cursor.shape() if cursor is not None else None
+        seen["status"] = window.statusBar().currentMessage()
+        raise HashViewError(reference, "no tissue to fit a stain on")
+
+    monkeypatch.setattr(stain_reference, "fit_reference_text", fit)
+    warnings = []
+    monkeypatch.setattr(window, "warn", lambda message, title="": warnings.append(message))
+    assert not window.create_library(tmp_path / "new.h5", stain_reference="ref.png")
+    assert seen == {"cursor": Qt.CursorShape.WaitCursor,
+                    "status": "Fitting the stain of ref.png…"}
+    assert QGuiApplication.overrideCursor() is None and warnings
+    assert not (tmp_path / "new.h5").exists()
