@@ -254,7 +254,6 @@ class LibraryPanel(QWidget):
         try:
             conditions, _ = split_filter(text)
         except ValueError:  # maybe half typed: said after the pause
-            conditions = None
             self._condition_timer.start()
             return
         if conditions and conditions != self._conditions and self.library_path:

@@ -53,7 +53,7 @@ class HashingNet(nn.Module):
         """``(W, b)`` with ``hash_logits(x) == W f + b`` in eval mode, ``f`` the input of
         :meth:`hash_head`."""
         head = self.hash_head()
-        bias = head.bias if head.bias is not None else torch.zeros(head.out_features)
+        bias = head.bias if head.bias is not None else head.weight.new_zeros(head.out_features)
         return head.weight.detach().clone(), bias.detach().clone()
 
     def set_hash_head(self, weight: torch.Tensor, bias: torch.Tensor) -> None:

@@ -191,7 +191,8 @@ class TrainConfig:
             raise bad(f"method must be one of {METHODS}, got {self.method!r}")
         if self.method == "head" and not self.init_from:
             raise bad("method 'head' refits the hash layer of a trained start: give init_from "
-                      "(a run from scratch trains the whole network)")
+                      "(--init on the command line); a run from scratch trains the whole "
+                      "network")
 
 
 def _is_of(value, kind) -> bool:

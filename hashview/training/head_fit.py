@@ -14,7 +14,7 @@ start's own code:
 Why: on folders of 60-150 patches, training the whole network (every recipe measured in
 docs/training.md) gained +0.02 vote@10 at best over its start and never beat the best bundled
 model as it is, while a head on frozen features gained most of what the labels can teach
-(held-out mAP of oral and bone folders 0.65 -> 0.82-0.88). The keep term matters: without it
+(held-out mAP of oral and bone folders 0.48-0.66 -> 0.72-0.85). The keep term matters: without it
 the codes of one class collapse onto a few (9 distinct codes over 112 IDC patches); with it
 they stay distinct inside a class (35) at the same mAP.
 
@@ -52,7 +52,7 @@ def _features(run, generator: torch.Generator) -> torch.Tensor:
     captured = []
     hook = head.register_forward_hook(lambda _m, inputs, _o: captured.append(
         inputs[0].detach().float().cpu()))
-    images = run.data._images_t
+    images = torch.from_numpy(run.data.images)
     views = []
     run.gen_augment = generator
     try:
@@ -72,13 +72,9 @@ def _features(run, generator: torch.Generator) -> torch.Tensor:
 
 
 def fit_hash_head(run, progress=None) -> dict:
-    """Refit ``run.net``'s hash head on its frozen features of ``run.data``; returns the loss
-    per epoch. ``Cancelled`` from ``progress`` leaves the net as the start."""
+    """Refit ``run.net``'s hash head (the net must have one) on its frozen features of
+    ``run.data``; returns the loss per epoch and the settings. ``Cancelled`` from ``progress`` leaves the net as the start."""
     cfg, net = run.cfg, run.net
-    head = net.hash_head()
-    if head is None:
-        raise ValueError(f"{cfg.arch} has no single hash layer to refit: train the whole "
-                         "network (method 'network')")
     generator = torch.Generator().manual_seed(int(cfg.seed))
     report(progress, "training", 0, EPOCHS, "features of the training patches")
     feats = _features(run, generator)                       # V, N, D on the CPU
@@ -86,7 +82,7 @@ def fit_hash_head(run, progress=None) -> dict:
     flat = feats.reshape(-1, dim)
     mean, std = flat.mean(0), flat.std(0) + 1e-6
     x = (flat - mean) / std
-    y = run.data._labels_t.repeat(views)
+    y = torch.from_numpy(run.data.labels).repeat(views)
     bits = int(cfg.bits)
     fitted = nn.Linear(dim, bits)
     torch.manual_seed(int(cfg.seed))
