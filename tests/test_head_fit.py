@@ -95,6 +95,10 @@ def test_head_fit_needs_a_start_and_a_single_hash_layer(tmp_path):
         _config(init_from=None).resolved()
     with pytest.raises(ModelError, match="method must be one of"):
         _config(method="heads").resolved()
+    for choosing_an_epoch in ({"keep_best_epoch": True}, {"inner_val_fraction": 0.3}):
+        with pytest.raises(ModelError, match="method 'head' has none"):
+            _config(**choosing_an_epoch).resolved()
+        _config(method="network", **choosing_an_epoch).resolved()  # whole network: fine
 
 
 def test_folder_runs_refit_the_head_by_default_and_train_the_network_from_scratch(tmp_path):
@@ -110,14 +114,16 @@ def test_folder_runs_refit_the_head_by_default_and_train_the_network_from_scratc
 
 
 def test_starts_of_architectures_without_a_head_fit_keep_training_the_network():
-    mth, lgffem = load_model(START).card, build_card("lgffem")
-    assert start_recipe(mth)["method"] == "head"
-    assert "method" not in start_recipe(lgffem)
-
-
-def build_card(arch: str):
+    # asked of the start's net (HashingNet.hash_head), not of a list of architecture names
     from hashview.models import ModelCard
-    return ModelCard(name=f"{arch}-test", arch=arch, bits=16, input_size=64)
+    from hashview.models.store import LoadedModel
+
+    assert start_recipe(load_model(START))["method"] == "head"
+    for arch in ("lgffem", "dafh"):
+        net = build_model(arch, 16, input_size=64)
+        start = LoadedModel(net, ModelCard(name=f"{arch}-test", arch=arch, bits=16,
+                                           input_size=64))
+        assert "method" not in start_recipe(start)
 
 
 def test_a_cancelled_head_fit_in_the_final_run_resumes_without_redoing_the_held_out_run(

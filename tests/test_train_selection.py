@@ -138,7 +138,7 @@ def test_the_start_is_chosen_among_bundled_models_by_inner_validation(tmp_path, 
     result = train_from_folder(KATHER, "mth", 64, tmp_path, epochs=1, batch_size=8,
                                steps_per_epoch=1, device="cpu", keep_held_out=True,
                                keep_best_epoch=True, inner_val_fraction=0.3,
-                               choose_start=True)
+                               choose_start=True, method="network")
     candidates = result.report["start_candidates"]
     assert {"mth-64", "mth-64-general", "mth-64-from-idc", "mth-64-idc"} <= set(candidates)
     best = max(sorted(candidates), key=lambda name: (candidates[name], name == START))

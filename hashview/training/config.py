@@ -193,6 +193,11 @@ class TrainConfig:
             raise bad("method 'head' refits the hash layer of a trained start: give init_from "
                       "(--init on the command line); a run from scratch trains the whole "
                       "network")
+        if self.method == "head" and (self.keep_best_epoch or self.inner_val_fraction):
+            # the head is fitted on the whole training part in one go: there is no epoch to
+            # choose, and patches held back to choose one would only be lost to the fit
+            raise bad("keep_best_epoch and inner_val_fraction choose an epoch of whole-network "
+                      "training; method 'head' has none (--whole-network trains the network)")
 
 
 def _is_of(value, kind) -> bool:

@@ -26,10 +26,9 @@ FINE_TUNE_MAX_EPOCHS = 10
 # docs/training.md, "Own folders"): see there for the routes tried and by how much. Refitting
 # only the hash layer on the start's features (training.head_fit) is the one route that beat
 # the bundled models as they are; whole-network recipes did not.
+# A start whose codes do not come from one linear layer (HashingNet.hash_head is None: DAFH,
+# LGFFEM) trains the whole network instead.
 FINE_TUNE_RECIPE: dict = {"method": "head"}
-# Architectures whose codes come from one linear layer (HashingNet.hash_head), so the head can
-# be refitted; a start of another architecture trains the whole network.
-HEAD_FIT_ARCHS = ("mth", "hatdh", "dch")
 # Whether a run picks its start among the bundled models of its architecture and code length
 # by their retrieval as they are on an inner validation part of the training part
 # (inner_val_fraction of it, else CHOOSE_START_FRACTION).
@@ -56,15 +55,16 @@ def start_model_name(arch: str, init_from: Optional[str] = None,
     return DEFAULT_START.get(str(arch).lower())
 
 
-def start_recipe(start_card) -> dict:
+def start_recipe(start) -> dict:
     """TrainConfig options of the start model's own training run (its card), and its input
-    size (its features were learnt at that scale)."""
+    size (its features were learnt at that scale). ``start``: the loaded start model."""
+    start_card = start.card
     config = (start_card.training or {}).get("config") or {}
     recipe = {k: config[k] for k in RECIPE_FIELDS if k in config}
     recipe["input_size"] = int(start_card.input_size)
     if recipe.get("epochs", 0) > FINE_TUNE_MAX_EPOCHS:
         recipe["epochs"] = FINE_TUNE_MAX_EPOCHS
         recipe.pop("pretrain_epochs", None)  # the start's stage split was for its own epochs
-    tuned = {k: v for k, v in FINE_TUNE_RECIPE.items()
-             if k != "method" or str(start_card.arch).lower() in HEAD_FIT_ARCHS}
+    has_head = start.net.hash_head() is not None
+    tuned = {k: v for k, v in FINE_TUNE_RECIPE.items() if k != "method" or has_head}
     return {**recipe, **tuned}

@@ -70,12 +70,12 @@ def _patch_size(entries) -> Optional[int]:
         return None
 
 
-def _config(arch, bits, epochs, batch_size, lr, seed, dataset_name, start_name, start_card,
+def _config(arch, bits, epochs, batch_size, lr, seed, dataset_name, start_name, start,
             options: dict) -> TrainConfig:
     """The start model's recipe, overridden by whatever the caller set explicitly."""
     explicit = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr))
                 if v is not None}
-    recipe = start_recipe(start_card) if start_card is not None else {}
+    recipe = start_recipe(start) if start is not None else {}
     if "epochs" in explicit and "pretrain_epochs" not in options:
         recipe.pop("pretrain_epochs", None)  # the start's stage split was for its own epochs
     fields = {**recipe, "dataset": dataset_name, **explicit, **options}
@@ -202,7 +202,7 @@ def train_from_folder(data_folder, arch: str, bits: int, out_dir, epochs: Option
     start_name = start_model_name(arch, init_from, from_scratch)
     reference = _reference_model(arch, start_name)
     config = _config(arch, bits, epochs, batch_size, lr, seed, data.name, start_name,
-                     reference[0].card if start_name else None, options)
+                     reference[0] if start_name else None, options)
     config.resolved()  # an invalid option is refused before anything is written
     candidates = {}
     if start_name and not init_from and (CHOOSE_START if choose_start is None
@@ -213,7 +213,7 @@ def train_from_folder(data_folder, arch: str, bits: int, out_dir, epochs: Option
         if chosen != start_name:
             start_name, reference = chosen, _reference_model(arch, chosen)
             config = _config(arch, bits, epochs, batch_size, lr, seed, data.name, chosen,
-                             reference[0].card, options)
+                             reference[0], options)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

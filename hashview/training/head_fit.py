@@ -24,6 +24,8 @@ MTH, HATDH and DCH; the others train the whole network.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -46,18 +48,22 @@ def settings() -> dict:
 
 
 def _features(run, generator: torch.Generator) -> torch.Tensor:
-    """``(VIEWS, N, D)`` hash-layer inputs of every training patch: view 0 plain, the others
-    augmented as the recipe augments (its ``augment_options``)."""
+    """``(VIEWS, N, D)`` hash-layer inputs of every training patch, float32 on the run's
+    device: view 0 plain, the others augmented as the recipe augments (its
+    ``augment_options``)."""
     net, head = run.net, run.net.hash_head()
     captured = []
     hook = head.register_forward_hook(lambda _m, inputs, _o: captured.append(
-        inputs[0].detach().float().cpu()))
+        inputs[0].detach().float()))
     images = torch.from_numpy(run.data.images)
     views = []
     run.gen_augment = generator
+    # fp16 autocast on CUDA, as the Encoder and the run's own encode compute features
+    autocast = torch.autocast("cuda", dtype=torch.float16) if run.use_amp \
+        else contextlib.nullcontext()
     try:
         net.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             for view in range(VIEWS):
                 captured.clear()
                 for start in range(0, len(images), BATCH):
@@ -77,18 +83,20 @@ def fit_hash_head(run, progress=None) -> dict:
     cfg, net = run.cfg, run.net
     generator = torch.Generator().manual_seed(int(cfg.seed))
     report(progress, "training", 0, EPOCHS, "features of the training patches")
-    feats = _features(run, generator)                       # V, N, D on the CPU
+    # on the run's device: 8 views of 6,130 IDC patches took 257 s on 2 CPU cores
+    feats = _features(run, generator)                       # V, N, D
+    device = feats.device
     views, n, dim = feats.shape
     flat = feats.reshape(-1, dim)
     mean, std = flat.mean(0), flat.std(0) + 1e-6
     x = (flat - mean) / std
-    y = torch.from_numpy(run.data.labels).repeat(views)
+    y = torch.from_numpy(run.data.labels).to(device).repeat(views)
     bits = int(cfg.bits)
-    fitted = nn.Linear(dim, bits)
     torch.manual_seed(int(cfg.seed))
+    fitted = nn.Linear(dim, bits).to(device)
     # start from the net's head as it is (the start's, or a random projection when the start
     # has another code length), in standardised units; its codes are what the keep term keeps
-    start_weight, start_bias = (t.detach().float().cpu() for t in net.hash_head_weights())
+    start_weight, start_bias = (t.detach().float().to(device) for t in net.hash_head_weights())
     with torch.no_grad():
         fitted.weight.copy_(start_weight * std)
         fitted.bias.copy_(start_bias + (start_weight * mean).sum(1))
@@ -96,7 +104,7 @@ def fit_hash_head(run, progress=None) -> dict:
     optimiser = torch.optim.Adam(fitted.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     history = []
     for epoch in range(EPOCHS):
-        order = torch.randperm(len(x), generator=generator)
+        order = torch.randperm(len(x), generator=generator).to(device)
         total, batches = 0.0, 0
         for start in range(0, len(x), BATCH):
             idx = order[start:start + BATCH]

@@ -91,7 +91,8 @@ class _Run:
         self.seconds = 0.0
         self.gen_augment = self.gen_triplets = None
         self._saved_gens: dict[str, torch.Tensor] = {}  # mid-epoch generator states (resume)
-        self._build_optimizer(self.stage)
+        if cfg.method != "head":  # a head fit has its own small optimiser (training.head_fit)
+            self._build_optimizer(self.stage)
         # EMA of the net's parameters and buffers (our addition; cfg.ema_decay > 0). It restarts
         # at every stage boundary (DCH: the LBE and softmax only train in stage 2).
         self.ema: Optional[dict[str, torch.Tensor]] = None
