@@ -9,6 +9,7 @@ optimistic bar. Prints one markdown row per (recipe, folder, arch) with the mean
 
     python benchmarks/own_folder_recipes.py --folders oral osteo --archs mth --seeds 0 1 \\
         --recipes cap10 val-best
+    python benchmarks/own_folder_recipes.py --archs mth --recipes head --init MODEL_FILE
 """
 
 from __future__ import annotations
@@ -59,10 +60,13 @@ def _bundled(folder: Path, split_file: Path, cache: dict, key) -> dict:
     return cache[key]
 
 
-def run_one(folder, protocol, arch, seed, recipe, out: Path, cache: dict) -> dict:
+def run_one(folder, protocol, arch, seed, recipe, out: Path, cache: dict,
+            init_from=None) -> dict:
     from hashview.training import train_from_folder
 
     options = dict(RECIPES[recipe])
+    if init_from:  # another start than the arch's default (e.g. a candidate general model)
+        options["init_from"] = str(init_from)
     if options.pop("freeze", False):
         options["freeze_children"] = FROZEN[arch]
     start = time.perf_counter()
@@ -112,17 +116,21 @@ def main(argv=None) -> int:
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--root", type=Path, default=Path("/tmp/own-folders"))
     parser.add_argument("--md", type=Path, default=Path("/tmp/own-folder-recipes.md"))
+    parser.add_argument("--init", default=None, help="start model (name or file) instead of "
+                        "each arch's default; use with one --archs")
     args = parser.parse_args(argv)
     folders = build_folders(args.root)
     lines = ["# recipes on own folders (held-out runs, 64 bits; network: 10 epochs)", "",
              f"command: `{' '.join([sys.executable, *sys.argv])}`", "", *HEADER]
     cache: dict = {}
+    from_init = f"-from-{Path(args.init).stem}" if args.init else ""
     for name in args.folders:
         folder, protocol = folders[name]
         for arch in args.archs:
             for recipe in args.recipes:
                 runs = [run_one(folder, protocol, arch, seed, recipe, args.root / "recipes" /
-                                f"{name}-{arch}-{recipe}-{seed}", cache) for seed in args.seeds]
+                                f"{name}-{arch}-{recipe}{from_init}-{seed}", cache, args.init)
+                        for seed in args.seeds]
                 lines.append(row(recipe, name, arch, runs))
                 print(lines[-1], flush=True)
                 args.md.write_text("\n".join(lines) + "\n")
