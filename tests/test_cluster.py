@@ -172,3 +172,25 @@ def test_a_cluster_address_nothing_answers_at_is_one_line(tmp_path):
     assert run.stderr == "hashview: ray://127.0.0.1:1: no Ray cluster answers there " \
                          "(Connection refused)\n"
     assert not library.exists()  # no library made for a run that could not start
+
+
+def test_a_stain_normalised_library_on_ray_equals_the_single_process_one(local_ray, tmp_path):
+    from hashview.stain_reference import fit_reference_text
+
+    reference = fit_reference_text(str(SLIDE))
+    single, plain = tmp_path / "single.h5", tmp_path / "plain.h5"
+    assert not index_paths([KATHER], single, params=PARAMS, batch_size=BATCH,
+                           stain_reference=reference).failed
+    index_paths([KATHER], plain, params=PARAMS, batch_size=BATCH)
+    path = tmp_path / "ray.h5"
+    report = index_with_ray([KATHER], path, params=PARAMS, batch_size=BATCH, workers=2,
+                            stain_reference=reference)
+    assert not report.failed and report.tiles_added == 12
+    with Library.open(path, mode="r") as library:
+        assert library.model.stain_reference == reference
+    assert library_content(path) == library_content(single)
+    assert library_content(path) != library_content(plain)  # the tiles were re-stained
+    # a second run into it re-stains to the stored reference without being told
+    again = index_with_ray([SLIDE], path, params=PARAMS, batch_size=BATCH, workers=2)
+    index_paths([SLIDE], single, params=PARAMS, batch_size=BATCH)
+    assert again.tiles_added == 40 and library_content(path) == library_content(single)

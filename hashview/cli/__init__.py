@@ -263,8 +263,6 @@ def cmd_index(args) -> int:
         return usage_error(annotation_usage_problem(args))
     if engine_problem(args):
         return usage_error(engine_problem(args))
-    if args.stain_normalise and args.engine == "ray":
-        return usage_error("--stain-normalise indexes on this machine, not --engine ray")
     model = load_model(args.model or DEFAULT_MODEL)
     try:  # each value passed its option's check; together (stride vs tile size) they may not
         params = model_tiling(
@@ -275,15 +273,15 @@ def cmd_index(args) -> int:
     except ValueError as exc:
         return usage_error(f"--stride/--tile-size: {exc}")
     bar = progress_bar(not args.json)
+    from hashview.stain_reference import fit_reference_text
+
+    stain = (fit_reference_text(args.stain_normalise, args.stain_normalise_method)
+             if args.stain_normalise else None)
     if args.engine == "ray":
         from hashview.cli.cluster import index_on_cluster
 
-        result = index_on_cluster(args, model, params, bar)
+        result = index_on_cluster(args, model, params, bar, stain)
     else:
-        from hashview.stain_reference import fit_reference_text
-
-        stain = (fit_reference_text(args.stain_normalise, args.stain_normalise_method)
-                 if args.stain_normalise else None)
         session = LibrarySession(args.library, model=model, device=args.device)
         result = session.add(args.sources, progress=bar, params=params,
                              batch_size=args.batch_size, annotations=annotation_options(args),

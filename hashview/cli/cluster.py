@@ -33,14 +33,15 @@ def engine_problem(args) -> str:
     return ""
 
 
-def index_on_cluster(args, model, params, bar):
+def index_on_cluster(args, model, params, bar, stain_reference=None):
     """Run ``hashview index`` with ``--engine ray``; returns the IndexReport."""
     from hashview.cluster import index_with_ray
 
     return index_with_ray(args.sources, args.library, model=model, params=params,
                           address=args.address, workers=args.workers,
                           gpus_per_worker=args.gpus_per_worker, device=args.device,
-                          batch_size=args.batch_size, progress=bar)
+                          batch_size=args.batch_size, progress=bar,
+                          stain_reference=stain_reference)
 
 
 def add_merge_parser(sub) -> None:

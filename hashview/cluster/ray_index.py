@@ -30,13 +30,14 @@ from hashview.cluster.work import (ChunkEncoder, SlidePlan, TileChunk, plan_slid
                                    read_patch_chunk, read_slide_chunk)
 from hashview.code_kinds import code_kind
 from hashview.encode import DEFAULT_BATCH_CPU, DEFAULT_BATCH_CUDA
-from hashview.errors import HashViewError, LibraryError
+from hashview.errors import HashViewError
 from hashview.indexing import IndexReport, already_stored, model_tiling, open_library, \
     source_record
 from hashview.library import Library, LibraryWriteError, fingerprint_file
 from hashview.model_input import ModelInput
 from hashview.models import DEFAULT_MODEL, LoadedModel, load_model
 from hashview.progress import ProgressCallback, report
+from hashview.stain_reference import normaliser_of
 from hashview.slides import InputItem, expand_inputs
 from hashview.tiling import TilingParams
 
@@ -57,12 +58,15 @@ def index_with_ray(paths: Iterable[str | Path], library_path: str | Path,
                    params: Optional[TilingParams] = None, *, address: Optional[str] = None,
                    workers: int = 2, gpus_per_worker: float = 0.0, device: str = "auto",
                    batch_size: Optional[int] = None,
-                   progress: Optional[ProgressCallback] = None) -> IndexReport:
+                   progress: Optional[ProgressCallback] = None,
+                   stain_reference: Optional[str] = None) -> IndexReport:
     """:func:`hashview.indexing.index_paths` on a Ray cluster: the same library, report and
     dedup. A Ray already initialised in this process is used as it is; else ``address`` None
     starts a local one on this machine's cores, and "auto", "HOST:PORT" or "ray://HOST:PORT"
     join a running cluster.
-    ``workers`` encoding actors, each with ``gpus_per_worker`` GPUs (0: CPU)."""
+    ``workers`` encoding actors, each with ``gpus_per_worker`` GPUs (0: CPU).
+    ``stain_reference`` makes a new library stain-normalised, as in ``index_paths``; the
+    actors re-stain every tile of a stain-normalised library to its stored reference."""
     ray = import_ray()
     if workers < 1 or gpus_per_worker < 0:
         raise ValueError("workers must be >= 1 and gpus_per_worker >= 0")
@@ -76,17 +80,21 @@ def index_with_ray(paths: Iterable[str | Path], library_path: str | Path,
         return report_
     if address and address != "auto" and not ray.is_initialized():
         check_reachable(address)  # before a library is made for a run that cannot start
-    library, params = open_library(library_path, loaded.card, params, report_)
-    if library.model.stain_reference:  # the actors encode without re-staining
-        library.close()
-        raise LibraryError(library_path, "is stain-normalised: index into it without "
-                                         "--engine ray")
+    library, params = open_library(library_path, loaded.card, params, report_,
+                                   stain_reference)
+    stored = library.model.stain_reference
+    if stored:
+        try:  # a reference the actors cannot read is this library's fault: say so here
+            normaliser_of(stored, library_path)
+        except HashViewError:
+            library.close()
+            raise
     batch = batch_size or (DEFAULT_BATCH_CUDA if gpus_per_worker else DEFAULT_BATCH_CPU)
     with library, connected(ray, address):
         run = _ClusterRun(ray, library, params, report_, progress)
         with contextlib.closing(run):
             run.start_workers(loaded, workers, gpus_per_worker, device, batch,
-                              local=address is None)
+                              local=address is None, stain_reference=stored)
             run.index(items, batch)
     report_.summarise_duplicates()
     return report_
@@ -144,7 +152,7 @@ class _ClusterRun:
 
     # ------------------------------------------------------------ workers
     def start_workers(self, loaded: LoadedModel, count: int, gpus: float, device: str,
-                      batch: int, local: bool) -> None:
+                      batch: int, local: bool, stain_reference: Optional[str] = None) -> None:
         ray = self.ray
         self.model_input = ModelInput.for_card(loaded.card)
         cpus = 1.0 if gpus else CPU_SHARE
@@ -153,7 +161,7 @@ class _ClusterRun:
         threads = max(1, int((os.cpu_count() or 2) // count)) if local and not gpus else None
         self._actor = ray.remote(ChunkEncoder)
         self._actor_options = {"num_cpus": cpus, "num_gpus": gpus}
-        self._actor_args = (ray.put(loaded), device, batch, threads)
+        self._actor_args = (ray.put(loaded), device, batch, threads, stain_reference)
         self._read_slide = ray.remote(read_slide_chunk).options(num_cpus=cpus)
         self._read_patches = ray.remote(read_patch_chunk).options(num_cpus=cpus)
         self._plan = ray.remote(plan_slide).options(num_cpus=cpus)

@@ -111,22 +111,28 @@ def _stack(pixels: list, model_input: ModelInput) -> np.ndarray:
 
 class ChunkEncoder:
     """Loads the model once (per Ray actor) and encodes chunks with
-    :class:`hashview.encode.Encoder`: CUDA with autocast when the process sees a GPU."""
+    :class:`hashview.encode.Encoder`: CUDA with autocast when the process sees a GPU.
+    ``stain_reference``: a stain-normalised library's stored reference (its JSON text); every
+    tile is re-stained to it before encoding, as a single-process run does."""
 
     def __init__(self, model, device: str = "auto", batch_size: Optional[int] = None,
-                 threads: Optional[int] = None):
+                 threads: Optional[int] = None, stain_reference: Optional[str] = None):
         import torch
 
         from hashview.encode import Encoder
+        from hashview.stain_reference import normaliser_of
 
         if threads:
             torch.set_num_threads(threads)
-        self.encoder = Encoder(model, device=device, batch_size=batch_size)
+        normaliser = normaliser_of(stain_reference) if stain_reference else None
+        self.encoder = Encoder(model, device=device, batch_size=batch_size,
+                               stain_normaliser=normaliser)
 
     def encode(self, chunk: TileChunk) -> TileChunk:
         """The chunk with its pixels replaced by their codes (one forward batch per chunk when
         the chunk is no larger than the batch size, as in a single-process run)."""
-        codes = (self.encoder.encode(list(chunk.pixels)) if len(chunk.pixels)
+        codes = (self.encoder.encode([self.encoder.restained(p) for p in chunk.pixels])
+                 if len(chunk.pixels)
                  else code_kind(self.encoder.code_kind).empty_encoded(self.encoder.bits))
         return dataclasses.replace(chunk, pixels=codes)
 
