@@ -205,6 +205,26 @@ def run_recipe(name: str, args) -> dict:
     return summary
 
 
+def ready_to_run(parser, args) -> bool:
+    """Refuse an ``--out`` inside the repository (usage error); False, with one line, when
+    data the recipes read are missing; else set the torch thread count."""
+    try:
+        args.out.resolve().relative_to(ROOT)
+        parser.error("--out must be outside the repository")
+    except ValueError:
+        pass
+    missing = [p for p in (KATHER, IDC, *POOL_FOLDERS, *POOL_SLIDES)
+               if not (args.data_root / p).exists()]
+    if missing:
+        print(f"error: data missing under {args.data_root}: {', '.join(missing)} "
+              "(see ../shared/data/README.md, or pass --data-root)", file=sys.stderr)
+        return False
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return True
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help=f"any of {sorted(RECIPES)}")
@@ -218,20 +238,8 @@ def main(argv=None) -> int:
     unknown = [n for n in args.models if n not in RECIPES]
     if unknown:
         parser.error(f"choose models from {sorted(RECIPES)}")
-    try:
-        args.out.resolve().relative_to(ROOT)
-        parser.error("--out must be outside the repository")
-    except ValueError:
-        pass
-    missing = [p for p in (KATHER, IDC, *POOL_FOLDERS, *POOL_SLIDES)
-               if not (args.data_root / p).exists()]
-    if missing:
-        print(f"error: data missing under {args.data_root}: {', '.join(missing)} "
-              "(see ../shared/data/README.md, or pass --data-root)", file=sys.stderr)
+    if not ready_to_run(parser, args):
         return 2
-    import torch
-    if args.threads:
-        torch.set_num_threads(args.threads)
     for name in args.models:
         run_recipe(name, args)
     return 0
