@@ -58,3 +58,48 @@ def test_merge_reports_a_missing_library_and_goes_on(built, tmp_path, capsys):
     assert code == 3
     assert "missing.h5: no such file" in capsys.readouterr().err
     assert library_content(into) == library_content(built / "b.h5")
+
+
+def test_merge_reads_one_commit_batch_of_tiles_at_a_time(built, tmp_path, monkeypatch):
+    import hashview.cluster.merge as merge
+
+    monkeypatch.setattr(merge, "COMMIT_SOURCES", 5)
+    read_rows = []
+    real_codes = Library.codes
+
+    def counting_codes(self, start=0, stop=None):
+        codes = real_codes(self, start, stop)
+        read_rows.append(len(codes))
+        return codes
+
+    monkeypatch.setattr(Library, "codes", counting_codes)
+    report = merge_libraries([built / "a.h5", built / "b.h5"], tmp_path / "merged.h5")
+    monkeypatch.undo()
+    assert not report.failed and report.tiles_added == 32
+    # A's slide (20 tiles) in one read; B's 12 patches in batches of 5 sources (its slide is
+    # A's again and never read): never a whole library at once
+    assert sorted(read_rows) == [2, 5, 5, 20]
+    assert library_content(tmp_path / "merged.h5") == library_content(built / "all.h5")
+
+
+def test_a_library_reads_a_range_of_tiles_and_refuses_one_out_of_range(built):
+    with Library.open(built / "b.h5") as library:
+        codes, table = library.codes(), library.tile_table()
+        assert (library.codes(3, 9) == codes[3:9]).all()
+        assert all((library.tile_table(3, 9)[k] == table[k][3:9]).all() for k in table)
+        for start, stop in ((5, 3), (-1, 2), (0, library.n_tiles + 1)):
+            with pytest.raises(IndexError, match="out of range"):
+                library.codes(start, stop)
+
+
+def test_sources_with_gaps_between_them_get_their_own_tiles(built):
+    from hashview.cluster.merge import _with_tiles
+
+    with Library.open(built / "b.h5") as library:
+        records, codes = library.sources(), library.codes()
+        chosen = [records[0], records[2], records[3], records[-1]]  # gaps after 0 and 3
+        items = _with_tiles(library, chosen, library.label_names())
+    assert [item[0].path for item in items] == [r.path for r in chosen]
+    for record, item_codes, *_ in items:
+        rows = slice(record.tile_start, record.tile_start + record.tile_count)
+        assert len(item_codes) == record.tile_count and (item_codes == codes[rows]).all()

@@ -85,11 +85,11 @@ def _check_same_model(source: Library, target: Library) -> None:
 
 def _copy_sources(source: Library, target: Library, merged: IndexReport,
                   seen: dict[str, str], progress: Optional[ProgressCallback]) -> None:
-    codes = source.codes()
-    table = source.tile_table()
+    """Sources of ``source`` not yet in ``target``, committed a batch at a time; only each
+    batch's tiles are read, so a merge holds one batch in memory, not a whole library."""
     labels = source.label_names()
     records = source.sources()
-    pending: list[tuple] = []
+    pending: list = []
     pending_tiles = 0
     for n, record in enumerate(records):
         where = f"{record.path} (in {source.path})"
@@ -100,17 +100,36 @@ def _copy_sources(source: Library, target: Library, merged: IndexReport,
         if target.contains(record.fingerprint):
             merged.skipped.append(where)
             continue
-        rows = slice(record.tile_start, record.tile_start + record.tile_count)
-        tile_labels = [labels[i] if i >= 0 else None for i in table["label_id"][rows]]
-        pending.append((record, codes[rows], table["x"][rows].astype(np.int64),
-                        table["y"][rows].astype(np.int64), table["size"][rows].astype(np.int64),
-                        tile_labels))
+        pending.append(record)
         pending_tiles += record.tile_count
         if len(pending) >= COMMIT_SOURCES or pending_tiles >= COMMIT_TILES:
-            _commit(target, pending, merged)
+            _commit(target, _with_tiles(source, pending, labels), merged)
             pending, pending_tiles = [], 0
             report(progress, "sources", n + 1, len(records), Path(source.path).name)
-    _commit(target, pending, merged)
+    _commit(target, _with_tiles(source, pending, labels), merged)
+
+
+def _with_tiles(source: Library, records: list, labels: list[str]) -> list[tuple]:
+    """``add_sources`` items of ``records`` (in library order): each run of adjacent sources
+    is read in one go."""
+    items: list[tuple] = []
+    first = 0
+    while first < len(records):
+        last = first
+        while (last + 1 < len(records) and records[last + 1].tile_start
+               == records[last].tile_start + records[last].tile_count):
+            last += 1
+        begin = records[first].tile_start
+        end = records[last].tile_start + records[last].tile_count
+        codes, table = source.codes(begin, end), source.tile_table(begin, end)
+        for record in records[first:last + 1]:
+            rows = slice(record.tile_start - begin, record.tile_start - begin + record.tile_count)
+            tile_labels = [labels[i] if i >= 0 else None for i in table["label_id"][rows]]
+            items.append((record, codes[rows], table["x"][rows].astype(np.int64),
+                          table["y"][rows].astype(np.int64),
+                          table["size"][rows].astype(np.int64), tile_labels))
+        first = last + 1
+    return items
 
 
 def _commit(target: Library, pending: list[tuple], merged: IndexReport) -> None:

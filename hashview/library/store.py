@@ -309,16 +309,18 @@ class Library(LibraryWriting, MetadataReading):
         return code_kinds.code_kind(self.code_kind).stored_bytes(self.bits)
 
     # ----------------------------------------------------------------- reading
-    def codes(self) -> np.ndarray:
-        """All stored codes: ``np.uint8`` (n_tiles, bits/8), or ``np.float32`` (n_tiles, dim)
-        for a float library."""
+    def codes(self, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
+        """Stored codes of tiles ``start:stop`` (default all): ``np.uint8`` (n, bits/8), or
+        ``np.float32`` (n, dim) for a float library."""
+        start, stop = self._row_range(start, stop)
         with self._reading() as f:
-            codes = f["tiles/codes"][: self._n_tiles]
+            codes = f["tiles/codes"][start:stop]
         return code_kinds.code_kind(self.code_kind).as_encoded(codes)
 
-    def tile_table(self) -> dict[str, np.ndarray]:
-        """Per-tile integer arrays ``source_id, x, y, size, label_id`` (label_id -1 = unknown)."""
-        return self._tiles(0, self._n_tiles)
+    def tile_table(self, start: int = 0, stop: Optional[int] = None) -> dict[str, np.ndarray]:
+        """Per-tile integer arrays ``source_id, x, y, size, label_id`` (label_id -1 = unknown)
+        of tiles ``start:stop`` (default all)."""
+        return self._tiles(*self._row_range(start, stop))
 
     def sources(self) -> list[SourceRecord]:
         return [replace(s) for s in self._sources]
@@ -391,6 +393,13 @@ class Library(LibraryWriting, MetadataReading):
         }
 
     # ----------------------------------------------------------------- helpers
+    def _row_range(self, start: int, stop: Optional[int]) -> tuple[int, int]:
+        stop = self._n_tiles if stop is None else int(stop)
+        if not 0 <= int(start) <= stop <= self._n_tiles:
+            raise IndexError(f"tiles {start}:{stop} out of range (library has {self._n_tiles} "
+                             "tiles)")
+        return int(start), stop
+
     def _tiles(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Per-tile ``source_id, x, y, size, label_id`` of rows ``start:stop``, checked."""
         with self._reading() as f:
