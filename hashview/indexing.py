@@ -285,7 +285,7 @@ def index_paths(paths: Iterable[str | Path], library_path: str | Path,
     if not items:
         return report_
     if annotations is not None:
-        _check_annotation_place(annotations, [it for it in items if it.kind == "slide"])
+        check_annotation_place(annotations, [it for it in items if it.kind == "slide"])
 
     library, params = open_library(library_path, card, params, report_, stain_reference)
     with library:
@@ -317,7 +317,7 @@ def index_paths(paths: Iterable[str | Path], library_path: str | Path,
     return report_
 
 
-def _check_annotation_place(options: AnnotationOptions, slides: list[InputItem]) -> None:
+def check_annotation_place(options: AnnotationOptions, slides: list[InputItem]) -> None:
     where = options.where
     if where is not None and not Path(where).exists():
         raise AnnotationError(where, "no such annotation file or folder")

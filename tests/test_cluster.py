@@ -194,3 +194,30 @@ def test_a_stain_normalised_library_on_ray_equals_the_single_process_one(local_r
     again = index_with_ray([SLIDE], path, params=PARAMS, batch_size=BATCH, workers=2)
     index_paths([SLIDE], single, params=PARAMS, batch_size=BATCH)
     assert again.tiles_added == 40 and library_content(path) == library_content(single)
+
+
+def test_annotated_slides_on_ray_equal_the_single_process_library(local_ray, tmp_path, capsys):
+    from hashview.annotations.tiles import AnnotationOptions
+    from conftest import TINY_SLIDE
+
+    slides, exports = tmp_path / "slides", tmp_path / "exports"
+    slides.mkdir()
+    exports.mkdir()
+    for slide in (SLIDE, TINY_SLIDE):
+        shutil.copy(slide, slides)
+    shutil.copy(DATA / "annotations" / "CMU-1-Small-Region.geojson", exports)
+    (exports / "tiny-16px.svs.geojson").write_text('{"type": "FeatureCollection"}')
+    options = AnnotationOptions(exports, min_cover=0.75, annotated_only=True)
+    single = index_paths([slides], tmp_path / "single.h5", params=PARAMS, batch_size=BATCH,
+                         annotations=options)
+    on_ray = index_with_ray([slides], tmp_path / "ray.h5", params=PARAMS, batch_size=BATCH,
+                            workers=2, annotations=options)
+    assert on_ray.failed == single.failed and len(on_ray.failed) == 1  # the tiny slide's file
+    assert "FeatureCollection without" in on_ray.failed[0]
+    assert on_ray.tile_labels == single.tile_labels and set(on_ray.tile_labels) == {
+        "Dermis", "Epidermis"}
+    assert library_content(tmp_path / "ray.h5") == library_content(tmp_path / "single.h5")
+    code = main(["index", str(slides / SLIDE.name), "--library", str(tmp_path / "cli.h5"),
+                 "--engine", "ray", "--annotations", str(exports), "--max-tiles", "40"])
+    out = capsys.readouterr().out
+    assert code == 0 and "tile labels: Dermis" in out

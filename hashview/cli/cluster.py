@@ -28,20 +28,20 @@ def engine_problem(args) -> str:
     """A usage problem with the engine options, or ""."""
     if args.engine != "ray" and (args.address or args.workers != 2 or args.gpus_per_worker):
         return "--address, --workers and --gpus-per-worker need --engine ray"
-    if args.engine == "ray" and getattr(args, "annotations", None) is not None:
-        return "--annotations is not supported with --engine ray yet"
     return ""
 
 
 def index_on_cluster(args, model, params, bar, stain_reference=None):
     """Run ``hashview index`` with ``--engine ray``; returns the IndexReport."""
+    from hashview.cli.annotations import annotation_options
     from hashview.cluster import index_with_ray
 
     return index_with_ray(args.sources, args.library, model=model, params=params,
                           address=args.address, workers=args.workers,
                           gpus_per_worker=args.gpus_per_worker, device=args.device,
                           batch_size=args.batch_size, progress=bar,
-                          stain_reference=stain_reference)
+                          stain_reference=stain_reference,
+                          annotations=annotation_options(args))
 
 
 def add_merge_parser(sub) -> None:

@@ -31,8 +31,9 @@ from hashview.cluster.work import (ChunkEncoder, SlidePlan, TileChunk, plan_slid
 from hashview.code_kinds import code_kind
 from hashview.encode import DEFAULT_BATCH_CPU, DEFAULT_BATCH_CUDA
 from hashview.errors import HashViewError
-from hashview.indexing import IndexReport, already_stored, model_tiling, open_library, \
-    source_record
+from hashview.annotations.tiles import AnnotationOptions, label_counts
+from hashview.indexing import IndexReport, already_stored, check_annotation_place, \
+    model_tiling, open_library, source_record
 from hashview.library import Library, LibraryWriteError, fingerprint_file
 from hashview.model_input import ModelInput
 from hashview.models import DEFAULT_MODEL, LoadedModel, load_model
@@ -59,14 +60,17 @@ def index_with_ray(paths: Iterable[str | Path], library_path: str | Path,
                    workers: int = 2, gpus_per_worker: float = 0.0, device: str = "auto",
                    batch_size: Optional[int] = None,
                    progress: Optional[ProgressCallback] = None,
-                   stain_reference: Optional[str] = None) -> IndexReport:
+                   stain_reference: Optional[str] = None,
+                   annotations: Optional[AnnotationOptions] = None) -> IndexReport:
     """:func:`hashview.indexing.index_paths` on a Ray cluster: the same library, report and
     dedup. A Ray already initialised in this process is used as it is; else ``address`` None
     starts a local one on this machine's cores, and "auto", "HOST:PORT" or "ray://HOST:PORT"
     join a running cluster.
     ``workers`` encoding actors, each with ``gpus_per_worker`` GPUs (0: CPU).
     ``stain_reference`` makes a new library stain-normalised, as in ``index_paths``; the
-    actors re-stain every tile of a stain-normalised library to its stored reference."""
+    actors re-stain every tile of a stain-normalised library to its stored reference.
+    ``annotations`` labels the slides' tiles by their annotation files (read by the planning
+    tasks, so the files must be where the workers can read them, as the slides)."""
     ray = import_ray()
     if workers < 1 or gpus_per_worker < 0:
         raise ValueError("workers must be >= 1 and gpus_per_worker >= 0")
@@ -78,6 +82,8 @@ def index_with_ray(paths: Iterable[str | Path], library_path: str | Path,
     report_.failed.extend(e.message for e in errors)
     if not items:
         return report_
+    if annotations is not None:
+        check_annotation_place(annotations, [it for it in items if it.kind == "slide"])
     if address and address != "auto" and not ray.is_initialized():
         check_reachable(address)  # before a library is made for a run that cannot start
     library, params = open_library(library_path, loaded.card, params, report_,
@@ -91,7 +97,7 @@ def index_with_ray(paths: Iterable[str | Path], library_path: str | Path,
             raise
     batch = batch_size or (DEFAULT_BATCH_CUDA if gpus_per_worker else DEFAULT_BATCH_CPU)
     with library, connected(ray, address):
-        run = _ClusterRun(ray, library, params, report_, progress)
+        run = _ClusterRun(ray, library, params, report_, progress, annotations)
         with contextlib.closing(run):
             run.start_workers(loaded, workers, gpus_per_worker, device, batch,
                               local=address is None, stain_reference=stored)
@@ -133,8 +139,10 @@ class _Worker:
 
 class _ClusterRun:
     def __init__(self, ray, library: Library, params: TilingParams, report_: IndexReport,
-                 progress: Optional[ProgressCallback]):
+                 progress: Optional[ProgressCallback],
+                 annotations: Optional[AnnotationOptions] = None):
         self.ray, self.library, self.params = ray, library, params
+        self.annotations = annotations
         self.report, self.progress = report_, progress
         self.workers: list[_Worker] = []
         self.queue: deque[_Chunk] = deque()
@@ -224,7 +232,8 @@ class _ClusterRun:
     def _plan_more(self) -> None:
         while self.to_plan and len(self.plans) + self.open_slides < self.slides_ahead:
             item = self.to_plan.popleft()
-            ref = self._plan.remote(item, self.params, self.model_input.input_size, self.known)
+            ref = self._plan.remote(item, self.params, self.model_input.input_size, self.known,
+                                    self.annotations)
             self.plans[ref] = item
 
     def _worker_ready(self, ref) -> None:
@@ -277,7 +286,7 @@ class _ClusterRun:
         if already_stored(item, plan.fingerprint, self.library, self.seen, self.report):
             return
         self.seen[plan.fingerprint] = str(item.path)
-        self.report.warnings.extend(f"{item.path}: {w}" for w in plan.plan.warnings)
+        self.report.warnings.extend(plan.warnings)
         size = self.batch
         starts = range(0, plan.n_tiles, size)
         unit = _Unit(Path(item.path).name, len(starts), slide=plan)
@@ -372,8 +381,12 @@ class _ClusterRun:
         self.library.add_source(slide.record, codes,
                                 xs=np.array([t.x for t in tiles], dtype=np.int64),
                                 ys=np.array([t.y for t in tiles], dtype=np.int64),
-                                sizes=np.array([t.size for t in tiles], dtype=np.int64))
-        self.report.added.append({"path": str(slide.item.path), "tiles": len(tiles)})
+                                sizes=np.array([t.size for t in tiles], dtype=np.int64),
+                                tile_labels=slide.labels)
+        added = {"path": str(slide.item.path), "tiles": len(tiles)}
+        if slide.labels is not None:
+            added["labels"] = label_counts(slide.labels)
+        self.report.added.append(added)
 
     def _commit_patches(self, unit: _Unit) -> None:
         result = unit.encoded[0]

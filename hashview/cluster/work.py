@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from hashview.annotations.tiles import AnnotationOptions, labelled_tiles
 from hashview.code_kinds import code_kind
 from hashview.errors import HashViewError
 from hashview.indexing import source_record
@@ -36,6 +37,8 @@ class SlidePlan:
     plan: Optional[TilePlan] = None  # without its tissue mask (not needed to read tiles)
     failure: Optional[str] = None
     known: bool = False  # already in the library: nothing else was done
+    labels: Optional[list] = None  # per tile, from the slide's annotations (None: not asked)
+    warnings: list[str] = field(default_factory=list)  # whole lines, the slide's path in each
 
     @property
     def n_tiles(self) -> int:
@@ -54,8 +57,11 @@ class TileChunk:
 
 
 def plan_slide(item: InputItem, params: TilingParams, input_size: int,
-               known: frozenset = frozenset()) -> SlidePlan:
-    """Fingerprint ``item`` and, unless its fingerprint is in ``known``, plan its tiles."""
+               known: frozenset = frozenset(),
+               annotations: Optional[AnnotationOptions] = None) -> SlidePlan:
+    """Fingerprint ``item`` and, unless its fingerprint is in ``known``, plan its tiles, and
+    with ``annotations`` label them (keeping only the labelled ones when it says so), as a
+    single-process run does."""
     try:
         fingerprint = fingerprint_file(item.path)
         if fingerprint in known:
@@ -65,9 +71,15 @@ def plan_slide(item: InputItem, params: TilingParams, input_size: int,
             width, height = source.dimensions
             record = source_record(item, fingerprint, kind="slide", width=width, height=height,
                                    mpp=source.mpp, mpp_assumed=plan.mpp_assumed)
+        warnings = [f"{item.path}: {w}" for w in plan.warnings]
+        labels = None
+        if annotations is not None:
+            tiles, labels = labelled_tiles(item.path, plan.tiles, annotations, warnings)
+            plan = dataclasses.replace(plan, tiles=tiles)
     except HashViewError as exc:
         return SlidePlan(item, failure=exc.message)
-    return SlidePlan(item, fingerprint, record, dataclasses.replace(plan, mask=None))
+    return SlidePlan(item, fingerprint, record, dataclasses.replace(plan, mask=None),
+                     labels=labels, warnings=warnings)
 
 
 def read_slide_chunk(path: str | Path, plan: TilePlan, start: int, stop: int,
