@@ -24,6 +24,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from hashview.annotations.tiles import AnnotationOptions, label_counts
 from hashview.cluster.connect import (CPU_SHARE, check_reachable, check_room, connected,
                                       import_ray)
 from hashview.cluster.work import (ChunkEncoder, SlidePlan, TileChunk, plan_slide,
@@ -31,15 +32,14 @@ from hashview.cluster.work import (ChunkEncoder, SlidePlan, TileChunk, plan_slid
 from hashview.code_kinds import code_kind
 from hashview.encode import DEFAULT_BATCH_CPU, DEFAULT_BATCH_CUDA
 from hashview.errors import HashViewError
-from hashview.annotations.tiles import AnnotationOptions, label_counts
 from hashview.indexing import IndexReport, already_stored, check_annotation_place, \
     model_tiling, open_library, source_record
 from hashview.library import Library, LibraryWriteError, fingerprint_file
 from hashview.model_input import ModelInput
 from hashview.models import DEFAULT_MODEL, LoadedModel, load_model
 from hashview.progress import ProgressCallback, report
-from hashview.stain_reference import normaliser_of
 from hashview.slides import InputItem, expand_inputs
+from hashview.stain_reference import normaliser_of
 from hashview.tiling import TilingParams
 
 # Chunks in flight per actor (being read or encoded): enough to keep a GPU fed by read tasks.
