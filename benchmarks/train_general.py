@@ -165,18 +165,21 @@ def run_recipe(name: str, args) -> dict:
 
     recipe = {**RECIPES[name], **args.set}
     copies, joint = recipe.pop("copies"), recipe.pop("joint", True)
+    # the training seed (weights, batches, augmentation, stain copies); the data splits stay
+    # split 0, so every seed is judged on the same held-out tiles and patients
+    seed = int(recipe.pop("seed", 0))
     started = time.perf_counter()
     kather_entries, idc_entries, kather_split, idc_split = labelled_entries(args.data_root, 0)
     idc_entries = idc_entries if joint else []
     pool = stain_pool(args.data_root) if copies else []
     mixed_dir = args.out / name / "stain-mixed"
     mixed_dir.mkdir(parents=True, exist_ok=True)
-    mixed = stain_mixed_copies(kather_entries, pool, copies, 0, mixed_dir)
+    mixed = stain_mixed_copies(kather_entries, pool, copies, seed, mixed_dir)
     prepared = time.perf_counter() - started
     print(json.dumps({"model": name, "kather": len(kather_entries), "idc": len(idc_entries),
                       "stain_pool_fields": len(pool), "stain_mixed": len(mixed),
                       "prepare_seconds": round(prepared, 1)}), flush=True)
-    config = TrainConfig(name=name, device=args.device, dataset="kather", seed=0,
+    config = TrainConfig(name=name, device=args.device, dataset="kather", seed=seed,
                          **{"sampler": "balanced", "augment_options": dict(STRONG_COLOUR),
                             **recipe})
     result = train(config, kather_entries + mixed + idc_entries, args.out / name / "run")
@@ -187,7 +190,7 @@ def run_recipe(name: str, args) -> dict:
     card.tile_size, card.target_mpp = 150, 0.495  # Kather's tiles: 150 px at 0.495 um/px
     card.training = {**card.training, "recipe": f"benchmarks/train_general.py {name}" + "".join(
                          f" --set {key}={json.dumps(value)}" for key, value in args.set.items()),
-                     "seed": 0, "wall_seconds_2cpu": round(result.seconds, 1),
+                     "seed": seed, "wall_seconds_2cpu": round(result.seconds, 1),
                      "prepare_seconds": round(prepared, 1), "stain_pool_fields": len(pool),
                      "stain_mixed_copies": copies, "data_credits": CREDITS,
                      # the second labelled set's split (evaluation keeps its patients out)
