@@ -181,6 +181,7 @@ def test_a_stain_normalised_library_on_ray_equals_the_single_process_one(local_r
     single, plain = tmp_path / "single.h5", tmp_path / "plain.h5"
     assert not index_paths([KATHER], single, params=PARAMS, batch_size=BATCH,
                            stain_reference=reference).failed
+    shutil.copyfile(single, tmp_path / "single-patches.h5")  # before the slide joins it
     index_paths([KATHER], plain, params=PARAMS, batch_size=BATCH)
     path = tmp_path / "ray.h5"
     report = index_with_ray([KATHER], path, params=PARAMS, batch_size=BATCH, workers=2,
@@ -194,6 +195,13 @@ def test_a_stain_normalised_library_on_ray_equals_the_single_process_one(local_r
     again = index_with_ray([SLIDE], path, params=PARAMS, batch_size=BATCH, workers=2)
     index_paths([SLIDE], single, params=PARAMS, batch_size=BATCH)
     assert again.tiles_added == 40 and library_content(path) == library_content(single)
+    cli = tmp_path / "cli.h5"
+    assert main(["index", str(KATHER), "--library", str(cli), "--engine", "ray",
+                 "--stain-normalise", str(SLIDE), "--tile-size", "150", "--mpp", "0.495",
+                 "--batch-size", str(BATCH)]) == 0
+    with Library.open(cli, mode="r") as library:
+        assert library.model.stain_reference == reference
+    assert library_content(cli) == library_content(tmp_path / "single-patches.h5")
 
 
 def test_annotated_slides_on_ray_equal_the_single_process_library(local_ray, tmp_path, capsys):
