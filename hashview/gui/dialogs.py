@@ -161,7 +161,7 @@ class TrainDialog(QDialog):
 
         if self._installed is None:
             self._installed = list_models()
-        arch, bits = self.arch.currentData(), self.bits.value()
+        arch = self.arch.currentData()
         from hashview.training.defaults import DEFAULT_START
 
         self.start_from.clear()
