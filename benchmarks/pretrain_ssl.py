@@ -152,7 +152,7 @@ def pretrain(args) -> dict:
             x = pixels.permute(0, 3, 1, 2).float().div(255.0)
             x = augment(x, generator, views)
             pair.append(((x - 0.5) / 0.5).to(args.device))  # the cards' mean/std 0.5
-        z1, z2 = (projector(net_features(net, x)) for x in pair)
+        z1, z2 = (projector(net.hash_features(x)) for x in pair)
         loss = nt_xent(z1, z2, TEMPERATURE)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -179,18 +179,6 @@ def pretrain(args) -> dict:
                "train_seconds": round(time.perf_counter() - train_started, 1)}
     print(json.dumps(summary), flush=True)
     return summary
-
-
-def net_features(net, x):
-    """The input of the hash layer (the features a hash layer is fitted on)."""
-    captured = {}
-    handle = net.hash_head().register_forward_hook(
-        lambda module, inputs, output: captured.setdefault("f", inputs[0]))
-    try:
-        net.hash_logits(x)
-    finally:
-        handle.remove()
-    return captured["f"]
 
 
 def main(argv=None) -> int:

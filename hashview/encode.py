@@ -133,11 +133,7 @@ class Encoder:
         """The model's input for ``image``: RGB uint8 ``(S, S, 3)``; ``encode*`` accept these
         as well as PIL images, so loader threads can do this step off the forward thread.
         With a stain normaliser the array is re-stained to its reference."""
-        return self.restained(self.model_input.array(image))
-
-    def restained(self, pixels: np.ndarray) -> np.ndarray:
-        """A model-input array (RGB uint8 ``(S, S, 3)``) re-stained to the stain normaliser's
-        reference; the array itself without one."""
+        pixels = self.model_input.array(image)
         if self.stain_normaliser is None:
             return pixels
         with self._stain_lock:

@@ -157,6 +157,7 @@ class _ClusterRun:
         self.run_id = uuid.uuid4().hex[:8]
         self._named = 0
         self.model_input: Optional[ModelInput] = None
+        self.stain_reference: Optional[str] = None  # a stain-normalised library's, for reads
 
     # ------------------------------------------------------------ workers
     def start_workers(self, loaded: LoadedModel, count: int, gpus: float, device: str,
@@ -169,7 +170,9 @@ class _ClusterRun:
         threads = max(1, int((os.cpu_count() or 2) // count)) if local and not gpus else None
         self._actor = ray.remote(ChunkEncoder)
         self._actor_options = {"num_cpus": cpus, "num_gpus": gpus}
-        self._actor_args = (ray.put(loaded), device, batch, threads, stain_reference)
+        self._actor_args = (ray.put(loaded), device, batch, threads)
+        # tiles are re-stained by the read tasks, many at once, not on the encoding actors
+        self.stain_reference = stain_reference
         self._read_slide = ray.remote(read_slide_chunk).options(num_cpus=cpus)
         self._read_patches = ray.remote(read_patch_chunk).options(num_cpus=cpus)
         self._plan = ray.remote(plan_slide).options(num_cpus=cpus)
@@ -268,9 +271,11 @@ class _ClusterRun:
         if chunk.read_ref is not None or chunk.unit.failed:
             return
         if chunk.unit.slide is not None:
-            chunk.read_ref = self._read_slide.remote(*chunk.read_args, self.model_input)
+            chunk.read_ref = self._read_slide.remote(*chunk.read_args, self.model_input,
+                                                     self.stain_reference)
         else:
-            chunk.read_ref = self._read_patches.remote(chunk.read_args, self.model_input)
+            chunk.read_ref = self._read_patches.remote(chunk.read_args, self.model_input,
+                                                       self.stain_reference)
 
     def _planned(self, item: InputItem, ref) -> None:
         self.slides_planned += 1

@@ -82,22 +82,39 @@ def plan_slide(item: InputItem, params: TilingParams, input_size: int,
                      labels=labels, warnings=warnings)
 
 
+def _restainer(stain_reference: Optional[str]):
+    """The re-staining of model inputs to a stain-normalised library's stored reference (its
+    JSON text), done where tiles are read, as a single-process run's reader threads do; the
+    identity without one."""
+    if not stain_reference:
+        return lambda pixels: pixels
+    from hashview.stain_reference import normaliser_of
+    return normaliser_of(stain_reference).restain
+
+
 def read_slide_chunk(path: str | Path, plan: TilePlan, start: int, stop: int,
-                     model_input: ModelInput) -> TileChunk:
-    """Model inputs of ``plan.tiles[start:stop]``; any unreadable tile fails the chunk (and so
-    its slide), as in a single-process run."""
+                     model_input: ModelInput, stain_reference: Optional[str] = None
+                     ) -> TileChunk:
+    """Model inputs of ``plan.tiles[start:stop]`` (re-stained to ``stain_reference`` when
+    given); any unreadable tile fails the chunk (and so its slide), as in a single-process
+    run."""
     tiles = plan.tiles[start:stop]
+    restain = _restainer(stain_reference)
     try:
         with open_source(path) as source:
-            pixels = [model_input.array(read_tile_pixels(source, tile, plan)) for tile in tiles]
+            pixels = [restain(model_input.array(read_tile_pixels(source, tile, plan)))
+                      for tile in tiles]
     except HashViewError as exc:
         return TileChunk(_empty(model_input), failures=[exc.message])
     return TileChunk(_stack(pixels, model_input), kept=list(range(len(tiles))))
 
 
-def read_patch_chunk(paths: Sequence[str | Path], model_input: ModelInput) -> TileChunk:
-    """Model inputs of whole patch images (each one tile); unreadable ones are left out."""
+def read_patch_chunk(paths: Sequence[str | Path], model_input: ModelInput,
+                     stain_reference: Optional[str] = None) -> TileChunk:
+    """Model inputs of whole patch images (each one tile, re-stained to ``stain_reference``
+    when given); unreadable ones are left out."""
     chunk = TileChunk(_empty(model_input))
+    restain = _restainer(stain_reference)
     pixels = []
     for n, path in enumerate(paths):
         try:
@@ -105,7 +122,7 @@ def read_patch_chunk(paths: Sequence[str | Path], model_input: ModelInput) -> Ti
         except HashViewError as exc:
             chunk.failures.append(exc.message)
             continue
-        pixels.append(model_input.array(square_tile(image, model_input.input_size)))
+        pixels.append(restain(model_input.array(square_tile(image, model_input.input_size))))
         chunk.kept.append(n)
         chunk.sizes.append(image.size)
     chunk.pixels = _stack(pixels, model_input)
@@ -123,28 +140,22 @@ def _stack(pixels: list, model_input: ModelInput) -> np.ndarray:
 
 class ChunkEncoder:
     """Loads the model once (per Ray actor) and encodes chunks with
-    :class:`hashview.encode.Encoder`: CUDA with autocast when the process sees a GPU.
-    ``stain_reference``: a stain-normalised library's stored reference (its JSON text); every
-    tile is re-stained to it before encoding, as a single-process run does."""
+    :class:`hashview.encode.Encoder`: CUDA with autocast when the process sees a GPU."""
 
     def __init__(self, model, device: str = "auto", batch_size: Optional[int] = None,
-                 threads: Optional[int] = None, stain_reference: Optional[str] = None):
+                 threads: Optional[int] = None):
         import torch
 
         from hashview.encode import Encoder
-        from hashview.stain_reference import normaliser_of
 
         if threads:
             torch.set_num_threads(threads)
-        normaliser = normaliser_of(stain_reference) if stain_reference else None
-        self.encoder = Encoder(model, device=device, batch_size=batch_size,
-                               stain_normaliser=normaliser)
+        self.encoder = Encoder(model, device=device, batch_size=batch_size)
 
     def encode(self, chunk: TileChunk) -> TileChunk:
         """The chunk with its pixels replaced by their codes (one forward batch per chunk when
         the chunk is no larger than the batch size, as in a single-process run)."""
-        codes = (self.encoder.encode([self.encoder.restained(p) for p in chunk.pixels])
-                 if len(chunk.pixels)
+        codes = (self.encoder.encode(list(chunk.pixels)) if len(chunk.pixels)
                  else code_kind(self.encoder.code_kind).empty_encoded(self.encoder.bits))
         return dataclasses.replace(chunk, pixels=codes)
 

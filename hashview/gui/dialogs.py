@@ -319,10 +319,10 @@ class NewLibraryDialog(QDialog):
             self.path.setText(path)
 
     def _choose_stain(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Stain reference", self._folder,
-            "H&E images and slides (*.png *.jpg *.jpeg *.tif *.tiff *.svs *.ndpi *.mrxs *.scn "
-            "*.bif *.vms *.svslide);;All files (*)")
+        from hashview.gui.library_edits import SLIDE_FILTER
+
+        path, _ = QFileDialog.getOpenFileName(self, "Stain reference", self._folder,
+                                              SLIDE_FILTER)
         if path:
             self.stain.setText(path)
 

@@ -49,6 +49,18 @@ class HashingNet(nn.Module):
         (:mod:`hashview.training.head_fit`); None when the codes come from anything else."""
         return None
 
+    def hash_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The input of :meth:`hash_head` for ``x`` (what a refitted head is fitted on), from
+        one forward pass; gradients flow unless the caller turns them off."""
+        captured = []
+        hook = self.hash_head().register_forward_hook(
+            lambda _module, inputs, _output: captured.append(inputs[0]))
+        try:
+            self.hash_logits(x)
+        finally:
+            hook.remove()
+        return captured[0]
+
     def hash_head_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W, b)`` with ``hash_logits(x) == W f + b`` in eval mode, ``f`` the input of
         :meth:`hash_head`."""

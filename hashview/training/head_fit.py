@@ -51,29 +51,24 @@ def _features(run, generator: torch.Generator) -> torch.Tensor:
     """``(VIEWS, N, D)`` hash-layer inputs of every training patch, float32 on the run's
     device: view 0 plain, the others augmented as the recipe augments (its
     ``augment_options``)."""
-    net, head = run.net, run.net.hash_head()
-    captured = []
-    hook = head.register_forward_hook(lambda _m, inputs, _o: captured.append(
-        inputs[0].detach().float()))
+    net = run.net
     images = torch.from_numpy(run.data.images)
     views = []
     run.gen_augment = generator
     # fp16 autocast on CUDA, as the Encoder and the run's own encode compute features
     autocast = torch.autocast("cuda", dtype=torch.float16) if run.use_amp \
         else contextlib.nullcontext()
-    try:
-        net.eval()
-        with torch.no_grad(), autocast:
-            for view in range(VIEWS):
-                captured.clear()
-                for start in range(0, len(images), BATCH):
-                    pixels = images[start:start + BATCH]
-                    if run.is_cuda:
-                        pixels = pixels.pin_memory()
-                    net(run.prepare(pixels, do_augment=view > 0 and run.cfg.augment))
-                views.append(torch.cat(captured))
-    finally:
-        hook.remove()
+    net.eval()
+    with torch.no_grad(), autocast:
+        for view in range(VIEWS):
+            parts = []
+            for start in range(0, len(images), BATCH):
+                pixels = images[start:start + BATCH]
+                if run.is_cuda:
+                    pixels = pixels.pin_memory()
+                x = run.prepare(pixels, do_augment=view > 0 and run.cfg.augment)
+                parts.append(net.hash_features(x).float())
+            views.append(torch.cat(parts))
     return torch.stack(views)
 
 
