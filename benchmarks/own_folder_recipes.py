@@ -78,7 +78,9 @@ def run_one(folder, protocol, arch, seed, recipe, out: Path, cache: dict,
     rep = result.report
     return {"trained": (rep["held_out"][VOTE], rep["held_out"][MAP]),
             "start": (rep["start_model"][VOTE], rep["start_model"][MAP]),
-            "best": (best[0], best[1][VOTE], best[1][MAP]), "quality": rep["quality"],
+            "best": (best[0], best[1][VOTE], best[1][MAP]),
+            # "+note": the report named a bundled model that did better (bundled_better)
+            "quality": rep["quality"] + ("+note" if rep.get("bundled_better") else ""),
             "kept": rep.get("kept_epoch"), "seconds": seconds,
             "queries": rep["held_out"]["n_queries"]}
 

@@ -135,9 +135,13 @@ def test_models_list_marks_a_collapsed_model(monkeypatch, capsys):
 
     card = ModelCard(name="mine", arch="mth", bits=16, input_size=64, trained=True,
                      quality="collapsed")
-    monkeypatch.setattr(models, "list_models", lambda: [card])
+    outdone = ModelCard(name="mine2", arch="mth", bits=16, input_size=64, trained=True,
+                        quality="ok", metrics={"bundled_better": "mth-64-idc"})
+    monkeypatch.setattr(models, "list_models", lambda: [card, outdone])
     assert main(["models"]) == 0
-    assert "[COLLAPSED]" in capsys.readouterr()[0]
+    lines = capsys.readouterr()[0].splitlines()
+    assert "[COLLAPSED]" in lines[0] and "DID BETTER" not in lines[0]
+    assert "[mth-64-idc DID BETTER ON ITS HELD-OUT PART]" in lines[1]
 
 
 def test_model_option_takes_a_training_folder(tmp_path, capsys):
@@ -158,3 +162,76 @@ def test_model_option_takes_a_training_folder(tmp_path, capsys):
             os.link(result.model_path.with_suffix(suffix), run / f"{name}{suffix}")
     with pytest.raises(ModelError, match="3 models in this folder"):
         load_model(run)
+
+
+def _scores(vote, mean_ap, n_queries=40):
+    return {"vote_accuracy@10": vote, "balanced_accuracy@10": vote, "map": mean_ap,
+            "n_queries": n_queries, "n_database": 100}
+
+
+def test_report_names_a_bundled_model_that_did_better_in_a_note():
+    from hashview.splits import Split
+    from hashview.training.report import (build_report, is_note_only, outdone_by, report_lines,
+                                          warning_line)
+
+    healthy = {"distinct": 40, "n_images": 40, "n_classes": 2, "balanced_bits": 1.0,
+               "dead_bits": 0, "bits": 64}
+    trained = {**_scores(0.80, 0.84), "name": "t", "codes": healthy}
+    start = {**_scores(0.75, 0.65), "name": "s", "codes": healthy}
+    split = Split("hatdh", 0, "f")
+    assert outdone_by(trained, _scores(0.95, 0.80))       # vote clearly above
+    assert outdone_by(trained, _scores(0.80, 0.85))       # level vote, higher mAP
+    assert not outdone_by(trained, _scores(0.85, 0.70))   # within the margin, lower mAP
+    bundled = {"a": _scores(0.95, 0.80), "b": _scores(0.70, 0.90)}
+    report = build_report(trained, start, "start", split, bundled)
+    assert report["quality"] == "ok" and report["bundled_better"] == "a"
+    assert report["best_bundled"] == {"name": "a", **{k: v for k, v in _scores(
+        0.95, 0.80).items() if k not in ("n_queries", "n_database")}, "of": 2}
+    assert set(report["bundled_models"]) == {"a", "b"}
+    line = warning_line(report, "t")
+    assert line.startswith("NOTE: model t: bundled model a as it is scored higher") \
+        and "consider indexing with a" in line and is_note_only(report)
+    assert "picked on these same queries: a 0.950" in "\n".join(report_lines(report, "t"))
+    # the trained model ahead of every bundled one: no note at all
+    fine = build_report(trained, start, "start", split, {"b": _scores(0.70, 0.90)})
+    assert "bundled_better" not in fine and warning_line(fine, "t") is None
+    # worse than its start: still a WARNING, the bundled model named too
+    worse = build_report({**trained, **_scores(0.50, 0.84)}, start, "start", split, bundled)
+    assert warning_line(worse, "t").startswith("WARNING: model t WORSE THAN ITS START") \
+        and "bundled model a" in warning_line(worse, "t") and not is_note_only(worse)
+    skipped = build_report(trained, start, "start", split, "too many patches")
+    assert skipped["bundled_models_skipped"] == "too many patches"
+    assert "bundled models not compared: too many patches" in "\n".join(
+        report_lines(skipped, "t"))
+
+
+def test_held_out_run_compares_every_other_bundled_model(tmp_path, monkeypatch):
+    import hashview.training.folder_run as folder_run
+    from hashview.models import list_models
+
+    result = train_from_folder(KATHER, "mth", 16, tmp_path / "a", keep_held_out=True, **TINY)
+    others = {c.name for c in list_models() if c.source == "bundled" and c.trained} \
+        - {DEFAULT_START["mth"]}
+    compared = result.card.metrics["bundled_models"]
+    assert set(compared) == others and len(others) >= 10
+    best = result.card.metrics["best_bundled"]
+    assert best["of"] == len(others) and best["vote_accuracy@10"] == max(
+        s["vote_accuracy@10"] for s in compared.values())
+    monkeypatch.setattr(folder_run, "COMPARE_MAX_PATCHES", 11)
+    small = train_from_folder(KATHER, "mth", 16, tmp_path / "b", keep_held_out=True, **TINY)
+    assert "bundled_models" not in small.report
+    assert small.report["bundled_models_skipped"].startswith("the folder has 12 patches")
+
+
+def test_cli_note_for_a_better_bundled_model_exits_zero(tmp_path, capsys, monkeypatch):
+    import hashview.training.report as report
+
+    monkeypatch.setattr(report, "verdict", lambda trained, start: ("ok", []))
+    monkeypatch.setattr(report, "outdone_by", lambda trained, other: True)
+    argv = ["train", str(KATHER), "--arch", "mth", "--bits", "16", "--epochs", "1",
+            "--batch-size", "8", "--device", "cpu", "--keep-held-out",
+            "--option", "steps_per_epoch=1", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "best of 12 other bundled models as they are" in out
+    assert "NOTE: model mth-16-kather: bundled model" in err and "exit 4" not in err

@@ -47,6 +47,8 @@ def cmd_models(args) -> int:
         status = "trained" if card.trained else "untrained"
         unit = code_kind(card.code_kind).unit
         flag = QUALITY_FLAGS.get(card.quality, "")
+        outdone = (card.metrics or {}).get("bundled_better")  # held-out report, see train
+        flag += f"[{outdone} DID BETTER ON ITS HELD-OUT PART] " if outdone else ""
         say(f"{default} {card.name:<{width}} {card.arch:<6} {card.bits:>4} {unit}  {status:<9}"
             f"  {flag}{_metrics_summary(card.metrics or {})}")
     say("* default model")
@@ -100,7 +102,7 @@ def _say_annotated_tiles(tiles) -> None:
 
 
 def cmd_train(args) -> int:
-    from hashview.training.report import QUALITY_NO_GAIN, report_lines, warning_line
+    from hashview.training.report import is_note_only, report_lines, warning_line
 
     try:
         options = _parse_options(args.option)
@@ -143,8 +145,8 @@ def cmd_train(args) -> int:
             _say_annotated_tiles(tiles)
         say_lines("\n".join(report_lines(report, result.card.name)))
         say(f"model written to {result.model_path} ({result.seconds:.0f} s)")
-    if warning and report.get("quality") == QUALITY_NO_GAIN:
-        say(warning, err=True)  # not harmful, so no failure exit: the start serves as well
+    if warning and is_note_only(report):
+        say(warning, err=True)  # not harmful, so no failure exit: the model works
     elif warning:
         say(warning if args.accept_worse else f"{warning} (exit {EXIT_WORSE_MODEL}; "
             "--accept-worse to accept it)", err=True)

@@ -100,10 +100,13 @@ class JobsMixin:
             except (HashViewError, KeyError) as exc:
                 self.warn(f"training finished but the model could not be installed: {exc}")
                 return
-            if result.get("warning"):  # collapsed or worse than its start: never a success
-                self.warn(f"{result['warning']}. It is installed as {card.name} (marked in "
-                          "Settings); the held-out report is in the Jobs panel.",
-                          title="Training finished: model not better")
+            if result.get("warning"):  # collapsed, no better, or outdone: never a success
+                marked = result.get("quality") != "ok"  # ok: a bundled model did better
+                self.warn(f"{result['warning']}. It is installed as {card.name}"
+                          f"{' (marked in Settings)' if marked else ''}; the held-out report "
+                          "is in the Jobs panel.",
+                          title="Training finished: model not better" if marked
+                          else "Training finished: a bundled model did better")
                 return
             self.show_message(f"Model {card.name} is ready: choose it in Settings. "
                               f"{_held_out_summary(result.get('report') or {})}", 30000)
@@ -135,6 +138,10 @@ def _held_out_summary(report: dict) -> str:
         text += (f" ({start['name']} as it is: {start['vote_accuracy@10']:.3f}, "
                  f"{start['map']:.3f})")
     text += f" over {held['n_queries']} patches."
+    best = report.get("best_bundled")
+    if best:
+        text += (f" Best other bundled model as it is: {best['name']} "
+                 f"({best['vote_accuracy@10']:.3f}, {best['map']:.3f}).")
     if report.get("method") == "head" and start:
         text += f" Only the hash layer of {start['name']} was refitted."
     return text

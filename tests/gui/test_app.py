@@ -379,6 +379,16 @@ def test_dialogs_settings_training_and_about(qtbot, window, tmp_path, monkeypatc
                                    "warning": "WARNING: model dch-16-test COLLAPSED: 3 codes"},
                             "done")
     assert len(warned) == 1 and "COLLAPSED" in warned[0] and "ready" not in warned[0]
+    assert "marked in Settings" in warned[0]
+    # usable, but a bundled model did better on the held-out patches: a warning too
+    titles = []
+    monkeypatch.setattr(QMessageBox, "warning", lambda *a: (warned.append(a[2]),
+                                                            titles.append(a[1])))
+    window._on_job_finished(spec, {"model_path": str(out) + ".safetensors", "quality": "ok",
+                                   "warning": "NOTE: model dch-16-test: bundled model x as "
+                                              "it is scored higher"}, "done")
+    assert "bundled model x" in warned[-1] and "marked in Settings" not in warned[-1]
+    assert titles == ["Training finished: a bundled model did better"]
 
     card = next(c for c in list_models() if c.name == window.library_info["model"]["name"])
     html = about_html(card)

@@ -16,3 +16,27 @@ def test_summary_gives_vote_and_map_beside_the_start_and_the_method():
     assert text.endswith("Only the hash layer of mth-64-general was refitted.")
     assert "refitted" not in _held_out_summary({**REPORT, "method": "network"})
     assert _held_out_summary({}) == ""
+
+
+def test_summary_names_the_best_other_bundled_model():
+    text = _held_out_summary({**REPORT, "best_bundled": {
+        "name": "mth-64-idc", "vote_accuracy@10": 0.956, "map": 0.872, "of": 12}})
+    assert text.endswith("Best other bundled model as it is: mth-64-idc (0.956, 0.872).")
+
+
+def test_model_lists_mark_a_model_a_bundled_one_did_better_than(qtbot, tmp_path, monkeypatch):
+    from PySide6.QtCore import QSettings
+
+    import hashview.models as models
+    from hashview.gui.dialogs import library_choice_widgets
+    from hashview.gui.settings import AppSettings
+    from hashview.models.cards import ModelCard
+
+    cards = [ModelCard(name=name, arch="mth", bits=64, input_size=64, trained=True,
+                       quality="ok", metrics=metrics)
+             for name, metrics in (("plain", {}), ("mine", {"bundled_better": "mth-64-idc"}))]
+    monkeypatch.setattr(models, "list_models", lambda: cards)
+    settings = AppSettings(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    combo = library_choice_widgets(settings)[0]
+    assert "did better" not in combo.itemText(0)
+    assert combo.itemText(1).endswith("mth-64-idc did better on its held-out part)")
