@@ -19,12 +19,15 @@ from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox, QProgressBar
 
 from hashview.errors import HashViewError
+from hashview.slides.folders import IMAGE_EXTENSIONS, SLIDE_EXTENSIONS
 
 UNLABELLED = "(unlabelled)"
 CSV_FILTER = "Case data (*.csv);;All files (*)"
 GEOJSON_FILTER = "QuPath GeoJSON (*.geojson *.json);;All files (*)"
-SLIDE_FILTER = ("Slides and images (*.svs *.ndpi *.mrxs *.scn *.tif *.tiff *.vms *.bif *.dcm "
-                "*.png *.jpg *.jpeg *.bmp);;All files (*)")  # Open slide and Locate… alike
+# Open slide, Locate… and the stain reference alike: every file the core opens as a slide or
+# image, from its own extension lists so that the dialogs never drift from what it reads
+SLIDE_FILTER = "Slides and images ({});;All files (*)".format(" ".join(
+    f"*{ext}" for ext in sorted(SLIDE_EXTENSIONS) + sorted(IMAGE_EXTENSIONS - SLIDE_EXTENSIONS)))
 LISTED = 5  # sources named in a confirmation; the rest are counted
 
 

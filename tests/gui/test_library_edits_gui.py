@@ -346,3 +346,14 @@ def test_a_csv_naming_no_slide_is_one_line_and_the_library_unchanged(
     assert message_boxes.of("warning")[-1][2] == message
     with Library.open(window.library_path) as lib:
         assert lib.generation == generation and lib.metadata_keys() == []
+
+
+def test_slide_filter_offers_every_extension_the_core_opens():
+    import re
+
+    from hashview.gui.library_edits import SLIDE_FILTER
+    from hashview.slides.folders import IMAGE_EXTENSIONS, SLIDE_EXTENSIONS
+
+    offered = set(re.findall(r"\*(\.\w+)", SLIDE_FILTER.split(";;")[0]))
+    assert offered == set(SLIDE_EXTENSIONS) | set(IMAGE_EXTENSIONS)
+    assert SLIDE_FILTER.endswith(";;All files (*)")
