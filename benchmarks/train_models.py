@@ -140,6 +140,16 @@ def describe(name: str, recipe: dict) -> str:
     return f"{arch}, {recipe['bits']} bits: {what}. Recipe: benchmarks/train_models.py {name}."
 
 
+def as_written(options: dict) -> dict:
+    """``train_from_folder`` options that train a recipe as it is written, whatever the
+    defaults of a user's own-folder run are: from scratch unless the recipe names a start,
+    every layer trained (not only the hash layer), and the split's held-out part kept, so the
+    model is the split's and is judged on it (no final retrain on every tile)."""
+    start = options.get("init_from")
+    return {"keep_held_out": True, "from_scratch": not start,
+            **({"method": "network"} if start else {}), **options}
+
+
 def round_metrics(metrics: dict) -> dict:
     return {k: round(float(metrics[k]), 4) for k in KEY_METRICS if k in metrics}
 
@@ -164,7 +174,7 @@ def run_model(name: str, args) -> dict:
         start = time.perf_counter()
         result = train_from_folder(data, recipe["arch"], recipe["bits"], out_dir, seed=seed,
                                    protocol=recipe["protocol"], device=args.device, name=name,
-                                   **recipe["options"])
+                                   **as_written(recipe["options"]))
         wall = time.perf_counter() - start
         scores = evaluate_model(load_model(result.model_path), data, device=args.device)
         assert scores["split_source"] == "model card", scores["split_source"]

@@ -21,6 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from train_models import as_written  # noqa: E402  (a benchmark beside this one)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kather2016_subset"
 
@@ -84,7 +87,8 @@ def main(argv=None) -> int:
         arch = options.pop("arch")
         start = time.perf_counter()
         result = train_from_folder(args.data, arch, args.bits, args.out / name, seed=args.seed,
-                                   protocol="hatdh", device=args.device, name=name, **options)
+                                   protocol="hatdh", device=args.device, name=name,
+                                   **as_written(options))
         train_seconds = time.perf_counter() - start
         scores = evaluate_model(load_model(result.model_path), args.data, device=args.device)
         mean = scores["mean"]
