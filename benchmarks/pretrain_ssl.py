@@ -66,8 +66,10 @@ def _resized(rgb: np.ndarray, size: int) -> np.ndarray:
     return image_to_array(Image.fromarray(rgb), size)
 
 
-def tile_bank(root: Path, size: int, seed: int) -> tuple[np.ndarray, dict]:
-    """(N, size, size, 3) uint8 tiles of every source above, and their counts per source."""
+def tile_bank(root: Path, size: int, seed: int,
+              leave_out: tuple = ()) -> tuple[np.ndarray, dict]:
+    """(N, size, size, 3) uint8 tiles of every source above but those named in ``leave_out``
+    ("kather", "idc"), and their counts per source."""
     from hashview.slides import open_source
     rng = random.Random(seed)
     kather, idc, _, _ = labelled_entries(root, seed)
@@ -78,9 +80,11 @@ def tile_bank(root: Path, size: int, seed: int) -> tuple[np.ndarray, dict]:
         tiles.extend(_resized(im, size) for im in images)
         counts[source] = counts.get(source, 0) + len(tiles) - before
 
-    add("kather", (np.asarray(Image.open(e.path).convert("RGB")) for e in kather))
-    add("idc", (np.asarray(Image.open(e.path).convert("RGB"))
-                for e in rng.sample(idc, min(IDC_TILES, len(idc)))))
+    if "kather" not in leave_out:
+        add("kather", (np.asarray(Image.open(e.path).convert("RGB")) for e in kather))
+    if "idc" not in leave_out:
+        add("idc", (np.asarray(Image.open(e.path).convert("RGB"))
+                    for e in rng.sample(idc, min(IDC_TILES, len(idc)))))
     for folder in POOL_FOLDERS:
         for path in sorted((root / folder).iterdir()):
             if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff"):
@@ -125,7 +129,7 @@ def pretrain(args) -> dict:
 
     torch.manual_seed(args.seed)
     started = time.perf_counter()
-    bank, counts = tile_bank(args.data_root, args.input_size, args.seed)
+    bank, counts = tile_bank(args.data_root, args.input_size, args.seed, tuple(args.leave_out))
     restained = restained_bank(bank, stain_pool(args.data_root), args.seed)
     prepared = time.perf_counter() - started
     print(json.dumps({"tiles": len(bank), "per_source": counts,
@@ -172,6 +176,7 @@ def pretrain(args) -> dict:
                      training={"recipe": "benchmarks/pretrain_ssl.py", "steps": args.steps,
                                "batch": args.batch, "seed": args.seed,
                                "tiles": len(bank), "per_source": counts,
+                               "left_out": list(args.leave_out),
                                "final_loss": round(float(np.mean(losses[-20:])), 4)})
     args.out.mkdir(parents=True, exist_ok=True)
     save_model(net, card, args.out / name)
@@ -194,6 +199,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--leave-out", nargs="*", default=[], choices=["kather", "idc"],
+                        help="labelled sets whose tiles stay out (kather: then no split of the "
+                             "Kather set has a test tile the encoder saw)")
     args = parser.parse_args(argv)
     if not ready_to_run(parser, args):
         return 2
