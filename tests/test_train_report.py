@@ -235,3 +235,23 @@ def test_cli_note_for_a_better_bundled_model_exits_zero(tmp_path, capsys, monkey
     out, err = capsys.readouterr()
     assert "best of 12 other bundled models as they are" in out
     assert "NOTE: model mth-16-kather: bundled model" in err and "exit 4" not in err
+
+
+def test_a_damaged_bundled_model_is_named_and_the_training_still_ends(tmp_path, monkeypatch):
+    import hashview.models as models
+    from hashview.training.report import report_lines
+
+    real = models.load_model
+
+    def load(name, *args, **kwargs):
+        if name == "dch-16":
+            raise ModelError("resources/models/dch-16.safetensors", "truncated file")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(models, "load_model", load)
+    result = train_from_folder(KATHER, "mth", 16, tmp_path, keep_held_out=True, **TINY)
+    failed = result.report["bundled_models_failed"]
+    assert list(failed) == ["dch-16"] and "truncated file" in failed["dch-16"]
+    assert "dch-16" not in result.report["bundled_models"] and result.model_path.is_file()
+    assert any(line.startswith("  bundled model dch-16 could not be compared: ")
+               for line in report_lines(result.report, "t"))

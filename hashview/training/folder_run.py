@@ -137,21 +137,24 @@ def _reference_model(arch: str, start_name: Optional[str]):
 
 
 def _bundled_reports(data, split, device, exclude: str, progress):
-    """model_report of every other trained bundled model as it is on the held-out part, or
-    why they were not compared."""
+    """model_report of every other trained bundled model as it is on the held-out part (or
+    why they were not compared), and the one-line reason of each that could not be scored."""
     from hashview.models import list_models, load_model
 
     if len(data.entries) > COMPARE_MAX_PATCHES:
         return (f"the folder has {len(data.entries)} patches, over the "
-                f"{COMPARE_MAX_PATCHES} compared")
+                f"{COMPARE_MAX_PATCHES} compared"), {}
     names = [c.name for c in list_models()
              if c.source == "bundled" and c.trained and c.name != exclude]
-    reports = {}
+    reports, failed = {}, {}
     for number, name in enumerate(names):
         report_progress(progress, "evaluating", number, len(names),
                         f"bundled model {name} as it is")
-        reports[name] = model_report(load_model(name), data, split, device)
-    return reports
+        try:  # a damaged bundled file must not cost the user the model they just trained
+            reports[name] = model_report(load_model(name), data, split, device)
+        except HashViewError as exc:
+            failed[name] = str(exc)
+    return reports, failed
 
 
 def _held_out_phase(config, data, split, held_dir: Path, reference, progress, resume: bool,
@@ -172,8 +175,10 @@ def _held_out_phase(config, data, split, held_dir: Path, reference, progress, re
     loaded, role = reference
     start = model_report(loaded, data, split, device)
     report_progress(progress, "evaluating", 2, 2, "held-out report")
-    bundled = _bundled_reports(data, split, device, loaded.card.name, progress)
+    bundled, failed = _bundled_reports(data, split, device, loaded.card.name, progress)
     report = build_report(trained, start, role, split, bundled)
+    if failed:
+        report["bundled_models_failed"] = failed
     report["measured_on"] = "this model, trained on the training part of the folder only"
     report["method"] = config.method
     report.update(chosen_by)  # the inner validation scores of the candidate starts

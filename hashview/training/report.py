@@ -188,6 +188,8 @@ def report_lines(report: dict, model_name: str) -> list[str]:
                      "/ mAP)")
     elif report.get("bundled_models_skipped"):
         lines.append(f"  bundled models not compared: {report['bundled_models_skipped']}")
+    for name, reason in sorted((report.get("bundled_models_failed") or {}).items()):
+        lines.append(f"  bundled model {name} could not be compared: {reason}")
     final = report.get("final_codes")
     if final:
         lines.append(f"  final model on all patches: {final['distinct']} distinct codes over "
