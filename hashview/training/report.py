@@ -29,9 +29,9 @@ is on the same held-out part (``bundled_models``; folders of up to
 (``best_bundled``) is picked on those same queries, so it is an optimistic bar; when it beats
 the trained model by the rule that makes a start beat it (``outdone_by``), the report says so
 (``bundled_better``) and :func:`warning_line` gives a NOTE naming it: measured on the own
-folders (docs/benchmarks.md), a model refitted on four new IDC patients stayed 0.11-0.16
-vote@10 below the IDC-trained bundled models as they are, and the user should hear that. The
-quality verdict itself stays about the start.
+folders (docs/benchmarks.md), a model refitted on a folder of four new IDC patients stayed
+0.11-0.16 vote@10 below the IDC-trained bundled models as they are, and the user should hear
+that. The quality verdict itself stays about the start.
 """
 
 from __future__ import annotations
