@@ -35,7 +35,7 @@ SPLIT_FILE = "split.json"
 HELD_OUT_DIR = "held-out"
 REPORT_FILE = "held-out-report.json"
 # The held-out report compares the trained model with every other trained bundled model as it
-# is up to this folder size: 13 models encoded 150 patches in 7.6 s on 2 CPU cores, so a
+# is up to this folder size: 13 models scored 150 patches in 7.6-8.2 s on 2 CPU cores, so a
 # folder this size adds about 100 s; larger folders are not compared (the report says so).
 COMPARE_MAX_PATCHES = 2000
 
