@@ -104,12 +104,12 @@ def verdict(trained: dict, start: Optional[dict]) -> tuple[str, list[str]]:
         return QUALITY_COLLAPSED, reasons
     if start is not None:
         margin = regression_margin(start[VOTE_KEY], trained["n_queries"])
-        if trained[VOTE_KEY] < start[VOTE_KEY] - margin:
+        if _clearly_below(trained, start):
             reasons.append(f"held-out vote@10 {trained[VOTE_KEY]:.3f} against "
                            f"{start[VOTE_KEY]:.3f} for {start['name']} (margin {margin:.3f}, "
                            f"{trained['n_queries']} queries)")
             return QUALITY_WORSE, reasons
-        if trained[VOTE_KEY] <= start[VOTE_KEY] and trained[MAP_KEY] <= start[MAP_KEY]:
+        if _no_better(trained, start):
             reasons.append(f"held-out vote@10 {trained[VOTE_KEY]:.3f} and mAP "
                            f"{trained[MAP_KEY]:.3f}, no better than {start[VOTE_KEY]:.3f} and "
                            f"{start[MAP_KEY]:.3f} for {start['name']} as it is: keep using "
@@ -118,13 +118,21 @@ def verdict(trained: dict, start: Optional[dict]) -> tuple[str, list[str]]:
     return QUALITY_OK, reasons
 
 
+def _clearly_below(trained: dict, other: dict) -> bool:
+    """``trained``'s held-out vote@10 below ``other``'s by more than the sampling margin."""
+    margin = regression_margin(other[VOTE_KEY], trained["n_queries"])
+    return trained[VOTE_KEY] < other[VOTE_KEY] - margin
+
+
+def _no_better(trained: dict, other: dict) -> bool:
+    """Neither ``trained``'s held-out vote@10 nor its mAP above ``other``'s."""
+    return trained[VOTE_KEY] <= other[VOTE_KEY] and trained[MAP_KEY] <= other[MAP_KEY]
+
+
 def outdone_by(trained: dict, other: dict) -> bool:
     """Whether ``other`` retrieved better on the held-out part than ``trained``, by the rule
-    of the verdict: vote@10 above by more than the sampling margin, or neither vote@10 nor mAP
-    of ``trained`` above ``other``'s."""
-    margin = regression_margin(other[VOTE_KEY], trained["n_queries"])
-    return trained[VOTE_KEY] < other[VOTE_KEY] - margin or (
-        trained[VOTE_KEY] <= other[VOTE_KEY] and trained[MAP_KEY] <= other[MAP_KEY])
+    that makes a start better in :func:`verdict` (worse_than_start or no_gain)."""
+    return _clearly_below(trained, other) or _no_better(trained, other)
 
 
 def _scores(scored: dict) -> dict:
