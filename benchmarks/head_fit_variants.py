@@ -117,11 +117,15 @@ def head_of(found, train_idx, seed, options):
                                                                   **options)
 
 
-def held_out(data, split, found, head) -> tuple[float, float]:
+def held_out(data, split, found, head) -> tuple[float, float, int, bool]:
+    """Held-out vote@10 and mAP, the distinct codes over the whole folder and whether the
+    report's collapse check (``report.is_collapsed``) flags them."""
     from hashview.evaluation import score_splits
-    scored = score_splits(codes_of(found["feats"][0], *head), data, [split], BITS,
-                          {"k_list": (10,)}, None)["splits"][0]
-    return scored[VOTE], scored[MAP]
+    from hashview.training.report import code_stats, is_collapsed
+    codes = codes_of(found["feats"][0], *head)
+    scored = score_splits(codes, data, [split], BITS, {"k_list": (10,)}, None)["splits"][0]
+    stats = code_stats(codes, BITS, len(np.unique(found["labels"].numpy())))
+    return scored[VOTE], scored[MAP], stats["distinct"], is_collapsed(stats)
 
 
 def cv_folds(train_idx, labels, groups, k, seed):
@@ -188,8 +192,9 @@ def main(argv=None) -> int:
     folders = build_folders(args.root)
     variants = {text: parse_variant(text) for text in args.variants}
     candidates = {"keep 0.3": {}, "keep 1": {"keep": 1.0}, "start": None}
-    print("| folder | arch | variant | vote@10 | mAP | vote@10 per seed |")
-    print("|---|---|---|---|---|---|")
+    print("| folder | arch | variant | vote@10 | mAP | vote@10 per seed | distinct codes per seed "
+          "(patches) | collapsed runs |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.folders:
         folder, protocol = folders[name]
         for arch in args.archs:
@@ -209,7 +214,9 @@ def main(argv=None) -> int:
                 scores = np.array(scores)
                 print(f"| {name} | {arch} | {text} | {scores[:, 0].mean():.3f} | "
                       f"{scores[:, 1].mean():.3f} | "
-                      f"{' '.join(f'{v:.3f}' for v in scores[:, 0])} |", flush=True)
+                      f"{' '.join(f'{v:.3f}' for v in scores[:, 0])} | "
+                      f"{' '.join(str(int(v)) for v in scores[:, 2])} ({len(data.paths)}) | "
+                      f"{int(scores[:, 3].sum())} |", flush=True)
     return 0
 
 
