@@ -37,7 +37,7 @@ BATCH = 256
 LR = 1e-3
 WEIGHT_DECAY = 1e-4
 QUANTISATION_WEIGHT = 0.1
-KEEP_WEIGHT = 0.3           # 0, 0.3, 1, 3 measured (docs/training.md): 0.3 keeps mAP, fewer ties than 0
+KEEP_WEIGHT = 0.3           # 0, 0.3, 1, 3 measured (docs/training.md): 0.3 keeps mAP, fewer ties
 
 
 def settings() -> dict:
