@@ -74,7 +74,8 @@ def _features(run, generator: torch.Generator) -> torch.Tensor:
 
 def fit_hash_head(run, progress=None) -> dict:
     """Refit ``run.net``'s hash head (the net must have one) on its frozen features of
-    ``run.data``; returns the loss per epoch and the settings. ``Cancelled`` from ``progress`` leaves the net as the start."""
+    ``run.data``; returns the loss per epoch and the settings. ``Cancelled`` from ``progress``
+    leaves the net as the start."""
     cfg, net = run.cfg, run.net
     generator = torch.Generator().manual_seed(int(cfg.seed))
     report(progress, "training", 0, EPOCHS, "features of the training patches")
