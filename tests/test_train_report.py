@@ -144,6 +144,23 @@ def test_models_list_marks_a_collapsed_model(monkeypatch, capsys):
     assert "[mth-64-idc DID BETTER ON ITS HELD-OUT PART]" in lines[1]
 
 
+def test_card_warnings_name_the_verdict_and_the_better_bundled_model():
+    from hashview.models.cards import ModelCard
+
+    def warnings(**fields):
+        return ModelCard(name="m", arch="mth", bits=16, input_size=64, trained=True,
+                         **fields).warnings()
+
+    assert warnings(quality="ok") == [] and warnings() == []
+    assert warnings(quality="worse_than_start",
+                    metrics={"bundled_better": "dch-64-idc"}) == [
+        "WORSE THAN ITS START", "dch-64-idc DID BETTER ON ITS HELD-OUT PART"]
+    assert warnings(quality="no_gain") == ["NO BETTER THAN ITS START"]
+    # a card that lies: the name is shown cut, never whole
+    shown = warnings(quality="ok", metrics={"bundled_better": "x" * 5000})[0]
+    assert len(shown) < 100 and shown.endswith("DID BETTER ON ITS HELD-OUT PART")
+
+
 def test_model_option_takes_a_training_folder(tmp_path, capsys):
     run = tmp_path / "run"
     result = train_from_folder(KATHER, "dch", 8, run, from_scratch=True, keep_held_out=True,

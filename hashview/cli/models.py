@@ -9,9 +9,6 @@ from hashview.cli.support import (EXIT_OK, EXIT_WORSE_MODEL, progress_bar, say, 
                                   say_problems, usage_error)
 
 EXPLAIN_PANEL = 256  # side of each of the four panels of ``hashview explain --out``
-# How `hashview models` marks a model whose held-out report failed (card "quality").
-QUALITY_FLAGS = {"collapsed": "[COLLAPSED] ", "worse_than_start": "[WORSE THAN ITS START] ",
-                 "no_gain": "[NO BETTER THAN ITS START] "}
 
 
 def _metrics_summary(metrics: dict) -> str:
@@ -46,9 +43,7 @@ def cmd_models(args) -> int:
         default = "*" if card.name == DEFAULT_MODEL else " "
         status = "trained" if card.trained else "untrained"
         unit = code_kind(card.code_kind).unit
-        flag = QUALITY_FLAGS.get(card.quality, "")
-        outdone = (card.metrics or {}).get("bundled_better")  # held-out report, see train
-        flag += f"[{outdone} DID BETTER ON ITS HELD-OUT PART] " if outdone else ""
+        flag = "".join(f"[{warning}] " for warning in card.warnings())
         say(f"{default} {card.name:<{width}} {card.arch:<6} {card.bits:>4} {unit}  {status:<9}"
             f"  {flag}{_metrics_summary(card.metrics or {})}")
     say("* default model")

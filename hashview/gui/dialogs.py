@@ -243,11 +243,7 @@ def library_choice_widgets(settings: AppSettings) -> tuple[QComboBox, QSpinBox, 
 
     model = QComboBox()
     for card in list_models():
-        state = "trained" if card.trained else "untrained"
-        if card.quality in ("collapsed", "worse_than_start", "no_gain"):
-            state += ", " + card.quality.replace("_", " ").upper()
-        if (card.metrics or {}).get("bundled_better"):
-            state += f", {card.metrics['bundled_better']} did better on its held-out part"
+        state = ", ".join(["trained" if card.trained else "untrained", *card.warnings()])
         model.addItem(f"{card.name}  ({card.arch}, {card.bits} bits, {state})", card.name)
     model.setCurrentIndex(max(0, model.findData(settings.model or DEFAULT_MODEL)))
     tile_size = QSpinBox()

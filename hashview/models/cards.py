@@ -39,6 +39,10 @@ _SHA256 = re.compile(r"[0-9a-fA-F]{64}\Z")
 
 
 QUALITIES = (None, "ok", "collapsed", "worse_than_start", "no_gain")
+# What each verdict of the held-out report warns of, in the words every model list uses
+# (capitals: a warning must stand out in a list of names).
+QUALITY_WARNINGS = {"collapsed": "COLLAPSED", "worse_than_start": "WORSE THAN ITS START",
+                    "no_gain": "NO BETTER THAN ITS START"}
 
 
 @dataclass
@@ -71,6 +75,17 @@ class ModelCard:
     quality: Optional[str] = None
     # Where the card was found ("bundled", "user", "builtin" or a path); not written to JSON.
     source: str = field(default="", compare=False)
+
+    def warnings(self) -> list[str]:
+        """What the held-out report of this model warns of, in words, for the model lists of
+        the CLI and the app: its verdict when not "ok", and a bundled model that did better on
+        the same held-out part (``metrics["bundled_better"]``, see hashview.training.report)."""
+        found = [QUALITY_WARNINGS[self.quality]] if self.quality in QUALITY_WARNINGS else []
+        outdone = self.metrics.get("bundled_better")  # a dict: validate() checked it
+        if outdone:
+            name = outdone if is_plain_name(outdone) else shown(outdone)
+            found.append(f"{name} DID BETTER ON ITS HELD-OUT PART")
+        return found
 
     @property
     def code_bytes(self) -> int:

@@ -38,5 +38,5 @@ def test_model_lists_mark_a_model_a_bundled_one_did_better_than(qtbot, tmp_path,
     monkeypatch.setattr(models, "list_models", lambda: cards)
     settings = AppSettings(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
     combo = library_choice_widgets(settings)[0]
-    assert "did better" not in combo.itemText(0)
-    assert combo.itemText(1).endswith("mth-64-idc did better on its held-out part)")
+    assert "DID BETTER" not in combo.itemText(0)
+    assert combo.itemText(1).endswith("mth-64-idc DID BETTER ON ITS HELD-OUT PART)")
