@@ -156,6 +156,7 @@ def test_card_warnings_name_the_verdict_and_the_better_bundled_model():
                     metrics={"bundled_better": "dch-64-idc"}) == [
         "WORSE THAN ITS START", "dch-64-idc DID BETTER ON ITS HELD-OUT PART"]
     assert warnings(quality="no_gain") == ["NO BETTER THAN ITS START"]
+    assert warnings(quality="collapsed", metrics=None) == ["COLLAPSED"]  # built, not validated
     # a card that lies: the name is shown cut, never whole
     shown = warnings(quality="ok", metrics={"bundled_better": "x" * 5000})[0]
     assert len(shown) < 100 and shown.endswith("DID BETTER ON ITS HELD-OUT PART")

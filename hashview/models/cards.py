@@ -81,7 +81,8 @@ class ModelCard:
         the CLI and the app: its verdict when not "ok", and a bundled model that did better on
         the same held-out part (``metrics["bundled_better"]``, see hashview.training.report)."""
         found = [QUALITY_WARNINGS[self.quality]] if self.quality in QUALITY_WARNINGS else []
-        outdone = self.metrics.get("bundled_better")  # a dict: validate() checked it
+        metrics = self.metrics if isinstance(self.metrics, dict) else {}  # unvalidated cards
+        outdone = metrics.get("bundled_better")
         if outdone:
             name = outdone if is_plain_name(outdone) else shown(outdone)
             found.append(f"{name} DID BETTER ON ITS HELD-OUT PART")
