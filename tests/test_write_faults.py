@@ -391,6 +391,40 @@ def test_create_never_replaces_a_file_that_appeared_meanwhile(tmp_path, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == ["lib.h5"]
 
 
+def test_a_losing_creator_removes_its_temporary_file_before_dropping_its_lock(tmp_path,
+                                                                              monkeypatch):
+    # Once the lock goes, the winner's clean-up may delete the file first; an unlink after that
+    # failed, and the loser said "cannot create (no such file or directory)" instead of
+    # "already exists" (then open_or_create did not fall back to appending).
+    path = tmp_path / "lib.h5"
+    real_make, real_publish = library_files.make_temp_library, library_files.publish
+    real_close = library_files.FileLocks.close
+    made, tmp_there_at_unlock = [], []
+
+    def make_temp(target, mode=None):
+        made.append(real_make(target, mode))
+        return made[-1]
+
+    def racing_publish(tmp, target, overwrite):  # another creator wins just before us
+        if len(made) == 1:
+            _library_with(target, 1)
+        return real_publish(tmp, target, overwrite)
+
+    def close(self):
+        if made and self is made[0][1]:
+            tmp_there_at_unlock.append(os.path.exists(made[0][0]))
+        real_close(self)
+
+    monkeypatch.setattr(library_files, "make_temp_library", make_temp)
+    monkeypatch.setattr(library_files, "publish", racing_publish)
+    monkeypatch.setattr(library_files.FileLocks, "close", close)
+    with pytest.raises(LibraryError, match="already exists"):
+        Library.create(path, **MODEL)
+    assert tmp_there_at_unlock[:1] == [False]
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["lib.h5"]
+
+
 def test_overwrite_refuses_a_library_open_for_writing_elsewhere(tmp_path):
     path = tmp_path / "lib.h5"
     _library_with(path, 2)

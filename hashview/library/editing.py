@@ -334,10 +334,7 @@ def _publish(path: Path, c: Contents, kept: dict) -> tuple[int, int, int]:
         raise LibraryError(path, f"cannot rewrite ({reason}); the library is unchanged") \
             from None
     finally:
-        if tmp_locks is not None:
-            tmp_locks.close()
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        files.discard_temporary(tmp, tmp_locks)
 
 
 def _write_contents(new: Library, c: Contents, generation: int, extra_attrs: dict) -> None:

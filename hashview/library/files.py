@@ -162,6 +162,20 @@ def make_temp_library(path: Path, mode: Optional[int] = None) -> tuple[str, File
     raise OSError(f"cannot make a temporary file next to {path}")
 
 
+def discard_temporary(tmp: Optional[str], locks: Optional[FileLocks]) -> None:
+    """Remove the temporary file ``tmp`` where it is still there, then drop its writer lock.
+
+    In this order: once the lock goes, another process's clean-up may remove the file first
+    (which is harmless, but an unlink after it would fail and hide the real outcome)."""
+    try:
+        if tmp is not None:
+            with contextlib.suppress(OSError):  # a leftover is removed by a later clean-up
+                os.unlink(tmp)
+    finally:
+        if locks is not None:
+            locks.close()
+
+
 def remove_stale_temporaries(path: Path) -> list[str]:
     """Delete ``NAME.XXXXXXXX.tmp`` files left next to ``path`` by a killed creation or upgrade.
 

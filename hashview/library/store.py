@@ -99,13 +99,10 @@ class Library(LibraryWriting, MetadataReading):
             tmp, locks = files.make_temp_library(path)
             try:
                 write_new(Path(tmp), info)
-                files.publish(tmp, path, overwrite)
+                files.publish(tmp, path, overwrite)  # on success no temporary file is left
             except BaseException:
-                locks.close()
+                files.discard_temporary(tmp, locks)
                 raise
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
         except FileExistsError:
             raise _Exists(path, "already exists (open it, or pass overwrite=True to replace "
                                 "it)") from None
@@ -485,6 +482,4 @@ def _upgrade_schema1(path: Path) -> None:
         raise LibraryError(path, f"cannot upgrade to schema 2 ({files.write_failure_reason(e)}); "
                                  "the schema-1 file is unchanged") from None
     finally:
-        locks.close()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        files.discard_temporary(tmp, locks)
