@@ -217,7 +217,7 @@ def test_report_names_a_bundled_model_that_did_better_in_a_note():
     worse = build_report({**trained, **_scores(0.50, 0.84)}, start, "start", split, bundled)
     assert warning_line(worse, "t").startswith("WARNING: model t WORSE THAN ITS START") \
         and "bundled model a" in warning_line(worse, "t") and not is_note_only(worse)
-    skipped = build_report(trained, start, "start", split, "too many patches")
+    skipped = build_report(trained, start, "start", split, {}, "too many patches")
     assert skipped["bundled_models_skipped"] == "too many patches"
     assert "bundled models not compared: too many patches" in "\n".join(
         report_lines(skipped, "t"))

@@ -136,14 +136,15 @@ def _reference_model(arch: str, start_name: Optional[str]):
     return load_model(DEFAULT_MODEL), "reference"
 
 
-def _bundled_reports(data, split, device, exclude: str, progress):
-    """model_report of every other trained bundled model as it is on the held-out part (or
-    why they were not compared), and the one-line reason of each that could not be scored."""
+def _bundled_reports(data, split, device, exclude: str,
+                     progress) -> tuple[dict, dict, Optional[str]]:
+    """model_report of every other trained bundled model as it is on the held-out part, the
+    one-line reason of each that could not be scored, and why none was compared (or None)."""
     from hashview.models import list_models, load_model
 
     if len(data.entries) > COMPARE_MAX_PATCHES:
-        return (f"the folder has {len(data.entries)} patches, over the "
-                f"{COMPARE_MAX_PATCHES} compared"), {}
+        return {}, {}, (f"the folder has {len(data.entries)} patches, over the "
+                        f"{COMPARE_MAX_PATCHES} compared")
     names = [c.name for c in list_models()
              if c.source == "bundled" and c.trained and c.name != exclude]
     reports, failed = {}, {}
@@ -154,7 +155,7 @@ def _bundled_reports(data, split, device, exclude: str, progress):
             reports[name] = model_report(load_model(name), data, split, device)
         except HashViewError as exc:
             failed[name] = str(exc)
-    return reports, failed
+    return reports, failed, None
 
 
 def _held_out_phase(config, data, split, held_dir: Path, reference, progress, resume: bool,
@@ -175,8 +176,8 @@ def _held_out_phase(config, data, split, held_dir: Path, reference, progress, re
     loaded, role = reference
     start = model_report(loaded, data, split, device)
     report_progress(progress, "evaluating", 2, 2, "held-out report")
-    bundled, failed = _bundled_reports(data, split, device, loaded.card.name, progress)
-    report = build_report(trained, start, role, split, bundled)
+    bundled, failed, skipped = _bundled_reports(data, split, device, loaded.card.name, progress)
+    report = build_report(trained, start, role, split, bundled, skipped)
     if failed:
         report["bundled_models_failed"] = failed
     report["measured_on"] = "this model, trained on the training part of the folder only"

@@ -104,7 +104,7 @@ def verdict(trained: dict, start: Optional[dict]) -> tuple[str, list[str]]:
         return QUALITY_COLLAPSED, reasons
     if start is not None:
         margin = regression_margin(start[VOTE_KEY], trained["n_queries"])
-        if _clearly_below(trained, start):
+        if _below_by(trained, start, margin):
             reasons.append(f"held-out vote@10 {trained[VOTE_KEY]:.3f} against "
                            f"{start[VOTE_KEY]:.3f} for {start['name']} (margin {margin:.3f}, "
                            f"{trained['n_queries']} queries)")
@@ -118,9 +118,8 @@ def verdict(trained: dict, start: Optional[dict]) -> tuple[str, list[str]]:
     return QUALITY_OK, reasons
 
 
-def _clearly_below(trained: dict, other: dict) -> bool:
-    """``trained``'s held-out vote@10 below ``other``'s by more than the sampling margin."""
-    margin = regression_margin(other[VOTE_KEY], trained["n_queries"])
+def _below_by(trained: dict, other: dict, margin: float) -> bool:
+    """``trained``'s held-out vote@10 below ``other``'s by more than ``margin``."""
     return trained[VOTE_KEY] < other[VOTE_KEY] - margin
 
 
@@ -132,7 +131,8 @@ def _no_better(trained: dict, other: dict) -> bool:
 def outdone_by(trained: dict, other: dict) -> bool:
     """Whether ``other`` retrieved better on the held-out part than ``trained``, by the rule
     that makes a start better in :func:`verdict` (worse_than_start or no_gain)."""
-    return _clearly_below(trained, other) or _no_better(trained, other)
+    margin = regression_margin(other[VOTE_KEY], trained["n_queries"])
+    return _below_by(trained, other, margin) or _no_better(trained, other)
 
 
 def _scores(scored: dict) -> dict:
@@ -140,10 +140,10 @@ def _scores(scored: dict) -> dict:
 
 
 def build_report(trained: dict, start: Optional[dict], start_role: str, split,
-                 bundled: Optional[dict] = None) -> dict:
+                 bundled: Optional[dict] = None, bundled_skipped: Optional[str] = None) -> dict:
     """The report stored as the card's ``metrics`` (see the module notes for the verdict).
-    ``bundled``: name -> model_report of other bundled models as they are on the same split,
-    or a string saying why they were not compared."""
+    ``bundled``: name -> model_report of other bundled models as they are on the same split;
+    ``bundled_skipped``: why they were not compared."""
     quality, reasons = verdict(trained, start)
     held_out = {k: trained[k] for k in (VOTE_KEY, BALANCED_KEY, MAP_KEY, "n_queries",
                                         "n_database")}
@@ -151,9 +151,9 @@ def build_report(trained: dict, start: Optional[dict], start_role: str, split,
               "reasons": reasons, "protocol": split.protocol, "split_seed": split.seed}
     if start is not None:
         report["start_model"] = {**start, "role": start_role}
-    if isinstance(bundled, str):
-        report["bundled_models_skipped"] = bundled
-    elif bundled:
+    if bundled_skipped:
+        report["bundled_models_skipped"] = bundled_skipped
+    if bundled:
         report["bundled_models"] = {name: _scores(s) for name, s in sorted(bundled.items())}
         name, best = max(bundled.items(), key=lambda kv: (kv[1][VOTE_KEY], kv[1][MAP_KEY]))
         report["best_bundled"] = {"name": name, **_scores(best), "of": len(bundled)}
