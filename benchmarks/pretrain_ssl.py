@@ -67,12 +67,16 @@ def _resized(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def tile_bank(root: Path, size: int, seed: int,
-              leave_out: tuple = ()) -> tuple[np.ndarray, dict]:
+              leave_out: tuple = ()) -> tuple[np.ndarray, dict, list]:
     """(N, size, size, 3) uint8 tiles of every source above but those named in ``leave_out``
-    ("kather", "idc"), and their counts per source."""
+    ("kather", "idc"), their counts per source, and the splits of the labelled sets whose
+    training images were used (their labels were not, but a model started from this encoder
+    has seen those images: its card must say so)."""
     from hashview.slides import open_source
     rng = random.Random(seed)
-    kather, idc, _, _ = labelled_entries(root, seed)
+    kather, idc, kather_split, idc_split = labelled_entries(root, seed)
+    seen = [s.to_dict() for name, s in (("kather", kather_split), ("idc", idc_split))
+            if name not in leave_out]
     tiles, counts = [], {}
 
     def add(source: str, images) -> None:
@@ -99,7 +103,7 @@ def tile_bank(root: Path, size: int, seed: int,
                     rgb = np.asarray(source.read_region((x, y), 0, (512, 512)).convert("RGB"))
                     for side in CROPS:
                         add(slide, _crops(rgb, side, 2, rng))
-    return np.stack(tiles), counts
+    return np.stack(tiles), counts, seen
 
 
 def restained_bank(bank: np.ndarray, pool, seed: int) -> np.ndarray:
@@ -129,7 +133,8 @@ def pretrain(args) -> dict:
 
     torch.manual_seed(args.seed)
     started = time.perf_counter()
-    bank, counts = tile_bank(args.data_root, args.input_size, args.seed, tuple(args.leave_out))
+    bank, counts, seen = tile_bank(args.data_root, args.input_size, args.seed,
+                                   tuple(args.leave_out))
     restained = restained_bank(bank, stain_pool(args.data_root), args.seed)
     prepared = time.perf_counter() - started
     print(json.dumps({"tiles": len(bank), "per_source": counts,
@@ -177,6 +182,9 @@ def pretrain(args) -> dict:
                                "batch": args.batch, "seed": args.seed,
                                "tiles": len(bank), "per_source": counts,
                                "left_out": list(args.leave_out),
+                               # the labelled sets' training images seen (labels unused):
+                               # hashview.generalisation reads these through init_from
+                               "splits": seen,
                                "final_loss": round(float(np.mean(losses[-20:])), 4)})
     args.out.mkdir(parents=True, exist_ok=True)
     save_model(net, card, args.out / name)
