@@ -39,8 +39,8 @@ sys.path.insert(0, str(REPO))
 
 from hashview.errors import HashViewError  # noqa: E402
 from hashview.evaluation import as_loaded_model, evaluate_model  # noqa: E402
-from hashview.generalisation import (evaluate_cross_stain, exposure, fit_targets,  # noqa: E402
-                                     lineage_split)
+from hashview.generalisation import evaluate_cross_stain, exposure, fit_targets  # noqa: E402
+from hashview.models.lineage import lineage_split  # noqa: E402
 
 KATHER, IDC = "kather2016_subset", "idc_breast"
 ORAL, OSTEO = "tissue_multi_lab/oral_oscc", "tissue_multi_lab/osteosarcoma"

@@ -12,8 +12,8 @@ Protocols (all rank Hamming codes like :mod:`hashview.evaluation`, same metric k
 
 Every result says how the model met the data (:func:`exposure`): "in-set" (held-out images of a
 set it was trained on), "new patients" (a patient-level split of a set it was trained on) or
-"zero-shot" (a set it never saw, through ``init_from`` ancestors too). Cards that name an
-ancestor HashView cannot find give "unknown".
+"zero-shot" (a set it never saw, through ``init_from`` ancestors too; see
+:mod:`hashview.models.lineage`).
 """
 
 from __future__ import annotations
@@ -28,103 +28,11 @@ from hashview.errors import HashViewError
 from hashview.evaluation import (DEFAULT_SEEDS, LabelledFolder, score_splits, as_loaded_model,
                                  choose_splits, encode_folder_split, encode_patches,
                                  load_dataset, normalised_note, score_ranking, summarise)
+from hashview.models.lineage import exposure
 from hashview.progress import ProgressCallback
 from hashview.splits import Split
 
 GAP_KEYS = ("map", "vote_accuracy@{k}")
-IN_SET, NEW_PATIENTS, ZERO_SHOT, UNKNOWN = "in-set", "new patients", "zero-shot", "unknown"
-
-
-# ---------------------------------------------------------------- what a model has seen
-
-def _ancestor_card(reference: str):
-    """The card of an ``init_from`` model (installed name or path), or None."""
-    from hashview.models import list_models
-    from hashview.models.cards import ModelCard
-    for card in list_models():
-        if card.name == reference:
-            return card
-    path = Path(reference)
-    card_path = path.with_suffix(".json")
-    if card_path.is_file():
-        try:
-            return ModelCard.read(card_path)
-        except HashViewError:
-            return None
-    return None
-
-
-def _init_from(card) -> Optional[str]:
-    training = card.training if isinstance(card.training, dict) else {}
-    config = training.get("config") if isinstance(training.get("config"), dict) else {}
-    ancestor = config.get("init_from") or training.get("init_from")
-    return str(ancestor) if ancestor else None
-
-
-def lineage(card) -> tuple[list, Optional[str]]:
-    """The card and its ``init_from`` ancestors, nearest first, and the reference of an
-    ancestor that cannot be found (None when the chain is complete)."""
-    cards, names = [card], {card.name}
-    while (reference := _init_from(cards[-1])) is not None:
-        parent = _ancestor_card(reference)
-        if parent is None:
-            return cards, reference
-        if parent.name in names:  # a loop in hand-edited cards: stop, it adds nothing new
-            break
-        cards.append(parent)
-        names.add(parent.name)
-    return cards, None
-
-
-def _trained_on(card) -> set[str]:
-    training = card.training if isinstance(card.training, dict) else {}
-    names = {str(split["data_root"]) for split in recorded_splits(card)
-             if split.get("data_root")}
-    for key in ("config", "data"):
-        source = training.get(key) if isinstance(training.get(key), dict) else {}
-        for field in ("dataset", "data_root"):
-            if source.get(field):
-                names.add(Path(str(source[field])).name)
-    return names
-
-
-def seen_datasets(card) -> set[str]:
-    """Names of the data folders the model (or an ``init_from`` ancestor) was trained on.
-
-    An ancestor that cannot be found adds ``"?<reference>"``: its data are unknown.
-    """
-    cards, missing = lineage(card)
-    names = set().union(*(_trained_on(c) for c in cards))
-    return names | ({f"?{missing}"} if missing else set())
-
-
-def recorded_splits(card) -> list[dict]:
-    """The training splits a card records: its ``split`` and, for a model trained on several
-    labelled sets at once, each of ``training["splits"]``."""
-    training = card.training if isinstance(card.training, dict) else {}
-    extra = training.get("splits") if isinstance(training.get("splits"), list) else []
-    return [s for s in [card.split, *extra] if isinstance(s, dict)]
-
-
-def lineage_split(card, dataset_name: str) -> Optional[Split]:
-    """The training split recorded for ``dataset_name`` by the card or its nearest ancestor
-    that has one: evaluating a fine-tuned model on it keeps the ancestor's training images
-    (patients) out of the queries."""
-    for each in lineage(card)[0]:
-        for split in recorded_splits(each):
-            if split.get("data_root") == dataset_name and split.get("train"):
-                return Split.from_dict(split)
-    return None
-
-
-def exposure(card, dataset_name: str, protocol: str = "hatdh") -> str:
-    """"in-set", "new patients", "zero-shot" or "unknown" for ``card`` on ``dataset_name``."""
-    if not getattr(card, "trained", True):
-        return ZERO_SHOT
-    seen = seen_datasets(card)
-    if dataset_name in seen:
-        return NEW_PATIENTS if protocol == "patient" else IN_SET
-    return UNKNOWN if any(name.startswith("?") for name in seen) else ZERO_SHOT
 
 
 # ---------------------------------------------------------------- cross-stain

@@ -13,8 +13,8 @@ from PIL import Image
 from conftest import KATHER
 from hashview.cli import main
 from hashview.errors import HashViewError
-from hashview.generalisation import (evaluate_cross_folder, evaluate_cross_stain, exposure,
-                                     lineage_split, seen_datasets)
+from hashview.generalisation import evaluate_cross_folder, evaluate_cross_stain, exposure
+from hashview.models.lineage import lineage_split, seen_datasets, start_record
 from hashview.splits import Split
 from hashview.stain import StainTransfer, fit_stain_target
 
@@ -157,6 +157,25 @@ def test_exposure_from_the_card_and_its_init_from_chain():
     assert exposure(joint, "idc_breast", "patient") == "new patients"
     assert lineage_split(joint, "idc_breast").train == Split.from_dict(idc.split).train
     assert lineage_split(kather, "idc_breast") is None
+
+
+def test_a_card_keeps_what_its_start_had_seen_when_the_start_is_gone():
+    from hashview.models import list_models
+    cards = {c.name: c for c in list_models()}
+    child, idc = cards["mth-64-from-idc"], cards["mth-64-idc"]
+    record = start_record(idc)
+    assert record["datasets"] == ["idc_breast"] and record["splits"] == [idc.split]
+    gone = "/no/such/folder/encoder.safetensors"
+    moved = dataclasses.replace(child, training={
+        "config": {"init_from": gone}, "init_from": {"model": "encoder", "seen": record}})
+    assert seen_datasets(moved) == {"kather2016_subset", "idc_breast"}
+    assert exposure(moved, "idc_breast", "patient") == "new patients"
+    assert lineage_split(moved, "idc_breast").train == Split.from_dict(idc.split).train
+    # no record, or a malformed one: the start's data are unknown, never assumed unseen
+    for seen in (None, {"datasets": "idc_breast", "splits": []}, {"datasets": [1], "splits": []}):
+        bare = dataclasses.replace(moved, training={"config": {"init_from": gone},
+                                                    "init_from": {"seen": seen}})
+        assert exposure(bare, "idc_breast") == "unknown", seen
 
 
 def _run(capsys, *argv):

@@ -34,6 +34,9 @@ def test_default_start_with_other_bits_keeps_the_hash_layer_fresh(tmp_path):
     result = train_from_folder(KATHER, "mth", 16, tmp_path, keep_held_out=True, **TINY)
     start = result.card.training["init_from"]
     assert start["model"] == DEFAULT_START["mth"] and start["bits"] == 64
+    # a bundled start is named with what it saw, not copied split by split into the card
+    assert {"idc_breast", "kather2016_subset"} <= set(start["seen"]["datasets"])
+    assert start["seen"]["splits"] == []
     assert start["hash_layer_fresh"] and {"hash_layer.weight", "hash_layer.bias"} <= set(
         start["tensors_kept_fresh"])
     assert result.card.input_size == load_model(DEFAULT_START["mth"]).card.input_size

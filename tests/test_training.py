@@ -317,6 +317,11 @@ def test_init_from_starts_from_a_trained_model_and_refuses_another_arch(entries,
     second = train(tiny_config(arch="mth", epochs=1, init_from=str(first.model_path)), entries,
                    tmp_path / "b")
     assert second.card.training["init_from"]["sha256"] == first.card.sha256
+    # and what the start had seen, which stays known where the start's file is gone
+    from hashview.models.lineage import seen_datasets, start_record
+    recorded = second.card.training["init_from"]["seen"]
+    assert recorded["datasets"] == sorted(seen_datasets(first.card)) != []
+    assert recorded == start_record(first.card)
     scratch = train(tiny_config(arch="mth", epochs=1), entries, tmp_path / "c")
     assert second.history[0] < scratch.history[0]
     # another code length: everything but the hash layer is copied

@@ -7,7 +7,9 @@ summary, which the model card records. The source model is loaded through
 :func:`hashview.models.load_model` (safetensors, sha256 checked, never unpickled) and must have
 the same architecture (another would share no weights). Another code length is allowed: the
 feature layers are copied and the hash layer (whose shape depends on the bits) starts fresh,
-which the summary says.
+which the summary says. The summary also records what the source had seen
+(:func:`hashview.models.lineage.start_record`), so the new model's exposure stays known where
+the source file is gone.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from hashview.errors import ModelError
+from hashview.models.lineage import start_record
 
 
 def init_weights(net: torch.nn.Module, arch: str, bits: int, init_from: str) -> dict:
@@ -39,6 +42,9 @@ def init_weights(net: torch.nn.Module, arch: str, bits: int, init_from: str) -> 
             skipped.append(name)
     if not copied:
         raise ModelError(init_from, "cannot start from this model: no weight matches")
+    seen = start_record(card)
+    if card.source == "bundled":  # found by name wherever HashView runs, with its splits: the
+        seen["splits"] = []       # names suffice (an IDC split alone is ~0.4 MB of card)
     return {"model": card.name, "sha256": card.sha256, "bits": int(card.bits),
             "tensors_copied": len(copied), "tensors_kept_fresh": skipped,
-            "hash_layer_fresh": int(card.bits) != int(bits)}
+            "hash_layer_fresh": int(card.bits) != int(bits), "seen": seen}
