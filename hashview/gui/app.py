@@ -90,7 +90,7 @@ def open_demo(window, show_slide: bool = True) -> DemoLibraryBuilder:
 
 
 def open_initial(window, paths: Sequence[str]) -> None:
-    """What ``run_app`` opens: the given paths, else the last library, else the demo."""
+    """What ``run_app`` opens: the given paths, else the last library and slide, else the demo."""
     if paths:
         libraries = [p for p in paths if Path(p).suffix.lower() in (".h5", ".hdf5")]
         others = [p for p in paths if p not in libraries]
@@ -103,11 +103,21 @@ def open_initial(window, paths: Sequence[str]) -> None:
         return
     if not _open_last_library(window):
         open_demo(window)
+        return
+    _open_last_slide(window)
 
 
 def _open_last_library(window) -> bool:
     last = window.settings.last_library
     return bool(last) and Path(last).is_file() and window.open_library(last)
+
+
+def _open_last_slide(window) -> None:
+    """Where the user left off: the slide open when the app last closed, if it is still there
+    (one status-bar line, no box, when it no longer opens)."""
+    last = window.settings.last_slide
+    if last and Path(last).is_file():
+        window.open_slide(last, quiet=True)
 
 
 def create_app(argv: Optional[list[str]] = None) -> QApplication:

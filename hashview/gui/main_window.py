@@ -203,14 +203,19 @@ class MainWindow(SearchMixin, SimilarityMapMixin, JobsMixin, ViewMixin, QMainWin
         self.refresh_similarity_map()
         return True
 
-    def open_slide(self, path: str | Path) -> bool:
+    def open_slide(self, path: str | Path, quiet: bool = False) -> bool:
+        """Show the slide or image at ``path``; a failure is one line in a warning box, or in
+        the status bar only when ``quiet`` (a slide the user did not just ask for)."""
         from hashview.slides import open_source
 
         path = str(Path(path).resolve())
         try:
             source = open_source(path)
         except HashViewError as exc:
-            self.warn(exc.message, "Open slide")
+            if quiet:
+                self.show_message(f"Last slide not reopened: {exc.message}", 15000)
+            else:
+                self.warn(exc.message, "Open slide")
             return False
         old = self.source
         self.viewer.open_source(source)
@@ -219,6 +224,7 @@ class MainWindow(SearchMixin, SimilarityMapMixin, JobsMixin, ViewMixin, QMainWin
         self.source, self.source_path = source, path
         self.sync.forget(0)
         self.settings.add_recent(path)
+        self.settings.last_slide = path
         self._apply_library_to_viewer()
         self._update_title()
         width, height = source.dimensions

@@ -23,6 +23,7 @@ DEFAULTS: dict[str, tuple[Any, type]] = {
     "top_k": (10, int),
     "cache_mb": (256, int),             # viewer tile cache
     "last_library": ("", str),
+    "last_slide": ("", str),            # reopened with the last library at start
     "tile_outlines": (False, bool),
     "sync_zoom": (True, bool),
     "index_engine": ("local", str),     # local | ray (a Ray cluster: pip install hashview[cluster])

@@ -270,6 +270,41 @@ def test_settings_and_recent_files_persist(qtbot, window, library_path):
     assert settings.window_state()[0] is not None
 
 
+def test_a_new_start_reopens_the_last_library_and_slide(qtbot, window, library_path,
+                                                        message_boxes):
+    from hashview.gui.app import open_initial
+    from hashview.gui.main_window import MainWindow
+
+    assert window.open_slide(SLIDE)
+    window.close()
+    again = MainWindow()
+    qtbot.addWidget(again)
+    open_initial(again, [])  # no paths: where the user left off
+    assert again.library_path == str(library_path.resolve())
+    assert Path(again.viewer.current_source().path) == SLIDE.resolve()
+    again.close()
+
+
+def test_a_last_slide_that_no_longer_opens_is_one_status_line_not_a_box(
+        qtbot, window, library_path, tmp_path, message_boxes):
+    from hashview.gui.app import open_initial
+    from hashview.gui.main_window import MainWindow
+
+    damaged = tmp_path / "moved.svs"
+    damaged.write_bytes(b"not a slide")
+    window.settings.last_slide = str(damaged)
+    window.close()
+    again = MainWindow()
+    qtbot.addWidget(again)
+    open_initial(again, [])
+    assert again.library_path == str(library_path.resolve())  # the library still opens
+    assert again.viewer.current_source() is None
+    assert "Last slide not reopened" in again.statusBar().currentMessage()
+    assert "moved.svs" in again.statusBar().currentMessage()
+    assert not message_boxes.calls
+    again.close()
+
+
 def test_first_run_builds_the_demo_library_in_the_background(qtbot):
     from hashview.demo import DEMO_SLIDE, default_demo_library
     from hashview.gui.app import open_initial
