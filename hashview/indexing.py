@@ -274,19 +274,11 @@ def index_paths(paths: Iterable[str | Path], library_path: str | Path,
     new library normalise every tile to that stain; a library that has one always uses it.
     """
     times = times or NO_TIMES
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    card = loaded.card
-    params = params or model_tiling(card)
-    params.validate()  # before a library is made: e.g. max_tiles 0 would store empty slides
-    report_ = IndexReport(library=str(library_path))
-
-    items, errors = expand_inputs([Path(p) for p in paths])
-    report_.failed.extend(e.message for e in errors)
+    loaded, params, report_, items = prepare_run(paths, library_path, model, params,
+                                                 annotations)
     if not items:
         return report_
-    if annotations is not None:
-        check_annotation_place(annotations, [it for it in items if it.kind == "slide"])
-
+    card = loaded.card
     library, params = open_library(library_path, card, params, report_, stain_reference)
     with library:
         stored = library.model.stain_reference
@@ -315,6 +307,24 @@ def index_paths(paths: Iterable[str | Path], library_path: str | Path,
                                seen)
     report_.summarise_duplicates()
     return report_
+
+
+def prepare_run(paths: Iterable[str | Path], library_path: str | Path,
+                model: str | Path | LoadedModel, params: Optional[TilingParams],
+                annotations: Optional[AnnotationOptions]):
+    """What every indexing engine checks before a library is made: the model, the tiling
+    (validated: e.g. max_tiles 0 would store empty slides), the inputs found under ``paths``
+    (those that cannot be read go to the report) and the annotation place. Returns
+    ``(loaded model, params, report, items)``; no items: nothing to index."""
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    params = params or model_tiling(loaded.card)
+    params.validate()
+    report_ = IndexReport(library=str(library_path))
+    items, errors = expand_inputs([Path(p) for p in paths])
+    report_.failed.extend(e.message for e in errors)
+    if items and annotations is not None:
+        check_annotation_place(annotations, [it for it in items if it.kind == "slide"])
+    return loaded, params, report_, items
 
 
 def check_annotation_place(options: AnnotationOptions, slides: list[InputItem]) -> None:

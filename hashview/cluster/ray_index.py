@@ -32,13 +32,13 @@ from hashview.cluster.work import (ChunkEncoder, SlidePlan, TileChunk, plan_slid
 from hashview.code_kinds import code_kind
 from hashview.encode import DEFAULT_BATCH_CPU, DEFAULT_BATCH_CUDA
 from hashview.errors import HashViewError
-from hashview.indexing import IndexReport, already_stored, check_annotation_place, \
-    model_tiling, open_library, source_record
+from hashview.indexing import IndexReport, already_stored, open_library, prepare_run, \
+    source_record
 from hashview.library import Library, LibraryWriteError, fingerprint_file
 from hashview.model_input import ModelInput
-from hashview.models import DEFAULT_MODEL, LoadedModel, load_model
+from hashview.models import DEFAULT_MODEL, LoadedModel
 from hashview.progress import ProgressCallback, report
-from hashview.slides import InputItem, expand_inputs
+from hashview.slides import InputItem
 from hashview.stain_reference import normaliser_of
 from hashview.tiling import TilingParams
 
@@ -74,16 +74,10 @@ def index_with_ray(paths: Iterable[str | Path], library_path: str | Path,
     ray = import_ray()
     if workers < 1 or gpus_per_worker < 0:
         raise ValueError("workers must be >= 1 and gpus_per_worker >= 0")
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    params = params or model_tiling(loaded.card)
-    params.validate()
-    report_ = IndexReport(library=str(library_path))
-    items, errors = expand_inputs([Path(p) for p in paths])
-    report_.failed.extend(e.message for e in errors)
+    loaded, params, report_, items = prepare_run(paths, library_path, model, params,
+                                                 annotations)
     if not items:
         return report_
-    if annotations is not None:
-        check_annotation_place(annotations, [it for it in items if it.kind == "slide"])
     if address and address != "auto" and not ray.is_initialized():
         check_reachable(address)  # before a library is made for a run that cannot start
     library, params = open_library(library_path, loaded.card, params, report_,
