@@ -185,6 +185,36 @@ def test_model_option_takes_a_training_folder(tmp_path, capsys):
         load_model(run)
 
 
+def test_a_training_folder_installs_by_name_and_its_library_then_searches(tmp_path, capsys):
+    run = tmp_path / "run"
+    result = train_from_folder(KATHER, "dch", 8, run, from_scratch=True, keep_held_out=True,
+                               input_size=64, **TINY)
+    library, query = tmp_path / "lib.h5", sorted(KATHER.glob("*/*"))[0]
+    assert main(["index", str(KATHER), "-l", str(library), "--model", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["search", str(library), str(query)]) != 0  # not installed: say how to fix it
+    err = capsys.readouterr()[1]
+    assert "its model dch-8-kather is not installed here" in err
+    assert "hashview models --install PATH" in err and err.count("\n") == 1
+
+    assert main(["models", "--install", str(run)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("installed dch-8-kather: use it by name")
+    assert ("WARNING: model dch-8-kather" in err) == bool(result.card.warnings())
+    assert main(["models", "--install", str(run)]) == 0
+    assert "(replacing the earlier one)" in capsys.readouterr()[0]
+    assert main(["models"]) == 0
+    listed = [line for line in capsys.readouterr()[0].splitlines() if "dch-8-kather" in line]
+    held = result.card.metrics["held_out"]
+    assert len(listed) == 1 and f"held-out mAP {held['map']:.3f}" in listed[0]
+    assert main(["search", str(library), str(query)]) == 0  # found by name now
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["models", "--install", str(empty)]) != 0
+    assert "no model in this folder" in capsys.readouterr()[1]
+
+
 def _scores(vote, mean_ap, n_queries=40):
     return {"vote_accuracy@10": vote, "balanced_accuracy@10": vote, "map": mean_ap,
             "n_queries": n_queries, "n_database": 100}

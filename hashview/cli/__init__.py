@@ -124,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("library", metavar="LIB.h5")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("models", help="list the bundled and user models")
+    p = sub.add_parser("models", help="list the bundled and user models; install a trained one")
+    p.add_argument("--install", metavar="PATH",
+                   help="install a trained model (its .safetensors file, or the --out folder of "
+                        "hashview train) among the user models, usable by name here and in the "
+                        "app; replaces an installed model of the same name")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("train", help="train a hashing model on a labelled patch folder")

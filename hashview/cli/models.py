@@ -23,6 +23,13 @@ def _metrics_summary(metrics: dict) -> str:
     if parts:
         seeds = metrics.get("split_seeds") or []
         parts.append(f"({metrics.get('protocol', '?')} protocol, {len(seeds)} split(s))")
+    held = metrics.get("held_out")
+    if not parts and isinstance(held, dict):  # a model trained on the user's own folder
+        for key, name in (("vote_accuracy@10", "vote@10"), ("map", "mAP")):
+            if isinstance(held.get(key), (int, float)):
+                parts.append(f"held-out {name} {held[key]:.3f}")
+        if parts and isinstance(held.get("n_queries"), int):
+            parts.append(f"({held['n_queries']} queries)")
     general = metrics.get("generalisation")
     stain = general.get("kather_stain_vote@10_mean") if isinstance(general, dict) else None
     if isinstance(stain, (int, float)):  # benchmarks/generalisation.py --write-cards
@@ -30,10 +37,39 @@ def _metrics_summary(metrics: dict) -> str:
     return "  ".join(parts)
 
 
+def cmd_install_model(path: str, as_json: bool) -> int:
+    from hashview.models import install_model, list_models
+
+    replaced = any(c.source == "user" and c.name == _stem_name(path) for c in list_models())
+    card = install_model(path)
+    if as_json:
+        print(json.dumps({"installed": card.name, "replaced": replaced,
+                          "warnings": card.warnings()}, indent=2))
+        return EXIT_OK
+    say(f"installed {card.name}{' (replacing the earlier one)' if replaced else ''}: "
+        f"use it by name, e.g. hashview index ... --model {card.name}, or choose it in the app")
+    for warning in card.warnings():  # installed as asked, but never silently
+        say(f"WARNING: model {card.name}: {warning}", err=True)
+    return EXIT_OK
+
+
+def _stem_name(path: str) -> str:
+    """The name the model at ``path`` will be installed under ("" when it cannot be told)."""
+    from hashview.errors import HashViewError
+    from hashview.models.store import unfold_model_path
+
+    try:
+        return unfold_model_path(path).with_suffix("").name
+    except HashViewError:
+        return ""  # install_model names the problem
+
+
 def cmd_models(args) -> int:
     from hashview.code_kinds import code_kind
     from hashview.models import DEFAULT_MODEL, list_models
 
+    if args.install:
+        return cmd_install_model(args.install, args.json)
     cards = list_models()
     if args.json:
         print(json.dumps([c.to_dict() for c in cards], indent=2))
@@ -139,7 +175,8 @@ def cmd_train(args) -> int:
         if tiles is not None:
             _say_annotated_tiles(tiles)
         say_lines("\n".join(report_lines(report, result.card.name)))
-        say(f"model written to {result.model_path} ({result.seconds:.0f} s)")
+        say(f"model written to {result.model_path} ({result.seconds:.0f} s); use it with "
+            f"--model {args.out}, or by name after hashview models --install {args.out}")
     if warning and is_note_only(report):
         say(warning, err=True)  # not harmful, so no failure exit: the model works
     elif warning:

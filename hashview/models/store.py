@@ -299,8 +299,7 @@ def load_model(name_or_path: PathLike, device: Union[str, torch.device, None] = 
     path = Path(text)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ModelError(path, "pickle-based model files are not accepted; use .safetensors")
-    if path.is_dir() and path.suffix not in (WEIGHTS_SUFFIX, CARD_SUFFIX):
-        path = model_in_folder(path)  # a training run's output folder: the model it holds
+    path = unfold_model_path(path)
     if path.suffix in (WEIGHTS_SUFFIX, CARD_SUFFIX):
         loaded = _load_files(_stem(path), source=str(path))
     elif os.sep in text or "/" in text or path.is_file():
@@ -310,6 +309,14 @@ def load_model(name_or_path: PathLike, device: Union[str, torch.device, None] = 
     else:
         return load_installed_model(text, device)
     return _to_device(loaded, device)
+
+
+def unfold_model_path(path: PathLike) -> Path:
+    """``path`` itself, or the model in it when it is a training run's output folder."""
+    path = Path(path)
+    if path.is_dir() and path.suffix not in (WEIGHTS_SUFFIX, CARD_SUFFIX):
+        return model_in_folder(path)
+    return path
 
 
 def model_in_folder(folder: PathLike) -> Path:
@@ -392,12 +399,13 @@ def list_models() -> list[ModelCard]:
 
 
 def install_model(model_path: PathLike) -> ModelCard:
-    """Copy a saved model (``NAME.safetensors`` + ``NAME.json``, e.g. from a training run's
-    folder) into :func:`user_models_dir`, so that it is listed and loadable by name.
+    """Copy a saved model (``NAME.safetensors`` + ``NAME.json``, or a training run's folder
+    holding one) into :func:`user_models_dir`, so that it is listed and loadable by name. An
+    installed model of the same name is replaced.
 
     The weights are written before the card, so a half-installed model is never listed.
     """
-    stem = _plain_stem(model_path)
+    stem = _plain_stem(unfold_model_path(model_path))
     card, data = _read_checked(stem)
     target_card, target_weights = _files(user_models_dir() / stem.name)
     try:

@@ -112,7 +112,10 @@ def load_library_model(library_path: str | Path, stored: "ModelInfo",
         except ModelError as e:
             if e.path is not None:  # an installed model file that is broken: name that file
                 raise
-            raise LibraryError(library_path, f"its model is not installed: {e.reason}") from None
+            raise LibraryError(library_path, f"its model {stored.name} is not installed here: "
+                                             "install that model's file or training folder "
+                                             "(hashview models --install PATH) or give it "
+                                             "explicitly (--model PATH)") from None
     other = ModelInfo.coerce(loaded.card)
     if (other.sha256, other.bits) != (stored.sha256, stored.bits):
         raise LibraryError(library_path, f"made with {stored.describe()}; cannot search it "
