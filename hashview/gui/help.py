@@ -95,7 +95,8 @@ background job in the Jobs panel while you keep working. T outlines the indexed 
 open slide.</p></li>
 <li><p><b>Train a model.</b> Search ▸ Train model… learns from a folder of labelled patches
 (one sub-folder per class, or a labels.csv); build a new library with the trained model to
-search by what it learned.</p></li>
+search by what it learned. Search ▸ Install model… adds a model trained elsewhere (its
+.safetensors file), e.g. the one a library you were given was made with.</p></li>
 </ol>
 <p>Help ▸ Keyboard shortcuts{key(actions.shortcuts)} lists every key.</p>
 """

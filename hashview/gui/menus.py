@@ -82,6 +82,9 @@ def build_menus(window) -> SimpleNamespace:
                       "Search the library with the image on the clipboard")
     a.train = _action(w, "&Train model…", w.ask_train,
                       tip="Train a hashing model on a folder of labelled patches")
+    a.install_model = _action(w, "&Install model…", w.ask_install_model,
+                              tip="Add a trained model file (NAME.safetensors with its NAME.json) "
+                                  "to your models, e.g. one trained with hashview train")
     a.settings = _action(w, "S&ettings…", w.ask_settings, K.Preferences)
     a.about = _action(w, "&About HashView", w.show_about)
     a.shortcuts = _action(w, "&Keyboard shortcuts", w.show_shortcuts, "F1",
@@ -128,6 +131,7 @@ def build_menus(window) -> SimpleNamespace:
         search_menu.addAction(action)
     search_menu.addSeparator()
     search_menu.addAction(a.train)
+    search_menu.addAction(a.install_model)
     search_menu.addSeparator()
     search_menu.addAction(a.settings)
 

@@ -66,6 +66,32 @@ class JobsMixin:
         if dialog.exec():
             self.submit_job(JobSpec("train", dialog.job_args()))
 
+    def ask_install_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Install model", "", "HashView models (*.safetensors);;All files (*)")
+        if path:
+            self.install_model_file(path)
+
+    def install_model_file(self, path: str | Path):
+        """Install a trained model (a colleague's, or one trained with ``hashview train``)
+        among the user's models: Settings lists it and a library made with it searches. Its
+        held-out warnings are shown, never hidden. Returns the card, or None (one-line box)."""
+        from hashview.models import install_model
+
+        try:
+            card = install_model(path)
+        except HashViewError as exc:
+            self.warn(exc.message, "Install model")
+            return None
+        warnings = card.warnings()
+        if warnings:
+            self.warn(f"Model {card.name} is installed, but its held-out report warns: "
+                      f"{'; '.join(warnings)}.", "Install model")
+        else:
+            self.show_message(f"Installed model {card.name}: choose it in Settings; libraries "
+                              "made with it search now", 15000)
+        return card
+
     def offer_interrupted_jobs(self) -> int:
         """Index jobs an earlier session left unfinished show in the Jobs panel with Resume."""
         count, problems = self.jobs.offer_interrupted()

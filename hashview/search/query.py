@@ -114,8 +114,9 @@ def load_library_model(library_path: str | Path, stored: "ModelInfo",
                 raise
             raise LibraryError(library_path, f"its model {stored.name} is not installed here: "
                                              "install that model's file or training folder "
-                                             "(hashview models --install PATH) or give it "
-                                             "explicitly (--model PATH)") from None
+                                             "(Search ▸ Install model… in the app, hashview "
+                                             "models --install PATH) or give it with --model "
+                                             "PATH") from None
     other = ModelInfo.coerce(loaded.card)
     if (other.sha256, other.bits) != (stored.sha256, stored.bits):
         raise LibraryError(library_path, f"made with {stored.describe()}; cannot search it "
