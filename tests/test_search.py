@@ -214,3 +214,73 @@ def test_aggregate_by_source():
         SourceSummary(4, "s4", 1, 1, 5),
     ]
     assert aggregate_by_source([]) == []
+
+
+class CodesAsImages:
+    """An encoder stand-in for ``search_images``: each query "image" is already its code."""
+
+    def encode(self, images):
+        return np.stack(images)
+
+
+def _full_ranking(codes, query):
+    d = popcount_distances(codes, query)
+    order = np.lexsort((np.arange(len(codes)), d))
+    return d[order], order
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 60])
+def test_a_cut_inside_a_run_of_ties_says_how_many_tie_past_it_and_their_labels(
+        searcher, data, queries, k):
+    from hashview.search.query import search_images
+
+    codes, table, names = data
+    kinds = {"exact": 0, "at least": 0, "none": 0}
+    for q in queries:
+        result = search_images(searcher, CodesAsImages(), [q], k=k)
+        d, order = _full_ranking(codes, q)
+        assert [h.tile_index for h in result.hits] == order[:k].tolist()  # shown: unchanged
+        last = d[k - 1]
+        total = int((d[k:] == last).sum())  # every tile past the cut at the last distance
+        seen = int((d[k:2 * k] == last).sum())  # those a fetch of 2k holds
+        cut = result.cut_tie
+        if total == 0:
+            assert cut is None
+            kinds["none"] += 1
+            continue
+        # exact when the fetch shows the run ending: its last tile is farther than the cut
+        assert (cut.distance, cut.count, cut.exact) == (last, seen, bool(d[2 * k - 1] > last))
+        assert seen == total if cut.exact else seen <= total
+        tied_ids = order[k:2 * k][d[k:2 * k] == last]
+        want = {}
+        for label_id in table["label_id"][tied_ids]:
+            name = names[label_id] if label_id >= 0 else ""
+            want[name] = want.get(name, 0) + 1
+        assert cut.labels == want
+        kinds["exact" if cut.exact else "at least"] += 1
+        line = result.to_text().splitlines()[-1]
+        assert line.startswith(f"cut: {'' if cut.exact else 'at least '}{seen} more tiles past "
+                               f"the {k} shown are at the last shown distance ({last}; ")
+    assert kinds["exact"] + kinds["at least"] > 0  # the cut fell in a tie for some queries
+
+
+def test_a_region_s_merged_hits_are_those_of_its_tiles_top_k(searcher, data, queries):
+    from hashview.search.query import search_images
+
+    codes = data[0]
+    k = 10
+    for pair in (queries[0:2], queries[2:5], queries[40:43]):
+        result = search_images(searcher, CodesAsImages(), list(pair), k=k)
+        best = {}  # each tile's best distance over the query tiles' own top k
+        for q in pair:
+            d, order = _full_ranking(codes, q)
+            for dist, tile in zip(d[:k], order[:k]):
+                best[int(tile)] = min(best.get(int(tile), 99), int(dist))
+        want = sorted(best.items(), key=lambda kv: (kv[1], kv[0]))[:k]
+        assert [(h.tile_index, h.distance) for h in result.hits] == want
+        assert all(len(hits) <= k for hits in result.per_tile)
+        merged = np.min([popcount_distances(codes, q) for q in pair], axis=0)
+        total = int((merged == want[-1][1]).sum()) - sum(1 for _, d in want if d == want[-1][1])
+        if result.cut_tie is not None:
+            assert result.cut_tie.count <= total
+            assert not result.cut_tie.exact or result.cut_tie.count == total

@@ -33,7 +33,7 @@ from hashview.indexing import model_tiling, tile_loader
 from hashview.library import Library, ModelInfo
 from hashview.models import DEFAULT_MODEL, LoadedModel, load_model
 from hashview.progress import ProgressCallback, report
-from hashview.search.query import region_tiles
+from hashview.search.query import fetch_count, region_tiles
 from hashview.session import LibrarySession
 from hashview.slides import Source, open_source
 from hashview.slides.thumbnail import read_thumbnail
@@ -147,8 +147,8 @@ def query_loop(searcher, encoder, slides: list[Path], params, n_queries: int, k:
             t1 = time.perf_counter()
             codes = encoder.encode(images)
             t2 = time.perf_counter()
-            # for one query tile this is all search_images does after encoding (no merge)
-            hits = searcher.search(codes, k=k)[0]
+            # for one query tile this is what search_images does after encoding (no merge)
+            hits = searcher.search(codes, k=fetch_count(k))[0][:k]
             t3 = time.perf_counter()
             thumbs = reader.load(hits)
             t4 = time.perf_counter()

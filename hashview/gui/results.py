@@ -260,7 +260,10 @@ class ResultsPanel(QWidget):
                    + f" in {outcome.seconds * 1000:.0f} ms"]
         if n_query > 1:
             details.append(f"each hit is the best match of one of the {n_query} query tiles")
-        details += [note for note in (tie_note(result.hits),) if note] + outcome.warnings
+        details += [note for note in (tie_note(result.hits),) if note]
+        if result.cut_tie is not None:  # the cut fell inside a run of equal distances
+            details.append(result.cut_tie.describe(len(result.hits)))
+        details += outcome.warnings
         self._set_header(f"Query: {request.describe()}"
                          + (f" — {n_query} tiles" if n_query > 1 else ""),
                          result.summary, "; ".join(details))

@@ -32,12 +32,53 @@ MAX_REGION_TILES = 64
 
 
 @dataclass
+class CutTie:
+    """Tiles past the shown hits at the same distance as the last shown one: the cut fell
+    inside a run of equal distances, so ordering by tile index chose which of the run are
+    shown (and voted on). ``count`` of them were seen, at least, or exactly when ``exact``;
+    ``labels``: their label counts ("" for unlabelled)."""
+
+    distance: float  # an int for binary codes (bits)
+    count: int
+    exact: bool
+    labels: dict[str, int]
+
+    @classmethod
+    def past(cls, shown: Sequence[Hit], rest: Sequence[Hit], exact: bool) -> "CutTie | None":
+        """From the ``shown`` hits and the ``rest`` fetched after them, in order; ``exact``:
+        the fetch held every tile at the last shown distance."""
+        if not shown or not rest:
+            return None
+        last = shown[-1].distance
+        tied = [hit for hit in rest if hit.distance == last]
+        if not tied:
+            return None
+        labels: dict[str, int] = {}
+        for hit in tied:
+            labels[hit.label or ""] = labels.get(hit.label or "", 0) + 1
+        return cls(last, len(tied), exact, labels)
+
+    def describe(self, shown: int) -> str:
+        """One line: how many more tiles tie at the cut, with what labels."""
+        distance = kind_of_distance(self.distance).format_distance(self.distance)
+        listed = ", ".join(f"{printable(label) if label else 'unlabelled'} {n}"
+                           for label, n in sorted(self.labels.items(),
+                                                  key=lambda kv: (-kv[1], kv[0])))
+        amount = str(self.count) if self.exact else f"at least {self.count}"
+        return (f"{amount} more tiles past the {shown} shown are at the last shown distance "
+                f"({distance}; {listed}): which of them are shown was decided by tile index")
+
+
+@dataclass
 class QueryResult:
     hits: list[Hit]
     vote: Optional[Vote]
     query_tiles: int
     per_tile: list[list[Hit]] = field(default_factory=list)
     found_by: list[int] = field(default_factory=list)  # per hit: the query tile that found it
+    # the tiles past the k shown at the last shown hit's distance (see CutTie): ordering by
+    # tile index decided which of that group are shown
+    cut_tie: Optional[CutTie] = None
     # what :class:`hashview.session.LibrarySession` adds: the tiles as encoded, the files of a
     # query list that could not be read, and the seconds the search took
     query_images: list = field(default_factory=list, repr=False)
@@ -62,6 +103,7 @@ class QueryResult:
             "hits": hits_to_dict(self.hits),
             "display_ranks": rank_marks(self.hits),
             "per_source": [asdict(s) for s in aggregate_by_source(self.hits)],
+            "tied_past_shown": None if self.cut_tie is None else asdict(self.cut_tie),
         }
 
     def to_text(self) -> str:
@@ -81,6 +123,8 @@ class QueryResult:
         note = tie_note(self.hits)
         if note:
             lines.append(f"ties: {note}")
+        if self.cut_tie is not None:
+            lines.append(f"cut: {self.cut_tie.describe(len(self.hits))}")
         return "\n".join(lines)
 
 
@@ -198,23 +242,31 @@ def region_tiles(source: Source, region: tuple[int, int, int, int],
             for r in range(rows) for c in range(cols)]
 
 
+def fetch_count(k: int) -> int:
+    """How many hits a search for ``k`` fetches per query tile: twice k, to see whether the
+    k-th hit's distance goes on past the cut (a tile past the k of one query tile is never in
+    the merged top k, so the shown hits are the same as with k)."""
+    return 2 * k
+
+
 def search_images(searcher: Searcher, encoder: Encoder, images: Sequence[Image.Image],
                   k: int = 10, **filters) -> QueryResult:
     """Search the library for each image and merge the hits (see the module docstring)."""
     codes = encoder.encode(list(images))
-    per_tile = searcher.search(codes, k=k, **filters)
-    if len(per_tile) == 1:
-        merged, found_by = per_tile[0], [0] * len(per_tile[0])
-    else:
-        best: dict[int, tuple[Hit, int]] = {}  # tile index -> (best hit, query tile it came from)
-        for query_tile, hits in enumerate(per_tile):
-            for hit in hits:
-                kept = best.get(hit.tile_index)
-                if kept is None or hit.distance < kept[0].distance:
-                    best[hit.tile_index] = (hit, query_tile)
-        ranked = sorted(best.values(), key=lambda pair: (pair[0].distance, pair[0].tile_index))
-        merged = [replace(hit, rank=rank) for rank, (hit, _) in enumerate(ranked[:k])]
-        found_by = [query_tile for _, query_tile in ranked[:k]]
+    fetched = searcher.search(codes, k=fetch_count(k), **filters)
+    best: dict[int, tuple[Hit, int]] = {}  # tile index -> (best hit, query tile it came from)
+    for query_tile, hits in enumerate(fetched):
+        for hit in hits:
+            kept = best.get(hit.tile_index)
+            if kept is None or hit.distance < kept[0].distance:
+                best[hit.tile_index] = (hit, query_tile)
+    ranked = sorted(best.values(), key=lambda pair: (pair[0].distance, pair[0].tile_index))
+    merged = [replace(hit, rank=rank) for rank, (hit, _) in enumerate(ranked[:k])]
+    found_by = [query_tile for _, query_tile in ranked[:k]]
+    last = merged[-1].distance if merged else None
+    # exact when no query tile's fetch was cut inside that distance
+    exact = all(len(hits) < fetch_count(k) or hits[-1].distance > last for hits in fetched)
+    cut = CutTie.past(merged, [hit for hit, _ in ranked[k:]], exact)
     # the vote counts the hits that are shown, so that what is said and what is seen agree
     return QueryResult(hits=merged, vote=vote(merged), query_tiles=len(images),
-                       per_tile=per_tile, found_by=found_by)
+                       per_tile=[hits[:k] for hits in fetched], found_by=found_by, cut_tie=cut)

@@ -3,7 +3,8 @@
 One wording for the app, the CLI and scripts, so that none of them says more than the hits
 support: a vote resting on fewer than :data:`MIN_VOTE_LABELS` labelled hits is not called a
 vote, a tie between labels is said rather than broken silently, and hits at equal distance
-show as one rank group ("3=") with the rule that orders them.
+show as one rank group ("3=") with the rule that orders them. A cut at k inside such a group is
+said by :class:`hashview.search.query.CutTie`.
 """
 
 from __future__ import annotations

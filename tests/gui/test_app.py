@@ -106,6 +106,19 @@ def test_dropping_a_patch_shows_k_hits(qtbot, window):
     assert all(h.source_path != str(TUMOUR_PATCH) for h in window.results.hits())
 
 
+def test_a_cut_inside_a_run_of_equal_distances_is_said_under_the_vote(qtbot, window):
+    from hashview.search.query import CutTie
+
+    drop_files(window, [TUMOUR_PATCH])
+    outcome = wait_for_results(qtbot, window)
+    outcome.result.cut_tie = CutTie(distance=outcome.result.hits[-1].distance, count=4,
+                                    exact=False, labels={"02_STROMA": 3, "": 1})
+    window.results.show_outcome(outcome)
+    detail = window.results.detail_label.text()
+    assert ("at least 4 more tiles past the 10 shown are at the last shown distance" in detail
+            and "02_STROMA 3, unlabelled 1" in detail)
+
+
 def test_dropping_several_patches_merges_their_hits(qtbot, window):
     patches = [sorted((KATHER / name).iterdir())[0] for name in ("01_TUMOR", "07_ADIPOSE")]
     window.handle_dropped_paths([str(p) for p in patches])
