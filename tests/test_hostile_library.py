@@ -396,7 +396,8 @@ def test_a_plain_library_model_name_is_not_looked_up_in_the_working_folder(tmp_p
     (folder / "planted").write_bytes(b"")
     monkeypatch.chdir(folder)
     path = _default_model_library(tmp_path / "lib.h5", "planted")
-    assert "unknown model 'planted'" in refused(path, lambda: LibrarySession(path).load())
+    assert "its model planted is not installed here" in refused(
+        path, lambda: LibrarySession(path).load())
 
 
 def test_a_library_model_name_finds_the_installed_model_and_checks_its_weights(tmp_path):
