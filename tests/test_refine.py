@@ -164,6 +164,18 @@ def test_good_examples_alone_search_like_the_example_itself(session):
     assert alone.query_tiles == 0 and alone.to_text().startswith("refined search: no query")
 
 
+def test_a_refined_search_says_when_its_cut_falls_in_a_tie_as_a_search_does(session):
+    example = tile_id(session, STROMA[1])
+    cuts = []
+    for k in range(1, 16):
+        refined = session.refine(None, [example], k=k)
+        plain = session.search(STROMA[1], k=k)
+        assert refined.cut_tie == plain.cut_tie
+        cuts.append(refined.cut_tie)
+    assert any(cut is not None for cut in cuts)  # the library has ties at some cuts
+    assert any(cut is None for cut in cuts)
+
+
 def test_a_region_query_is_refined_tile_by_tile(session):
     side = session.load().tile_size
     result = session.refine((SLIDE, (1000, 800, 2 * side, side)), [0], k=3)

@@ -252,7 +252,12 @@ def fetch_count(k: int) -> int:
 def search_images(searcher: Searcher, encoder: Encoder, images: Sequence[Image.Image],
                   k: int = 10, **filters) -> QueryResult:
     """Search the library for each image and merge the hits (see the module docstring)."""
-    codes = encoder.encode(list(images))
+    return rank_codes(searcher, encoder.encode(list(images)), k, **filters)
+
+
+def rank_codes(searcher: Searcher, codes, k: int = 10, **filters) -> QueryResult:
+    """The k best library tiles over the query ``codes`` (one per query tile, merged), with
+    the vote over them and the tiles tied at the cut (:class:`CutTie`)."""
     fetched = searcher.search(codes, k=fetch_count(k), **filters)
     best: dict[int, tuple[Hit, int]] = {}  # tile index -> (best hit, query tile it came from)
     for query_tile, hits in enumerate(fetched):
@@ -268,5 +273,5 @@ def search_images(searcher: Searcher, encoder: Encoder, images: Sequence[Image.I
     exact = all(len(hits) < fetch_count(k) or hits[-1].distance > last for hits in fetched)
     cut = CutTie.past(merged, [hit for hit, _ in ranked[k:]], exact)
     # the vote counts the hits that are shown, so that what is said and what is seen agree
-    return QueryResult(hits=merged, vote=vote(merged), query_tiles=len(images),
+    return QueryResult(hits=merged, vote=vote(merged), query_tiles=len(fetched),
                        per_tile=[hits[:k] for hits in fetched], found_by=found_by, cut_tie=cut)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 
 from hashview.errors import HashViewError
-from hashview.search.query import QueryResult
+from hashview.search.query import QueryResult, rank_codes
 
 if TYPE_CHECKING:
     from hashview.encode import Encoder
@@ -173,8 +173,6 @@ def refined_search(searcher: "Searcher", encoder: "Encoder", images: Sequence, p
     """Encode the query ``images``, refine their codes with the library tiles ``positive``
     and ``negative`` (tile ids) and search once with the refined code: the steps behind
     :meth:`hashview.session.LibrarySession.refine`."""
-    from hashview.search.searcher import vote
-
     if searcher.code_kind != "binary":
         raise RefineError(searcher.path, f"refining by example needs binary codes; this "
                                          f"library holds {searcher.code_kind} descriptors")
@@ -188,7 +186,8 @@ def refined_search(searcher: "Searcher", encoder: "Encoder", images: Sequence, p
     codes = searcher.codes
     query_codes = encoder.encode(list(images)) if images else ()
     code = refined_code(query_codes, codes[positive], codes[negative], push=push)
-    hits = searcher.search(code[None, :], k=k, **filters)[0]
-    return RefinedResult(hits=hits, vote=vote(hits), query_tiles=len(images), per_tile=[hits],
-                         found_by=[0] * len(hits), positive=positive, negative=negative,
+    ranked = rank_codes(searcher, code[None, :], k, **filters)
+    return RefinedResult(hits=ranked.hits, vote=ranked.vote, query_tiles=len(images),
+                         per_tile=ranked.per_tile, found_by=ranked.found_by,
+                         cut_tie=ranked.cut_tie, positive=positive, negative=negative,
                          push=push)
