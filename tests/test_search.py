@@ -260,7 +260,7 @@ def test_a_cut_inside_a_run_of_ties_says_how_many_tie_past_it_and_their_labels(
         kinds["exact" if cut.exact else "at least"] += 1
         line = result.to_text().splitlines()[-1]
         assert line.startswith(f"cut: {'' if cut.exact else 'at least '}{seen} more tiles past "
-                               f"the {k} shown are at the last shown distance ({last}; ")
+                               f"the {k} shown are as near as the last ({last}): ")
     assert kinds["exact"] + kinds["at least"] > 0  # the cut fell in a tie for some queries
 
 

@@ -65,8 +65,8 @@ class CutTie:
                            for label, n in sorted(self.labels.items(),
                                                   key=lambda kv: (-kv[1], kv[0])))
         amount = str(self.count) if self.exact else f"at least {self.count}"
-        return (f"{amount} more tiles past the {shown} shown are at the last shown distance "
-                f"({distance}; {listed}): which of them are shown was decided by tile index")
+        return (f"{amount} more tiles past the {shown} shown are as near as the last "
+                f"({distance}): {listed}; tile index chose which are shown")
 
 
 @dataclass
