@@ -206,6 +206,16 @@ def test_training_names_a_model_plainly_after_any_folder():
         TrainConfig(arch="dch", bits=16, name="../up").resolved()
 
 
+def test_a_trained_model_never_takes_a_bundled_model_s_name():
+    from hashview.training import TrainConfig
+
+    # a folder called "idc" trained with DCH at 64 bits would be the bundled dch-64-idc
+    assert TrainConfig(arch="dch", bits=64, dataset="idc").model_name() == "dch-64-idc-own"
+    assert TrainConfig(arch="dch", bits=64, dataset="oral").model_name() == "dch-64-oral"
+    assert TrainConfig(arch="dch", bits=64, dataset="idc", name="dch-64-idc").model_name() == \
+        "dch-64-idc"  # a name asked for is kept; installing it is then refused in one line
+
+
 # ---------------------------------------------------------------- model files
 
 def _fp16_rounded(net: HashingNet) -> HashingNet:

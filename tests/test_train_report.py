@@ -215,6 +215,20 @@ def test_a_training_folder_installs_by_name_and_its_library_then_searches(tmp_pa
     assert "no model in this folder" in capsys.readouterr()[1]
 
 
+def test_installing_a_model_named_like_a_bundled_one_is_refused(tmp_path, capsys):
+    import shutil
+
+    from hashview.models import bundled_models_dirs
+    from hashview.models.store import user_models_dir
+
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(bundled_models_dirs()[0] / f"dch-16{suffix}", tmp_path / f"dch-16{suffix}")
+    assert main(["models", "--install", str(tmp_path / "dch-16.safetensors")]) != 0
+    err = capsys.readouterr()[1]
+    assert "a bundled model is named dch-16: rename" in err and err.count("\n") == 1
+    assert not (user_models_dir() / "dch-16.json").exists()
+
+
 def _scores(vote, mean_ap, n_queries=40):
     return {"vote_accuracy@10": vote, "balanced_accuracy@10": vote, "map": mean_ap,
             "n_queries": n_queries, "n_database": 100}

@@ -183,9 +183,10 @@ class TrainDialog(QDialog):
 
     def default_model_name(self) -> str:
         from hashview.models.card_limits import plain_name
+        from hashview.models.store import unbundled_name
 
         folder = Path(self.folder.text().strip()).name or "patches"
-        return plain_name(f"{self.arch.currentData()}-{self.bits.value()}-{folder}")
+        return unbundled_name(plain_name(f"{self.arch.currentData()}-{self.bits.value()}-{folder}"))
 
     def model_name(self) -> str:
         from hashview.models.card_limits import plain_name  # what a model card accepts

@@ -398,14 +398,25 @@ def list_models() -> list[ModelCard]:
     return list(cards.values())
 
 
+def unbundled_name(name: str) -> str:
+    """``name``, or ``name-own`` when a bundled model has that name: a model trained here must
+    not take a bundled model's name (the bundled one would hide it once installed)."""
+    taken = any(_files(directory / name)[0].is_file() for directory in bundled_models_dirs())
+    return f"{name}-own" if taken else name
+
+
 def install_model(model_path: PathLike) -> ModelCard:
     """Copy a saved model (``NAME.safetensors`` + ``NAME.json``, or a training run's folder
     holding one) into :func:`user_models_dir`, so that it is listed and loadable by name. An
-    installed model of the same name is replaced.
+    installed model of the same name is replaced; a bundled model's name is refused (the
+    bundled model would hide it, and libraries made with the bundled one would stop working).
 
     The weights are written before the card, so a half-installed model is never listed.
     """
     stem = _plain_stem(unfold_model_path(model_path))
+    if unbundled_name(stem.name) != stem.name:
+        raise ModelError(stem, f"a bundled model is named {stem.name}: rename the model's "
+                               f".safetensors and .json files to install it")
     card, data = _read_checked(stem)
     target_card, target_weights = _files(user_models_dir() / stem.name)
     try:

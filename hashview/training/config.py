@@ -79,7 +79,11 @@ class TrainConfig:
     method: str = "network"
 
     def model_name(self) -> str:
-        return self.name or plain_name(f"{self.arch}-{self.bits}-{self.dataset}")
+        """``name``, else ARCH-BITS-DATASET (with ``-own`` where a bundled model has that
+        name, e.g. DCH 64 bits on a folder called idc)."""
+        from hashview.models.store import unbundled_name
+
+        return self.name or unbundled_name(plain_name(f"{self.arch}-{self.bits}-{self.dataset}"))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -383,6 +383,14 @@ def test_dialogs_settings_training_and_about(qtbot, window, tmp_path, monkeypatc
     train.bits.setValue(32)
     args = train.job_args()
     assert args["arch"] == "hatdh" and args["bits"] == 32 and args["name"] == "hatdh-32-kather"
+    train.folder.setText(str(KATHER.parent / "idc"))  # DCH 64 bits on it: a bundled name
+    train.arch.setCurrentIndex(train.arch.findData("dch"))
+    train.bits.setValue(64)
+    assert train.job_args()["name"] == "dch-64-idc-own"
+    assert train.name.placeholderText() == "dch-64-idc-own (default)"
+    train.folder.setText(str(KATHER))
+    train.arch.setCurrentIndex(train.arch.findData("hatdh"))
+    train.bits.setValue(32)
     assert args["data_folder"] == str(KATHER) and "epochs" not in args  # the recipe's
     # hatdh starts from its default model unless random weights are picked
     assert "init_from" not in args and "from_scratch" not in args and "method" not in args
