@@ -1,5 +1,6 @@
-"""How often the top-k cut of a search falls inside a run of equal Hamming distances, and how
-often the tiles tied past it carry a label other than the vote's: every Kather-2016 tile of
+"""How often the top-k cut of a search falls inside a run of equal Hamming distances, how
+often the tiles tied past it carry a label other than the vote's, and how often they could
+change the vote (the result then says "not settled"): every Kather-2016 tile of
 ``../shared/data`` searched against a library of all of them (its own file left out).
 
     python benchmarks/cut_ties.py --models mth-64-general dch-64 --k 5 10 20
@@ -29,7 +30,7 @@ def cut_counts(model: str, files: list[Path], ks: list[int], work: Path) -> list
     session = hashview.open_library(str(library))
     rows = []
     for k in ks:
-        cut = other = 0
+        cut = other = unsettled = 0
         for path in files:
             result = session.search(str(path), k=k, exclude_source=True)
             if result.cut_tie is not None:
@@ -37,8 +38,10 @@ def cut_counts(model: str, files: list[Path], ks: list[int], work: Path) -> list
                 if result.vote and any(label != result.vote.label
                                        for label in result.cut_tie.labels):
                     other += 1
+                unsettled += "not settled" in result.summary
         rows.append(f"| {model} | {k} | {len(files)} | {cut} ({cut / len(files):.0%}) | "
-                    f"{other} ({other / len(files):.0%}) |")
+                    f"{other} ({other / len(files):.0%}) | "
+                    f"{unsettled} ({unsettled / len(files):.0%}) |")
     return rows
 
 
@@ -53,8 +56,8 @@ def main(argv=None) -> int:
         return 2
     files = sorted(p for p in KATHER.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     print("| model | k | queries | cut inside a tie | a label past the cut other than the "
-          "vote's |")
-    print("|---|---|---|---|---|")
+          "vote's | vote not settled |")
+    print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as work:
         for model in args.models:
             for row in cut_counts(model, files, args.k, Path(work)):

@@ -92,3 +92,38 @@ def test_a_region_votes_over_the_hits_it_shows_and_knows_which_tile_found_each(s
         best_there = min((h.distance for h in result.per_tile[tile]
                           if h.tile_index == hit.tile_index), default=None)
         assert best_there == hit.distance
+
+
+def test_a_vote_says_it_is_not_settled_when_tiles_tied_past_the_cut_could_change_it():
+    from hashview.search.query import CutTie
+
+    hits = _hits([(0, "tumour", 0), (1, "tumour", 0), (2, "tumour", 1), (2, "stroma", 2)])
+    result = QueryResult(hits=hits, vote=vote(hits), query_tiles=1)
+    plain = "tumour: 3 of 4 labelled hits (75%)"
+    assert result.summary == plain
+    result.cut_tie = CutTie(distance=2, count=3, exact=True, labels={"tumour": 1, "": 2})
+    assert result.summary == plain  # the same label or unlabelled: nothing to unsettle
+    # the shown tumour at distance 2 could have been a stroma tile: 2 against 2
+    result.cut_tie = CutTie(distance=2, count=5, exact=False,
+                            labels={"stroma": 2, "fat": 1, "tumour": 1, "": 1})
+    assert result.summary == (f"{plain}; not settled: at least 3 more as near past the cut "
+                              "carry other labels")
+    assert f"vote: {result.summary}" in result.to_text().splitlines()
+    result.cut_tie = CutTie(distance=2, count=1, exact=True, labels={"fat": 1})
+    assert result.summary == plain  # one fat tile cannot reach three tumour ones
+    result.cut_tie = CutTie(distance=2, count=1, exact=True, labels={"stroma": 1})
+    assert result.summary.endswith("; not settled: 1 more as near past the cut carries another "
+                                   "label")
+
+    # ten tumour hits, four of them at the cut's distance: one stroma tile past it cannot
+    # change the majority, so nothing is added
+    ten = _hits([(1, "tumour", 0)] * 6 + [(3, "tumour", 0)] * 4)
+    settled = QueryResult(hits=ten, vote=vote(ten), query_tiles=1,
+                          cut_tie=CutTie(distance=3, count=6, exact=True,
+                                         labels={"tumour": 5, "stroma": 1}))
+    assert settled.summary == "tumour: 10 of 10 labelled hits (100%)"
+    close = _hits([(1, "tumour", 0)] * 3 + [(1, "stroma", 0)] * 2 + [(3, "tumour", 0)] * 2)
+    unsettled = QueryResult(hits=close, vote=vote(close), query_tiles=1,
+                            cut_tie=CutTie(distance=3, count=4, exact=True,
+                                           labels={"stroma": 4}))
+    assert "not settled: 4 more as near past the cut" in unsettled.summary  # 3 against 4

@@ -58,6 +58,27 @@ class CutTie:
             labels[hit.label or ""] = labels.get(hit.label or "", 0) + 1
         return cls(last, len(tied), exact, labels)
 
+    def could_change(self, shown: Sequence[Hit], winner: str) -> bool:
+        """Whether another choice among the equally near tiles could give another label as
+        many of the ``shown`` hits as the vote's ``winner`` has: shown hits at the cut's
+        distance swapped, winner's first, for tiles of that label from past the cut."""
+        counts: dict[str, int] = {}
+        at_cut: dict[str, int] = {}
+        for hit in shown:
+            if hit.label:
+                counts[hit.label] = counts.get(hit.label, 0) + 1
+            if hit.distance == self.distance:
+                at_cut[hit.label or ""] = at_cut.get(hit.label or "", 0) + 1
+        in_group = sum(at_cut.values())
+        for label, past in self.labels.items():
+            if not label or label == winner:
+                continue
+            swaps = min(past, in_group - at_cut.get(label, 0))
+            lost = min(swaps, at_cut.get(winner, 0))
+            if counts.get(label, 0) + swaps >= counts.get(winner, 0) - lost:
+                return True
+        return False
+
     def describe(self, shown: int) -> str:
         """One line: how many more tiles tie at the cut, with what labels."""
         distance = kind_of_distance(self.distance).format_distance(self.distance)
@@ -88,8 +109,17 @@ class QueryResult:
     @property
     def summary(self) -> str:
         """The vote in words, with its support
-        (:func:`hashview.search.result_summary.vote_headline`)."""
-        return vote_headline(self.hits, self.vote)
+        (:func:`hashview.search.result_summary.vote_headline`), and a warning when tiles as
+        near as the last shown hit, past the cut, carry other labels: then tile index, not
+        tissue, settled part of the vote."""
+        headline = vote_headline(self.hits, self.vote)
+        cut = self.cut_tie
+        if self.vote is None or cut is None or not cut.could_change(self.hits, self.vote.label):
+            return headline
+        others = sum(n for label, n in cut.labels.items() if label and label != self.vote.label)
+        amount = f"{'' if cut.exact else 'at least '}{others} more as near"
+        return (f"{headline}; not settled: {amount} past the cut "
+                f"{'carries another label' if others == 1 else 'carry other labels'}")
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
