@@ -104,6 +104,7 @@ class ResultsPanel(QWidget):
         font.setPointSizeF(font.pointSizeF() * 1.25)
         font.setBold(True)
         self.vote_label.setFont(font)
+        self.vote_label.setWordWrap(True)  # a long vote must not widen the panel
         self.detail_label = QLabel("")
         self.detail_label.setStyleSheet("color: #666;")
         self.detail_label.setWordWrap(True)

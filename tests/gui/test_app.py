@@ -114,6 +114,10 @@ def test_a_cut_inside_a_run_of_equal_distances_is_said_under_the_vote(qtbot, win
     outcome.result.cut_tie = CutTie(distance=outcome.result.hits[-1].distance, count=4,
                                     exact=False, labels={"02_STROMA": 3, "": 1})
     window.results.show_outcome(outcome)
+    # a long vote headline wraps instead of widening the results panel over the slide
+    wide = window.results.minimumSizeHint().width()
+    window.results.vote_label.setText(outcome.result.summary + "; not settled: " + "x " * 200)
+    assert window.results.minimumSizeHint().width() <= wide
     detail = window.results.detail_label.text()
     assert ("at least 4 more tiles past the 10 shown are as near as the last" in detail
             and "02_STROMA 3, unlabelled 1; tile index chose which are shown" in detail)
