@@ -284,3 +284,17 @@ def test_a_region_s_merged_hits_are_those_of_its_tiles_top_k(searcher, data, que
         if result.cut_tie is not None:
             assert result.cut_tie.count <= total
             assert not result.cut_tie.exact or result.cut_tie.count == total
+
+
+def test_a_cut_count_from_an_approximate_index_is_never_called_exact(searcher, queries,
+                                                                     monkeypatch):
+    from hashview.search.query import search_images
+
+    exact = [q for q in queries
+             if (cut := search_images(searcher, CodesAsImages(), [q], k=10).cut_tie) is not None
+             and cut.exact]
+    assert exact  # some cuts are exact with the flat index
+    monkeypatch.setattr(Searcher, "index_info", property(lambda self: {"exact": False}))
+    for q in exact:
+        cut = search_images(searcher, CodesAsImages(), [q], k=10).cut_tie
+        assert not cut.exact and cut.describe(10).startswith("at least ")

@@ -299,8 +299,10 @@ def rank_codes(searcher: Searcher, codes, k: int = 10, **filters) -> QueryResult
     merged = [replace(hit, rank=rank) for rank, (hit, _) in enumerate(ranked[:k])]
     found_by = [query_tile for _, query_tile in ranked[:k]]
     last = merged[-1].distance if merged else None
-    # exact when no query tile's fetch was cut inside that distance
-    exact = all(len(hits) < fetch_count(k) or hits[-1].distance > last for hits in fetched)
+    # exact when no query tile's fetch was cut inside that distance and the index is exact (an
+    # approximate one may miss tiles of the run)
+    exact = searcher.index_info["exact"] and all(
+        len(hits) < fetch_count(k) or hits[-1].distance > last for hits in fetched)
     cut = CutTie.past(merged, [hit for hit, _ in ranked[k:]], exact)
     # the vote counts the hits that are shown, so that what is said and what is seen agree
     return QueryResult(hits=merged, vote=vote(merged), query_tiles=len(fetched),
