@@ -252,10 +252,9 @@ class SearchMixin:
     def _on_search_finished(self, outcome) -> None:
         self.results.show_outcome(outcome)
         result = outcome.result
-        vote = (f"; vote {result.vote.count}/{result.vote.total} {result.vote.label}"
-                if result.vote else "")
+        # the headline's own words (a bare "vote 1/1" would call one labelled hit a vote)
         self.show_message(f"{len(result.hits)} hits for {outcome.request.describe()} "
-                          f"in {outcome.seconds:.2f} s{vote}", 10000)
+                          f"in {outcome.seconds:.2f} s: {result.summary}", 10000)
         self.refresh_similarity_map()  # the map follows the last query
         if outcome.warnings:
             self.warn("\n".join(outcome.warnings), "Some images could not be read")

@@ -92,8 +92,10 @@ def test_dropping_a_patch_shows_k_hits(qtbot, window):
     hits = outcome.result.hits
     assert len(hits) == 10 == len(window.results.hit_items())
     assert any(h.source_path == str(TUMOUR_PATCH) and h.distance == 0 for h in hits)  # itself
-    # the headline is the core's wording of the vote over the shown hits (tested there)
+    # the headline is the core's wording of the vote over the shown hits (tested there), and
+    # the status bar says the same, never a bare count
     assert window.results.vote_label.text() == outcome.result.summary
+    assert window.statusBar().currentMessage().endswith(f": {outcome.result.summary}")
     labelled = sum(1 for h in hits if h.label)
     assert outcome.result.vote.total == labelled
     qtbot.waitUntil(lambda: window.results.thumbnails_loaded() == 10, timeout=SEARCH_MS)
