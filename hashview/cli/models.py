@@ -38,9 +38,11 @@ def _metrics_summary(metrics: dict) -> str:
 
 
 def cmd_install_model(path: str, as_json: bool) -> int:
-    from hashview.models import install_model, list_models
+    from hashview.models import install_model
+    from hashview.models.store import user_models_dir
 
-    replaced = any(c.source == "user" and c.name == _stem_name(path) for c in list_models())
+    name = _stem_name(path)  # only its installed card is looked for, not every model's
+    replaced = bool(name) and (user_models_dir() / f"{name}.json").is_file()
     card = install_model(path)
     if as_json:
         print(json.dumps({"installed": card.name, "replaced": replaced,

@@ -182,11 +182,10 @@ class TrainDialog(QDialog):
             self.folder.setText(folder)
 
     def default_model_name(self) -> str:
-        from hashview.models.card_limits import plain_name
-        from hashview.models.store import unbundled_name
+        from hashview.training.config import default_model_name
 
         folder = Path(self.folder.text().strip()).name or "patches"
-        return unbundled_name(plain_name(f"{self.arch.currentData()}-{self.bits.value()}-{folder}"))
+        return default_model_name(self.arch.currentData(), self.bits.value(), folder)
 
     def model_name(self) -> str:
         from hashview.models.card_limits import plain_name  # what a model card accepts

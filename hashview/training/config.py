@@ -27,6 +27,14 @@ METHODS = ("network", "head")
 DEFAULT_LR = {"adam": 1e-3, "adamw": 1e-3, "adadelta": 1.0}
 
 
+def default_model_name(arch: str, bits: int, dataset: str) -> str:
+    """ARCH-BITS-DATASET as a plain name, with ``-own`` where a bundled model has that name
+    (e.g. DCH 64 bits on a folder called idc)."""
+    from hashview.models.store import unbundled_name
+
+    return unbundled_name(plain_name(f"{arch}-{bits}-{dataset}"))
+
+
 @dataclass
 class TrainConfig:
     arch: str = "hatdh"
@@ -79,11 +87,7 @@ class TrainConfig:
     method: str = "network"
 
     def model_name(self) -> str:
-        """``name``, else ARCH-BITS-DATASET (with ``-own`` where a bundled model has that
-        name, e.g. DCH 64 bits on a folder called idc)."""
-        from hashview.models.store import unbundled_name
-
-        return self.name or unbundled_name(plain_name(f"{self.arch}-{self.bits}-{self.dataset}"))
+        return self.name or default_model_name(self.arch, self.bits, self.dataset)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
