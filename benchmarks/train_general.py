@@ -68,7 +68,8 @@ RECIPES = {
     "mth-64-general": dict(arch="mth", bits=64, input_size=64, epochs=40, batch_size=64,
                            steps_per_epoch=60, copies=4),
     # HATDH and DCH keep their single-set recipes' loss settings (benchmarks/train_models.py).
-    "hatdh-64-general": dict(arch="hatdh", bits=64, input_size=96, epochs=40, batch_size=64,
+    # HATDH 80 x 60 steps: Kather mAP 0.579 -> 0.767 and stain vote 0.562 -> 0.635 over 40 x 60.
+    "hatdh-64-general": dict(arch="hatdh", bits=64, input_size=96, epochs=80, batch_size=64,
                              steps_per_epoch=60, copies=4, normalise_by_bits=True,
                              triplet_mode="semi-hard", aux_ce_weight=1.0),
     "dch-64-general": dict(arch="dch", bits=64, input_size=96, epochs=20, batch_size=64,
