@@ -9,6 +9,7 @@ broken by tile index. The vote counts the merged hits that are shown, nothing el
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
@@ -53,29 +54,21 @@ class CutTie:
         tied = [hit for hit in rest if hit.distance == last]
         if not tied:
             return None
-        labels: dict[str, int] = {}
-        for hit in tied:
-            labels[hit.label or ""] = labels.get(hit.label or "", 0) + 1
-        return cls(last, len(tied), exact, labels)
+        return cls(last, len(tied), exact, dict(Counter(hit.label or "" for hit in tied)))
 
     def could_change(self, shown: Sequence[Hit], winner: str) -> bool:
         """Whether another choice among the equally near tiles could give another label as
         many of the ``shown`` hits as the vote's ``winner`` has: shown hits at the cut's
         distance swapped, winner's first, for tiles of that label from past the cut."""
-        counts: dict[str, int] = {}
-        at_cut: dict[str, int] = {}
-        for hit in shown:
-            if hit.label:
-                counts[hit.label] = counts.get(hit.label, 0) + 1
-            if hit.distance == self.distance:
-                at_cut[hit.label or ""] = at_cut.get(hit.label or "", 0) + 1
+        counts = Counter(hit.label for hit in shown if hit.label)
+        at_cut = Counter(hit.label or "" for hit in shown if hit.distance == self.distance)
         in_group = sum(at_cut.values())
         for label, past in self.labels.items():
             if not label or label == winner:
                 continue
-            swaps = min(past, in_group - at_cut.get(label, 0))
-            lost = min(swaps, at_cut.get(winner, 0))
-            if counts.get(label, 0) + swaps >= counts.get(winner, 0) - lost:
+            swaps = min(past, in_group - at_cut[label])
+            lost = min(swaps, at_cut[winner])
+            if counts[label] + swaps >= counts[winner] - lost:
                 return True
         return False
 
