@@ -3,10 +3,11 @@
 One query does what the app does after a right-click (``hashview.gui.search_controller`` and the
 results panel): open the query slide, read the region as library-sized tiles
 (:func:`hashview.search.query.region_tiles`), encode and search them (what
-:func:`hashview.search.query.search_images` does for one tile: encode, exact Hamming top-k; timed
-apart here), then load the k hit thumbnails
-(104 px, as the results grid shows them) from their slides on two reader threads with the open
-slides cached, as the app's background reader does. Search and model are loaded once
+:func:`hashview.search.query.search_images` does for one tile: encode, then
+:func:`hashview.search.query.rank_codes`: exact Hamming top-k, the merge over query tiles and the
+count of tiles tied at the cut; timed apart here), then load the k hit thumbnails (104 px, as
+the results grid shows them) from their slides on two reader threads with the open slides cached,
+as the app's background reader does. Search and model are loaded once
 (:meth:`hashview.session.LibrarySession.load`, reported as start-up), like an open library in
 the app.
 
@@ -33,7 +34,7 @@ from hashview.indexing import model_tiling, tile_loader
 from hashview.library import Library, ModelInfo
 from hashview.models import DEFAULT_MODEL, LoadedModel, load_model
 from hashview.progress import ProgressCallback, report
-from hashview.search.query import fetch_count, region_tiles
+from hashview.search.query import rank_codes, region_tiles
 from hashview.session import LibrarySession
 from hashview.slides import Source, open_source
 from hashview.slides.thumbnail import read_thumbnail
@@ -147,8 +148,8 @@ def query_loop(searcher, encoder, slides: list[Path], params, n_queries: int, k:
             t1 = time.perf_counter()
             codes = encoder.encode(images)
             t2 = time.perf_counter()
-            # for one query tile this is what search_images does after encoding (no merge)
-            hits = searcher.search(codes, k=fetch_count(k))[0][:k]
+            # what search_images does after encoding: fetch, merge, the cut-tie count
+            hits = rank_codes(searcher, codes, k).hits
             t3 = time.perf_counter()
             thumbs = reader.load(hits)
             t4 = time.perf_counter()
@@ -197,7 +198,8 @@ def run(mode: str, workdir: Path, progress: Optional[ProgressCallback] = None) -
         f"{n_queries} queries of one tile at random positions (alternating slides), top-{k}; "
         f"p50/p95 over the queries after the first; the first query (cold thumbnail sources) "
         f"is shown on its own. Each query: open the slide and read the region, encode, exact "
-        f"Hamming search (`Searcher.search`, as `search_images` does), read the {k} hit "
+        f"Hamming search with the merge and the count of tiles tied at the cut (`rank_codes`, "
+        f"as `search_images` does), read the {k} hit "
         f"thumbnails.",
         f"threads: the defaults (torch and FAISS use every core) and 1 thread for both. "
         f"Target p50 total under 300 ms on 2 CPU cores: {verdicts}.",
