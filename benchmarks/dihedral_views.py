@@ -54,9 +54,8 @@ def measure(model: str, folder: Path, protocol: str, seeds) -> dict:
     data = load_dataset(folder)
     splits, source, _ = choose_splits(loaded.card, data, None, protocol, seeds)
     encoder = Encoder(loaded, device="cpu")
-    tiles = [load_patch(e.path, encoder.input_size) for e in data.entries]
-    relaxed = np.stack([encoder.encode_relaxed([dihedral_views(t)[v] for t in tiles])
-                        for v in range(8)])
+    views = [dihedral_views(load_patch(e.path, encoder.input_size)) for e in data.entries]
+    relaxed = np.stack([encoder.encode_relaxed([tile[v] for tile in views]) for v in range(8)])
     plain, all8, four = (pack_codes(relaxed[0]), pack_codes(relaxed.mean(0)),
                          pack_codes(relaxed[:4].mean(0)))
     codings = {"plain": (plain, plain), "8 views, both": (all8, all8),
