@@ -14,10 +14,10 @@ object instead of testing the name.
     library file (see :mod:`hashview.library.schema`), compared by 1 - cosine, a float. Search
     is always exact: a FAISS ``IndexFlatIP`` over rows scaled to unit length.
 
-Both kinds order hits by (distance, tile index): FAISS orders equal distances arbitrarily and
-may cut a run of ties anywhere, so :func:`exact_topk` fetches one extra neighbour and, when the
-k-th and (k+1)-th distances tie, re-fetches every tile within that distance with a range search
-and re-ranks it; :func:`cosine_topk` re-ranks the k+1 it fetched.
+Both kinds order hits by (distance, :func:`tie_keys` of the tile index): FAISS orders equal
+distances arbitrarily and may cut a run of ties anywhere, so :func:`exact_topk` fetches one extra
+neighbour and, when the k-th and (k+1)-th distances tie, re-fetches every tile within that
+distance with a range search and re-ranks it; :func:`cosine_topk` re-ranks the k+1 it fetched.
 """
 
 from __future__ import annotations
@@ -45,27 +45,52 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _sort_rows(D: np.ndarray, I: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.lexsort((I, D), axis=-1)  # by distance, then tile index
+def tie_keys(tile_ids) -> np.ndarray:
+    """The order of tiles at equal distance: a fixed shuffle of the tile indices (uint64 keys,
+    smaller first). Ordering ties by index itself let the order of indexing decide what is
+    shown: in a library indexed from class folders the first folder's tiles came first in every
+    run of equal distances, and the vote leant towards that class (docs/benchmarks.md, "Equal
+    distances"). The splitmix64 finaliser, a bijection of 64-bit integers, so that no two tiles
+    share a key."""
+    z = np.atleast_1d(np.asarray(tile_ids, dtype=np.int64)).astype(np.uint64)
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return (z ^ (z >> np.uint64(31))).reshape(np.shape(tile_ids))
+
+
+def _tile_ids(I: np.ndarray, ids: Optional[np.ndarray]) -> np.ndarray:
+    """Library tile indices of index rows ``I`` (``ids``: those of a filtered index's rows);
+    FAISS's -1 (nothing found) stays -1."""
+    return I if ids is None else np.where(I >= 0, ids[np.maximum(I, 0)], -1)
+
+
+def _sort_rows(D: np.ndarray, I: np.ndarray,
+               ids: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort((tie_keys(_tile_ids(I, ids)), D), axis=-1)  # distance, then tie key
     return np.take_along_axis(D, order, -1), np.take_along_axis(I, order, -1)
 
 
-def cosine_topk(index: "faiss.IndexFlatIP", queries: np.ndarray,
-                k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k by (1 - cosine, id) of normalised ``queries``; float64 distances, int64 ids."""
+def cosine_topk(index: "faiss.IndexFlatIP", queries: np.ndarray, k: int,
+                ids: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k by (1 - cosine, tie key) of normalised ``queries``; float64 distances, int64 row
+    ids of ``index`` (``ids``: see :func:`exact_topk`)."""
     k = min(k, index.ntotal)
     if k == 0 or len(queries) == 0:
         return np.zeros((len(queries), 0)), np.zeros((len(queries), 0), np.int64)
     S, I = index.search(queries, min(k + 1, index.ntotal))
-    D, I = _sort_rows(np.round(1.0 - S.astype(np.float64), COSINE_DECIMALS), I.astype(np.int64))
+    D, I = _sort_rows(np.round(1.0 - S.astype(np.float64), COSINE_DECIMALS), I.astype(np.int64),
+                      ids)
     return D[:, :k], I[:, :k]
 
 
-def exact_topk(index: "faiss.IndexBinary", queries: np.ndarray,
-               k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of ``index`` ordered by (distance, id), exactly; returns int64 (Q, k') arrays.
+def exact_topk(index: "faiss.IndexBinary", queries: np.ndarray, k: int,
+               ids: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of ``index`` ordered by (distance, :func:`tie_keys`), exactly; returns int64
+    (Q, k') arrays of distances and row ids of ``index``. k' = min(k, index.ntotal).
 
-    k' = min(k, index.ntotal).
+    ``ids``: the library tile index of each row when ``index`` holds a subset of the library
+    (a filtered search), so that ties are ordered by the tiles' keys, as unfiltered.
     """
     n = index.ntotal
     k = min(k, n)
@@ -74,9 +99,9 @@ def exact_topk(index: "faiss.IndexBinary", queries: np.ndarray,
         return empty, empty.copy()
     if k == n:
         D, I = index.search(queries, n)
-        return _sort_rows(D.astype(np.int64), I.astype(np.int64))
+        return _sort_rows(D.astype(np.int64), I.astype(np.int64), ids)
     D, I = index.search(queries, k + 1)
-    D, I = _sort_rows(D.astype(np.int64), I.astype(np.int64))
+    D, I = _sort_rows(D.astype(np.int64), I.astype(np.int64), ids)
     out_D, out_I = D[:, :k].copy(), I[:, :k].copy()
     # If distance k+1 is larger than distance k, every tile at distance <= d_k was returned and the
     # sort above is exact. Otherwise the tie run may continue past what FAISS returned. (An
@@ -88,7 +113,7 @@ def exact_topk(index: "faiss.IndexBinary", queries: np.ndarray,
         for j, r in enumerate(rows):  # range_search keeps distance < radius + 1
             d = rd[lims[j]:lims[j + 1]].astype(np.int64)
             i = ri[lims[j]:lims[j + 1]].astype(np.int64)
-            order = np.lexsort((i, d))[:k]
+            order = np.lexsort((tie_keys(_tile_ids(i, ids)), d))[:k]
             out_D[r], out_I[r] = d[order], i[order]
     return out_D, out_I
 
@@ -172,8 +197,10 @@ class CodeKind:
         """The exact FAISS index over :meth:`searchable` ``codes``."""
         raise NotImplementedError
 
-    def top_k(self, index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(distances, ids)`` of each query's k nearest, by (distance, id)."""
+    def top_k(self, index, queries: np.ndarray, k: int,
+              ids: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(distances, row ids)`` of each query's k nearest, by (distance, tie key of the
+        tile); ``ids``: the tile index of each row of a filtered ``index``."""
         raise NotImplementedError
 
     def as_distance(self, value):
@@ -243,8 +270,9 @@ class BinaryCodes(CodeKind):
             index.add(np.ascontiguousarray(codes, dtype=np.uint8))
         return index
 
-    def top_k(self, index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return exact_topk(index, queries, k)
+    def top_k(self, index, queries: np.ndarray, k: int,
+              ids: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+        return exact_topk(index, queries, k, ids)
 
     def as_distance(self, value) -> int:
         return int(value)
@@ -312,8 +340,9 @@ class FloatCodes(CodeKind):
             index.add(np.ascontiguousarray(codes, dtype=np.float32))
         return index
 
-    def top_k(self, index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return cosine_topk(index, queries, k)
+    def top_k(self, index, queries: np.ndarray, k: int,
+              ids: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+        return cosine_topk(index, queries, k, ids)
 
     def as_distance(self, value) -> float:
         return float(value)

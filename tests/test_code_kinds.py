@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hashview.code_kinds import (BINARY, CODE_KIND_NAMES, FLOAT, BinaryCodes, FloatCodes,
-                                 code_kind, kind_of_distance, kind_of_encoded)
+                                 code_kind, kind_of_distance, kind_of_encoded, tie_keys)
 
 
 def test_lookup_by_name():
@@ -103,8 +103,8 @@ def _search(kind, stored, queries, bits, k):
 
 
 def _ranked(distances: np.ndarray, k: int):
-    """Reference top-k of each row of a (Q, N) distance matrix, by (distance, index)."""
-    order = [np.lexsort((np.arange(len(row)), row))[:k] for row in distances]
+    """Reference top-k of each row of a (Q, N) distance matrix, by (distance, tie key)."""
+    order = [np.lexsort((tie_keys(np.arange(len(row))), row))[:k] for row in distances]
     return [row[o].tolist() for row, o in zip(distances, order)], [o.tolist() for o in order]
 
 
@@ -123,10 +123,10 @@ def test_binary_index_matches_brute_force_hamming():
     assert all(type(d) is int for row in distances for d in row)
 
 
-def test_binary_ties_are_cut_by_tile_index_whatever_faiss_returns():
+def test_binary_ties_are_cut_by_tie_key_whatever_faiss_returns():
     # FAISS may return any of the tiles tied at the k-th distance; this index returns the
     # highest ids first (it holds the codes in reverse order), so only the re-ranking of every
-    # tied tile gives the lowest ids
+    # tied tile gives the smallest keys
     import faiss
 
     rng = np.random.default_rng(2)
@@ -145,7 +145,7 @@ def test_float_index_matches_brute_force_cosine():
     stored = rng.normal(size=(200, dim)).astype(np.float32)
     stored[10] = 3 * stored[3]  # same direction, other length: the same distance, a tie
     stored[20] = 0  # a zero row stays zero: cosine 0, distance 1
-    # within float32 rounding of the query's direction: these tie too, ordered by index
+    # within float32 rounding of the query's direction: these tie too, ordered by tie key
     stored[40:44] = 0
     stored[40:44, 0], stored[40:44, 1] = 1, [9e-4, 7e-4, 5e-4, 3e-4]
     queries = np.concatenate([rng.normal(size=(4, dim)), stored[3:4],
@@ -158,7 +158,8 @@ def test_float_index_matches_brute_force_cosine():
     cosine_distance = np.round(1.0 - unit(queries) @ unit(stored).T, 6)
     distances, ids = _search(FLOAT, stored, queries, dim, k)
     expected_d, expected_ids = _ranked(cosine_distance, k)
-    assert ids == expected_ids and ids[-2][:2] == [3, 10] and ids[-1][:4] == [40, 41, 42, 43]
+    by_key = sorted([40, 41, 42, 43], key=lambda i: int(tie_keys(i)))
+    assert ids == expected_ids and sorted(ids[-2][:2]) == [3, 10] and ids[-1][:4] == by_key
     np.testing.assert_allclose(distances, expected_d, atol=2e-6)
     assert all(type(d) is float for row in distances for d in row)
 

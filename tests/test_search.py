@@ -1,4 +1,5 @@
-"""Search: FAISS equals a brute-force Hamming ranking (ties by tile index); filters; votes."""
+"""Search: FAISS equals a brute-force Hamming ranking (ties by the tiles' fixed shuffle);
+filters; votes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import faiss
 import numpy as np
 import pytest
 
+from hashview.code_kinds import tie_keys
 from hashview.errors import LibraryError
 from hashview.library import Library, fingerprint_file
 from hashview.search import (Hit, Searcher, SourceSummary, Vote, aggregate_by_source, exact_topk,
@@ -25,10 +27,10 @@ def popcount_distances(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
 
 
 def brute_force(codes: np.ndarray, query: np.ndarray, k: int, allowed: np.ndarray | None = None):
-    """Reference ranking: (distance, tile index) over the allowed tile ids."""
+    """Reference ranking: (distance, tie key of the tile index) over the allowed tile ids."""
     ids = np.arange(len(codes)) if allowed is None else np.flatnonzero(allowed)
     d = popcount_distances(codes[ids], query)
-    order = np.lexsort((ids, d))[:k]
+    order = np.lexsort((tie_keys(ids), d))[:k]
     return d[order].tolist(), ids[order].tolist()
 
 
@@ -129,7 +131,38 @@ def test_exact_topk_on_pure_ties():
     index = faiss.IndexBinaryFlat(16)
     index.add(np.zeros((1000, 2), np.uint8))
     D, I = exact_topk(index, np.zeros((3, 2), np.uint8), 7)
-    assert I.tolist() == [list(range(7))] * 3 and (D == 0).all()
+    first = np.argsort(tie_keys(np.arange(1000)))[:7].tolist()
+    assert I.tolist() == [first] * 3 and (D == 0).all()
+    assert first != list(range(7))  # the shuffle, not the order of adding
+
+
+def test_tie_keys_are_a_fixed_shuffle():
+    ids = np.arange(100_000)
+    keys = tie_keys(ids)
+    assert keys.dtype == np.uint64 and len(np.unique(keys)) == len(ids)  # no two tiles share one
+    assert (tie_keys(ids) == keys).all() and tie_keys(5).shape == ()  # the same every time
+    first_half = np.argsort(keys)[:50_000] < 50_000
+    assert 0.45 < first_half.mean() < 0.55  # tiles added first are not ranked first
+
+
+def test_ties_do_not_favour_the_first_indexed_class(tmp_path):
+    """A library indexed folder by folder: 200 "a" tiles, then 200 "b" tiles, all one code.
+    Ordering ties by index showed ten "a" hits and voted "a" for every query."""
+    path = tmp_path / "lib.h5"
+    with Library.create(path, "m16", "hatdh", 16, "c" * 64) as lib:
+        for s, label in enumerate("ab"):
+            lib.add_source({"path": f"/f/{label}", "fingerprint": f"fp{label}"},
+                           np.zeros((200, 2), np.uint8), np.arange(200), np.zeros(200),
+                           np.full(200, 50), tile_labels=[label] * 200)
+    with Library.open(path) as lib:
+        searcher = Searcher(lib)
+    hits = searcher.search(np.zeros(2, np.uint8), k=40)[0]
+    shown = [hit.label for hit in hits]
+    assert 10 <= shown.count("a") <= 30 and 10 <= shown.count("b") <= 30
+    # a filtered search orders the same tiles the same way (keys of tile indices, not of rows)
+    b_unfiltered = [hit.tile_index for hit in hits if hit.label == "b"]
+    only_b = searcher.search(np.zeros(2, np.uint8), k=40, labels={"b"})[0]
+    assert [hit.tile_index for hit in only_b][:len(b_unfiltered)] == b_unfiltered
 
 
 def test_bad_queries(searcher, library_path):
@@ -225,7 +258,7 @@ class CodesAsImages:
 
 def _full_ranking(codes, query):
     d = popcount_distances(codes, query)
-    order = np.lexsort((np.arange(len(codes)), d))
+    order = np.lexsort((tie_keys(np.arange(len(codes))), d))
     return d[order], order
 
 
@@ -276,7 +309,7 @@ def test_a_region_s_merged_hits_are_those_of_its_tiles_top_k(searcher, data, que
             d, order = _full_ranking(codes, q)
             for dist, tile in zip(d[:k], order[:k]):
                 best[int(tile)] = min(best.get(int(tile), 99), int(dist))
-        want = sorted(best.items(), key=lambda kv: (kv[1], kv[0]))[:k]
+        want = sorted(best.items(), key=lambda kv: (kv[1], int(tie_keys(kv[0]))))[:k]
         assert [(h.tile_index, h.distance) for h in result.hits] == want
         assert all(len(hits) <= k for hits in result.per_tile)
         merged = np.min([popcount_distances(codes, q) for q in pair], axis=0)

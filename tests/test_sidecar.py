@@ -19,6 +19,7 @@ from _mounts import small_disk  # noqa: F401  (a fixture)
 from conftest import KATHER
 from hashview.search import sidecar
 from hashview.cli import main
+from hashview.code_kinds import tie_keys
 from hashview.errors import LibraryError
 from hashview.library import Library
 from hashview.search import Searcher
@@ -94,9 +95,10 @@ def test_auto_searcher_is_exact_until_the_index_is_built(library, codes, queries
     approx = searcher.search(queries, k=10)
     hits_within = [sum(h.distance <= e[-1].distance for h in a) for a, e in zip(approx, exact)]
     assert np.mean(hits_within) / 10 >= 0.95
-    for hits, query in zip(approx, queries):  # (distance, tile index) order, true distances
+    for hits, query in zip(approx, queries):  # (distance, tie key) order, true distances
         assert [(h.distance, h.tile_index) for h in hits] == sorted(
-            (h.distance, h.tile_index) for h in hits)
+            ((h.distance, h.tile_index) for h in hits),
+            key=lambda pair: (pair[0], int(tie_keys(pair[1]))))
         ids = [h.tile_index for h in hits]
         assert [h.distance for h in hits] == popcount_distances(codes[ids], query).tolist()
     # filtered searches stay exact

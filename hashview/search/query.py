@@ -4,7 +4,8 @@ use).
 
 A region larger than one library tile is cut into library-sized tiles; each tile is searched
 and the hits are merged: every library tile keeps its best distance over the query tiles, ties
-broken by tile index. The vote counts the merged hits that are shown, nothing else.
+ordered by the tiles' fixed shuffle (:func:`hashview.code_kinds.tie_keys`). The vote counts the
+merged hits that are shown, nothing else.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from PIL import Image
 
-from hashview.code_kinds import kind_of_distance
+from hashview.code_kinds import kind_of_distance, tie_keys
 from hashview.encode import Encoder
 from hashview.errors import SourceError, printable
 from hashview.search.result_summary import per_source_line, rank_marks, tie_note, vote_headline
@@ -35,8 +36,8 @@ MAX_REGION_TILES = 64
 @dataclass
 class CutTie:
     """Tiles past the shown hits at the same distance as the last shown one: the cut fell
-    inside a run of equal distances, so ordering by tile index chose which of the run are
-    shown (and voted on). ``count`` of them were seen, at least, or exactly when ``exact``;
+    inside a run of equal distances, so the tie order (a fixed shuffle of the tiles, not
+    tissue) chose which of the run are shown (and voted on). ``count`` of them were seen, at least, or exactly when ``exact``;
     ``labels``: their label counts ("" for unlabelled)."""
 
     distance: float  # an int for binary codes (bits)
@@ -80,7 +81,7 @@ class CutTie:
                                                   key=lambda kv: (-kv[1], kv[0])))
         amount = str(self.count) if self.exact else f"at least {self.count}"
         return (f"{amount} more tiles past the {shown} shown are as near as the last "
-                f"({distance}): {listed}; tile index chose which are shown")
+                f"({distance}): {listed}; the tie order chose which are shown")
 
 
 @dataclass
@@ -90,8 +91,8 @@ class QueryResult:
     query_tiles: int
     per_tile: list[list[Hit]] = field(default_factory=list)
     found_by: list[int] = field(default_factory=list)  # per hit: the query tile that found it
-    # the tiles past the k shown at the last shown hit's distance (see CutTie): ordering by
-    # tile index decided which of that group are shown
+    # the tiles past the k shown at the last shown hit's distance (see CutTie): the tie order
+    # decided which of that group are shown
     cut_tie: Optional[CutTie] = None
     # what :class:`hashview.session.LibrarySession` adds: the tiles as encoded, the files of a
     # query list that could not be read, and the seconds the search took
@@ -288,7 +289,10 @@ def rank_codes(searcher: Searcher, codes, k: int = 10, **filters) -> QueryResult
             kept = best.get(hit.tile_index)
             if kept is None or hit.distance < kept[0].distance:
                 best[hit.tile_index] = (hit, query_tile)
-    ranked = sorted(best.values(), key=lambda pair: (pair[0].distance, pair[0].tile_index))
+    pairs = list(best.values())
+    keys = tie_keys([hit.tile_index for hit, _ in pairs]).tolist()
+    ranked = [pairs[i] for i in sorted(range(len(pairs)),
+                                       key=lambda i: (pairs[i][0].distance, keys[i]))]
     merged = [replace(hit, rank=rank) for rank, (hit, _) in enumerate(ranked[:k])]
     found_by = [query_tile for _, query_tile in ranked[:k]]
     last = merged[-1].distance if merged else None

@@ -1,8 +1,9 @@
 """Search over a library, with filters, per-source aggregation and a label vote.
 
-Results are deterministic: hits are ordered by (distance, tile index), however FAISS orders
-ties (see :mod:`hashview.code_kinds`, which also holds what differs between the two kinds of
-code: index, distance, query checks).
+Results are deterministic: hits are ordered by distance, then by a fixed shuffle of the tile
+indices (:func:`hashview.code_kinds.tie_keys`), however FAISS orders ties (see
+:mod:`hashview.code_kinds`, which also holds what differs between the two kinds of code: index,
+distance, query checks).
 
 Binary libraries: Hamming distance, exact ``IndexBinaryFlat`` while the library is small enough
 for an exact scan to stay interactive, an approximate index above that (see
@@ -10,7 +11,7 @@ for an exact scan to stay interactive, an approximate index above that (see
 file); until that index is ready, and for filtered searches, the search is exact. With an
 approximate index the ordering rule holds among the tiles it visits (its lists or buckets).
 Float libraries: L2-normalised descriptors in an exact ``IndexFlatIP``, distance = 1 - cosine
-(a float), ties by tile index among the k+1 fetched.
+(a float), ties by that shuffle among the k+1 fetched.
 """
 
 from __future__ import annotations
@@ -241,7 +242,8 @@ class Searcher:
                exclude_sources: Optional[Iterable[int]] = None,
                sources: Optional[Iterable[int]] = None,
                labels: Optional[Iterable[Optional[str]]] = None) -> list[list[Hit]]:
-        """Exact top-k per query code, ties broken by ascending tile index.
+        """Exact top-k per query code, ties broken by the tiles' fixed shuffle
+        (:func:`hashview.code_kinds.tie_keys`), filtered or not.
 
         ``query_codes``: uint8 (Q, bits/8) or one code (bits/8,). Filters combine with AND:
         ``sources`` keeps only those source ids, ``exclude_sources`` drops those,
@@ -254,9 +256,9 @@ class Searcher:
         ids, index = self._candidates(exclude_sources, sources, labels)
         if len(queries) < SINGLE_THREAD_BELOW:
             with faiss_threads(1):
-                D, I = self._kind.top_k(index, queries, int(k))
+                D, I = self._kind.top_k(index, queries, int(k), ids)
         else:
-            D, I = self._kind.top_k(index, queries, int(k))
+            D, I = self._kind.top_k(index, queries, int(k), ids)
         found = I >= 0  # an approximate index may return fewer than k
         if ids is not None:
             I = ids[np.where(found, I, 0)]
@@ -275,8 +277,8 @@ class Searcher:
         return self._kind.searchable(q, self.bits)
 
     def _candidates(self, exclude_sources, sources, labels):
-        """(tile ids or None for all, index over them). Filtered indexes keep ascending tile
-        order, so tie-breaking by position inside them is tie-breaking by tile index."""
+        """(tile ids or None for all, index over them). The ids go to the ranking, so ties in
+        a filtered index are ordered by the tiles' keys as in the whole library."""
         key = tuple(None if s is None else frozenset(s) for s in (exclude_sources, sources, labels))
         if key == (None, None, None) or (key[1:] == (None, None) and not key[0]):
             return None, self._index

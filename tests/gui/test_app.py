@@ -122,7 +122,7 @@ def test_a_cut_inside_a_run_of_equal_distances_is_said_under_the_vote(qtbot, win
     assert window.results.minimumSizeHint().width() <= wide
     detail = window.results.detail_label.text()
     assert ("at least 4 more tiles past the 10 shown are as near as the last" in detail
-            and "02_STROMA 3, unlabelled 1; tile index chose which are shown" in detail)
+            and "02_STROMA 3, unlabelled 1; the tie order chose which are shown" in detail)
 
 
 def test_dropping_several_patches_merges_their_hits(qtbot, window):
