@@ -53,7 +53,7 @@ def test_hits_at_equal_distance_share_a_rank_group():
                   (7, None, 0), (7, None, 0)])
     assert rank_marks(hits) == ["1", "2=", "2=", "2=", "5", "6=", "6="]
     assert tie_note(hits).startswith("5 of 7 hits tie")
-    assert "fixed shuffled order" in tie_note(hits)
+    assert "a fixed shuffle of the library's tiles" in tie_note(hits)
     assert tie_note(_hits([(0, None, 0), (1, None, 0)])) is None
 
 

@@ -17,8 +17,7 @@ from hashview.search.searcher import Hit, Vote, aggregate_by_source
 # Fewer labelled hits than this and the labels are listed, not voted on: one labelled hit out of
 # ten is an anecdote, not a majority.
 MIN_VOTE_LABELS = 3
-TIE_RULE = ("equal distances are in a fixed shuffled order of the library's tiles, "
-            "not by tissue")
+TIE_RULE = "equal distances are ordered by a fixed shuffle of the library's tiles, not by tissue"
 
 
 def vote_headline(hits: Sequence[Hit], vote: Optional[Vote]) -> str:
