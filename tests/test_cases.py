@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import KATHER, SLIDE
+from hashview.code_kinds import tie_keys
 from hashview.encode import hamming_distance
 from hashview.search import cases as case_search
 from hashview.search.cases import (HISTOGRAM_BINS, RankedSource, colour_histograms, group_cases,
@@ -62,10 +63,12 @@ def test_slide_distance_is_the_median_over_the_mosaic_of_the_minimum_distance():
     assert all(sid != 3 for sid, _, _ in rank_sources(searcher, query, exclude_sources={3}))
 
 
-def test_equal_slide_distances_are_ordered_by_source_id():
-    codes = np.zeros((4, 8), np.uint8)
-    ranked = rank_sources(_fake_searcher(codes, [2, 0, 3, 1]), np.zeros((3, 8), np.uint8))
-    assert [sid for sid, _, _ in ranked] == [0, 1, 2, 3]
+def test_equal_slide_distances_are_ordered_by_the_sources_fixed_shuffle():
+    # never by the order the slides were indexed in (source id): that favoured the first ones
+    codes = np.zeros((40, 8), np.uint8)
+    ranked = rank_sources(_fake_searcher(codes, np.arange(40)[::-1]), np.zeros((3, 8), np.uint8))
+    by_key = sorted(range(40), key=lambda sid: int(tie_keys(sid)))
+    assert [sid for sid, _, _ in ranked] == by_key and by_key[:10] != list(range(10))
 
 
 def _straightforward_ranking(codes, tile_sources, mosaic, excluded=(), k=None):
@@ -80,7 +83,7 @@ def _straightforward_ranking(codes, tile_sources, mosaic, excluded=(), k=None):
                        for code in mosaic])
     median = np.median(minima, axis=0)
     ranked = []
-    for j in np.lexsort((source_ids, median)):
+    for j in np.lexsort((tie_keys(source_ids), median)):
         if int(source_ids[j]) in excluded:
             continue
         if k is not None and len(ranked) == k:

@@ -14,7 +14,9 @@ Yottixel's rule (Kalra et al., Medical Image Analysis 2020), which fits binary c
   over its slides), else the slide.
 
 Distances are dense and exact (every mosaic code against every library code, in blocks of
-library codes on all cores, see :func:`slide_minima`); ties are ordered by source id.
+library codes on all cores, see :func:`slide_minima`); ties are ordered by a fixed shuffle of
+the source ids (:func:`hashview.code_kinds.tie_keys`, as tiles are in a search), never by the
+order the slides were indexed in.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from hashview.code_kinds import tie_keys
 from hashview.errors import LibraryError, SourceError
 from hashview.progress import ProgressCallback, report
 from hashview.search.searcher import Searcher
@@ -154,7 +157,8 @@ def rank_sources(searcher: Searcher, mosaic_codes: np.ndarray,
                  exclude_sources: Optional[set] = None,
                  k: Optional[int] = None) -> list[tuple[int, float, list]]:
     """``[(source id, median-of-min distance, [(mosaic index, best library tile)])]`` best
-    first, ties by source id; the first ``k`` (all when None)."""
+    first, ties by :func:`~hashview.code_kinds.tie_keys` of the source id; the first ``k``
+    (all when None)."""
     codes, source_of_tile = searcher.codes, searcher.tile_sources
     if searcher.code_kind != "binary":
         raise LibraryError(searcher.path, "whole-slide search needs binary codes")
@@ -174,7 +178,7 @@ def rank_sources(searcher: Searcher, mosaic_codes: np.ndarray,
     median = np.median(minima, axis=0)
     excluded = set(exclude_sources or ())
     ranked = []
-    for j in np.lexsort((source_ids, median)):
+    for j in np.lexsort((tie_keys(source_ids), median)):
         if int(source_ids[j]) in excluded:
             continue
         if k is not None and len(ranked) == k:
