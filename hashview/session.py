@@ -246,9 +246,10 @@ class LibrarySession:
                labels: Optional[set] = None, sources: Optional[set] = None,
                exclude_sources: Optional[set] = None) -> QueryResult:
         """The ``k`` library tiles nearest to ``query`` (see :meth:`query_tiles`), ordered by
-        (distance, tile index), with the label vote. ``exclude_source`` leaves out the query's
-        own slide or image files; ``labels``/``sources`` keep only tiles with those labels or
-        source ids; ``exclude_sources`` leaves out those source ids."""
+        distance, then by the tiles' fixed shuffle (:func:`hashview.code_kinds.tie_keys`), with
+        the label vote. ``exclude_source`` leaves out the query's own slide or image files;
+        ``labels``/``sources`` keep only tiles with those labels or source ids;
+        ``exclude_sources`` leaves out those source ids."""
         started = time.perf_counter()
         searcher = self.load()
         images, warnings, own_paths = self._query_tiles(searcher, query)

@@ -104,7 +104,7 @@ class QueryResult:
     def summary(self) -> str:
         """The vote in words, with its support
         (:func:`hashview.search.result_summary.vote_headline`), and a warning when tiles as
-        near as the last shown hit, past the cut, carry other labels: then tile index, not
+        near as the last shown hit, past the cut, carry other labels: then the tie order, not
         tissue, settled part of the vote."""
         headline = vote_headline(self.hits, self.vote)
         cut = self.cut_tie
