@@ -18,6 +18,9 @@ The IDC model's documented numbers use ``--splits 0`` (the default there; traini
     python benchmarks/train_models.py hatdh-64 --out /tmp/hv-models --splits 0
     python benchmarks/train_models.py --all --out /tmp/hv-models --install
     python benchmarks/train_models.py mth-64-from-idc --splits 0 --set lr=5e-4 --out /tmp/v
+    python benchmarks/train_models.py mth-64-idc --splits 0 --set bits=128 --out /tmp/v
+
+``--set`` variants are measured, never installed; ``bits`` there sets the code length.
 
 Timing: the recipes are sized for a few minutes per training on 2 shared CPU cores. Use
 ``--threads`` to set torch's thread count (recorded in the card); default: torch's default.
@@ -162,7 +165,10 @@ def run_model(name: str, args) -> dict:
 
     recipe = RECIPES[name]
     if args.set:  # a variant of the recipe: measured, never installed
-        recipe = {**recipe, "options": {**recipe["options"], **args.set}, "bundled": False}
+        options = dict(args.set)
+        bits = int(options.pop("bits", recipe["bits"]))  # the code length is not an option
+        recipe = {**recipe, "bits": bits, "options": {**recipe["options"], **options},
+                  "bundled": False}
     data = args.data_root / recipe["data"]
     if not data.is_dir():
         raise SystemExit(f"error: data folder not found: {data}\n(expected ../shared/data/"
