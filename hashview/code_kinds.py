@@ -49,9 +49,9 @@ def tie_keys(tile_ids) -> np.ndarray:
     """The order of tiles at equal distance: a fixed shuffle of the tile indices (uint64 keys,
     smaller first). Ordering ties by index itself let the order of indexing decide what is
     shown: in a library indexed from class folders the first folder's tiles came first in every
-    run of equal distances, and the vote leant towards that class (docs/benchmarks.md, "Equal
-    distances"). The splitmix64 finaliser, a bijection of 64-bit integers, so that no two tiles
-    share a key."""
+    run of equal distances, and the vote leant towards that class (docs/benchmarks.md, "Which
+    order of the tiles"). The splitmix64 finaliser, a bijection of 64-bit integers, so that no
+    two tiles share a key."""
     z = np.atleast_1d(np.asarray(tile_ids, dtype=np.int64)).astype(np.uint64)
     z = z + np.uint64(0x9E3779B97F4A7C15)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)

@@ -37,8 +37,8 @@ MAX_REGION_TILES = 64
 class CutTie:
     """Tiles past the shown hits at the same distance as the last shown one: the cut fell
     inside a run of equal distances, so the tie order (a fixed shuffle of the tiles, not
-    tissue) chose which of the run are shown (and voted on). ``count`` of them were seen, at least, or exactly when ``exact``;
-    ``labels``: their label counts ("" for unlabelled)."""
+    tissue) chose which of the run are shown (and voted on). ``count`` of them were seen, at
+    least, or exactly when ``exact``; ``labels``: their label counts ("" for unlabelled)."""
 
     distance: float  # an int for binary codes (bits)
     count: int
