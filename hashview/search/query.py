@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from hashview.library import ModelInfo
     from hashview.models import LoadedModel
 
-# A region more than this many library tiles wide or high is refused: it would take minutes on a CPU.
+# A region more than this many library tiles wide or high is refused: it would take minutes on
+# a CPU.
 MAX_REGION_TILES = 64
 
 
