@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
+import numpy as np
 from PIL import Image
 
 from hashview.code_kinds import kind_of_distance, tie_keys
@@ -38,8 +39,10 @@ MAX_REGION_TILES = 64
 class CutTie:
     """Tiles past the shown hits at the same distance as the last shown one: the cut fell
     inside a run of equal distances, so the tie order (a fixed shuffle of the tiles, not
-    tissue) chose which of the run are shown (and voted on). ``count`` of them were seen, at
-    least, or exactly when ``exact``; ``labels``: their label counts ("" for unlabelled)."""
+    tissue) chose which of the run are shown (and voted on). ``count`` of them, exactly when
+    ``exact`` (the fetch held the whole run, or an exact index counted it: :func:`rank_codes`),
+    else at least that many (an approximate index); ``labels``: their label counts ("" for
+    unlabelled)."""
 
     distance: float  # an int for binary codes (bits)
     count: int
@@ -267,10 +270,23 @@ def region_tiles(source: Source, region: tuple[int, int, int, int],
             for r in range(rows) for c in range(cols)]
 
 
+def _whole_run(searcher: Searcher, codes, shown: Sequence[Hit], cut: CutTie,
+               filters: dict) -> CutTie:
+    """``cut`` with every tile of its run counted, when the index can tell exactly: all tiles
+    within the cut's distance of any query tile that are not shown (those nearer than the cut
+    are all shown). Otherwise ``cut`` as it is ("at least")."""
+    within = searcher.tiles_within(codes, int(cut.distance), **filters)
+    if within is None:
+        return cut
+    tied = np.setdiff1d(within, np.fromiter((hit.tile_index for hit in shown), np.int64))
+    return CutTie(cut.distance, len(tied), True, searcher.label_counts(tied))
+
+
 def fetch_count(k: int) -> int:
     """How many hits a search for ``k`` fetches per query tile: twice k, to see whether the
     k-th hit's distance goes on past the cut (a tile past the k of one query tile is never in
-    the merged top k, so the shown hits are the same as with k)."""
+    the merged top k, so the shown hits are the same as with k). A run that goes on past the
+    fetch is then counted whole by one range search, where the index is exact."""
     return 2 * k
 
 
@@ -282,7 +298,8 @@ def search_images(searcher: Searcher, encoder: Encoder, images: Sequence[Image.I
 
 def rank_codes(searcher: Searcher, codes, k: int = 10, **filters) -> QueryResult:
     """The k best library tiles over the query ``codes`` (one per query tile, merged), with
-    the vote over them and the tiles tied at the cut (:class:`CutTie`)."""
+    the vote over them and the tiles tied at the cut (:class:`CutTie`: every one of them with
+    an exact index, at least those fetched with an approximate one)."""
     fetched = searcher.search(codes, k=fetch_count(k), **filters)
     best: dict[int, tuple[Hit, int]] = {}  # tile index -> (best hit, query tile it came from)
     for query_tile, hits in enumerate(fetched):
@@ -302,6 +319,8 @@ def rank_codes(searcher: Searcher, codes, k: int = 10, **filters) -> QueryResult
     exact = searcher.index_info["exact"] and all(
         len(hits) < fetch_count(k) or hits[-1].distance > last for hits in fetched)
     cut = CutTie.past(merged, [hit for hit, _ in ranked[k:]], exact)
+    if cut is not None and not cut.exact:  # the run goes on past the fetch: count all of it
+        cut = _whole_run(searcher, codes, merged, cut, filters)
     # the vote counts the hits that are shown, so that what is said and what is seen agree
     return QueryResult(hits=merged, vote=vote(merged), query_tiles=len(fetched),
                        per_tile=[hits[:k] for hits in fetched], found_by=found_by, cut_tie=cut)

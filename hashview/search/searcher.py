@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
@@ -48,6 +48,11 @@ def faiss_threads(n: int) -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(before)
+
+
+def _query_threads(n_queries: int):
+    """FAISS on one thread for fewer than :data:`SINGLE_THREAD_BELOW` query codes."""
+    return faiss_threads(1) if n_queries < SINGLE_THREAD_BELOW else nullcontext()
 
 
 @dataclass(frozen=True)
@@ -254,15 +259,38 @@ class Searcher:
             raise ValueError(f"k must be at least 1, not {k}")
         queries = self._check_queries(query_codes)
         ids, index = self._candidates(exclude_sources, sources, labels)
-        if len(queries) < SINGLE_THREAD_BELOW:
-            with faiss_threads(1):
-                D, I = self._kind.top_k(index, queries, int(k), ids)
-        else:
+        with _query_threads(len(queries)):
             D, I = self._kind.top_k(index, queries, int(k), ids)
         found = I >= 0  # an approximate index may return fewer than k
         if ids is not None:
             I = ids[np.where(found, I, 0)]
         return [self._hits(D[r][found[r]], I[r][found[r]]) for r in range(len(queries))]
+
+    def tiles_within(self, query_codes: np.ndarray, distance: int,
+                     exclude_sources: Optional[Iterable[int]] = None,
+                     sources: Optional[Iterable[int]] = None,
+                     labels: Optional[Iterable[Optional[str]]] = None) -> Optional[np.ndarray]:
+        """Every library tile (sorted tile indices) within Hamming ``distance`` of any of the
+        query codes, under the same filters as :meth:`search`; ``None`` when that cannot be
+        told exactly (an approximate index in use, or float descriptors). One range search, a
+        scan of the library, per query code: what makes a count of tiles tied at a cut exact."""
+        if not self.index_info["exact"] or self.code_kind != "binary":
+            return None
+        queries = self._check_queries(query_codes)
+        ids, index = self._candidates(exclude_sources, sources, labels)
+        if index.ntotal == 0 or len(queries) == 0:
+            return np.zeros(0, np.int64)
+        with _query_threads(len(queries)):
+            _, _, rows = index.range_search(np.ascontiguousarray(queries), int(distance) + 1)
+        rows = np.unique(rows.astype(np.int64))
+        return rows if ids is None else ids[rows]
+
+    def label_counts(self, tile_ids: Sequence[int]) -> dict[str, int]:
+        """How many of ``tile_ids`` carry each label ("" for unlabelled)."""
+        found = np.bincount(self._label_id[np.asarray(tile_ids, np.int64)] + 1,
+                            minlength=len(self._labels) + 1)
+        names = [""] + list(self._labels)
+        return {names[i]: int(n) for i, n in enumerate(found) if n}
 
     # ----------------------------------------------------------------- helpers
     def _check_queries(self, query_codes) -> np.ndarray:
