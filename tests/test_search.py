@@ -333,6 +333,29 @@ def test_a_filtered_search_counts_only_the_tied_tiles_it_could_show(searcher, da
             assert result.cut_tie is None
 
 
+def test_a_large_region_over_one_repeated_code_counts_its_run_once(tmp_path):
+    """Glass: 3,000 library tiles on one code, a region of 200 query tiles on it too. The run
+    is counted whole (range searches of the distinct query codes folded into one mask of the
+    library, not 200 copies of 3,000 matches); past WITHIN_MAX_CODES distinct codes it stays
+    "at least" what was fetched."""
+    from hashview.search import searcher as searcher_module
+    from hashview.search.query import search_images
+
+    path = tmp_path / "glass.h5"
+    with Library.create(path, "m16", "hatdh", 16, "c" * 64) as lib:
+        lib.add_source({"path": "/f/glass", "fingerprint": "fp"}, np.zeros((3000, 2), np.uint8),
+                       np.arange(3000), np.zeros(3000), np.full(3000, 50),
+                       tile_labels=["glass"] * 3000)
+    with Library.open(path) as lib:
+        searcher = Searcher(lib)
+    region = [np.zeros(2, np.uint8)] * 200
+    cut = search_images(searcher, CodesAsImages(), region, k=10).cut_tie
+    assert (cut.count, cut.exact, cut.labels) == (2990, True, {"glass": 2990})
+    varied = [np.array([i, 0], np.uint8) for i in range(searcher_module.WITHIN_MAX_CODES + 1)]
+    cut = search_images(searcher, CodesAsImages(), varied, k=10).cut_tie
+    assert not cut.exact and cut.count < 2990  # what the fetch held, said as "at least"
+
+
 def test_a_cut_count_from_an_approximate_index_is_never_called_exact(searcher, queries,
                                                                      monkeypatch):
     from hashview.search.query import search_images

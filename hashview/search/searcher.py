@@ -50,6 +50,11 @@ def faiss_threads(n: int) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
+# :meth:`Searcher.tiles_within` scans the library once per distinct query code; past this many
+# (a large region of varied tissue) a count of tied tiles stays "at least" what was fetched.
+WITHIN_MAX_CODES = 64
+
+
 def _query_threads(n_queries: int):
     """FAISS on one thread for fewer than :data:`SINGLE_THREAD_BELOW` query codes."""
     return faiss_threads(1) if n_queries < SINGLE_THREAD_BELOW else nullcontext()
@@ -272,17 +277,24 @@ class Searcher:
                      labels: Optional[Iterable[Optional[str]]] = None) -> Optional[np.ndarray]:
         """Every library tile (sorted tile indices) within Hamming ``distance`` of any of the
         query codes, under the same filters as :meth:`search`; ``None`` when that cannot be
-        told exactly (an approximate index in use, or float descriptors). One range search, a
-        scan of the library, per query code: what makes a count of tiles tied at a cut exact."""
+        told exactly (an approximate index in use, or float descriptors) or would cost too
+        much (more than :data:`WITHIN_MAX_CODES` distinct query codes). One range search, a
+        scan of the library, per distinct query code, each folded into a mask of the library
+        at once: a region of many query tiles over a library of one repeated code (glass)
+        never holds more than one code's matches in memory."""
         if not self.index_info["exact"] or self.code_kind != "binary":
             return None
-        queries = self._check_queries(query_codes)
+        queries = np.unique(self._check_queries(query_codes), axis=0)
+        if len(queries) > WITHIN_MAX_CODES:
+            return None
         ids, index = self._candidates(exclude_sources, sources, labels)
-        if index.ntotal == 0 or len(queries) == 0:
-            return np.zeros(0, np.int64)
-        with _query_threads(len(queries)):
-            _, _, rows = index.range_search(np.ascontiguousarray(queries), int(distance) + 1)
-        rows = np.unique(rows.astype(np.int64))
+        near = np.zeros(index.ntotal, bool)
+        with _query_threads(1):
+            for query in queries:
+                _, _, rows = index.range_search(np.ascontiguousarray(query[None]),
+                                                int(distance) + 1)
+                near[rows] = True
+        rows = np.flatnonzero(near)
         return rows if ids is None else ids[rows]
 
     def label_counts(self, tile_ids: Sequence[int]) -> dict[str, int]:
