@@ -166,7 +166,7 @@ def run_model(name: str, args) -> dict:
     recipe = RECIPES[name]
     if args.set:  # a variant of the recipe: measured, never installed
         options = dict(args.set)
-        bits = int(options.pop("bits", recipe["bits"]))  # the code length is not an option
+        bits = options.pop("bits", recipe["bits"])  # the code length is not an option
         recipe = {**recipe, "bits": bits, "options": {**recipe["options"], **options},
                   "bundled": False}
     data = args.data_root / recipe["data"]
@@ -271,6 +271,9 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in RECIPES]
     if not names or unknown:
         parser.error(f"choose models from {sorted(RECIPES)} or --all")
+    bits = args.set.get("bits", 8)
+    if not isinstance(bits, int) or isinstance(bits, bool) or bits <= 0 or bits % 8:
+        parser.error(f"--set bits must be a positive multiple of 8, not {bits!r}")
     args.splits = [int(s) for s in str(args.splits).split(",") if s.strip()]
     if args.install and args.splits and 0 not in args.splits:
         parser.error("--install needs split seed 0 (the bundled model is the seed-0 model)")
