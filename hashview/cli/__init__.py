@@ -22,7 +22,7 @@ from hashview.cli.cluster import add_engine_options, add_merge_parser, cmd_merge
 from hashview.cli.edit import EDIT_COMMANDS, add_edit_parser
 from hashview.cli.geojson import add_geojson_option
 from hashview.cli.models import cmd_eval, cmd_explain, cmd_models, cmd_train
-from hashview.cli.search import (add_refine_options, cmd_heatmap, cmd_index_build,
+from hashview.cli.search import (add_refine_options, cmd_check, cmd_heatmap, cmd_index_build,
                                  cmd_search)
 from hashview.cli.support import (BATCH_SIZE, EXIT_FAILED, EXIT_OK, FRACTION,
                                   NON_NEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER,
@@ -122,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="describe a library")
     p.add_argument("library", metavar="LIB.h5")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("check", help="how well the library's model tells the library's own "
+                                     "labels apart (each patient's tiles held out)")
+    p.add_argument("library", metavar="LIB.h5")
+    p.add_argument("-k", type=POSITIVE_INT, default=10, help="hits per vote (default 10)")
+    p.add_argument("--queries", type=POSITIVE_INT, default=1000,
+                   help="labelled tiles searched, about as many per label (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the query sample (default 0)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("models", help="list the bundled and user models; install a trained one")
@@ -395,7 +404,7 @@ def cmd_uninstall_desktop(args) -> int:
 
 
 COMMANDS = {"index": cmd_index, "search": cmd_search, "index-build": cmd_index_build,
-            "info": cmd_info, "models": cmd_models,
+            "info": cmd_info, "check": cmd_check, "models": cmd_models,
             "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo,
             "explain": cmd_explain, "heatmap": cmd_heatmap, "install-desktop": cmd_install_desktop,
             "uninstall-desktop": cmd_uninstall_desktop, "bench": cmd_bench, **EDIT_COMMANDS,

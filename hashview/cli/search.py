@@ -1,5 +1,5 @@
 """The search commands: ``search`` (tiles, regions, whole slides, refined by example),
-``heatmap`` and ``index-build``."""
+``heatmap``, ``index-build`` and ``check``."""
 
 from __future__ import annotations
 
@@ -196,4 +196,20 @@ def cmd_index_build(args) -> int:
         say(f"{args.library}: {summary['kind']} index of {summary['tiles']:,} tiles ({params}; "
             f"recall@10 {summary['recall']:.3f}) in {summary['seconds']:.1f} s -> "
             f"{summary['sidecar']}")
+    return EXIT_OK
+
+
+def cmd_check(args) -> int:
+    from hashview.search.self_check import check_library
+
+    bar = progress_bar(not args.json)
+    try:
+        result = check_library(args.library, k=args.k, max_queries=args.queries,
+                               seed=args.seed, progress=bar)
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        say_lines("\n".join(result.lines()))
     return EXIT_OK

@@ -117,6 +117,14 @@ def _lineage_splits(card) -> list[dict]:
     return [s for c in cards for s in recorded_splits(c)] + (record["splits"] if record else [])
 
 
+def trained_files(card) -> set[str]:
+    """"DATA_ROOT/relative/path" of every image the model and its ``init_from`` ancestors were
+    trained on, as their cards' training splits record them (empty when none is recorded)."""
+    return {f"{split['data_root']}/{path}" for split in _lineage_splits(card)
+            if split.get("data_root") and isinstance(split.get("train"), list)
+            for path in split["train"] if isinstance(path, str)}
+
+
 def seen_datasets(card) -> set[str]:
     """Names of the data folders the model (or an ``init_from`` ancestor) was trained on.
 

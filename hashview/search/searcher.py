@@ -151,6 +151,11 @@ class Searcher:
         return self._source_id
 
     @property
+    def tile_labels(self) -> np.ndarray:
+        """The label id of every tile, in tile order (-1: unlabelled; names in library order)."""
+        return self._label_id
+
+    @property
     def n_tiles(self) -> int:
         return len(self._codes)
 

@@ -1,0 +1,314 @@
+"""How well a library's model tells the library's own labels apart: a check on the user's own
+tissue, before they trust a vote.
+
+A model's published numbers come from other labs' sets; on a pathologist's own slides they
+may not hold (another stain, scanner or organ). A library with labelled tiles can say for
+itself: each sampled labelled tile is searched as the app searches it, with every tile of its
+own patient held out (its own source where no patient is recorded), so the answer has to come
+from other patients, and the top-k vote is judged the way the results panel words it
+(:mod:`hashview.search.result_summary`): the query's label, another label, or no answer (too
+few labelled hits, or no majority). The code statistics say whether the model collapsed on
+this tissue (a few codes holding most tiles).
+
+Labels whose tiles all come from one patient cannot be judged this way and are listed, not
+scored. The numbers rest on the queries and patients counted beside them; tiles of one patient
+are alike, so few patients mean a wide margin whatever the number of queries.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from hashview.errors import printable
+from hashview.progress import ProgressCallback, report
+from hashview.search.result_summary import MIN_VOTE_LABELS
+from hashview.search.searcher import Searcher, vote
+
+DEFAULT_QUERIES = 1000
+# Code statistics over at most this many tiles (a seeded sample past it).
+STATS_MAX_TILES = 1_000_000
+# Collapsed: the most common code holds more than this share of the tiles, or more than half
+# the bits never change. (Healthy bundled models on whole libraries were measured well below
+# it: docs/benchmarks.md, "Checking a library on its own labels".)
+TOP_CODE_SHARE_MAX = 0.5
+DEAD_BITS_FRACTION_MAX = 0.5
+# Weak: the balanced vote covers less than this share of the way from chance to perfect.
+WEAK_GAIN = 0.25
+RIGHT, WRONG, NO_ANSWER = "right", "wrong", "no answer"
+
+
+@dataclass(frozen=True)
+class LabelCheck:
+    label: str
+    tiles: int  # labelled tiles in the library
+    groups: int  # patients (or sources) holding them
+    queries: int = 0  # 0: not judged (all its tiles in one group)
+    right: int = 0
+    wrong: int = 0
+    no_answer: int = 0
+    voted_instead: str = ""  # the label its wrong votes named most often
+
+    @property
+    def recall(self) -> Optional[float]:
+        return self.right / self.queries if self.queries else None
+
+
+@dataclass(frozen=True)
+class CodeCheck:
+    tiles: int  # tiles the statistics were taken over
+    distinct: int
+    top_code_share: float  # share of those tiles holding the most common code
+    dead_bits: int
+    bits: int
+
+    @property
+    def collapsed(self) -> bool:
+        return (self.top_code_share > TOP_CODE_SHARE_MAX
+                or self.dead_bits > DEAD_BITS_FRACTION_MAX * self.bits)
+
+
+@dataclass(frozen=True)
+class LibraryCheck:
+    library: str
+    model: str
+    n_tiles: int
+    k: int
+    held_out_by: str  # "patient" or "source"
+    codes: CodeCheck
+    labels: tuple[LabelCheck, ...]
+    query_groups: int  # patients (sources) the queries came from
+    # labelled tiles left out of the queries because the model trained on them (its card's
+    # record); None: the model's card is not installed here, so they cannot be told apart
+    trained_on: Optional[int] = 0
+
+    @property
+    def judged(self) -> tuple[LabelCheck, ...]:
+        return tuple(label for label in self.labels if label.queries)
+
+    @property
+    def queries(self) -> int:
+        return sum(label.queries for label in self.labels)
+
+    @property
+    def vote_accuracy(self) -> Optional[float]:
+        """Share of the queries whose vote named their own label."""
+        return sum(label.right for label in self.labels) / self.queries if self.queries else None
+
+    @property
+    def balanced_accuracy(self) -> Optional[float]:
+        """Mean over the judged labels of the share of their queries voted right."""
+        judged = self.judged
+        return sum(label.recall for label in judged) / len(judged) if len(judged) > 1 else None
+
+    @property
+    def answered(self) -> Optional[float]:
+        no_answer = sum(label.no_answer for label in self.labels)
+        return 1.0 - no_answer / self.queries if self.queries else None
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["codes"]["collapsed"] = self.codes.collapsed
+        out.update(queries=self.queries, vote_accuracy=self.vote_accuracy,
+                   balanced_accuracy=self.balanced_accuracy, answered=self.answered)
+        return out
+
+    def lines(self) -> list[str]:
+        """The report in words, its verdict first."""
+        return [self.verdict(), *self._code_lines(), *self._label_lines()]
+
+    def verdict(self) -> str:
+        c = self.codes
+        if c.collapsed:
+            return (f"COLLAPSED: {self.model} gives this library's tiles {c.distinct} distinct "
+                    f"codes, the most common held by {c.top_code_share:.0%} of them and "
+                    f"{c.dead_bits} of {c.bits} bits never change: its hits are arbitrary "
+                    "here")
+        judged = self.judged
+        if len(judged) < 2:
+            return ("Not judged: it needs labelled tiles of at least two labels, each from at "
+                    f"least two {self._group_noun(2)}")
+        chance = 1.0 / len(judged)
+        balanced = self.balanced_accuracy
+        margin = 2.0 * math.sqrt(chance * (1.0 - chance) / self.queries)
+        said = (f"balanced vote@{self.k} {balanced:.2f} against chance {chance:.2f} over "
+                f"{len(judged)} labels ({self.queries} queries from {self.query_groups} "
+                f"{self._group_noun(self.query_groups)}, each held out)")
+        if balanced <= chance + margin:
+            return f"NEAR CHANCE: {said}: do not trust its votes on this tissue"
+        if balanced < chance + WEAK_GAIN * (1.0 - chance):
+            return f"WEAK: {said}: its votes are right little more often than chance here"
+        return f"{self.model} on this library: {said}"
+
+    def _group_noun(self, n: int) -> str:
+        return self.held_out_by + ("s" if n != 1 else "")
+
+    def _code_lines(self) -> list[str]:
+        c = self.codes
+        return [f"codes: {c.distinct} distinct over {c.tiles} tiles; the most common held by "
+                f"{c.top_code_share:.1%}; {c.dead_bits} of {c.bits} bits never change"]
+
+    def _label_lines(self) -> list[str]:
+        lines = []
+        if self.trained_on is None:
+            lines.append(f"NOTE: {self.model}'s card is not installed here, so tiles it trained "
+                         "on cannot be left out: they would score higher than new tissue")
+        elif self.trained_on:
+            lines.append(f"{self.trained_on} labelled tiles {self.model} trained on (its card's "
+                         "record) are not queried")
+        if self.queries:
+            lines.append(f"vote@{self.k}: {self.vote_accuracy:.2f} of the queries right, "
+                         f"{self.answered:.2f} answered (a vote needs {MIN_VOTE_LABELS} "
+                         "labelled hits and a majority)")
+        for label in self.labels:
+            where = (f"{label.tiles} tiles from {label.groups} "
+                     f"{self._group_noun(label.groups)}")
+            if not label.queries:
+                lines.append(f"  {printable(label.label)}: {where}; not judged (one "
+                             f"{self.held_out_by} holds them all)")
+                continue
+            lines.append(f"  {printable(label.label)}: {where}; {label.right} of "
+                         f"{label.queries} voted right ({label.recall:.2f}), {label.wrong} "
+                         f"wrong" + self._instead(label)
+                         + f", {label.no_answer} no answer")
+        return lines
+
+
+    @staticmethod
+    def _instead(label: LabelCheck) -> str:
+        if not label.voted_instead:
+            return ""
+        return f" ({'mostly ' if label.wrong > 1 else ''}{printable(label.voted_instead)})"
+
+
+def code_check(codes: np.ndarray, bits: int, seed: int = 0) -> CodeCheck:
+    """Distinct codes, the most common code's share and dead bits of packed codes (float
+    descriptors by their signs), over a seeded sample past :data:`STATS_MAX_TILES` tiles."""
+    from hashview.metrics import is_float_codes
+    if is_float_codes(codes):
+        from hashview.encode import pack_codes
+        codes = pack_codes(codes)
+    if len(codes) > STATS_MAX_TILES:
+        rows = np.random.default_rng(seed).choice(len(codes), STATS_MAX_TILES, replace=False)
+        codes = codes[np.sort(rows)]
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    if not len(codes):
+        return CodeCheck(0, 0, 0.0, 0, int(bits))
+    _, counts = np.unique(codes, axis=0, return_counts=True)
+    means = np.unpackbits(codes, axis=1)[:, :bits].mean(axis=0)
+    return CodeCheck(len(codes), int(len(counts)), float(counts.max() / len(codes)),
+                     int(((means == 0.0) | (means == 1.0)).sum()), int(bits))
+
+
+def _groups(sources) -> tuple[str, dict[int, tuple]]:
+    """How tiles are held out ("patient" when any source records one) and each source's
+    group key (its patient, else the source itself)."""
+    by_patient = any(s.patient_id for s in sources)
+    keys = {s.id: ("patient", s.patient_id) if by_patient and s.patient_id else ("source", s.id)
+            for s in sources}
+    return ("patient" if by_patient else "source"), keys
+
+
+def _model_card(name: str, sha256: Optional[str]):
+    """The installed card of the library's model (the same weights when both record a
+    checksum), or None."""
+    from hashview.models import list_models
+    for card in list_models():
+        if card.name == name and (not sha256 or not card.sha256 or card.sha256 == sha256):
+            return card
+    return None
+
+
+def _trained_sources(sources, card) -> Optional[set[int]]:
+    """Ids of the sources whose file the model (or an ancestor) trained on: their path ends in
+    a "DATA_ROOT/relative path" its card records. None without a card."""
+    if card is None:
+        return None
+    from hashview.models.lineage import trained_files
+    files = trained_files(card)
+    depths = {path.count("/") + 1 for path in files}
+    seen = set()
+    for source in sources:
+        parts = Path(source.path).as_posix().split("/")
+        if any("/".join(parts[-depth:]) in files for depth in depths):
+            seen.add(source.id)
+    return seen
+
+
+def _judge(hits, label: str) -> tuple[str, str]:
+    """(right / wrong / no answer, the label voted)."""
+    found = vote(hits)
+    if found is None or found.total < MIN_VOTE_LABELS or found.tied_with:
+        return NO_ANSWER, ""
+    return (RIGHT if found.label == label else WRONG), found.label
+
+
+def check_library(path, k: int = 10, max_queries: int = DEFAULT_QUERIES, seed: int = 0,
+                  progress: Optional[ProgressCallback] = None) -> LibraryCheck:
+    """Search a seeded sample of the library's labelled tiles (up to ``max_queries``, the same
+    number per label where they have them) with their patient held out, and judge the votes."""
+    from hashview.library import Library
+
+    if int(k) < 1 or int(max_queries) < 1:
+        raise ValueError("k and the number of queries must be at least 1")
+    with Library.open(path, mode="r") as library:
+        searcher = Searcher(library, index="flat", use_sidecar=False)
+        sources = library.sources()
+        label_names = library.label_names()
+        model = str(library.model_name)
+        model_sha = library.model_sha256
+    report(progress, "checking codes", 0, None)
+    codes = code_check(searcher.codes, searcher.bits, seed)
+    held_out_by, group_of = _groups(sources)
+    tile_group = [group_of[int(s)] for s in searcher.tile_sources]
+    label_ids = searcher.tile_labels
+    trained = _trained_sources(sources, _model_card(model, model_sha))
+    unseen = (np.ones(len(label_ids), bool) if not trained
+              else ~np.isin(searcher.tile_sources, np.fromiter(trained, np.int64)))
+    rng = np.random.default_rng(seed)
+    per_label: dict[int, np.ndarray] = {}
+    label_groups: dict[int, int] = {}
+    for lid in np.unique(label_ids[label_ids >= 0]):
+        tiles = np.flatnonzero(label_ids == lid)
+        label_groups[int(lid)] = len({tile_group[t] for t in tiles})
+        if label_groups[int(lid)] > 1 and unseen[tiles].any():
+            per_label[int(lid)] = tiles[unseen[tiles]]
+    share = math.ceil(int(max_queries) / max(1, len(per_label)))
+    chosen = {lid: np.sort(rng.choice(tiles, min(share, len(tiles)), replace=False))
+              for lid, tiles in per_label.items()}
+    by_group: dict[tuple, list[int]] = defaultdict(list)
+    for tiles in chosen.values():
+        for tile in tiles:
+            by_group[tile_group[tile]].append(int(tile))
+    group_sources: dict[tuple, list[int]] = defaultdict(list)
+    for source_id, key in group_of.items():
+        group_sources[key].append(source_id)
+    outcomes: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    instead: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    done, total = 0, sum(len(tiles) for tiles in by_group.values())
+    for key in sorted(by_group, key=str):
+        tiles = by_group[key]
+        hits = searcher.search(searcher.codes[tiles], k, exclude_sources=group_sources[key])
+        for tile, row in zip(tiles, hits):
+            lid = int(label_ids[tile])
+            outcome, voted = _judge(row, label_names[lid])
+            outcomes[lid][outcome] += 1
+            if outcome == WRONG:
+                instead[lid][voted] += 1
+        done += len(tiles)
+        report(progress, "checking votes", done, total)
+    labels = []
+    for lid in sorted(label_groups, key=lambda i: label_names[i]):
+        o, wrong = outcomes.get(lid, {}), instead.get(lid, {})
+        most = min(wrong, key=lambda name: (-wrong[name], name)) if wrong else ""
+        labels.append(LabelCheck(label_names[lid], int(np.sum(label_ids == lid)),
+                                 label_groups[lid], len(chosen.get(lid, ())),
+                                 o.get(RIGHT, 0), o.get(WRONG, 0), o.get(NO_ANSWER, 0), most))
+    trained_on = None if trained is None else int(np.sum(~unseen & (label_ids >= 0)))
+    return LibraryCheck(str(Path(path)), model, searcher.n_tiles, int(k), held_out_by, codes,
+                        tuple(labels), len(by_group), trained_on)
