@@ -292,8 +292,13 @@ def main(argv=None) -> int:
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
+    from hashview.errors import HashViewError
     for name in names:
-        run_model(name, args)
+        try:
+            run_model(name, args)
+        except HashViewError as exc:  # e.g. a --set value the training config refuses
+            print(f"train_models.py: {name}: {exc.message}", file=sys.stderr)
+            return 2
     return 0
 
 

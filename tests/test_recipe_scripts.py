@@ -40,3 +40,14 @@ def test_a_recipe_with_a_start_trains_every_layer_from_it(tmp_path):
     assert card.training["init_from"]["model"] == "mth-64-general"
     assert card.training["config"]["method"] == "network" and "head_fit" not in card.training
     assert card.split is not None
+
+
+def test_a_set_value_the_training_config_refuses_is_one_line(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "kather2016_subset").symlink_to(KATHER)
+    code = _train_models().main(["mth-64", "--splits", "0", "--set", "augment_options=[1]",
+                                 "--data-root", str(tmp_path / "data"),
+                                 "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == ("train_models.py: mth-64: invalid training "
+                                               "config: augment_options must be dict, got [1]")
