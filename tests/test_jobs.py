@@ -64,6 +64,7 @@ def test_spec_json_roundtrip_and_file(tmp_path):
     ("train", {"data_folder": "x", "arch": "hatdh"}, "needs argument(s): bits, out_dir"),
     ("index", {"paths": ["a"], "library_path": "l.h5", "x": object()}, "cannot be written"),
     ("index", {"paths": [1], "library_path": "l.h5"}, "must be a list of"),
+    ("check", {}, "needs argument(s): library_path"),
 ])
 def test_spec_validation_errors_are_one_line(kind, args, expected):
     with pytest.raises(HashViewError) as info:
@@ -141,6 +142,29 @@ def test_run_job_indexes_kather_in_process(tmp_path):
     result = events[-1]["result"]
     assert len(result["added"]) == 12 and result["tiles_added"] == 12 and not result["failed"]
     json.dumps(events)  # the whole stream is JSON
+
+
+def test_run_job_checks_a_library_on_its_labels(tmp_path):
+    events: list[dict] = []
+    library = tmp_path / "lib.h5"
+    assert run_job(JobSpec("index", {"paths": [KATHER], "library_path": library}),
+                   events.append) == "done"
+    events.clear()
+    spec = JobSpec("check", {"library_path": library, "k": 3})
+    assert spec.title == "Check lib.h5 on its labels"
+    assert run_job(spec, events.append) == "done", events[-1]
+    result = events[-1]["result"]
+    logged = [e["message"] for e in events if e["event"] == "log"]
+    assert logged == result["lines"] and result["verdict"] == result["lines"][0]
+    assert result["check"]["k"] == 3 and result["check"]["queries"] == 12
+    assert result["check"]["status"] == "fine" and result["fine"]
+    events.clear()
+    assert run_job(JobSpec("check", {"library_path": library, "bogus": 1}),
+                   events.append) == "failed"
+    assert events[-1]["message"].endswith("unknown check argument(s): bogus")
+    assert run_job(JobSpec("check", {"library_path": tmp_path / "none.h5"}),
+                   events.append) == "failed"
+    assert events[-1]["message"] == f"{tmp_path / 'none.h5'}: no such file"
 
 
 def test_run_job_failures_are_one_line_errors(tmp_path):

@@ -47,6 +47,7 @@ def test_separable_labels_are_judged_with_each_patient_held_out(tmp_path):
     assert not result.codes.collapsed
     assert result.verdict().startswith("m64 on this library: balanced vote@10 1.00 against "
                                        "chance 0.50 over 2 labels (40 queries from 4 patients")
+    assert self_check.ADVICE not in result.lines()
     assert result.trained_on is None  # no installed card named m64
     assert any(line.startswith("NOTE: m64's card is not installed") for line in result.lines())
 
@@ -106,6 +107,8 @@ def test_collapsed_codes_and_near_chance_votes_are_said(tmp_path):
               for p in range(6) for label in "ab"]
     verdict = check_library(write(tmp_path / "random.h5", random), max_queries=200).verdict()
     assert verdict.startswith("NEAR CHANCE: balanced vote@10 0.")
+    assert check_library(tmp_path / "random.h5", max_queries=200).lines()[-1] == (
+        self_check.ADVICE)
 
 
 def test_one_label_is_not_judged(tmp_path):

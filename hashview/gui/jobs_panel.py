@@ -46,6 +46,8 @@ def summarize_result(spec: JobSpec, result: Optional[dict]) -> str:
         return (f"Done: {len(result.get('added', []))} added ({result.get('tiles_added', 0)} "
                 f"tiles), {len(result.get('skipped', []))} skipped, "
                 f"{len(result.get('failed', []))} failed")
+    if spec.kind == "check":
+        return f"Done: {result.get('verdict', '?')}"
     return f"Done: model {result.get('model_name', '?')} written"
 
 

@@ -82,6 +82,9 @@ def build_menus(window) -> SimpleNamespace:
                       "Search the library with the image on the clipboard")
     a.train = _action(w, "&Train model…", w.ask_train,
                       tip="Train a hashing model on a folder of labelled patches")
+    a.check_library = _action(w, "&Check library on its labels", w.check_library_labels,
+                              tip="How well the library's model tells the library's own labels "
+                                  "apart, each patient's tiles held out (background job)")
     a.install_model = _action(w, "&Install model…", w.ask_install_model,
                               tip="Add a trained model file (NAME.safetensors with its NAME.json) "
                                   "to your models, e.g. one trained with hashview train")
@@ -131,6 +134,7 @@ def build_menus(window) -> SimpleNamespace:
         search_menu.addAction(action)
     search_menu.addSeparator()
     search_menu.addAction(a.train)
+    search_menu.addAction(a.check_library)
     search_menu.addAction(a.install_model)
     search_menu.addSeparator()
     search_menu.addAction(a.settings)

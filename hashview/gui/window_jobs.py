@@ -1,4 +1,5 @@
-"""The main window's background jobs: adding to the library (indexing) and training.
+"""The main window's background jobs: adding to the library (indexing), training, and
+checking the library's model on the library's own labels.
 
 A mixin of :class:`hashview.gui.main_window.MainWindow`. Jobs run in worker processes through
 the Jobs panel; the window only builds their :class:`hashview.jobs.JobSpec` and reacts when they
@@ -66,6 +67,27 @@ class JobsMixin:
         if dialog.exec():
             self.submit_job(JobSpec("train", dialog.job_args()))
 
+    def check_library_labels(self):
+        """Judge the open library's model on the library's labels in the background
+        (``hashview check``); the verdict shows when it ends. Returns the JobSpec, or None."""
+        from hashview.jobs import JobSpec
+
+        if not self.library_path:
+            self.warn("Open a library first (File ▸ Open library…)", "Check library")
+            return None
+        spec = JobSpec("check", {"library_path": self.library_path})
+        self.submit_job(spec)
+        return spec
+
+    def _show_check(self, result: dict) -> None:
+        """The check's verdict in a box: a warning when the model serves this tissue badly."""
+        lines = [str(line) for line in result.get("lines") or []]
+        if not lines:
+            return
+        self.show_message(lines[0], 30000)
+        show = QMessageBox.information if result.get("fine") else QMessageBox.warning
+        show(self, "Library check", "\n\n".join([lines[0], "\n".join(lines[1:])]))
+
     def ask_install_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
             self, "Install model", "", "HashView models (*.safetensors);;All files (*)")
@@ -118,6 +140,9 @@ class JobsMixin:
                 self.controller.invalidate()
                 self.open_library(self.library_path)  # new sources, counts, outlines
                 self._map_after_index(spec, status)
+        elif spec.kind == "check" and status == "done" and result:
+            self._show_check(result)
+            return
         elif spec.kind == "train" and status == "done" and result:
             from hashview.models import install_model
 

@@ -206,7 +206,20 @@ def _run_train(spec: JobSpec, progress: ProgressEmitter, emit: Emit) -> dict:
             "report_lines": lines, "warning": warning}
 
 
-_RUNNERS = {"index": _run_index, "train": _run_train}
+def _run_check(spec: JobSpec, progress: ProgressEmitter, emit: Emit) -> dict:
+    from hashview.search.self_check import check_library
+
+    kwargs = dict(spec.args)
+    _check_args(spec, check_library, extra={"library_path"})
+    result = check_library(kwargs.pop("library_path"), progress=progress, **kwargs)
+    lines = result.lines()
+    for line in lines:
+        emit({"event": "log", "level": "info", "message": line})
+    return {"library_path": result.library, "verdict": lines[0], "lines": lines,
+            "fine": result.fine, "check": result.as_dict()}
+
+
+_RUNNERS = {"index": _run_index, "train": _run_train, "check": _run_check}
 
 
 # ------------------------------------------------------------------------------ warnings

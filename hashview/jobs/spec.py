@@ -1,7 +1,9 @@
 """``JobSpec``: what a background job runs, written as JSON for the worker process.
 
-``args`` are the keyword arguments of :func:`hashview.indexing.index_paths` (kind "index") or
-:func:`hashview.training.train_from_folder` (kind "train"), with paths as strings and the tiling
+``args`` are the keyword arguments of :func:`hashview.indexing.index_paths` (kind "index"),
+:func:`hashview.training.train_from_folder` (kind "train") or
+:func:`hashview.search.self_check.check_library` (kind "check", the library as
+``library_path``), with paths as strings and the tiling
 parameters as a dict under ``params``. Path and dataclass values are converted on construction,
 so ``JobSpec("index", {"paths": [Path(...)], ...})`` is fine. ``annotations`` (the fields of
 :class:`~hashview.annotations.tiles.AnnotationOptions`) labels an index job's slide tiles, and
@@ -23,11 +25,12 @@ from typing import Any
 
 from hashview.errors import HashViewError
 
-KINDS = ("index", "train")
+KINDS = ("index", "train", "check")
 # Keys each kind cannot run without; the worker checks the rest against the real signatures.
 REQUIRED_ARGS = {
     "index": ("paths", "library_path"),
     "train": ("data_folder", "arch", "bits", "out_dir"),
+    "check": ("library_path",),
 }
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # the id names files: keep it path-safe
 
@@ -66,7 +69,7 @@ class JobSpec:
     def __post_init__(self) -> None:
         where = f"job {self.id}" if isinstance(self.id, str) and self.id else "job"
         if self.kind not in KINDS:
-            raise HashViewError(where, f"unknown job kind {self.kind!r} (use {' or '.join(KINDS)})")
+            raise HashViewError(where, f"unknown job kind {self.kind!r} (use {', '.join(KINDS)})")
         if not isinstance(self.args, dict):
             raise HashViewError(where, "args must be a JSON object of keyword arguments")
         if not isinstance(self.id, str) or not _ID_PATTERN.match(self.id):
@@ -105,6 +108,8 @@ class JobSpec:
             what = Path(paths[0]).name if len(paths) == 1 else f"{len(paths)} inputs"
             where = " on Ray" if a.get("engine") == "ray" else ""
             return f"Index {what} into {Path(a['library_path']).name}{where}"
+        if self.kind == "check":
+            return f"Check {Path(a['library_path']).name} on its labels"
         return f"Train {a['arch']}-{a['bits']} on {Path(str(a['data_folder'])).name}"
 
     # ------------------------------------------------------------------ JSON

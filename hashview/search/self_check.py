@@ -41,6 +41,11 @@ DEAD_BITS_FRACTION_MAX = 0.5
 # Weak: the balanced vote covers less than this share of the way from chance to perfect.
 WEAK_GAIN = 0.25
 RIGHT, WRONG, NO_ANSWER = "right", "wrong", "no answer"
+COLLAPSED, NOT_JUDGED, NEAR_CHANCE, WEAK, FINE = ("collapsed", "not judged", "near chance",
+                                                  "weak", "fine")
+STATUSES = (COLLAPSED, NOT_JUDGED, NEAR_CHANCE, WEAK, FINE)
+ADVICE = ("Try another model on the same tiles (a new library made with it, checked again), or "
+          "train one on your labelled patches (hashview train, or Search ▸ Train model)")
 
 
 @dataclass(frozen=True)
@@ -114,34 +119,52 @@ class LibraryCheck:
     def as_dict(self) -> dict:
         out = asdict(self)
         out["codes"]["collapsed"] = self.codes.collapsed
-        out.update(queries=self.queries, vote_accuracy=self.vote_accuracy,
+        out.update(status=self.status, queries=self.queries, vote_accuracy=self.vote_accuracy,
                    balanced_accuracy=self.balanced_accuracy, answered=self.answered)
         return out
 
     def lines(self) -> list[str]:
         """The report in words, its verdict first."""
-        return [self.verdict(), *self._code_lines(), *self._label_lines()]
+        advice = ([ADVICE] if self.status in (COLLAPSED, NEAR_CHANCE, WEAK) else [])
+        return [self.verdict(), *self._code_lines(), *self._label_lines(), *advice]
+
+    @property
+    def status(self) -> str:
+        """One of :data:`STATUSES`: what the verdict says, for code that acts on it."""
+        if self.codes.collapsed:
+            return COLLAPSED
+        judged = self.judged
+        if len(judged) < 2:
+            return NOT_JUDGED
+        chance = 1.0 / len(judged)
+        margin = 2.0 * math.sqrt(chance * (1.0 - chance) / self.queries)
+        if self.balanced_accuracy <= chance + margin:
+            return NEAR_CHANCE
+        if self.balanced_accuracy < chance + WEAK_GAIN * (1.0 - chance):
+            return WEAK
+        return FINE
+
+    @property
+    def fine(self) -> bool:
+        return self.status == FINE
 
     def verdict(self) -> str:
-        c = self.codes
-        if c.collapsed:
+        status, c = self.status, self.codes
+        if status == COLLAPSED:
             return (f"COLLAPSED: {self.model} gives this library's tiles {c.distinct} distinct "
                     f"codes, the most common held by {c.top_code_share:.0%} of them and "
                     f"{c.dead_bits} of {c.bits} bits never change: its hits are arbitrary "
                     "here")
-        judged = self.judged
-        if len(judged) < 2:
+        if status == NOT_JUDGED:
             return ("Not judged: it needs labelled tiles of at least two labels, each from at "
                     f"least two {self._group_noun(2)}")
-        chance = 1.0 / len(judged)
-        balanced = self.balanced_accuracy
-        margin = 2.0 * math.sqrt(chance * (1.0 - chance) / self.queries)
-        said = (f"balanced vote@{self.k} {balanced:.2f} against chance {chance:.2f} over "
-                f"{len(judged)} labels ({self.queries} queries from {self.query_groups} "
-                f"{self._group_noun(self.query_groups)}, each held out)")
-        if balanced <= chance + margin:
+        n_labels = len(self.judged)
+        said = (f"balanced vote@{self.k} {self.balanced_accuracy:.2f} against chance "
+                f"{1.0 / n_labels:.2f} over {n_labels} labels ({self.queries} queries from "
+                f"{self.query_groups} {self._group_noun(self.query_groups)}, each held out)")
+        if status == NEAR_CHANCE:
             return f"NEAR CHANCE: {said}: do not trust its votes on this tissue"
-        if balanced < chance + WEAK_GAIN * (1.0 - chance):
+        if status == WEAK:
             return f"WEAK: {said}: its votes are right little more often than chance here"
         return f"{self.model} on this library: {said}"
 

@@ -1,0 +1,44 @@
+"""Search ▸ Check library on its labels: a background check job, its verdict in a box (a
+warning when the model serves the library's tissue badly)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("pytestqt")
+from hashview.jobs import JobSpec  # noqa: E402
+
+
+def test_the_action_submits_a_check_job_of_the_open_library(qtbot, window, library_path,
+                                                            monkeypatch, message_boxes):
+    submitted = []
+    monkeypatch.setattr(window, "submit_job", submitted.append)
+    action = window.actions_.check_library
+    assert action in window.menuBar().actions()[2].menu().actions()  # the Search menu
+    action.trigger()
+    assert [(s.kind, s.args) for s in submitted] == [
+        ("check", {"library_path": str(library_path)})]
+    window.library_path = None
+    assert window.check_library_labels() is None and len(submitted) == 1
+    assert message_boxes.of("warning")[-1][2] == "Open a library first (File ▸ Open library…)"
+
+
+@pytest.mark.parametrize("fine, kind", [(True, "information"), (False, "warning")])
+def test_the_verdict_shows_when_the_job_ends(qtbot, window, message_boxes, fine, kind):
+    spec = JobSpec("check", {"library_path": "lib.h5"})
+    lines = ["NEAR CHANCE: balanced vote@10 0.50 against chance 0.50", "codes: 3 distinct",
+             "  a: 5 tiles"]
+    window._on_job_finished(spec, {"lines": lines, "fine": fine}, "done")
+    assert message_boxes.calls == [(kind, "Library check", "NEAR CHANCE: balanced vote@10 0.50 "
+                                    "against chance 0.50\n\ncodes: 3 distinct\n  a: 5 tiles")]
+    assert window.statusBar().currentMessage() == lines[0]
+    window._on_job_finished(spec, None, "failed")  # a failed check: the Jobs panel says why
+    assert len(message_boxes.calls) == 1
+
+
+def test_the_jobs_panel_row_ends_with_the_verdict():
+    from hashview.gui.jobs_panel import summarize_result
+
+    spec = JobSpec("check", {"library_path": "lib.h5"})
+    assert summarize_result(spec, {"verdict": "WEAK: balanced vote@10 0.56"}) == (
+        "Done: WEAK: balanced vote@10 0.56")
