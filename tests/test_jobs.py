@@ -19,7 +19,7 @@ from hashview.library import Library
 from hashview.progress import Cancelled, Progress
 from hashview.tiling import TilingParams
 
-from conftest import KATHER, SLIDE
+from conftest import KATHER, SLIDE, turned_patches
 
 WORKER_TIMEOUT_S = 300  # generous: the machine is shared with CPU-heavy training
 
@@ -149,14 +149,24 @@ def test_run_job_checks_a_library_on_its_labels(tmp_path):
     library = tmp_path / "lib.h5"
     assert run_job(JobSpec("index", {"paths": [KATHER], "library_path": library}),
                    events.append) == "done"
+    assert events[-1]["result"]["check"] is None  # 2 tiles a label outside one: not judged
     events.clear()
-    spec = JobSpec("check", {"library_path": library, "k": 3})
-    assert spec.title == "Check lib.h5 on its labels"
+    turned = JobSpec("index", {"paths": [turned_patches(tmp_path / "turned")],
+                               "library_path": tmp_path / "turned.h5"})
+    assert run_job(turned, events.append) == "done"
+    check = events[-1]["result"]["check"]
+    assert check["verdict"].endswith("(24 queries from 24 sources, each held out)")
+    assert check["lines"][0] == check["verdict"] and check["fine"] == (check["status"] == "fine")
+    assert {"event": "log", "level": "info" if check["fine"] else "warning",
+            "message": f"check on its labels: {check['verdict']}"} in events
+    events.clear()
+    spec = JobSpec("check", {"library_path": tmp_path / "turned.h5", "k": 3})
+    assert spec.title == "Check turned.h5 on its labels"
     assert run_job(spec, events.append) == "done", events[-1]
     result = events[-1]["result"]
     logged = [e["message"] for e in events if e["event"] == "log"]
     assert logged == result["lines"] and result["verdict"] == result["lines"][0]
-    assert result["check"]["k"] == 3 and result["check"]["queries"] == 12
+    assert result["check"]["k"] == 3 and result["check"]["queries"] == 24
     assert result["check"]["status"] == "fine" and result["fine"]
     events.clear()
     assert run_job(JobSpec("check", {"library_path": library, "bogus": 1}),

@@ -68,8 +68,9 @@ def test_the_queries_own_patient_cannot_answer_them(tmp_path):
 
 def test_a_vote_little_better_than_chance_is_called_weak():
     def made(right_a: int, right_b: int) -> self_check.LibraryCheck:
-        labels = (self_check.LabelCheck("a", 200, 20, 200, right_a, 200 - right_a),
-                  self_check.LabelCheck("b", 200, 20, 200, right_b, 200 - right_b))
+        labels = tuple(self_check.LabelCheck(name, 200, 20, outside=190, queries=200,
+                                             right=right, wrong=200 - right)
+                       for name, right in (("a", right_a), ("b", right_b)))
         return self_check.LibraryCheck("lib.h5", "m64", 400, 10, "patient",
                                        self_check.CodeCheck(400, 300, 0.01, 0, 64), labels, 40)
     assert made(116, 116).verdict().startswith("WEAK: balanced vote@10 0.58 against chance 0.50")
@@ -82,7 +83,7 @@ def test_sources_without_a_patient_are_held_out_one_by_one(tmp_path):
     sources = [(None, "a", noisy(CODE_A, 3, rng)) for _ in range(3)]
     sources += [(None, "b", noisy(CODE_B, 3, rng)) for _ in range(3)]
     sources += [(None, "c", noisy(CODE_A, 5, rng))]  # one source: cannot be judged
-    result = check_library(write(tmp_path / "lib.h5", sources))
+    result = check_library(write(tmp_path / "lib.h5", sources), k=3)
     assert result.held_out_by == "source" and result.query_groups == 6
     c = result.labels[2]
     assert (c.label, c.groups, c.queries) == ("c", 1, 0)
@@ -111,6 +112,19 @@ def test_collapsed_codes_and_near_chance_votes_are_said(tmp_path):
         self_check.ADVICE)
 
 
+def test_a_label_too_small_for_a_full_vote_is_not_judged(tmp_path):
+    """8 tiles of each label outside any one patient: a top-10 vote could not be right even
+    for a perfect model, so the labels are not judged at k=10 (they are at k=3)."""
+    rng = np.random.default_rng(7)
+    path = write(tmp_path / "lib.h5", [(f"P{p}", label, noisy(code, 4, rng)) for p in range(3)
+                                       for label, code in (("a", CODE_A), ("b", CODE_B))])
+    result = check_library(path)
+    assert result.status == "not judged" and result.queries == 0
+    assert "  a: 12 tiles from 3 patients; not judged (8 outside its largest patient: a top-10 " \
+           "vote needs 10; try a smaller -k)" in result.lines()
+    assert check_library(path, k=3).status == "fine"
+
+
 def test_one_label_is_not_judged(tmp_path):
     rng = np.random.default_rng(4)
     result = check_library(write(tmp_path / "lib.h5",
@@ -126,7 +140,7 @@ def test_tiles_the_model_trained_on_are_not_queried(tmp_path, monkeypatch):
         "protocol": "patient", "seed": 0, "data_root": "slides", "train": ["s0.svs", "s1.svs"],
         "test": []})
     monkeypatch.setattr(self_check, "_model_card", lambda name, sha: card)
-    result = check_library(write(tmp_path / "lib.h5", sources))
+    result = check_library(write(tmp_path / "lib.h5", sources), k=3)
     assert result.trained_on == 8
     assert [l.queries for l in result.labels] == [8, 8]  # P0's two sources left out
     assert result.query_groups == 2
@@ -138,9 +152,9 @@ def test_cli_prints_the_report_or_one_line(tmp_path, capsys):
     rng = np.random.default_rng(6)
     path = write(tmp_path / "lib.h5", [(f"P{p}", label, noisy(code, 4, rng)) for p in range(3)
                                        for label, code in (("a", CODE_A), ("b", CODE_B))])
-    assert main(["check", str(path)]) == 0
+    assert main(["check", str(path), "-k", "3"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("m64 on this library: balanced vote@10 1.00")
+    assert out[0].startswith("m64 on this library: balanced vote@3 1.00")
     assert out[1].startswith("codes: ")
     with pytest.raises(SystemExit) as usage:
         main(["check", str(path), "-k", "0"])
@@ -157,3 +171,19 @@ def test_an_empty_library_is_not_judged(tmp_path):
         pass
     result = check_library(tmp_path / "empty.h5")
     assert result.queries == 0 and result.verdict().startswith("Not judged")
+
+
+def test_indexing_ends_with_the_check_when_the_labels_can_be_judged(tmp_path, capsys):
+    from conftest import turned_patches
+
+    turned_patches(tmp_path / "patches")
+    library = str(tmp_path / "lib.h5")
+    assert main(["index", str(tmp_path / "patches"), "-l", library]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("check on its labels: ") and "balanced vote@10" in out[1]
+    assert ("24 queries from 24 sources" in out[1]) and len(out) in (2, 3)
+    assert main(["index", str(tmp_path / "patches"), "-l", library]) == 0  # nothing added
+    assert len(capsys.readouterr().out.splitlines()) == 1
+    assert main(["index", str(tmp_path / "patches"), "-l", str(tmp_path / "b.h5"),
+                 "--no-check"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1

@@ -23,7 +23,7 @@ from hashview.cli.edit import EDIT_COMMANDS, add_edit_parser
 from hashview.cli.geojson import add_geojson_option
 from hashview.cli.models import cmd_eval, cmd_explain, cmd_models, cmd_train
 from hashview.cli.search import (add_refine_options, cmd_check, cmd_heatmap, cmd_index_build,
-                                 cmd_search)
+                                 cmd_search, say_check_after_indexing)
 from hashview.cli.support import (BATCH_SIZE, EXIT_FAILED, EXIT_OK, FRACTION,
                                   NON_NEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER,
                                   TRAIN_BATCH_SIZE, code_bits, int_list, model_input_size,
@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tiling_args(p)
     add_annotation_options(p)
     add_engine_options(p)
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the check of the model on the library's labels at the end "
+                        "(hashview check, 300 queries)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("search", help="find the tiles most similar to a patch or slide region")
@@ -303,6 +306,8 @@ def cmd_index(args) -> int:
     code = print_index_report(result, args.library, "already indexed", args.json)
     if result.tile_labels and not args.json:
         say(label_summary(result.tile_labels))
+    if result.added and not args.json and not args.no_check:
+        say_check_after_indexing(args.library)
     if args.annotations is not None and result.skipped and not args.json:
         say(f"{len(result.skipped)} already indexed keep their labels; to apply these "
             f"annotations to them: hashview relabel {args.library} --annotations")

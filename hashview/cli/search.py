@@ -199,6 +199,22 @@ def cmd_index_build(args) -> int:
     return EXIT_OK
 
 
+def say_check_after_indexing(library) -> None:
+    """After indexing: the check's verdict on the library's labels (and what to try when it is
+    bad), or nothing when there is nothing to judge; a check that cannot run is one line."""
+    from hashview.search.self_check import ADVICE, check_after_indexing
+
+    try:
+        result = check_after_indexing(library)
+    except HashViewError as exc:
+        say(f"hashview: check on the library's labels not run: {exc.message}", err=True)
+        return
+    if result is not None:
+        say(f"check on its labels: {result.verdict()}")
+        if not result.fine and result.status != "not judged":
+            say(ADVICE)
+
+
 def cmd_check(args) -> int:
     from hashview.search.self_check import check_library
 

@@ -140,6 +140,10 @@ class JobsMixin:
                 self.controller.invalidate()
                 self.open_library(self.library_path)  # new sources, counts, outlines
                 self._map_after_index(spec, status)
+            check = (result or {}).get("check") if status == "done" else None
+            if check and not check.get("fine"):  # the model serves these labels badly: say so
+                self._show_check(check)
+                return
         elif spec.kind == "check" and status == "done" and result:
             self._show_check(result)
             return

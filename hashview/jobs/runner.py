@@ -138,7 +138,28 @@ def _run_index(spec: JobSpec, progress: ProgressEmitter, emit: Emit) -> dict:
         emit({"event": "log", "level": "warning", "message": message})
     for message in result.failed:
         emit({"event": "log", "level": "error", "message": message})
-    return result.to_dict()
+    return {**result.to_dict(), "check": _check_after(spec, result, emit)}
+
+
+def _check_after(spec: JobSpec, result, emit: Emit) -> Optional[dict]:
+    """The library's model checked on its labels when the job added sources (None when there
+    is nothing to judge); a check that cannot run is a warning, the job still succeeded."""
+    if not result.added:
+        return None
+    from hashview.search.self_check import check_after_indexing
+
+    try:
+        check = check_after_indexing(spec.args["library_path"])
+    except HashViewError as exc:
+        emit({"event": "log", "level": "warning",
+              "message": f"check on the library's labels not run: {exc.message}"})
+        return None
+    if check is None:
+        return None
+    lines = check.lines()
+    emit({"event": "log", "level": "info" if check.fine else "warning",
+          "message": f"check on its labels: {lines[0]}"})
+    return {"verdict": lines[0], "lines": lines, "fine": check.fine, "status": check.status}
 
 
 def _annotation_options(spec: JobSpec, given: dict):

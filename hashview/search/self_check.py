@@ -18,7 +18,7 @@ are alike, so few patients mean a wide margin whatever the number of queries.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -31,6 +31,9 @@ from hashview.search.result_summary import MIN_VOTE_LABELS
 from hashview.search.searcher import Searcher, vote
 
 DEFAULT_QUERIES = 1000
+# The check run when indexing ends: fewer queries, so that it stays a few seconds beside a
+# long indexing run (its margin of error is wider, and it says how many queries it rests on).
+AFTER_INDEXING_QUERIES = 300
 # Code statistics over at most this many tiles (a seeded sample past it).
 STATS_MAX_TILES = 1_000_000
 # Collapsed: the most common code holds more than this share of the tiles, or more than half
@@ -53,7 +56,10 @@ class LabelCheck:
     label: str
     tiles: int  # labelled tiles in the library
     groups: int  # patients (or sources) holding them
-    queries: int = 0  # 0: not judged (all its tiles in one group)
+    # its tiles outside the patient holding most of them: fewer than k and even a perfect
+    # model cannot fill a top-k vote with the label, so it is not judged
+    outside: int = 0
+    queries: int = 0  # 0: not judged
     right: int = 0
     wrong: int = 0
     no_answer: int = 0
@@ -156,8 +162,8 @@ class LibraryCheck:
                     f"{c.dead_bits} of {c.bits} bits never change: its hits are arbitrary "
                     "here")
         if status == NOT_JUDGED:
-            return ("Not judged: it needs labelled tiles of at least two labels, each from at "
-                    f"least two {self._group_noun(2)}")
+            return ("Not judged: it needs labelled tiles of at least two labels, each with at "
+                    f"least {self.k} outside its largest {self.held_out_by}")
         n_labels = len(self.judged)
         said = (f"balanced vote@{self.k} {self.balanced_accuracy:.2f} against chance "
                 f"{1.0 / n_labels:.2f} over {n_labels} labels ({self.queries} queries from "
@@ -192,8 +198,8 @@ class LibraryCheck:
             where = (f"{label.tiles} tiles from {label.groups} "
                      f"{self._group_noun(label.groups)}")
             if not label.queries:
-                lines.append(f"  {printable(label.label)}: {where}; not judged (one "
-                             f"{self.held_out_by} holds them all)")
+                lines.append(f"  {printable(label.label)}: {where}; not judged "
+                             f"({self._why_not_judged(label)})")
                 continue
             lines.append(f"  {printable(label.label)}: {where}; {label.right} of "
                          f"{label.queries} voted right ({label.recall:.2f}), {label.wrong} "
@@ -201,6 +207,14 @@ class LibraryCheck:
                          + f", {label.no_answer} no answer")
         return lines
 
+
+    def _why_not_judged(self, label: LabelCheck) -> str:
+        if label.groups < 2:
+            return f"one {self.held_out_by} holds them all"
+        if label.outside < self.k:
+            return (f"{label.outside} outside its largest {self.held_out_by}: a top-{self.k} "
+                    f"vote needs {self.k}; try a smaller -k")
+        return f"{self.model} trained on all of them"
 
     @staticmethod
     def _instead(label: LabelCheck) -> str:
@@ -263,6 +277,19 @@ def _trained_sources(sources, card) -> Optional[set[int]]:
     return seen
 
 
+def check_after_indexing(path, max_queries: int = AFTER_INDEXING_QUERIES
+                         ) -> Optional[LibraryCheck]:
+    """The check when indexing into ``path`` ends, or None when there is nothing to judge
+    (fewer than two labels, or too few patients per label)."""
+    from hashview.library import Library
+
+    with Library.open(path, mode="r") as library:
+        if len(library.label_names()) < 2:
+            return None
+    result = check_library(path, max_queries=max_queries)
+    return None if result.status == NOT_JUDGED else result
+
+
 def _judge(hits, label: str) -> tuple[str, str]:
     """(right / wrong / no answer, the label voted)."""
     found = vote(hits)
@@ -293,15 +320,16 @@ def check_library(path, k: int = 10, max_queries: int = DEFAULT_QUERIES, seed: i
     trained = _trained_sources(sources, _model_card(model, model_sha))
     unseen = (np.ones(len(label_ids), bool) if not trained
               else ~np.isin(searcher.tile_sources, np.fromiter(trained, np.int64)))
-    rng = np.random.default_rng(seed)
+    spread: dict[int, tuple[int, int]] = {}  # label: (groups, tiles outside the largest)
     per_label: dict[int, np.ndarray] = {}
-    label_groups: dict[int, int] = {}
     for lid in np.unique(label_ids[label_ids >= 0]):
         tiles = np.flatnonzero(label_ids == lid)
-        label_groups[int(lid)] = len({tile_group[t] for t in tiles})
-        if label_groups[int(lid)] > 1 and unseen[tiles].any():
+        counts = Counter(tile_group[t] for t in tiles)
+        spread[int(lid)] = (len(counts), len(tiles) - max(counts.values()))
+        if spread[int(lid)][1] >= k and unseen[tiles].any():
             per_label[int(lid)] = tiles[unseen[tiles]]
     share = math.ceil(int(max_queries) / max(1, len(per_label)))
+    rng = np.random.default_rng(seed)
     chosen = {lid: np.sort(rng.choice(tiles, min(share, len(tiles)), replace=False))
               for lid, tiles in per_label.items()}
     by_group: dict[tuple, list[int]] = defaultdict(list)
@@ -326,11 +354,11 @@ def check_library(path, k: int = 10, max_queries: int = DEFAULT_QUERIES, seed: i
         done += len(tiles)
         report(progress, "checking votes", done, total)
     labels = []
-    for lid in sorted(label_groups, key=lambda i: label_names[i]):
+    for lid in sorted(spread, key=lambda i: label_names[i]):
         o, wrong = outcomes.get(lid, {}), instead.get(lid, {})
         most = min(wrong, key=lambda name: (-wrong[name], name)) if wrong else ""
         labels.append(LabelCheck(label_names[lid], int(np.sum(label_ids == lid)),
-                                 label_groups[lid], len(chosen.get(lid, ())),
+                                 *spread[lid], len(chosen.get(lid, ())),
                                  o.get(RIGHT, 0), o.get(WRONG, 0), o.get(NO_ANSWER, 0), most))
     trained_on = None if trained is None else int(np.sum(~unseen & (label_ids >= 0)))
     return LibraryCheck(str(Path(path)), model, searcher.n_tiles, int(k), held_out_by, codes,

@@ -42,3 +42,17 @@ def test_the_jobs_panel_row_ends_with_the_verdict():
     spec = JobSpec("check", {"library_path": "lib.h5"})
     assert summarize_result(spec, {"verdict": "WEAK: balanced vote@10 0.56"}) == (
         "Done: WEAK: balanced vote@10 0.56")
+
+
+def test_an_index_job_whose_check_is_bad_ends_in_a_warning(qtbot, window, library_path,
+                                                           message_boxes):
+    spec = JobSpec("index", {"paths": ["x.svs"], "library_path": str(library_path)})
+    bad = {"verdict": "WEAK: balanced vote@10 0.56", "lines": ["WEAK: balanced vote@10 0.56",
+                                                              "codes: 9 distinct"],
+           "fine": False, "status": "weak"}
+    window._on_job_finished(spec, {"added": [], "check": bad}, "done")
+    assert message_boxes.calls == [("warning", "Library check",
+                                    "WEAK: balanced vote@10 0.56\n\ncodes: 9 distinct")]
+    window._on_job_finished(spec, {"added": [], "check": {**bad, "fine": True}}, "done")
+    window._on_job_finished(spec, {"added": [], "check": None}, "done")
+    assert len(message_boxes.calls) == 1  # a fine check or none: no box
