@@ -19,7 +19,8 @@ from hashview.library import Library
 from hashview.progress import Cancelled, Progress
 from hashview.tiling import TilingParams
 
-from conftest import KATHER, SLIDE, turned_patches
+from _patch_folders import turned_patches
+from conftest import KATHER, SLIDE
 
 WORKER_TIMEOUT_S = 300  # generous: the machine is shared with CPU-heavy training
 

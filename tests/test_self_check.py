@@ -174,7 +174,7 @@ def test_an_empty_library_is_not_judged(tmp_path):
 
 
 def test_indexing_ends_with_the_check_when_the_labels_can_be_judged(tmp_path, capsys):
-    from conftest import turned_patches
+    from _patch_folders import turned_patches
 
     turned_patches(tmp_path / "patches")
     library = str(tmp_path / "lib.h5")
