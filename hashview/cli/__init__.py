@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=POSITIVE_INT, default=1000,
                    help="labelled tiles searched, about as many per label (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the query sample (default 0)")
+    p.add_argument("--models", metavar="M[,M...]|all", default=None,
+                   help="compare these models (names or files; all: every trained model) on "
+                        "labelled tiles read again from their files")
+    p.add_argument("--tiles", type=POSITIVE_INT, default=2000,
+                   help="with --models: labelled tiles read and encoded (default 2000)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("models", help="list the bundled and user models; install a trained one")

@@ -215,9 +215,36 @@ def say_check_after_indexing(library) -> None:
             say(ADVICE)
 
 
+def _compare(args) -> int:
+    from hashview.models import list_models
+    from hashview.search.model_comparison import compare_models
+
+    names = ([card.name for card in list_models() if card.trained] if args.models == "all"
+             else [name.strip() for name in args.models.split(",") if name.strip()])
+    if not names:
+        return usage_error("check: --models names no model")
+    bar = progress_bar(not args.json)
+    try:
+        result = compare_models(args.library, names, k=args.k, max_tiles=args.tiles,
+                                seed=args.seed, device=args.device, progress=bar)
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps({"library": result.library, "library_model": result.library_model,
+                          "tiles": result.tiles, "warnings": list(result.warnings),
+                          "models": [{"model": s.model, "problem": s.problem,
+                                      "check": s.check.as_dict() if s.check else None}
+                                     for s in result.scores]}, indent=2))
+    else:
+        say_lines("\n".join(result.lines()))
+    return EXIT_OK
+
+
 def cmd_check(args) -> int:
     from hashview.search.self_check import check_library
 
+    if args.models:
+        return _compare(args)
     bar = progress_bar(not args.json)
     try:
         result = check_library(args.library, k=args.k, max_queries=args.queries,

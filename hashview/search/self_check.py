@@ -21,7 +21,7 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -41,13 +41,14 @@ STATS_MAX_TILES = 1_000_000
 # it: docs/benchmarks.md, "Checking a library on its own labels".)
 TOP_CODE_SHARE_MAX = 0.5
 DEAD_BITS_FRACTION_MAX = 0.5
-# Weak: the balanced vote covers less than this share of the way from chance to perfect.
-WEAK_GAIN = 0.25
+# Weak: the balanced vote covers less than this share of the way from chance to perfect
+# (2 labels: below 0.67; 8 labels: below 0.42).
+WEAK_GAIN = 1.0 / 3.0
 RIGHT, WRONG, NO_ANSWER = "right", "wrong", "no answer"
 COLLAPSED, NOT_JUDGED, NEAR_CHANCE, WEAK, FINE = ("collapsed", "not judged", "near chance",
                                                   "weak", "fine")
 STATUSES = (COLLAPSED, NOT_JUDGED, NEAR_CHANCE, WEAK, FINE)
-ADVICE = ("Try another model on the same tiles (a new library made with it, checked again), or "
+ADVICE = ("Compare the other models on these tiles (hashview check LIB.h5 --models all), or "
           "train one on your labelled patches (hashview train, or Search ▸ Train model)")
 
 
@@ -242,13 +243,32 @@ def code_check(codes: np.ndarray, bits: int, seed: int = 0) -> CodeCheck:
                      int(((means == 0.0) | (means == 1.0)).sum()), int(bits))
 
 
-def _groups(sources) -> tuple[str, dict[int, tuple]]:
+def source_groups(sources) -> tuple[str, dict[int, tuple]]:
     """How tiles are held out ("patient" when any source records one) and each source's
     group key (its patient, else the source itself)."""
     by_patient = any(s.patient_id for s in sources)
     keys = {s.id: ("patient", s.patient_id) if by_patient and s.patient_id else ("source", s.id)
             for s in sources}
     return ("patient" if by_patient else "source"), keys
+
+
+def label_spread(label_ids: np.ndarray, tile_group: Sequence) -> dict[int, tuple]:
+    """Per label id: (groups holding it, its tiles outside the largest group, its tiles)."""
+    spread = {}
+    for lid in np.unique(label_ids[label_ids >= 0]):
+        tiles = np.flatnonzero(label_ids == lid)
+        counts = Counter(tile_group[t] for t in tiles)
+        spread[int(lid)] = (len(counts), len(tiles) - max(counts.values()), tiles)
+    return spread
+
+
+def stratified_sample(per_label: dict[int, np.ndarray], total: int,
+                      seed: int) -> dict[int, np.ndarray]:
+    """Up to ``total`` tiles, the same number per label where they have them (seeded, sorted)."""
+    share = math.ceil(int(total) / max(1, len(per_label)))
+    rng = np.random.default_rng(seed)
+    return {lid: np.sort(rng.choice(tiles, min(share, len(tiles)), replace=False))
+            for lid, tiles in per_label.items()}
 
 
 def _model_card(name: str, sha256: Optional[str]):
@@ -314,24 +334,16 @@ def check_library(path, k: int = 10, max_queries: int = DEFAULT_QUERIES, seed: i
         model_sha = library.model_sha256
     report(progress, "checking codes", 0, None)
     codes = code_check(searcher.codes, searcher.bits, seed)
-    held_out_by, group_of = _groups(sources)
+    held_out_by, group_of = source_groups(sources)
     tile_group = [group_of[int(s)] for s in searcher.tile_sources]
     label_ids = searcher.tile_labels
     trained = _trained_sources(sources, _model_card(model, model_sha))
     unseen = (np.ones(len(label_ids), bool) if not trained
               else ~np.isin(searcher.tile_sources, np.fromiter(trained, np.int64)))
-    spread: dict[int, tuple[int, int]] = {}  # label: (groups, tiles outside the largest)
-    per_label: dict[int, np.ndarray] = {}
-    for lid in np.unique(label_ids[label_ids >= 0]):
-        tiles = np.flatnonzero(label_ids == lid)
-        counts = Counter(tile_group[t] for t in tiles)
-        spread[int(lid)] = (len(counts), len(tiles) - max(counts.values()))
-        if spread[int(lid)][1] >= k and unseen[tiles].any():
-            per_label[int(lid)] = tiles[unseen[tiles]]
-    share = math.ceil(int(max_queries) / max(1, len(per_label)))
-    rng = np.random.default_rng(seed)
-    chosen = {lid: np.sort(rng.choice(tiles, min(share, len(tiles)), replace=False))
-              for lid, tiles in per_label.items()}
+    spread = label_spread(label_ids, tile_group)
+    chosen = stratified_sample({lid: tiles[unseen[tiles]] for lid, (_, outside, tiles)
+                                in spread.items() if outside >= k and unseen[tiles].any()},
+                               max_queries, seed)
     by_group: dict[tuple, list[int]] = defaultdict(list)
     for tiles in chosen.values():
         for tile in tiles:
@@ -358,7 +370,7 @@ def check_library(path, k: int = 10, max_queries: int = DEFAULT_QUERIES, seed: i
         o, wrong = outcomes.get(lid, {}), instead.get(lid, {})
         most = min(wrong, key=lambda name: (-wrong[name], name)) if wrong else ""
         labels.append(LabelCheck(label_names[lid], int(np.sum(label_ids == lid)),
-                                 *spread[lid], len(chosen.get(lid, ())),
+                                 *spread[lid][:2], len(chosen.get(lid, ())),
                                  o.get(RIGHT, 0), o.get(WRONG, 0), o.get(NO_ANSWER, 0), most))
     trained_on = None if trained is None else int(np.sum(~unseen & (label_ids >= 0)))
     return LibraryCheck(str(Path(path)), model, searcher.n_tiles, int(k), held_out_by, codes,

@@ -1,0 +1,188 @@
+"""Which model tells a library's labels apart best: a sample of its labelled tiles read again
+from their files, encoded by each candidate model, and each model judged by the library check
+(:mod:`hashview.search.self_check`) on a library of those tiles alone.
+
+The library's own codes are not reused: its model is encoded from the same pixels as the
+others, so every model is judged on the same tiles, with the same patients held out. Tiles a
+model trained on (its card's record) are not queried for that model, as in the check. A slide
+tile is read once, at the library's tiling, for the largest model input among the candidates,
+then resized to each model's input; a library that stain-normalises its tiles re-stains them
+for every model.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from hashview.errors import HashViewError, printable
+from hashview.progress import ProgressCallback, report
+from hashview.search.self_check import (LibraryCheck, check_library, label_spread,
+                                        source_groups, stratified_sample)
+
+DEFAULT_TILES = 2000
+
+
+@dataclass(frozen=True)
+class ModelScore:
+    model: str
+    check: Optional[LibraryCheck] = None
+    problem: str = ""  # why it was not judged (a model that cannot be loaded)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    library: str
+    library_model: str
+    tiles: int  # labelled tiles read and encoded by every model
+    scores: tuple[ModelScore, ...]  # best first
+    warnings: tuple[str, ...] = ()  # sources whose tiles could not be read
+
+    def lines(self) -> list[str]:
+        """A table of the models, best first, and a line on the library's own model."""
+        lines = [f"{self.tiles} labelled tiles of {Path(self.library).name} read again and "
+                 "encoded by each model; each query's patient (else its file) held out"]
+        for score in self.scores:
+            mark = " (this library's)" if score.model == self.library_model else ""
+            if score.check is None:
+                lines.append(f"  {score.model}{mark}: not judged: {score.problem}")
+                continue
+            lines.append(f"  {score.model}{mark}: {_status_text(score.check)}")
+        lines.extend(f"warning: {w}" for w in self.warnings)
+        return lines
+
+
+def _status_text(check: LibraryCheck) -> str:
+    if check.balanced_accuracy is None:
+        return check.status
+    flag = "" if check.fine else f" ({check.status.upper()})"
+    return (f"balanced vote@{check.k} {check.balanced_accuracy:.2f} against chance "
+            f"{1.0 / len(check.judged):.2f}, {check.queries} queries{flag}")
+
+
+def _sort_key(score: ModelScore):
+    """Judged models by balanced vote, a collapsed one after them (its hits are arbitrary
+    whatever its votes), then the ones that could not be judged."""
+    check = score.check
+    balanced = check.balanced_accuracy if check is not None else None
+    return (balanced is None, check is not None and check.codes.collapsed, -(balanced or 0.0),
+            score.model)
+
+
+def _read_tiles(library, rows: np.ndarray, table: dict, sources: dict, size: int,
+                warnings: list[str]) -> dict[int, object]:
+    """The pixels of the library's tiles ``rows`` (patch files whole, slide tiles at the
+    library's tiling for a model input of ``size``); a source that cannot be read is one
+    warning and its tiles are left out."""
+    from hashview.slides import open_source
+    from hashview.slides.image_source import load_rgb_image
+    from hashview.tiling import Tile, TilingParams, plan_geometry, read_tile
+
+    params = TilingParams(tile_size=int(library.tile_size), target_mpp=float(library.target_mpp))
+    images = {}
+    by_source: dict[int, list[int]] = {}
+    for row in rows:
+        by_source.setdefault(int(table["source_id"][row]), []).append(int(row))
+    for source_id, tile_rows in by_source.items():
+        record = sources[source_id]
+        try:
+            if record.kind == "patch":
+                image = load_rgb_image(record.path)
+                images.update((row, image) for row in tile_rows)
+                continue
+            with open_source(record.path) as source:
+                plan = plan_geometry(source, params, size)
+                for row in tile_rows:
+                    tile = Tile(int(table["x"][row]), int(table["y"][row]),
+                                int(table["size"][row]))
+                    images[row] = read_tile(source, tile, plan)
+        except HashViewError as exc:
+            warnings.append(exc.message)
+        except OSError as exc:
+            warnings.append(f"{printable(record.path)}: {exc.strerror or exc}")
+    return images
+
+
+def _sample_library(path: Path, library, model, rows: list[int], images: dict, table: dict,
+                    sources: dict, device: str) -> None:
+    """A library at ``path`` of the tiles ``rows`` encoded by ``model`` (a LoadedModel), each
+    under its own source's record (path, patient, fingerprint), with the tiles' labels."""
+    from hashview.encode import Encoder
+    from hashview.library import Library
+    from hashview.library.records import ModelInfo
+    from hashview.stain_reference import normaliser_of
+    from hashview.tiling import square_tile
+
+    stain = library.model.stain_reference
+    encoder = Encoder(model, device=device,
+                      stain_normaliser=normaliser_of(stain, library.path) if stain else None)
+    codes = encoder.encode([square_tile(images[row], encoder.input_size) for row in rows])
+    labels = library.label_names()
+    info = ModelInfo.coerce(model.card, tile_size=library.tile_size,
+                            target_mpp=library.target_mpp, stain_reference=stain)
+    by_source: dict[int, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_source.setdefault(int(table["source_id"][row]), []).append(i)
+    with Library.create(path, info) as sample:
+        items = []
+        for source_id, at in by_source.items():
+            rec = sources[source_id]
+            record = {"path": rec.path, "fingerprint": rec.fingerprint, "name": rec.name,
+                      "kind": rec.kind, "patient_id": rec.patient_id, "mpp": rec.mpp,
+                      "width": rec.width, "height": rec.height}
+            picked = [rows[i] for i in at]
+            items.append((record, codes[at], table["x"][picked], table["y"][picked],
+                          table["size"][picked],
+                          [labels[int(table["label_id"][row])] for row in picked]))
+        sample.add_sources(items)
+
+
+def compare_models(path, models: Sequence[str], k: int = 10, max_tiles: int = DEFAULT_TILES,
+                   seed: int = 0, device: str = "auto",
+                   progress: Optional[ProgressCallback] = None) -> Comparison:
+    """Judge each of ``models`` (names or paths) on a seeded sample of the library's labelled
+    tiles (up to ``max_tiles``, about as many per label), best first."""
+    from hashview.library import Library
+    from hashview.models import load_model
+
+    if int(k) < 1 or int(max_tiles) < 1:
+        raise ValueError("k and the number of tiles must be at least 1")
+    loaded = {}
+    problems = {}
+    for name in dict.fromkeys(models):
+        try:
+            loaded[name] = load_model(name)
+        except HashViewError as exc:
+            problems[name] = exc.message
+    with Library.open(path, mode="r") as library:
+        table = library.tile_table()
+        sources = {s.id: s for s in library.sources()}
+        _, group_of = source_groups(list(sources.values()))
+        tile_group = [group_of[int(s)] for s in table["source_id"]]
+        spread = label_spread(np.asarray(table["label_id"]), tile_group)
+        chosen = stratified_sample({lid: tiles for lid, (_, outside, tiles) in spread.items()
+                                    if outside >= k}, max_tiles, seed)
+        rows = np.sort(np.concatenate(list(chosen.values()))) if chosen else np.zeros(0, int)
+        warnings: list[str] = []
+        largest = max((int(m.card.input_size) for m in loaded.values()), default=224)
+        report(progress, "reading tiles", 0, len(rows))
+        images = _read_tiles(library, rows, table, sources, largest, warnings)
+        read_rows = [int(row) for row in rows if int(row) in images]
+        scores = [ModelScore(name, problem=problem) for name, problem in problems.items()]
+        with tempfile.TemporaryDirectory(prefix="hashview-compare-") as work:
+            for number, (name, model) in enumerate(loaded.items(), 1):
+                report(progress, "encoding", number - 1, len(loaded), name)
+                sample_path = Path(work) / f"{number}.h5"
+                _sample_library(sample_path, library, model, read_rows, images, table,
+                                sources, device)
+                scores.append(ModelScore(name, check_library(sample_path, k=k,
+                                                             max_queries=len(read_rows) or 1,
+                                                             seed=seed)))
+        own = str(library.model_name)
+    report(progress, "encoding", len(loaded), len(loaded))
+    return Comparison(str(path), own, len(read_rows), tuple(sorted(scores, key=_sort_key)),
+                      tuple(warnings))
