@@ -162,13 +162,25 @@ def test_run_job_checks_a_library_on_its_labels(tmp_path):
             "message": f"check on its labels: {check['verdict']}"} in events
     events.clear()
     spec = JobSpec("check", {"library_path": tmp_path / "turned.h5", "k": 3})
-    assert spec.title == "Check turned.h5 on its labels"
+    assert spec.title == "Check on turned.h5's labels"
     assert run_job(spec, events.append) == "done", events[-1]
     result = events[-1]["result"]
     logged = [e["message"] for e in events if e["event"] == "log"]
     assert logged == result["lines"] and result["verdict"] == result["lines"][0]
     assert result["check"]["k"] == 3 and result["check"]["queries"] == 24
     assert result["check"]["status"] == "fine" and result["fine"]
+    events.clear()
+    compare = JobSpec("check", {"library_path": tmp_path / "turned.h5", "k": 3,
+                                "models": ["dch-16", "mth-64-general"], "max_tiles": 10})
+    assert compare.title == "Compare models on turned.h5's labels"
+    assert run_job(compare, events.append) == "done", events[-1]
+    result = events[-1]["result"]
+    assert sorted(result["models"]) == ["dch-16", "mth-64-general"]
+    assert result["lines"][0].startswith("10 labelled tiles of turned.h5 read again")
+    assert [e["message"] for e in events if e["event"] == "log"] == result["lines"]
+    assert run_job(JobSpec("check", {"library_path": library, "models": " "}),
+                   events.append) == "failed"
+    assert events[-1]["message"].endswith("check job 'models' names no model")
     events.clear()
     assert run_job(JobSpec("check", {"library_path": library, "bogus": 1}),
                    events.append) == "failed"

@@ -216,11 +216,9 @@ def say_check_after_indexing(library) -> None:
 
 
 def _compare(args) -> int:
-    from hashview.models import list_models
-    from hashview.search.model_comparison import compare_models
+    from hashview.search.model_comparison import compare_models, model_names
 
-    names = ([card.name for card in list_models() if card.trained] if args.models == "all"
-             else [name.strip() for name in args.models.split(",") if name.strip()])
+    names = model_names(args.models)
     if not names:
         return usage_error("check: --models names no model")
     bar = progress_bar(not args.json)

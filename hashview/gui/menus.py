@@ -85,6 +85,11 @@ def build_menus(window) -> SimpleNamespace:
     a.check_library = _action(w, "&Check library on its labels", w.check_library_labels,
                               tip="How well the library's model tells the library's own labels "
                                   "apart, each patient's tiles held out (background job)")
+    a.compare_models = _action(w, "C&ompare models on its labels",
+                               lambda: w.check_library_labels(compare=True),
+                               tip="Every trained model on the library's labelled tiles, read "
+                                   "again from their files: which one tells them apart best "
+                                   "(background job)")
     a.install_model = _action(w, "&Install model…", w.ask_install_model,
                               tip="Add a trained model file (NAME.safetensors with its NAME.json) "
                                   "to your models, e.g. one trained with hashview train")
@@ -135,6 +140,7 @@ def build_menus(window) -> SimpleNamespace:
     search_menu.addSeparator()
     search_menu.addAction(a.train)
     search_menu.addAction(a.check_library)
+    search_menu.addAction(a.compare_models)
     search_menu.addAction(a.install_model)
     search_menu.addSeparator()
     search_menu.addAction(a.settings)

@@ -67,15 +67,17 @@ class JobsMixin:
         if dialog.exec():
             self.submit_job(JobSpec("train", dialog.job_args()))
 
-    def check_library_labels(self):
+    def check_library_labels(self, compare: bool = False):
         """Judge the open library's model on the library's labels in the background
-        (``hashview check``); the verdict shows when it ends. Returns the JobSpec, or None."""
+        (``hashview check``), or with ``compare`` every trained model on the labelled tiles
+        read again (``--models all``); the result shows when it ends. The JobSpec, or None."""
         from hashview.jobs import JobSpec
 
         if not self.library_path:
             self.warn("Open a library first (File ▸ Open library…)", "Check library")
             return None
-        spec = JobSpec("check", {"library_path": self.library_path})
+        spec = JobSpec("check", {"library_path": self.library_path,
+                                 **({"models": "all"} if compare else {})})
         self.submit_job(spec)
         return spec
 

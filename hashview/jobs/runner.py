@@ -228,9 +228,24 @@ def _run_train(spec: JobSpec, progress: ProgressEmitter, emit: Emit) -> dict:
 
 
 def _run_check(spec: JobSpec, progress: ProgressEmitter, emit: Emit) -> dict:
+    """``hashview check``: the library's model on its labels, or with ``models`` (a list or
+    "all") each of those models on the labelled tiles read again."""
+    from hashview.search.model_comparison import compare_models, model_names
     from hashview.search.self_check import check_library
 
     kwargs = dict(spec.args)
+    if "models" in kwargs:
+        _check_args(spec, compare_models, extra={"library_path"})
+        names = model_names(kwargs.pop("models"))
+        if not names:
+            raise HashViewError(f"job {spec.id}", "check job 'models' names no model")
+        compared = compare_models(kwargs.pop("library_path"), names, progress=progress,
+                                  **kwargs)
+        lines = compared.lines()
+        for line in lines:
+            emit({"event": "log", "level": "info", "message": line})
+        return {"library_path": compared.library, "verdict": lines[0], "lines": lines,
+                "fine": True, "models": [score.model for score in compared.scores]}
     _check_args(spec, check_library, extra={"library_path"})
     result = check_library(kwargs.pop("library_path"), progress=progress, **kwargs)
     lines = result.lines()

@@ -109,7 +109,8 @@ class JobSpec:
             where = " on Ray" if a.get("engine") == "ray" else ""
             return f"Index {what} into {Path(a['library_path']).name}{where}"
         if self.kind == "check":
-            return f"Check {Path(a['library_path']).name} on its labels"
+            what = "Compare models" if a.get("models") else "Check"
+            return f"{what} on {Path(a['library_path']).name}'s labels"
         return f"Train {a['arch']}-{a['bits']} on {Path(str(a['data_folder'])).name}"
 
     # ------------------------------------------------------------------ JSON

@@ -43,25 +43,42 @@ class Comparison:
     warnings: tuple[str, ...] = ()  # sources whose tiles could not be read
 
     def lines(self) -> list[str]:
-        """A table of the models, best first, and a line on the library's own model."""
-        lines = [f"{self.tiles} labelled tiles of {Path(self.library).name} read again and "
-                 "encoded by each model; each query's patient (else its file) held out"]
+        """A table of the models, best first, and which one made the library."""
+        judged = [s.check for s in self.scores if s.check is not None and s.check.judged]
+        chance = 1.0 / len(judged[0].judged) if judged else None
+        head = (f"{self.tiles} labelled tiles of {Path(self.library).name} read again and "
+                "encoded by each model, each query's patient (else its file) held out")
+        if judged:
+            head += f"; balanced vote@{judged[0].k} against chance {chance:.2f}:"
+        lines = [head]
         for score in self.scores:
             mark = " (this library's)" if score.model == self.library_model else ""
-            if score.check is None:
-                lines.append(f"  {score.model}{mark}: not judged: {score.problem}")
-                continue
-            lines.append(f"  {score.model}{mark}: {_status_text(score.check)}")
+            lines.append(f"  {score.model}{mark}: {_score_text(score, chance)}")
         lines.extend(f"warning: {w}" for w in self.warnings)
         return lines
 
 
-def _status_text(check: LibraryCheck) -> str:
+def model_names(models: "str | Sequence[str]") -> list[str]:
+    """Model names from "all" (every trained model installed), "a,b" or a list."""
+    if isinstance(models, str):
+        if models.strip() == "all":
+            from hashview.models import list_models
+            return [card.name for card in list_models() if card.trained]
+        models = models.split(",")
+    return [str(name).strip() for name in models if str(name).strip()]
+
+
+def _score_text(score: ModelScore, chance: Optional[float]) -> str:
+    check = score.check
+    if check is None:
+        return f"not judged: {score.problem}"
     if check.balanced_accuracy is None:
         return check.status
-    flag = "" if check.fine else f" ({check.status.upper()})"
-    return (f"balanced vote@{check.k} {check.balanced_accuracy:.2f} against chance "
-            f"{1.0 / len(check.judged):.2f}, {check.queries} queries{flag}")
+    own_chance = 1.0 / len(check.judged)
+    text = f"{check.balanced_accuracy:.2f}, {check.queries} queries"
+    if chance is None or abs(own_chance - chance) > 1e-9:
+        text += f", chance {own_chance:.2f}"
+    return text + ("" if check.fine else f" ({check.status.upper()})")
 
 
 def _sort_key(score: ModelScore):

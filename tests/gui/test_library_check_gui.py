@@ -18,8 +18,11 @@ def test_the_action_submits_a_check_job_of_the_open_library(qtbot, window, libra
     action.trigger()
     assert [(s.kind, s.args) for s in submitted] == [
         ("check", {"library_path": str(library_path)})]
+    window.actions_.compare_models.trigger()
+    assert submitted[-1].args == {"library_path": str(library_path), "models": "all"}
+    assert submitted[-1].title == f"Compare models on {library_path.name}'s labels"
     window.library_path = None
-    assert window.check_library_labels() is None and len(submitted) == 1
+    assert window.check_library_labels() is None and len(submitted) == 2
     assert message_boxes.of("warning")[-1][2] == "Open a library first (File ▸ Open library…)"
 
 
