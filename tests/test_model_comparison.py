@@ -63,7 +63,7 @@ def test_models_are_ranked_by_balanced_vote_a_collapsed_one_last():
 def test_slide_tiles_are_read_as_indexing_read_them(tmp_path):
     from hashview.encode import Encoder
     from hashview.models import load_model
-    from hashview.search.model_comparison import _read_tiles
+    from hashview.search.model_comparison import _read_tiles, _stored
     from hashview.tiling import square_tile
 
     library_path = tmp_path / "slide.h5"
@@ -71,11 +71,9 @@ def test_slide_tiles_are_read_as_indexing_read_them(tmp_path):
     encoder = Encoder(load_model("mth-64-general"), device="cpu")
     warnings = []
     with Library.open(library_path) as library:
-        table = library.tile_table()
-        sources = {s.id: s for s in library.sources()}
         rows = np.arange(library.n_tiles)
-        images = _read_tiles(library, rows, table, sources, encoder.input_size, warnings)
         stored = library.codes()
+    images = _read_tiles(_stored(library_path), rows, encoder.input_size, warnings)
     assert not warnings and len(images) == len(rows) > 50
     codes = encoder.encode([square_tile(images[row], encoder.input_size) for row in rows])
     assert np.array_equal(codes, stored)

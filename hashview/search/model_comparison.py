@@ -90,8 +90,32 @@ def _sort_key(score: ModelScore):
             score.model)
 
 
-def _read_tiles(library, rows: np.ndarray, table: dict, sources: dict, size: int,
-                warnings: list[str]) -> dict[int, object]:
+@dataclass(frozen=True)
+class _Stored:
+    """What the comparison needs of the library, read while it is open for a moment (an
+    indexing job may want the file while tiles are read and encoded)."""
+    path: Path
+    model: str
+    tile_size: int
+    target_mpp: float
+    stain_reference: str
+    labels: list
+    table: dict
+    sources: dict
+
+
+def _stored(path) -> _Stored:
+    from hashview.library import Library
+
+    with Library.open(path, mode="r") as library:
+        return _Stored(Path(library.path), str(library.model_name), int(library.tile_size),
+                       float(library.target_mpp), library.model.stain_reference,
+                       library.label_names(), library.tile_table(),
+                       {s.id: s for s in library.sources()})
+
+
+def _read_tiles(stored: _Stored, rows: np.ndarray, size: int, warnings: list[str],
+                progress: Optional[ProgressCallback] = None) -> dict[int, object]:
     """The pixels of the library's tiles ``rows`` (patch files whole, slide tiles at the
     library's tiling for a model input of ``size``); a source that cannot be read is one
     warning and its tiles are left out."""
@@ -99,7 +123,8 @@ def _read_tiles(library, rows: np.ndarray, table: dict, sources: dict, size: int
     from hashview.slides.image_source import load_rgb_image
     from hashview.tiling import Tile, TilingParams, plan_geometry, read_tile
 
-    params = TilingParams(tile_size=int(library.tile_size), target_mpp=float(library.target_mpp))
+    table, sources = stored.table, stored.sources
+    params = TilingParams(tile_size=stored.tile_size, target_mpp=stored.target_mpp)
     images = {}
     by_source: dict[int, list[int]] = {}
     for row in rows:
@@ -121,11 +146,13 @@ def _read_tiles(library, rows: np.ndarray, table: dict, sources: dict, size: int
             warnings.append(exc.message)
         except OSError as exc:
             warnings.append(f"{printable(record.path)}: {exc.strerror or exc}")
+        finally:
+            report(progress, "reading tiles", len(images), len(rows))
     return images
 
 
-def _sample_library(path: Path, library, model, rows: list[int], images: dict, table: dict,
-                    sources: dict, device: str) -> None:
+def _sample_library(path: Path, stored: _Stored, model, rows: list[int], images: dict,
+                    device: str) -> None:
     """A library at ``path`` of the tiles ``rows`` encoded by ``model`` (a LoadedModel), each
     under its own source's record (path, patient, fingerprint), with the tiles' labels."""
     from hashview.encode import Encoder
@@ -134,13 +161,13 @@ def _sample_library(path: Path, library, model, rows: list[int], images: dict, t
     from hashview.stain_reference import normaliser_of
     from hashview.tiling import square_tile
 
-    stain = library.model.stain_reference
+    stain, table, sources = stored.stain_reference, stored.table, stored.sources
     encoder = Encoder(model, device=device,
-                      stain_normaliser=normaliser_of(stain, library.path) if stain else None)
+                      stain_normaliser=normaliser_of(stain, stored.path) if stain else None)
     codes = encoder.encode([square_tile(images[row], encoder.input_size) for row in rows])
-    labels = library.label_names()
-    info = ModelInfo.coerce(model.card, tile_size=library.tile_size,
-                            target_mpp=library.target_mpp, stain_reference=stain)
+    labels = stored.labels
+    info = ModelInfo.coerce(model.card, tile_size=stored.tile_size,
+                            target_mpp=stored.target_mpp, stain_reference=stain)
     by_source: dict[int, list[int]] = {}
     for i, row in enumerate(rows):
         by_source.setdefault(int(table["source_id"][row]), []).append(i)
@@ -163,43 +190,37 @@ def compare_models(path, models: Sequence[str], k: int = 10, max_tiles: int = DE
                    progress: Optional[ProgressCallback] = None) -> Comparison:
     """Judge each of ``models`` (names or paths) on a seeded sample of the library's labelled
     tiles (up to ``max_tiles``, about as many per label), best first."""
-    from hashview.library import Library
     from hashview.models import load_model
 
     if int(k) < 1 or int(max_tiles) < 1:
         raise ValueError("k and the number of tiles must be at least 1")
-    loaded = {}
-    problems = {}
+    sizes, problems = {}, {}  # each model is loaded here for its input size, then one by one
     for name in dict.fromkeys(models):
         try:
-            loaded[name] = load_model(name)
+            sizes[name] = int(load_model(name).card.input_size)
         except HashViewError as exc:
             problems[name] = exc.message
-    with Library.open(path, mode="r") as library:
-        table = library.tile_table()
-        sources = {s.id: s for s in library.sources()}
-        _, group_of = source_groups(list(sources.values()))
-        tile_group = [group_of[int(s)] for s in table["source_id"]]
-        spread = label_spread(np.asarray(table["label_id"]), tile_group)
-        chosen = stratified_sample({lid: tiles for lid, (_, outside, tiles) in spread.items()
-                                    if outside >= k}, max_tiles, seed)
-        rows = np.sort(np.concatenate(list(chosen.values()))) if chosen else np.zeros(0, int)
-        warnings: list[str] = []
-        largest = max((int(m.card.input_size) for m in loaded.values()), default=224)
-        report(progress, "reading tiles", 0, len(rows))
-        images = _read_tiles(library, rows, table, sources, largest, warnings)
-        read_rows = [int(row) for row in rows if int(row) in images]
-        scores = [ModelScore(name, problem=problem) for name, problem in problems.items()]
-        with tempfile.TemporaryDirectory(prefix="hashview-compare-") as work:
-            for number, (name, model) in enumerate(loaded.items(), 1):
-                report(progress, "encoding", number - 1, len(loaded), name)
-                sample_path = Path(work) / f"{number}.h5"
-                _sample_library(sample_path, library, model, read_rows, images, table,
-                                sources, device)
-                scores.append(ModelScore(name, check_library(sample_path, k=k,
-                                                             max_queries=len(read_rows) or 1,
-                                                             seed=seed)))
-        own = str(library.model_name)
-    report(progress, "encoding", len(loaded), len(loaded))
-    return Comparison(str(path), own, len(read_rows), tuple(sorted(scores, key=_sort_key)),
+    stored = _stored(path)
+    _, group_of = source_groups(list(stored.sources.values()))
+    tile_group = [group_of[int(s)] for s in stored.table["source_id"]]
+    spread = label_spread(np.asarray(stored.table["label_id"]), tile_group)
+    chosen = stratified_sample({lid: tiles for lid, (_, outside, tiles) in spread.items()
+                                if outside >= k}, max_tiles, seed)
+    rows = np.sort(np.concatenate(list(chosen.values()))) if chosen else np.zeros(0, int)
+    warnings: list[str] = []
+    report(progress, "reading tiles", 0, len(rows))
+    images = _read_tiles(stored, rows, max(sizes.values(), default=224), warnings, progress)
+    read_rows = [int(row) for row in rows if int(row) in images]
+    scores = [ModelScore(name, problem=problem) for name, problem in problems.items()]
+    with tempfile.TemporaryDirectory(prefix="hashview-compare-") as work:
+        for number, name in enumerate(sizes, 1):
+            report(progress, "encoding", number - 1, len(sizes), name)
+            sample_path = Path(work) / f"{number}.h5"
+            _sample_library(sample_path, stored, load_model(name), read_rows, images, device)
+            scores.append(ModelScore(name, check_library(sample_path, k=k,
+                                                         max_queries=len(read_rows) or 1,
+                                                         seed=seed)))
+    report(progress, "encoding", len(sizes), len(sizes))
+    return Comparison(str(path), stored.model, len(read_rows),
+                      tuple(sorted(scores, key=_sort_key)),
                       tuple(warnings))
