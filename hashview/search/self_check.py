@@ -318,6 +318,37 @@ def _judge(hits, label: str) -> tuple[str, str]:
     return (RIGHT if found.label == label else WRONG), found.label
 
 
+def _search_held_out(searcher: Searcher, chosen: dict[int, np.ndarray], tile_group: Sequence,
+                     group_of: dict[int, tuple], label_names: list, k: int,
+                     progress: Optional[ProgressCallback]) -> tuple[dict, dict, int]:
+    """Search the ``chosen`` tiles (per label id), each group's together with that group's
+    sources excluded; returns per label id the outcome counts and the labels voted instead,
+    and the number of groups the queries came from."""
+    by_group: dict[tuple, list[int]] = defaultdict(list)
+    for tiles in chosen.values():
+        for tile in tiles:
+            by_group[tile_group[tile]].append(int(tile))
+    group_sources: dict[tuple, list[int]] = defaultdict(list)
+    for source_id, key in group_of.items():
+        group_sources[key].append(source_id)
+    outcomes: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    instead: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    label_ids = searcher.tile_labels
+    done, total = 0, sum(len(tiles) for tiles in by_group.values())
+    for key in sorted(by_group, key=str):
+        tiles = by_group[key]
+        hits = searcher.search(searcher.codes[tiles], k, exclude_sources=group_sources[key])
+        for tile, row in zip(tiles, hits):
+            lid = int(label_ids[tile])
+            outcome, voted = _judge(row, label_names[lid])
+            outcomes[lid][outcome] += 1
+            if outcome == WRONG:
+                instead[lid][voted] += 1
+        done += len(tiles)
+        report(progress, "checking votes", done, total)
+    return outcomes, instead, len(by_group)
+
+
 def check_library(path, k: int = 10, max_queries: int = DEFAULT_QUERIES, seed: int = 0,
                   progress: Optional[ProgressCallback] = None) -> LibraryCheck:
     """Search a seeded sample of the library's labelled tiles (up to ``max_queries``, the same
@@ -344,34 +375,15 @@ def check_library(path, k: int = 10, max_queries: int = DEFAULT_QUERIES, seed: i
     chosen = stratified_sample({lid: tiles[unseen[tiles]] for lid, (_, outside, tiles)
                                 in spread.items() if outside >= k and unseen[tiles].any()},
                                max_queries, seed)
-    by_group: dict[tuple, list[int]] = defaultdict(list)
-    for tiles in chosen.values():
-        for tile in tiles:
-            by_group[tile_group[tile]].append(int(tile))
-    group_sources: dict[tuple, list[int]] = defaultdict(list)
-    for source_id, key in group_of.items():
-        group_sources[key].append(source_id)
-    outcomes: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    instead: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    done, total = 0, sum(len(tiles) for tiles in by_group.values())
-    for key in sorted(by_group, key=str):
-        tiles = by_group[key]
-        hits = searcher.search(searcher.codes[tiles], k, exclude_sources=group_sources[key])
-        for tile, row in zip(tiles, hits):
-            lid = int(label_ids[tile])
-            outcome, voted = _judge(row, label_names[lid])
-            outcomes[lid][outcome] += 1
-            if outcome == WRONG:
-                instead[lid][voted] += 1
-        done += len(tiles)
-        report(progress, "checking votes", done, total)
+    outcomes, instead, query_groups = _search_held_out(searcher, chosen, tile_group, group_of,
+                                                       label_names, k, progress)
     labels = []
     for lid in sorted(spread, key=lambda i: label_names[i]):
         o, wrong = outcomes.get(lid, {}), instead.get(lid, {})
         most = min(wrong, key=lambda name: (-wrong[name], name)) if wrong else ""
-        labels.append(LabelCheck(label_names[lid], int(np.sum(label_ids == lid)),
+        labels.append(LabelCheck(label_names[lid], len(spread[lid][2]),
                                  *spread[lid][:2], len(chosen.get(lid, ())),
                                  o.get(RIGHT, 0), o.get(WRONG, 0), o.get(NO_ANSWER, 0), most))
     trained_on = None if trained is None else int(np.sum(~unseen & (label_ids >= 0)))
     return LibraryCheck(str(Path(path)), model, searcher.n_tiles, int(k), held_out_by, codes,
-                        tuple(labels), len(by_group), trained_on)
+                        tuple(labels), query_groups, trained_on)
