@@ -109,3 +109,17 @@ def test_cli_json_and_an_empty_model_list(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "hashview: check: --models names no model"
     with pytest.raises(SystemExit):
         main(["check", str(library), "--models", "all", "--tiles", "0"])
+
+
+def test_every_model_answers_the_same_queries(tmp_path, monkeypatch):
+    """A tile one compared model trained on is queried for none of them."""
+    from hashview.search import model_comparison
+
+    library = tmp_path / "lib.h5"
+    assert main(["index", str(turned_patches(tmp_path / "patches")), "-l", str(library),
+                 "--no-check"]) == 0
+    monkeypatch.setattr(model_comparison, "trained_sources",
+                        lambda sources, card: {0} if card.name == "dch-16" else set())
+    result = compare_models(library, ["mth-64-general", "dch-16"])
+    assert [s.check.queries for s in result.scores] == [23, 23]
+    assert result.tiles == 24

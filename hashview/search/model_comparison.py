@@ -1,10 +1,11 @@
 """Which model tells a library's labels apart best: a sample of its labelled tiles read again
 from their files, encoded by each candidate model, and each model judged by the library check
-(:mod:`hashview.search.self_check`) on a library of those tiles alone.
+(:mod:`hashview.search.self_check`) on a library of those tiles alone. Tiles any of the
+compared models trained on (their cards' records) stay in that library but are queried for
+none of them, so every model answers the same queries.
 
 The library's own codes are not reused: its model is encoded from the same pixels as the
-others, so every model is judged on the same tiles, with the same patients held out. Tiles a
-model trained on (its card's record) are not queried for that model, as in the check. A slide
+others, so every model is judged on the same tiles, with the same patients held out. A slide
 tile is read once, at the library's tiling, for the largest model input among the candidates,
 then resized to each model's input; a library that stain-normalises its tiles re-stains them
 for every model.
@@ -22,7 +23,7 @@ import numpy as np
 from hashview.errors import HashViewError, printable
 from hashview.progress import ProgressCallback, report
 from hashview.search.self_check import (LibraryCheck, check_library, label_spread,
-                                        source_groups, stratified_sample)
+                                        source_groups, stratified_sample, trained_sources)
 
 DEFAULT_TILES = 2000
 
@@ -194,13 +195,18 @@ def compare_models(path, models: Sequence[str], k: int = 10, max_tiles: int = DE
 
     if int(k) < 1 or int(max_tiles) < 1:
         raise ValueError("k and the number of tiles must be at least 1")
+    stored = _stored(path)
     sizes, problems = {}, {}  # each model is loaded here for its input size, then one by one
+    trained: set[int] = set()  # sources any of them trained on: queried for none of them
     for name in dict.fromkeys(models):
         try:
-            sizes[name] = int(load_model(name).card.input_size)
+            card = load_model(name).card
         except HashViewError as exc:
             problems[name] = exc.message
-    stored = _stored(path)
+            continue
+        sizes[name] = int(card.input_size)
+        trained |= trained_sources(stored.sources.values(), card) or set()
+    not_queried = {stored.sources[i].fingerprint for i in trained}
     _, group_of = source_groups(list(stored.sources.values()))
     tile_group = [group_of[int(s)] for s in stored.table["source_id"]]
     spread = label_spread(np.asarray(stored.table["label_id"]), tile_group)
@@ -217,9 +223,9 @@ def compare_models(path, models: Sequence[str], k: int = 10, max_tiles: int = DE
             report(progress, "encoding", number - 1, len(sizes), name)
             sample_path = Path(work) / f"{number}.h5"
             _sample_library(sample_path, stored, load_model(name), read_rows, images, device)
-            scores.append(ModelScore(name, check_library(sample_path, k=k,
-                                                         max_queries=len(read_rows) or 1,
-                                                         seed=seed)))
+            scores.append(ModelScore(name, check_library(
+                sample_path, k=k, max_queries=len(read_rows) or 1, seed=seed,
+                not_queried=not_queried)))
     report(progress, "encoding", len(sizes), len(sizes))
     return Comparison(str(path), stored.model, len(read_rows),
                       tuple(sorted(scores, key=_sort_key)),

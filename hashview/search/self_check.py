@@ -21,7 +21,7 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Collection, Optional, Sequence
 
 import numpy as np
 
@@ -281,7 +281,7 @@ def _model_card(name: str, sha256: Optional[str]):
     return None
 
 
-def _trained_sources(sources, card) -> Optional[set[int]]:
+def trained_sources(sources, card) -> Optional[set[int]]:
     """Ids of the sources whose file the model (or an ancestor) trained on: their path ends in
     a "DATA_ROOT/relative path" its card records. None without a card."""
     if card is None:
@@ -350,9 +350,12 @@ def _search_held_out(searcher: Searcher, chosen: dict[int, np.ndarray], tile_gro
 
 
 def check_library(path, k: int = 10, max_queries: int = DEFAULT_QUERIES, seed: int = 0,
-                  progress: Optional[ProgressCallback] = None) -> LibraryCheck:
+                  progress: Optional[ProgressCallback] = None,
+                  not_queried: Collection[str] = ()) -> LibraryCheck:
     """Search a seeded sample of the library's labelled tiles (up to ``max_queries``, the same
-    number per label where they have them) with their patient held out, and judge the votes."""
+    number per label where they have them) with their patient held out, and judge the votes.
+    ``not_queried``: fingerprints of sources whose tiles stay in the library but are not
+    queried (a comparison leaves out what any compared model trained on)."""
     from hashview.library import Library
 
     if int(k) < 1 or int(max_queries) < 1:
@@ -368,12 +371,14 @@ def check_library(path, k: int = 10, max_queries: int = DEFAULT_QUERIES, seed: i
     held_out_by, group_of = source_groups(sources)
     tile_group = [group_of[int(s)] for s in searcher.tile_sources]
     label_ids = searcher.tile_labels
-    trained = _trained_sources(sources, _model_card(model, model_sha))
+    trained = trained_sources(sources, _model_card(model, model_sha))
     unseen = (np.ones(len(label_ids), bool) if not trained
               else ~np.isin(searcher.tile_sources, np.fromiter(trained, np.int64)))
+    skipped = [s.id for s in sources if s.fingerprint in set(not_queried)]
+    queryable = unseen & ~np.isin(searcher.tile_sources, np.asarray(skipped, np.int64))
     spread = label_spread(label_ids, tile_group)
-    chosen = stratified_sample({lid: tiles[unseen[tiles]] for lid, (_, outside, tiles)
-                                in spread.items() if outside >= k and unseen[tiles].any()},
+    chosen = stratified_sample({lid: tiles[queryable[tiles]] for lid, (_, outside, tiles)
+                                in spread.items() if outside >= k and queryable[tiles].any()},
                                max_queries, seed)
     outcomes, instead, query_groups = _search_held_out(searcher, chosen, tile_group, group_of,
                                                        label_names, k, progress)
