@@ -187,3 +187,21 @@ def test_indexing_ends_with_the_check_when_the_labels_can_be_judged(tmp_path, ca
     assert main(["index", str(tmp_path / "patches"), "-l", str(tmp_path / "b.h5"),
                  "--no-check"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+def test_a_float_descriptor_library_is_checked_by_cosine(tmp_path):
+    from hashview.library.records import ModelInfo
+
+    rng = np.random.default_rng(9)
+    with Library.create(tmp_path / "f.h5", ModelInfo("lg", "lgffem", 32, "e" * 64,
+                                                      code_kind="float")) as lib:
+        for i in range(24):
+            label = "ab"[i % 2]
+            centre = np.ones(32) if label == "a" else -np.ones(32)
+            codes = (centre + rng.normal(0, 1, (3, 32))).astype(np.float32)
+            lib.add_source({"path": f"/x/{i}.png", "fingerprint": f"f{i}",
+                            "patient_id": f"P{i % 6}"}, codes, np.arange(3), np.zeros(3),
+                           np.full(3, 224), tile_labels=[label] * 3)
+    result = check_library(tmp_path / "f.h5")
+    assert (result.held_out_by, result.query_groups, result.queries) == ("patient", 6, 72)
+    assert result.balanced_accuracy == 1.0 and result.codes.distinct == 72
