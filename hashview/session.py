@@ -95,6 +95,7 @@ class LibrarySession:
         self.encoder: Optional["Encoder"] = None
         self._model: Optional["LoadedModel"] = None  # the model behind ``encoder``
         self._generation: Optional[int] = None
+        self._model_sha256 = self._created = ""
         self._stain_reference = ""  # the reference the encoder re-stains queries to
         self._stale = True
         self._builder: Optional[threading.Thread] = None
@@ -154,6 +155,7 @@ class LibrarySession:
         with Library.open(self.path, mode="r") as library:
             searcher = Searcher(library, index=self.index)
             stored, generation = library.model, library.generation
+            created = str(library.created or "")
         new_encoder = self.encoder is None or self.encoder.card.sha256 != stored.sha256
         if new_encoder:
             self._model = load_library_model(self.path, stored, self._model_choice)
@@ -164,6 +166,7 @@ class LibrarySession:
                                              if stored.stain_reference else None)
             self._stain_reference = stored.stain_reference
         self.searcher, self._generation, self._stale = searcher, generation, False
+        self._model_sha256, self._created = stored.sha256, created
 
     @property
     def loaded_model(self) -> "LoadedModel":
@@ -258,8 +261,18 @@ class LibrarySession:
                                sources=sources, exclude_sources=exclude)
         result.query_images = images
         result.warnings = warnings
+        result.caution = self.check_caution()
         result.seconds = time.perf_counter() - started
         return result
+
+    def check_caution(self) -> Optional[str]:
+        """A line when the library's kept check (``hashview check``, or the one after indexing)
+        found its model serving its labels badly; read at every search, as a check may have
+        been kept since the library was loaded."""
+        from hashview.search.check_record import caution, recalled
+
+        return caution(recalled(self.path, self._created, self._generation,
+                                self._model_sha256))
 
     def refine(self, query: Any, positive: Sequence[int], negative: Sequence[int] = (),
                k: int = 10, exclude_source: bool = False, labels: Optional[set] = None,
@@ -288,6 +301,7 @@ class LibrarySession:
             searcher, self.encoder, images, positive, negative, push=push, k=k, labels=labels,
             sources=sources, exclude_sources=exclude)
         result.query_images, result.warnings = images, warnings
+        result.caution = self.check_caution()
         result.seconds = time.perf_counter() - started
         return result
 

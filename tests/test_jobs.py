@@ -161,6 +161,9 @@ def test_run_job_checks_a_library_on_its_labels(tmp_path):
     assert {"event": "log", "level": "info" if check["fine"] else "warning",
             "message": f"check on its labels: {check['verdict']}"} in events
     events.clear()
+    kept = Path(str(tmp_path / "turned.h5") + ".hvcheck")
+    assert kept.is_file()  # the check after indexing is kept for searches
+    kept.unlink()
     spec = JobSpec("check", {"library_path": tmp_path / "turned.h5", "k": 3})
     assert spec.title == "Check on turned.h5's labels"
     assert run_job(spec, events.append) == "done", events[-1]
@@ -169,6 +172,7 @@ def test_run_job_checks_a_library_on_its_labels(tmp_path):
     assert logged == result["lines"] and result["verdict"] == result["lines"][0]
     assert result["check"]["k"] == 3 and result["check"]["queries"] == 24
     assert result["check"]["status"] == "fine" and result["fine"]
+    assert kept.is_file()
     events.clear()
     compare = JobSpec("check", {"library_path": tmp_path / "turned.h5", "k": 3,
                                 "models": ["dch-16", "mth-64-general"], "max_tiles": 10})

@@ -202,6 +202,7 @@ def cmd_index_build(args) -> int:
 def say_check_after_indexing(library) -> None:
     """After indexing: the check's verdict on the library's labels (and what to try when it is
     bad), or nothing when there is nothing to judge; a check that cannot run is one line."""
+    from hashview.search.check_record import remember
     from hashview.search.self_check import ADVICE, check_after_indexing
 
     try:
@@ -211,8 +212,14 @@ def say_check_after_indexing(library) -> None:
         return
     if result is not None:
         say(f"check on its labels: {result.verdict()}")
-        if not result.fine and result.status != "not judged":
+        if not result.fine:
             say(ADVICE)
+        _say_not_kept(remember(result))
+
+
+def _say_not_kept(problem) -> None:
+    if problem:
+        say(f"hashview: {problem}", err=True)
 
 
 def _compare(args) -> int:
@@ -239,6 +246,7 @@ def _compare(args) -> int:
 
 
 def cmd_check(args) -> int:
+    from hashview.search.check_record import remember
     from hashview.search.self_check import check_library
 
     if args.models:
@@ -253,4 +261,5 @@ def cmd_check(args) -> int:
         print(json.dumps(result.as_dict(), indent=2))
     else:
         say_lines("\n".join(result.lines()))
+    _say_not_kept(remember(result))
     return EXIT_OK

@@ -156,6 +156,7 @@ def _check_after(spec: JobSpec, result, emit: Emit) -> Optional[dict]:
         return None
     if check is None:
         return None
+    _keep(check, emit)
     lines = check.lines()
     emit({"event": "log", "level": "info" if check.fine else "warning",
           "message": f"check on its labels: {lines[0]}"})
@@ -227,6 +228,15 @@ def _run_train(spec: JobSpec, progress: ProgressEmitter, emit: Emit) -> dict:
             "report_lines": lines, "warning": warning}
 
 
+def _keep(check, emit: Emit) -> None:
+    """Keep the check beside its library, so that searches are cautioned by a bad one."""
+    from hashview.search.check_record import remember
+
+    problem = remember(check)
+    if problem:
+        emit({"event": "log", "level": "warning", "message": problem})
+
+
 def _run_check(spec: JobSpec, progress: ProgressEmitter, emit: Emit) -> dict:
     """``hashview check``: the library's model on its labels, or with ``models`` (a list or
     "all") each of those models on the labelled tiles read again."""
@@ -251,6 +261,7 @@ def _run_check(spec: JobSpec, progress: ProgressEmitter, emit: Emit) -> dict:
     lines = result.lines()
     for line in lines:
         emit({"event": "log", "level": "info", "message": line})
+    _keep(result, emit)
     return {"library_path": result.library, "verdict": lines[0], "lines": lines,
             "fine": result.fine, "check": result.as_dict()}
 

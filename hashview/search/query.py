@@ -103,6 +103,9 @@ class QueryResult:
     query_images: list = field(default_factory=list, repr=False)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # the library's kept check when it found the model serving its labels badly
+    # (hashview.search.check_record.caution): a vote is then said with it
+    caution: Optional[str] = None
 
     @property
     def summary(self) -> str:
@@ -111,6 +114,8 @@ class QueryResult:
         near as the last shown hit, past the cut, carry other labels: then the tie order, not
         tissue, settled part of the vote."""
         headline = vote_headline(self.hits, self.vote)
+        if self.vote is not None and self.caution:
+            headline += f"; caution: {self.caution}"
         cut = self.cut_tie
         if self.vote is None or cut is None or not cut.could_change(self.hits, self.vote.label):
             return headline

@@ -98,6 +98,11 @@ class LibraryCheck:
     # labelled tiles left out of the queries because the model trained on them (its card's
     # record); None: the model's card is not installed here, so they cannot be told apart
     trained_on: Optional[int] = 0
+    # the library checked (its creation time and generation) and its model: a kept record of
+    # the check holds for these only (hashview.search.check_record)
+    generation: int = -1
+    model_sha256: str = ""
+    library_created: str = ""
 
     @property
     def judged(self) -> tuple[LabelCheck, ...]:
@@ -366,6 +371,7 @@ def check_library(path, k: int = 10, max_queries: int = DEFAULT_QUERIES, seed: i
         label_names = library.label_names()
         model = str(library.model_name)
         model_sha = library.model_sha256
+        generation, created = int(library.generation), str(library.created or "")
     report(progress, "checking codes", 0, None)
     codes = code_check(searcher.codes, searcher.bits, seed)
     held_out_by, group_of = source_groups(sources)
@@ -391,4 +397,5 @@ def check_library(path, k: int = 10, max_queries: int = DEFAULT_QUERIES, seed: i
                                  o.get(RIGHT, 0), o.get(WRONG, 0), o.get(NO_ANSWER, 0), most))
     trained_on = None if trained is None else int(np.sum(~unseen & (label_ids >= 0)))
     return LibraryCheck(str(Path(path)), model, searcher.n_tiles, int(k), held_out_by, codes,
-                        tuple(labels), query_groups, trained_on)
+                        tuple(labels), query_groups, trained_on, generation, model_sha or "",
+                        created)
