@@ -208,7 +208,9 @@ def say_check_after_indexing(library) -> None:
     try:
         result = check_after_indexing(library)
     except HashViewError as exc:
-        say(f"hashview: check on the library's labels not run: {exc.message}", err=True)
+        # a warning, as the indexing itself succeeded (a damaged library is refused in one
+        # line by the next command that reads it)
+        say(f"warning: check on the library's labels not run: {exc.message}", err=True)
         return
     if result is not None:
         say(f"check on its labels: {result.verdict()}")
@@ -218,8 +220,8 @@ def say_check_after_indexing(library) -> None:
 
 
 def _say_not_kept(problem) -> None:
-    if problem:
-        say(f"hashview: {problem}", err=True)
+    if problem:  # the check stands; only its record for later searches is missing
+        say(f"warning: {problem}", err=True)
 
 
 def _compare(args) -> int:
