@@ -42,9 +42,8 @@ def test_a_kept_check_holds_for_its_generation_and_model_only(tmp_path):
     assert recalled(path, check.library_created, check.generation, "f" * 64) is None  # model
     assert recalled(path, "2020-01-01T00:00:00Z", check.generation, "e" * 64) is None
     assert caution(record) == (
-        f"the library's last check on its labels found its votes NEAR CHANCE (balanced "
-        f"vote@10 {check.balanced_accuracy:.2f} against chance 0.50, {check.queries} queries; "
-        "hashview check)")
+        f"votes NEAR CHANCE on this library's labels (last check: balanced vote@10 "
+        f"{check.balanced_accuracy:.2f}, chance 0.50, {check.queries} queries)")
     assert caution({**record, "status": "fine"}) is None and caution(None) is None
 
 
@@ -93,8 +92,8 @@ def test_searches_carry_the_caution_until_the_library_changes(tmp_path, capsys):
     assert main(["check", str(path)]) == 0
     assert capsys.readouterr().out.startswith("NEAR CHANCE: ")
     result = session.search(query)
-    assert result.caution.startswith("the library's last check on its labels found its votes "
-                                     "NEAR CHANCE (balanced vote@10 ")
+    assert result.caution.startswith("votes NEAR CHANCE on this library's labels (last check: "
+                                     "balanced vote@10 ")
     assert f"; caution: {result.caution}" in result.summary
     assert main(["search", str(path), str(query)]) == 0
     assert f"; caution: {result.caution}" in capsys.readouterr().out

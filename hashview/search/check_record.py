@@ -79,6 +79,5 @@ def caution(record: Optional[dict]) -> Optional[str]:
                                                  not isinstance(n, bool) for n in numbers):
         return f"the library's last check on its labels: {printable(record['verdict'])}"
     balanced, chance, k, queries = numbers
-    return (f"the library's last check on its labels found its votes {status} (balanced "
-            f"vote@{int(k)} {balanced:.2f} against chance {chance:.2f}, {int(queries)} "
-            "queries; hashview check)")
+    return (f"votes {status} on this library's labels (last check: balanced vote@{int(k)} "
+            f"{balanced:.2f}, chance {chance:.2f}, {int(queries)} queries)")
