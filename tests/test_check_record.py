@@ -45,6 +45,8 @@ def test_a_kept_check_holds_for_its_generation_and_model_only(tmp_path):
         f"votes NEAR CHANCE on this library's labels (last check: balanced vote@10 "
         f"{check.balanced_accuracy:.2f}, chance 0.50, {check.queries} queries)")
     assert caution({**record, "status": "fine"}) is None and caution(None) is None
+    with Library.open(path) as lib:
+        assert check_record.of_library(path, lib.stats()) == record
 
 
 @pytest.mark.parametrize("content", [
@@ -99,3 +101,14 @@ def test_searches_carry_the_caution_until_the_library_changes(tmp_path, capsys):
     assert f"; caution: {result.caution}" in capsys.readouterr().out
     assert main(["relabel", str(path), "0", "--label", "y"]) == 0
     assert session.search(query).caution is None  # the library changed: the check is stale
+
+
+def test_the_headline_for_a_librarys_header(tmp_path):
+    from hashview.search.check_record import headline
+
+    record = {"status": "near chance", "balanced_accuracy": 0.5012, "chance": 0.5}
+    assert headline(record) == "check: NEAR CHANCE, balanced 0.50, chance 0.50"
+    assert headline({**record, "status": "fine", "balanced_accuracy": 0.83, "chance": 0.125}) \
+        == "check: balanced 0.83, chance 0.12"
+    assert headline({"status": "collapsed", "balanced_accuracy": None}) == "check: COLLAPSED"
+    assert headline({"status": "not judged"}) is None and headline(None) is None

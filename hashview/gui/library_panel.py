@@ -10,6 +10,7 @@ for edits by signal; :mod:`hashview.gui.library_edits` carries them out.
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Optional
 
@@ -225,7 +226,8 @@ class LibraryPanel(QWidget):
         self.header.setToolTip(str(path))
 
     def _show_header(self) -> None:
-        """Name and size of the library; with a filter, how many of its sources it shows."""
+        """Name and size of the library; with a filter, how many of its sources it shows; its
+        kept check on its labels."""
         if not self.library_path:
             return
         labels = len(self.stats.get("labels", {}))
@@ -234,11 +236,28 @@ class LibraryPanel(QWidget):
                     if self.filter.text().strip() else "")
         self.header.setText(f"<b>{Path(self.library_path).name}</b><br>"
                             f"{self.stats['n_sources']} sources, {self.stats['n_tiles']} tiles, "
-                            f"{labels} labels{filtered}")
+                            f"{labels} labels{filtered}{self._check_line()}")
+
+    def _check_line(self) -> str:
+        """The library's kept check on its labels (hashview check), red when it found the
+        votes weak, near chance or collapsed; empty when none holds for the library now."""
+        from hashview.search.check_record import CAUTION_STATUSES, headline, of_library
+
+        record = of_library(self.library_path, self.stats)
+        text = headline(record)
+        if text is None:
+            return ""
+        colour = "#b00020" if record["status"] in CAUTION_STATUSES else "#505050"
+        return f'<br><span style="color: {colour};">{html.escape(text)}</span>'
+
 
     def refresh(self) -> None:
         if self.library_path:
             self.set_library(self.library_path)
+
+    def update_header(self) -> None:
+        """Show the header again (a check of the library has been kept since)."""
+        self._show_header()
 
     def records(self) -> list:
         return list(self.model.records)

@@ -147,6 +147,7 @@ class JobsMixin:
                 self._show_check(check)
                 return
         elif spec.kind == "check" and status == "done" and result:
+            self.library_panel.update_header()  # the check kept beside the library shows there
             self._show_check(result)
             return
         elif spec.kind == "train" and status == "done" and result:

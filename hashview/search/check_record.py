@@ -67,6 +67,26 @@ def recalled(library_path, created: str, generation: int, model_sha256: str) -> 
     return data
 
 
+def of_library(library_path, stats: dict) -> Optional[dict]:
+    """:func:`recalled` for a library described by its ``Library.stats()``."""
+    model = stats.get("model") or {}
+    return recalled(library_path, str(stats.get("created") or ""), stats.get("generation"),
+                    str(model.get("sha256") or ""))
+
+
+def headline(record: Optional[dict]) -> Optional[str]:
+    """The kept check in a few words for a library's header ("check: NEAR CHANCE, balanced
+    0.50, chance 0.50"), or None when there is none or it judged nothing."""
+    if record is None or record["status"] == "not judged":
+        return None
+    numbers = (record.get("balanced_accuracy"), record.get("chance"))
+    flag = "" if record["status"] == "fine" else f"{record['status'].upper()}, "
+    if not all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers):
+        return f"check: {record['status'].upper()}"
+    balanced, chance = numbers
+    return f"check: {flag}balanced {balanced:.2f}, chance {chance:.2f}"
+
+
 def caution(record: Optional[dict]) -> Optional[str]:
     """A line for search results when the kept check found the model serving the library's
     labels badly; None otherwise."""

@@ -59,3 +59,23 @@ def test_an_index_job_whose_check_is_bad_ends_in_a_warning(qtbot, window, librar
     window._on_job_finished(spec, {"added": [], "check": {**bad, "fine": True}}, "done")
     window._on_job_finished(spec, {"added": [], "check": None}, "done")
     assert len(message_boxes.calls) == 1  # a fine check or none: no box
+
+
+def test_the_library_header_shows_the_kept_check_in_red_when_bad(qtbot, window, library_path,
+                                                                 monkeypatch):
+    from hashview.search import check_record
+
+    record = {"status": "near chance", "balanced_accuracy": 0.5, "chance": 0.5}
+    monkeypatch.setattr(check_record, "of_library", lambda path, stats: record)
+    spec = JobSpec("check", {"library_path": str(library_path)})
+    window._on_job_finished(spec, {"lines": ["NEAR CHANCE"], "fine": False}, "done")
+    header = window.library_panel.header.text()
+    assert header.endswith('<br><span style="color: #b00020;">check: NEAR CHANCE, balanced '
+                           '0.50, chance 0.50</span>')
+    record.update(status="fine", balanced_accuracy=0.9)
+    window.library_panel.update_header()
+    assert window.library_panel.header.text().endswith(
+        '<span style="color: #505050;">check: balanced 0.90, chance 0.50</span>')
+    monkeypatch.setattr(check_record, "of_library", lambda path, stats: None)
+    window.library_panel.update_header()
+    assert "check:" not in window.library_panel.header.text()
