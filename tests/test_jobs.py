@@ -182,6 +182,8 @@ def test_run_job_checks_a_library_on_its_labels(tmp_path):
     assert sorted(result["models"]) == ["dch-16", "mth-64-general"]
     assert result["lines"][0].startswith("10 labelled tiles of turned.h5 read again")
     assert [e["message"] for e in events if e["event"] == "log"] == result["lines"]
+    assert result["comparison"]["models"][0]["model"] == result["models"][0]
+    assert result["fine"] == (result["comparison"]["models"][0]["check"]["status"] == "fine")
     assert run_job(JobSpec("check", {"library_path": library, "models": " "}),
                    events.append) == "failed"
     assert events[-1]["message"].endswith("check job 'models' names no model")

@@ -201,7 +201,8 @@ def cmd_index_build(args) -> int:
 
 def say_check_after_indexing(library) -> None:
     """After indexing: the check's verdict on the library's labels (and what to try when it is
-    bad), or nothing when there is nothing to judge; a check that cannot run is one line."""
+    bad), or nothing when there is nothing to judge; a check that cannot run is a warning
+    line."""
     from hashview.search.check_record import remember
     from hashview.search.self_check import ADVICE, check_after_indexing
 
@@ -237,11 +238,7 @@ def _compare(args) -> int:
     finally:
         bar.close()
     if args.json:
-        print(json.dumps({"library": result.library, "library_model": result.library_model,
-                          "tiles": result.tiles, "warnings": list(result.warnings),
-                          "models": [{"model": s.model, "problem": s.problem,
-                                      "check": s.check.as_dict() if s.check else None}
-                                     for s in result.scores]}, indent=2))
+        print(json.dumps(result.as_dict(), indent=2))
     else:
         say_lines("\n".join(result.lines()))
     return EXIT_OK

@@ -254,8 +254,11 @@ def _run_check(spec: JobSpec, progress: ProgressEmitter, emit: Emit) -> dict:
         lines = compared.lines()
         for line in lines:
             emit({"event": "log", "level": "info", "message": line})
+        best = compared.scores[0].check if compared.scores else None
         return {"library_path": compared.library, "verdict": lines[0], "lines": lines,
-                "fine": True, "models": [score.model for score in compared.scores]}
+                "fine": bool(best and best.fine),  # a warning box when no model serves
+                "models": [score.model for score in compared.scores],
+                "comparison": compared.as_dict()}
     _check_args(spec, check_library, extra={"library_path"})
     result = check_library(kwargs.pop("library_path"), progress=progress, **kwargs)
     lines = result.lines()

@@ -43,6 +43,13 @@ class Comparison:
     scores: tuple[ModelScore, ...]  # best first
     warnings: tuple[str, ...] = ()  # sources whose tiles could not be read
 
+    def as_dict(self) -> dict:
+        return {"library": self.library, "library_model": self.library_model,
+                "tiles": self.tiles, "warnings": list(self.warnings),
+                "models": [{"model": s.model, "problem": s.problem,
+                            "check": s.check.as_dict() if s.check else None}
+                           for s in self.scores]}
+
     def lines(self) -> list[str]:
         """A table of the models, best first, and which one made the library."""
         judged = [s.check for s in self.scores if s.check is not None and s.check.judged]
