@@ -31,6 +31,7 @@ from hashview.search.result_summary import MIN_VOTE_LABELS
 from hashview.search.searcher import Searcher, vote
 
 DEFAULT_QUERIES = 1000
+DEFAULT_K = 10
 # The check run when indexing ends: fewer queries, so that it stays a few seconds beside a
 # long indexing run (its margin of error is wider, and it says how many queries it rests on).
 AFTER_INDEXING_QUERIES = 300
@@ -308,9 +309,15 @@ def check_after_indexing(path, max_queries: int = AFTER_INDEXING_QUERIES
     (fewer than two labels, or too few patients per label)."""
     from hashview.library import Library
 
-    with Library.open(path, mode="r") as library:
+    with Library.open(path, mode="r") as library:  # most libraries end here: no labels
         if len(library.label_names()) < 2:
             return None
+        table, sources = library.tile_table(), library.sources()
+    _, group_of = source_groups(sources)
+    spread = label_spread(np.asarray(table["label_id"]),
+                          [group_of[int(s)] for s in table["source_id"]])
+    if sum(outside >= DEFAULT_K for _, outside, _ in spread.values()) < 2:
+        return None
     result = check_library(path, max_queries=max_queries)
     return None if result.status == NOT_JUDGED else result
 
@@ -354,7 +361,7 @@ def _search_held_out(searcher: Searcher, chosen: dict[int, np.ndarray], tile_gro
     return outcomes, instead, len(by_group)
 
 
-def check_library(path, k: int = 10, max_queries: int = DEFAULT_QUERIES, seed: int = 0,
+def check_library(path, k: int = DEFAULT_K, max_queries: int = DEFAULT_QUERIES, seed: int = 0,
                   progress: Optional[ProgressCallback] = None,
                   not_queried: Collection[str] = ()) -> LibraryCheck:
     """Search a seeded sample of the library's labelled tiles (up to ``max_queries``, the same
