@@ -74,17 +74,24 @@ def main(argv=None) -> int:
     parser.add_argument("--protocol", default="hatdh")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args(argv)
-    runs = [run.split(":", 1) for run in args.runs]
-    missing = [folder for _, folder in runs if not (args.data_root / folder).is_dir()]
+    runs = [(*run.split(":", 1), args.protocol) for run in args.runs]
+    return print_runs(runs, args.data_root, args.seeds, measure, "coding")
+
+
+def print_runs(runs, data_root: Path, seeds, measure, column: str) -> int:
+    """``measure(model, folder, protocol, seeds)`` for each (MODEL, FOLDER, PROTOCOL) run, as
+    a markdown table with one row per entry of its ``scores`` (named in ``column``); 1 when a
+    folder is missing under ``data_root``."""
+    missing = [folder for _, folder, _ in runs if not (data_root / folder).is_dir()]
     if missing:
-        print(f"error: data missing under {args.data_root}: {', '.join(missing)} "
+        print(f"error: data missing under {data_root}: {', '.join(missing)} "
               "(see ../shared/data/README.md, or pass --data-root)", file=sys.stderr)
         return 1
-    print("| model | folder | splits | coding | mAP | vote@10 | balanced@10 |")
+    print(f"| model | folder | splits | {column} | mAP | vote@10 | balanced@10 |")
     print("|---|---|---|---|---|---|---|")
-    for model, folder in runs:
+    for model, folder, protocol in runs:
         started = time.perf_counter()
-        result = measure(model, args.data_root / folder, args.protocol, args.seeds)
+        result = measure(model, data_root / folder, protocol, seeds)
         for name, mean in result["scores"].items():
             print(f"| {model} | {folder} | {result['splits']} | {name} | "
                   + " | ".join(f"{mean[key]:.3f}" for key in METRICS) + " |", flush=True)

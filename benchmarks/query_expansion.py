@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 DATA = ROOT.parent / "shared" / "data"
 METRICS = ("map", "vote_accuracy@10", "balanced_accuracy@10")
@@ -89,22 +89,10 @@ def main(argv=None) -> int:
     parser.add_argument("--data-root", type=Path, default=DATA)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args(argv)
+    from dihedral_views import print_runs  # the same table of runs
+
     runs = [(run.split(":") + ["hatdh"])[:3] for run in args.runs]
-    missing = [folder for _, folder, _ in runs if not (args.data_root / folder).is_dir()]
-    if missing:
-        print(f"error: data missing under {args.data_root}: {', '.join(missing)} "
-              "(see ../shared/data/README.md, or pass --data-root)", file=sys.stderr)
-        return 1
-    print("| model | folder | splits | query | mAP | vote@10 | balanced@10 |")
-    print("|---|---|---|---|---|---|---|")
-    for model, folder, protocol in runs:
-        started = time.perf_counter()
-        result = measure(model, args.data_root / folder, protocol, args.seeds)
-        for name, mean in result["scores"].items():
-            print(f"| {model} | {folder} | {result['splits']} | {name} | "
-                  + " | ".join(f"{mean[key]:.3f}" for key in METRICS) + " |", flush=True)
-        print(f"({model} on {folder}: {time.perf_counter() - started:.0f} s)", file=sys.stderr)
-    return 0
+    return print_runs(runs, args.data_root, args.seeds, measure, "query")
 
 
 if __name__ == "__main__":

@@ -231,17 +231,27 @@ def _compare(args) -> int:
     names = model_names(args.models)
     if not names:
         return usage_error("check: --models names no model")
+    _say_report(args, _with_bar(args, lambda bar: compare_models(
+        args.library, names, k=args.k, max_tiles=args.tiles, seed=args.seed,
+        device=args.device, progress=bar)))
+    return EXIT_OK
+
+
+def _with_bar(args, work):
+    """``work(progress)`` with a progress bar on stderr unless ``--json``."""
     bar = progress_bar(not args.json)
     try:
-        result = compare_models(args.library, names, k=args.k, max_tiles=args.tiles,
-                                seed=args.seed, device=args.device, progress=bar)
+        return work(bar)
     finally:
         bar.close()
+
+
+def _say_report(args, report) -> None:
+    """A check's or comparison's report: its lines, or JSON with ``--json``."""
     if args.json:
-        print(json.dumps(result.as_dict(), indent=2))
+        print(json.dumps(report.as_dict(), indent=2))
     else:
-        say_lines("\n".join(result.lines()))
-    return EXIT_OK
+        say_lines("\n".join(report.lines()))
 
 
 def cmd_check(args) -> int:
@@ -250,15 +260,8 @@ def cmd_check(args) -> int:
 
     if args.models:
         return _compare(args)
-    bar = progress_bar(not args.json)
-    try:
-        result = check_library(args.library, k=args.k, max_queries=args.queries,
-                               seed=args.seed, progress=bar)
-    finally:
-        bar.close()
-    if args.json:
-        print(json.dumps(result.as_dict(), indent=2))
-    else:
-        say_lines("\n".join(result.lines()))
+    result = _with_bar(args, lambda bar: check_library(
+        args.library, k=args.k, max_queries=args.queries, seed=args.seed, progress=bar))
+    _say_report(args, result)
     _say_not_kept(remember(result))
     return EXIT_OK
