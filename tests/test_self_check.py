@@ -205,3 +205,14 @@ def test_a_float_descriptor_library_is_checked_by_cosine(tmp_path):
     result = check_library(tmp_path / "f.h5")
     assert (result.held_out_by, result.query_groups, result.queries) == ("patient", 6, 72)
     assert result.balanced_accuracy == 1.0 and result.codes.distinct == 72
+
+
+def test_the_sample_stays_within_its_size_whatever_the_number_of_labels():
+    from hashview.search.self_check import stratified_sample
+
+    per_label = {lid: np.arange(lid * 10, lid * 10 + 10) for lid in range(50)}
+    chosen = stratified_sample(per_label, 20, seed=0)
+    assert len(chosen) == 20 and all(len(tiles) == 1 for tiles in chosen.values())
+    chosen = stratified_sample({0: np.arange(100), 1: np.arange(100, 103)}, 20, seed=0)
+    assert [len(chosen[0]), len(chosen[1])] == [10, 3]  # the same share where they have it
+    assert all((np.diff(tiles) > 0).all() for tiles in chosen.values())

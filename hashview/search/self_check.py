@@ -260,9 +260,11 @@ def source_groups(sources) -> tuple[str, dict[int, tuple]]:
 
 def label_spread(label_ids: np.ndarray, tile_group: Sequence) -> dict[int, tuple]:
     """Per label id: (groups holding it, its tiles outside the largest group, its tiles)."""
+    labelled = np.flatnonzero(np.asarray(label_ids) >= 0)
+    order = labelled[np.argsort(label_ids[labelled], kind="stable")]  # one pass, any label count
+    ids, starts = np.unique(label_ids[order], return_index=True)
     spread = {}
-    for lid in np.unique(label_ids[label_ids >= 0]):
-        tiles = np.flatnonzero(label_ids == lid)
+    for lid, tiles in zip(ids, np.split(order, starts[1:])):
         counts = Counter(tile_group[t] for t in tiles)
         spread[int(lid)] = (len(counts), len(tiles) - max(counts.values()), tiles)
     return spread
@@ -270,9 +272,13 @@ def label_spread(label_ids: np.ndarray, tile_group: Sequence) -> dict[int, tuple
 
 def stratified_sample(per_label: dict[int, np.ndarray], total: int,
                       seed: int) -> dict[int, np.ndarray]:
-    """Up to ``total`` tiles, the same number per label where they have them (seeded, sorted)."""
-    share = math.ceil(int(total) / max(1, len(per_label)))
+    """Up to ``total`` tiles, the same number per label where they have them (seeded, sorted);
+    with more labels than ``total``, one tile each of ``total`` labels drawn at random."""
     rng = np.random.default_rng(seed)
+    if len(per_label) > int(total):
+        drawn = rng.choice(sorted(per_label), int(total), replace=False)
+        per_label = {int(lid): per_label[int(lid)] for lid in drawn}
+    share = math.ceil(int(total) / max(1, len(per_label)))
     return {lid: np.sort(rng.choice(tiles, min(share, len(tiles)), replace=False))
             for lid, tiles in per_label.items()}
 
