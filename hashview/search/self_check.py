@@ -10,9 +10,13 @@ from other patients, and the top-k vote is judged the way the results panel word
 few labelled hits, or no majority). The code statistics say whether the model collapsed on
 this tissue (a few codes holding most tiles).
 
-Labels whose tiles all come from one patient cannot be judged this way and are listed, not
-scored. The numbers rest on the queries and patients counted beside them; tiles of one patient
-are alike, so few patients mean a wide margin whatever the number of queries.
+A label with fewer than k tiles outside its largest patient cannot be judged this way (even a
+perfect model could not fill a top-k vote with it): it is listed, not scored. Tiles the model
+trained on (its card's record) are not queried. The numbers rest on the queries and patients
+counted beside them; tiles of one patient are alike, so few patients mean a wide margin
+whatever the number of queries. The last check is kept beside the library for its searches
+(:mod:`hashview.search.check_record`); :mod:`hashview.search.model_comparison` runs it for
+other models on the same tiles.
 """
 
 from __future__ import annotations
