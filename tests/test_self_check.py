@@ -216,3 +216,31 @@ def test_the_sample_stays_within_its_size_whatever_the_number_of_labels():
     chosen = stratified_sample({0: np.arange(100), 1: np.arange(100, 103)}, 20, seed=0)
     assert [len(chosen[0]), len(chosen[1])] == [10, 3]  # the same share where they have it
     assert all((np.diff(tiles) > 0).all() for tiles in chosen.values())
+
+
+def test_the_interval_resamples_patients_not_queries():
+    """Two patients each answering all of their queries one way: the balanced vote of 0.5 has
+    an interval from 0 to 1 over patients, though 200 queries would give it a narrow one."""
+    from hashview.search.self_check import resampled_interval
+
+    split = {("patient", "P1"): {0: [50, 50], 1: [50, 50]},
+             ("patient", "P2"): {0: [0, 50], 1: [0, 50]}}
+    low, high = resampled_interval(split, seed=0)
+    assert low == 0.0 and high == 1.0
+    even = {("patient", f"P{i}"): {0: [5, 10], 1: [5, 10]} for i in range(20)}
+    assert resampled_interval(even, seed=0) == (0.5, 0.5)
+    assert resampled_interval({("source", 1): {0: [1, 1]}}) is None  # one label: no balance
+
+
+def test_near_chance_follows_the_interval_over_patients():
+    def made(interval):
+        labels = tuple(self_check.LabelCheck(name, 200, 2, outside=100, queries=100, right=75,
+                                             wrong=25) for name in "ab")
+        return self_check.LibraryCheck("lib.h5", "m64", 400, 10, "patient",
+                                       self_check.CodeCheck(400, 300, 0.01, 0, 64), labels, 2,
+                                       interval=interval)
+    assert made((0.0, 1.0)).status == "near chance"  # 0.75 from 2 patients: not known
+    assert made((0.70, 0.80)).status == "fine"
+    assert made(None).status == "fine"  # without groups: the queries' own sampling error
+    assert made((0.70, 0.80)).verdict().endswith(
+        "(200 queries from 2 patients, each held out; 0.70-0.80 with the patients resampled)")

@@ -49,6 +49,11 @@ DEAD_BITS_FRACTION_MAX = 0.5
 # Weak: the balanced vote covers less than this share of the way from chance to perfect
 # (2 labels: below 0.67; 8 labels: below 0.42).
 WEAK_GAIN = 1.0 / 3.0
+# The balanced vote's interval: the patients (files) the queries came from resampled with
+# replacement this many times, the central 95 % of the results. Tiles of one patient are
+# alike, so this is wider than the sampling error of the queries when they come from few
+# patients; it decides NEAR CHANCE (its lower end at or below chance).
+RESAMPLES = 1000
 RIGHT, WRONG, NO_ANSWER = "right", "wrong", "no answer"
 COLLAPSED, NOT_JUDGED, NEAR_CHANCE, WEAK, FINE = ("collapsed", "not judged", "near chance",
                                                   "weak", "fine")
@@ -108,6 +113,8 @@ class LibraryCheck:
     generation: int = -1
     model_sha256: str = ""
     library_created: str = ""
+    # the balanced vote's 95 % interval over resampled patients (None: not computed)
+    interval: Optional[tuple[float, float]] = None
 
     @property
     def judged(self) -> tuple[LabelCheck, ...]:
@@ -154,8 +161,12 @@ class LibraryCheck:
         if len(judged) < 2:
             return NOT_JUDGED
         chance = 1.0 / len(judged)
-        margin = 2.0 * math.sqrt(chance * (1.0 - chance) / self.queries)
-        if self.balanced_accuracy <= chance + margin:
+        if self.interval is not None:
+            near = self.interval[0] <= chance
+        else:  # the queries' own sampling error
+            near = self.balanced_accuracy <= chance + 2.0 * math.sqrt(
+                chance * (1.0 - chance) / self.queries)
+        if near:
             return NEAR_CHANCE
         if self.balanced_accuracy < chance + WEAK_GAIN * (1.0 - chance):
             return WEAK
@@ -176,9 +187,13 @@ class LibraryCheck:
             return ("Not judged: it needs labelled tiles of at least two labels, each with at "
                     f"least {self.k} outside its largest {self.held_out_by}")
         n_labels = len(self.judged)
+        groups = self._group_noun(self.query_groups)
+        spread = ("" if self.interval is None else
+                  f"; {self.interval[0]:.2f}-{self.interval[1]:.2f} with the {groups} "
+                  "resampled")
         said = (f"balanced vote@{self.k} {self.balanced_accuracy:.2f} against chance "
                 f"{1.0 / n_labels:.2f} over {n_labels} labels ({self.queries} queries from "
-                f"{self.query_groups} {self._group_noun(self.query_groups)}, each held out)")
+                f"{self.query_groups} {groups}, each held out{spread})")
         if status == NEAR_CHANCE:
             return f"NEAR CHANCE: {said}: do not trust its votes on this tissue"
         if status == WEAK:
@@ -342,10 +357,10 @@ def _judge(hits, label: str) -> tuple[str, str]:
 
 def _search_held_out(searcher: Searcher, chosen: dict[int, np.ndarray], tile_group: Sequence,
                      group_of: dict[int, tuple], label_names: list, k: int,
-                     progress: Optional[ProgressCallback]) -> tuple[dict, dict, int]:
+                     progress: Optional[ProgressCallback]) -> tuple[dict, dict, dict]:
     """Search the ``chosen`` tiles (per label id), each group's together with that group's
     sources excluded; returns per label id the outcome counts and the labels voted instead,
-    and the number of groups the queries came from."""
+    and per group the [right, queries] of each label id."""
     by_group: dict[tuple, list[int]] = defaultdict(list)
     for tiles in chosen.values():
         for tile in tiles:
@@ -355,20 +370,48 @@ def _search_held_out(searcher: Searcher, chosen: dict[int, np.ndarray], tile_gro
         group_sources[key].append(source_id)
     outcomes: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     instead: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    per_group: dict[tuple, dict[int, list[int]]] = {}  # group: label id: [right, queries]
     label_ids = searcher.tile_labels
     done, total = 0, sum(len(tiles) for tiles in by_group.values())
     for key in sorted(by_group, key=str):
         tiles = by_group[key]
         hits = searcher.search(searcher.codes[tiles], k, exclude_sources=group_sources[key])
+        counts = per_group.setdefault(key, defaultdict(lambda: [0, 0]))
         for tile, row in zip(tiles, hits):
             lid = int(label_ids[tile])
             outcome, voted = _judge(row, label_names[lid])
             outcomes[lid][outcome] += 1
+            counts[lid][0] += outcome == RIGHT
+            counts[lid][1] += 1
             if outcome == WRONG:
                 instead[lid][voted] += 1
         done += len(tiles)
         report(progress, "checking votes", done, total)
-    return outcomes, instead, len(by_group)
+    return outcomes, instead, per_group
+
+
+def resampled_interval(per_group: dict, seed: int = 0,
+                       resamples: int = RESAMPLES) -> Optional[tuple[float, float]]:
+    """The central 95 % of the balanced vote over the query groups resampled with replacement
+    (a resample's balanced vote: over the labels it has queries of); None without two
+    labels."""
+    labels = sorted({lid for counts in per_group.values() for lid in counts})
+    if len(labels) < 2:
+        return None
+    right = np.array([[counts[lid][0] if lid in counts else 0 for lid in labels]
+                      for counts in per_group.values()], float)
+    asked = np.array([[counts[lid][1] if lid in counts else 0 for lid in labels]
+                      for counts in per_group.values()], float)
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(len(right), np.full(len(right), 1.0 / len(right)), resamples)
+    right_b, asked_b = draws @ right, draws @ asked  # (resamples, labels)
+    enough = (asked_b > 0).sum(axis=1) >= 2
+    if not enough.any():
+        return None
+    recall = np.divide(right_b, asked_b, out=np.full_like(right_b, np.nan), where=asked_b > 0)
+    balanced = np.nanmean(recall[enough], axis=1)
+    low, high = np.percentile(balanced, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def check_library(path, k: int = DEFAULT_K, max_queries: int = DEFAULT_QUERIES, seed: int = 0,
@@ -403,8 +446,8 @@ def check_library(path, k: int = DEFAULT_K, max_queries: int = DEFAULT_QUERIES, 
     chosen = stratified_sample({lid: tiles[queryable[tiles]] for lid, (_, outside, tiles)
                                 in spread.items() if outside >= k and queryable[tiles].any()},
                                max_queries, seed)
-    outcomes, instead, query_groups = _search_held_out(searcher, chosen, tile_group, group_of,
-                                                       label_names, k, progress)
+    outcomes, instead, per_group = _search_held_out(searcher, chosen, tile_group, group_of,
+                                                    label_names, k, progress)
     labels = []
     for lid in sorted(spread, key=lambda i: label_names[i]):
         o, wrong = outcomes.get(lid, {}), instead.get(lid, {})
@@ -414,5 +457,5 @@ def check_library(path, k: int = DEFAULT_K, max_queries: int = DEFAULT_QUERIES, 
                                  o.get(RIGHT, 0), o.get(WRONG, 0), o.get(NO_ANSWER, 0), most))
     trained_on = None if trained is None else int(np.sum(~unseen & (label_ids >= 0)))
     return LibraryCheck(str(Path(path)), model, searcher.n_tiles, int(k), held_out_by, codes,
-                        tuple(labels), query_groups, trained_on, generation, model_sha or "",
-                        created)
+                        tuple(labels), len(per_group), trained_on, generation, model_sha or "",
+                        created, resampled_interval(per_group, seed))
