@@ -38,9 +38,11 @@ def test_patches_read_again_give_the_librarys_own_codes_and_other_models_are_ran
     assert _same_numbers(own, check_library(library))
     lines = result.lines()
     assert lines[0].startswith("23 labelled tiles of lib.h5 read again")
-    assert lines[0].endswith("held out; balanced vote@10 against chance 0.50:")
-    assert f"  mth-64-general (this library's): {own.balanced_accuracy:.2f}, " \
-           f"{own.queries} queries" in lines
+    assert lines[0].endswith("held out; balanced vote@10 (its range with the sources "
+                             "resampled) against chance 0.50:")
+    low, high = own.interval
+    assert f"  mth-64-general (this library's): {own.balanced_accuracy:.2f} ({low:.2f}-" \
+           f"{high:.2f}), {own.queries} queries" in lines
     assert lines[-1].startswith("  no-such-model: not judged: unknown model 'no-such-model'")
 
 

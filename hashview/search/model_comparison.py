@@ -57,7 +57,8 @@ class Comparison:
         head = (f"{self.tiles} labelled tiles of {Path(self.library).name} read again and "
                 "encoded by each model, each query's patient (else its file) held out")
         if judged:
-            head += f"; balanced vote@{judged[0].k} against chance {chance:.2f}:"
+            head += (f"; balanced vote@{judged[0].k} (its range with the {judged[0].held_out_by}s "
+                     f"resampled) against chance {chance:.2f}:")
         lines = [head]
         for score in self.scores:
             mark = " (this library's)" if score.model == self.library_model else ""
@@ -83,7 +84,9 @@ def _score_text(score: ModelScore, chance: Optional[float]) -> str:
     if check.balanced_accuracy is None:
         return check.status
     own_chance = 1.0 / len(check.judged)
-    text = f"{check.balanced_accuracy:.2f}, {check.queries} queries"
+    spread = "" if check.interval is None else \
+        f" ({check.interval[0]:.2f}-{check.interval[1]:.2f})"
+    text = f"{check.balanced_accuracy:.2f}{spread}, {check.queries} queries"
     if chance is None or abs(own_chance - chance) > 1e-9:
         text += f", chance {own_chance:.2f}"
     return text + ("" if check.fine else f" ({check.status.upper()})")
