@@ -47,6 +47,8 @@ def test_a_kept_check_holds_for_its_generation_and_model_only(tmp_path):
     assert caution({**record, "status": "fine"}) is None and caution(None) is None
     with Library.open(path) as lib:
         assert check_record.of_library(path, lib.stats()) == record
+    assert check_record.last_status(path) == "near chance"  # whatever the library's state
+    assert check_record.last_status(tmp_path / "none.h5") is None
 
 
 @pytest.mark.parametrize("content", [

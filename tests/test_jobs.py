@@ -156,6 +156,7 @@ def test_run_job_checks_a_library_on_its_labels(tmp_path):
                                "library_path": tmp_path / "turned.h5"})
     assert run_job(turned, events.append) == "done"
     check = events[-1]["result"]["check"]
+    assert check["status_before"] is None  # the first check of this library
     assert "(24 queries from 24 sources, each held out; " in check["verdict"]
     assert check["lines"][0] == check["verdict"] and check["fine"] == (check["status"] == "fine")
     assert {"event": "log", "level": "info" if check["fine"] else "warning",

@@ -143,7 +143,10 @@ class JobsMixin:
                 self.open_library(self.library_path)  # new sources, counts, outlines
                 self._map_after_index(spec, status)
             check = (result or {}).get("check") if status == "done" else None
-            if check and not check.get("fine"):  # the model serves these labels badly: say so
+            # the model serves these labels badly: say so, once per verdict (the Library
+            # panel's header keeps saying it)
+            if check and not check.get("fine") and check.get("status_before") != \
+                    check.get("status"):
                 self._show_check(check)
                 return
         elif spec.kind == "check" and status == "done" and result:

@@ -156,11 +156,15 @@ def _check_after(spec: JobSpec, result, emit: Emit) -> Optional[dict]:
         return None
     if check is None:
         return None
+    from hashview.search.check_record import last_status
+
+    before = last_status(spec.args["library_path"])
     _keep(check, emit)
     lines = check.lines()
     emit({"event": "log", "level": "info" if check.fine else "warning",
           "message": f"check on its labels: {lines[0]}"})
-    return {"verdict": lines[0], "lines": lines, "fine": check.fine, "status": check.status}
+    return {"verdict": lines[0], "lines": lines, "fine": check.fine, "status": check.status,
+            "status_before": before}
 
 
 def _annotation_options(spec: JobSpec, given: dict):

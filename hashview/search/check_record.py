@@ -47,16 +47,27 @@ def remember(check: LibraryCheck) -> Optional[str]:
     return None
 
 
-def recalled(library_path, created: str, generation: int, model_sha256: str) -> Optional[dict]:
-    """The kept check of the library created at ``created``, at ``generation``, made with this
-    model; None when none is kept, it is stale (another library at the same path, a change
-    since, another model) or it cannot be read."""
+def _read(library_path) -> Optional[dict]:
     try:
         data = json.loads(read_regular_file(record_path(library_path), MAX_BYTES))
     except (OSError, ValueError):
         return None
-    if not (isinstance(data, dict) and data.get("format") == FORMAT
-            and data.get("library_created") == (created or "")
+    return data if isinstance(data, dict) and data.get("format") == FORMAT else None
+
+
+def last_status(library_path) -> Optional[str]:
+    """The status of the last kept check, whatever the library's state since (None when none
+    can be read): the app warns again after indexing only when the verdict changed."""
+    data = _read(library_path)
+    return data["status"] if data is not None and data.get("status") in STATUSES else None
+
+
+def recalled(library_path, created: str, generation: int, model_sha256: str) -> Optional[dict]:
+    """The kept check of the library created at ``created``, at ``generation``, made with this
+    model; None when none is kept, it is stale (another library at the same path, a change
+    since, another model) or it cannot be read."""
+    data = _read(library_path)
+    if not (data is not None and data.get("library_created") == (created or "")
             and type(data.get("generation")) is int and data["generation"] == generation
             and isinstance(data.get("model_sha256"), str)
             and data["model_sha256"] == (model_sha256 or "")

@@ -58,7 +58,13 @@ def test_an_index_job_whose_check_is_bad_ends_in_a_warning(qtbot, window, librar
                                     "WEAK: balanced vote@10 0.56\n\ncodes: 9 distinct")]
     window._on_job_finished(spec, {"added": [], "check": {**bad, "fine": True}}, "done")
     window._on_job_finished(spec, {"added": [], "check": None}, "done")
-    assert len(message_boxes.calls) == 1  # a fine check or none: no box
+    # the same bad verdict as the kept check before: the header says it, no second box
+    window._on_job_finished(spec, {"added": [], "check": {**bad, "status_before": "weak"}},
+                            "done")
+    assert len(message_boxes.calls) == 1  # a fine check, none, or an unchanged one: no box
+    window._on_job_finished(spec, {"added": [], "check": {**bad, "status_before": "fine"}},
+                            "done")
+    assert len(message_boxes.calls) == 2
 
 
 def test_the_library_header_shows_the_kept_check_in_red_when_bad(qtbot, window, library_path,
