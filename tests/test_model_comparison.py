@@ -125,3 +125,17 @@ def test_every_model_answers_the_same_queries(tmp_path, monkeypatch):
     result = compare_models(library, ["mth-64-general", "dch-16"])
     assert [s.check.queries for s in result.scores] == [23, 23]
     assert result.tiles == 24
+
+
+def test_many_unreadable_sources_are_counted_not_listed(tmp_path):
+    import shutil
+
+    patches = turned_patches(tmp_path / "patches")
+    library = tmp_path / "lib.h5"
+    assert main(["index", str(patches), "-l", str(library), "--no-check"]) == 0
+    shutil.rmtree(patches / "07_ADIPOSE")  # 12 files gone
+    lines = compare_models(library, ["mth-64-general"], k=3).lines()
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    assert len(warnings) == 4 and warnings[-1] == (
+        "warning: 9 more sources could not be read (hashview relocate LIB.h5 OLD_DIR NEW_DIR "
+        "if they moved)")

@@ -26,6 +26,7 @@ from hashview.search.self_check import (LibraryCheck, check_library, label_sprea
                                         source_groups, stratified_sample, trained_sources)
 
 DEFAULT_TILES = 2000
+SHOWN_WARNINGS = 3  # unreadable sources named one by one; the rest counted
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,10 @@ class Comparison:
         for score in self.scores:
             mark = " (this library's)" if score.model == self.library_model else ""
             lines.append(f"  {score.model}{mark}: {_score_text(score, chance)}")
-        lines.extend(f"warning: {w}" for w in self.warnings)
+        lines.extend(f"warning: {w}" for w in self.warnings[:SHOWN_WARNINGS])
+        if len(self.warnings) > SHOWN_WARNINGS:  # a moved folder: not a line per file
+            lines.append(f"warning: {len(self.warnings) - SHOWN_WARNINGS} more sources could "
+                         "not be read (hashview relocate LIB.h5 OLD_DIR NEW_DIR if they moved)")
         return lines
 
 
