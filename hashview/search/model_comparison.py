@@ -7,8 +7,8 @@ none of them, so every model answers the same queries.
 The library's own codes are not reused: its model is encoded from the same pixels as the
 others, so every model is judged on the same tiles, with the same patients held out. A slide
 tile is read once, at the library's tiling, for the largest model input among the candidates,
-then resized to each model's input; a library that stain-normalises its tiles re-stains them
-for every model.
+then resized to each model's input (a patch file likewise: read whole, resized to that size);
+a library that stain-normalises its tiles re-stains them for every model.
 """
 
 from __future__ import annotations
@@ -131,12 +131,11 @@ def _stored(path) -> _Stored:
 
 def _read_tiles(stored: _Stored, rows: np.ndarray, size: int, warnings: list[str],
                 progress: Optional[ProgressCallback] = None) -> dict[int, object]:
-    """The pixels of the library's tiles ``rows`` (patch files whole, slide tiles at the
-    library's tiling for a model input of ``size``); a source that cannot be read is one
-    warning and its tiles are left out."""
+    """The pixels of the library's tiles ``rows`` at ``size`` px (patch files whole, slide
+    tiles at the library's tiling), so that memory stays rows x size^2 x 3 bytes whatever the
+    patches' size; a source that cannot be read is one warning and its tiles are left out."""
     from hashview.slides import open_source
-    from hashview.slides.image_source import load_rgb_image
-    from hashview.tiling import Tile, TilingParams, plan_geometry, read_tile
+    from hashview.tiling import Tile, TilingParams, load_patch, plan_geometry, read_tile
 
     table, sources = stored.table, stored.sources
     params = TilingParams(tile_size=stored.tile_size, target_mpp=stored.target_mpp)
@@ -148,7 +147,7 @@ def _read_tiles(stored: _Stored, rows: np.ndarray, size: int, warnings: list[str
         record = sources[source_id]
         try:
             if record.kind == "patch":
-                image = load_rgb_image(record.path)
+                image = load_patch(record.path, size)
                 images.update((row, image) for row in tile_rows)
                 continue
             with open_source(record.path) as source:
