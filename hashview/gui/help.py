@@ -93,6 +93,11 @@ image{key(actions.paste)}.</p></li>
 Settings; File ▸ Add folder to library… (or Add current slide) indexes slides and patches as a
 background job in the Jobs panel while you keep working. T outlines the indexed tiles on the
 open slide.</p></li>
+<li><p><b>Check the votes on your tissue.</b> With labels in the library (patch sub-folders,
+a labels.csv or QuPath annotations), Search ▸ Check library on its labels says how often the
+top-10 vote names the right label when each patient's tiles are held out, against chance; a
+model that serves your tissue badly is called WEAK or NEAR CHANCE, and every vote then says so.
+Search ▸ Compare models on its labels finds the model that serves it best.</p></li>
 <li><p><b>Train a model.</b> Search ▸ Train model… learns from a folder of labelled patches
 (one sub-folder per class, or a labels.csv); build a new library with the trained model to
 search by what it learned. Search ▸ Install model… adds a model trained elsewhere (its

@@ -158,9 +158,10 @@ def test_shortcut_sheet_lists_every_shortcut_of_the_app(qtbot, window):
     assert "M" not in [keys for keys, _ in viewer_rows]
 
 
-def test_getting_started_names_the_four_steps(qtbot, window):
+def test_getting_started_names_the_five_steps(qtbot, window):
     window.actions_.getting_started.trigger()
     text = window._help_windows["Getting started"].browser.toPlainText()
-    for step in ("Open a slide", "Find a similar region", "Build a library", "Train a model"):
+    for step in ("Open a slide", "Find a similar region", "Build a library",
+                 "Check the votes on your tissue", "Train a model"):
         assert step in text
     assert "Ctrl+O" in text  # read from the action, not written into the page
