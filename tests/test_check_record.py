@@ -99,6 +99,7 @@ def test_searches_carry_the_caution_until_the_library_changes(tmp_path, capsys):
     assert result.caution.startswith("votes NEAR CHANCE on this library's labels (last check: "
                                      "balanced vote@10 ")
     assert f"; caution: {result.caution}" in result.summary
+    assert result.to_dict()["caution"] == result.caution
     assert main(["search", str(path), str(query)]) == 0
     assert f"; caution: {result.caution}" in capsys.readouterr().out
     assert main(["relabel", str(path), "0", "--label", "y"]) == 0

@@ -112,7 +112,8 @@ class QueryResult:
         """The vote in words, with its support
         (:func:`hashview.search.result_summary.vote_headline`), and a warning when tiles as
         near as the last shown hit, past the cut, carry other labels: then the tie order, not
-        tissue, settled part of the vote."""
+        tissue, settled part of the vote. A vote carries the library's :attr:`caution` when
+        its kept check found the model serving the library's labels badly."""
         headline = vote_headline(self.hits, self.vote)
         if self.vote is not None and self.caution:
             headline += f"; caution: {self.caution}"
@@ -133,6 +134,7 @@ class QueryResult:
             "query_tiles": self.query_tiles,
             "vote": None if self.vote is None else asdict(self.vote),
             "summary": self.summary,
+            "caution": self.caution,
             "hits": hits_to_dict(self.hits),
             "display_ranks": rank_marks(self.hits),
             "per_source": [asdict(s) for s in aggregate_by_source(self.hits)],
