@@ -102,16 +102,23 @@ def test_searches_carry_the_caution_until_the_library_changes(tmp_path, capsys):
     assert result.to_dict()["caution"] == result.caution
     assert main(["search", str(path), str(query)]) == 0
     assert f"; caution: {result.caution}" in capsys.readouterr().out
+    capsys.readouterr()
+    assert main(["info", str(path)]) == 0
+    assert "check: NEAR CHANCE, balanced " in capsys.readouterr().out
     assert main(["relabel", str(path), "0", "--label", "y"]) == 0
     assert session.search(query).caution is None  # the library changed: the check is stale
+    capsys.readouterr()
+    assert main(["info", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["check"] == (
+        "none kept for the library as it is now")
 
 
 def test_the_headline_for_a_librarys_header(tmp_path):
     from hashview.search.check_record import headline
 
     record = {"status": "near chance", "balanced_accuracy": 0.5012, "chance": 0.5}
-    assert headline(record) == "check: NEAR CHANCE, balanced 0.50, chance 0.50"
+    assert headline(record) == "NEAR CHANCE, balanced 0.50, chance 0.50"
     assert headline({**record, "status": "fine", "balanced_accuracy": 0.83, "chance": 0.125}) \
-        == "check: balanced 0.83, chance 0.12"
-    assert headline({"status": "collapsed", "balanced_accuracy": None}) == "check: COLLAPSED"
+        == "balanced 0.83, chance 0.12"
+    assert headline({"status": "collapsed", "balanced_accuracy": None}) == "COLLAPSED"
     assert headline({"status": "not judged"}) is None and headline(None) is None

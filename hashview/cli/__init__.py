@@ -323,8 +323,12 @@ def cmd_index(args) -> int:
 def cmd_info(args) -> int:
     from hashview.library import Library
 
+    from hashview.search.check_record import headline, of_library
+
     with Library.open(args.library, mode="r") as library:
         stats = library.stats()
+    kept = of_library(args.library, stats)  # the last check on its labels, while it holds
+    stats["check"] = (headline(kept) if kept else None) or "none kept for the library as it is now"
     if args.json:
         print(json.dumps(stats, indent=2, default=str))
     else:

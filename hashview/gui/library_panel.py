@@ -248,7 +248,7 @@ class LibraryPanel(QWidget):
         if text is None:
             return ""
         colour = "#b00020" if record["status"] in CAUTION_STATUSES else "#505050"
-        return f'<br><span style="color: {colour};">{html.escape(text)}</span>'
+        return f'<br><span style="color: {colour};">check: {html.escape(text)}</span>'
 
 
     def refresh(self) -> None:

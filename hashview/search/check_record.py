@@ -86,16 +86,16 @@ def of_library(library_path, stats: dict) -> Optional[dict]:
 
 
 def headline(record: Optional[dict]) -> Optional[str]:
-    """The kept check in a few words for a library's header ("check: NEAR CHANCE, balanced
-    0.50, chance 0.50"), or None when there is none or it judged nothing."""
+    """The kept check in a few words for a library's header or ``hashview info`` ("NEAR
+    CHANCE, balanced 0.50, chance 0.50"), or None when there is none or it judged nothing."""
     if record is None or record["status"] == "not judged":
         return None
     numbers = (record.get("balanced_accuracy"), record.get("chance"))
     flag = "" if record["status"] == "fine" else f"{record['status'].upper()}, "
     if not all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers):
-        return f"check: {record['status'].upper()}"
+        return record["status"].upper()
     balanced, chance = numbers
-    return f"check: {flag}balanced {balanced:.2f}, chance {chance:.2f}"
+    return f"{flag}balanced {balanced:.2f}, chance {chance:.2f}"
 
 
 def caution(record: Optional[dict]) -> Optional[str]:
