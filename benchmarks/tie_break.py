@@ -26,14 +26,15 @@ SETS = (("kather2016_subset", (0, 1, 2, 3, 4)), ("tissue_multi_lab/oral_oscc", (
 ORDERS = ("hamming, tile index", "hamming, relaxed score", "relaxed score only")
 
 
-def orders(hamming: np.ndarray, score: np.ndarray) -> dict[str, np.ndarray]:
-    """Each query's database order under the three rules (ties last by tile index)."""
+def orders(hamming: np.ndarray, score: np.ndarray,
+           names: tuple[str, ...] = ORDERS) -> dict[str, np.ndarray]:
+    """Each query's database order under the rules ``names`` (of :data:`ORDERS`; ties last by
+    tile index)."""
     index = np.arange(hamming.shape[1])
-    return {
-        ORDERS[0]: np.array([np.lexsort((index, h)) for h in hamming]),
-        ORDERS[1]: np.array([np.lexsort((index, -s, h)) for h, s in zip(hamming, score)]),
-        ORDERS[2]: np.array([np.lexsort((index, -s)) for s in score]),
-    }
+    keys = {ORDERS[0]: lambda h, s: (index, h), ORDERS[1]: lambda h, s: (index, -s, h),
+            ORDERS[2]: lambda h, s: (index, -s)}
+    return {name: np.array([np.lexsort(keys[name](h, s)) for h, s in zip(hamming, score)])
+            for name in names}
 
 
 def measure(model: str, folder: Path, seeds) -> dict[str, np.ndarray]:

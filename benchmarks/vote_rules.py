@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     truth, k = labels[test], args.k
 
     hamming = pairwise_hamming(packed[test], packed[train]).astype(np.int64)
-    ranked = orders(hamming, relaxed[test] @ signs[train].T)
+    ranked = orders(hamming, relaxed[test] @ signs[train].T, ORDERS[:2])  # the two it uses
     order = ranked[ORDERS[0]]
     distances = np.take_along_axis(hamming, order, axis=1)
     at_cut = distances[:, k - 1:k]
