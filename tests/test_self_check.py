@@ -244,3 +244,16 @@ def test_near_chance_follows_the_interval_over_patients():
     assert made(None).status == "fine"  # without groups: the queries' own sampling error
     assert made((0.70, 0.80)).verdict().endswith(
         "(200 queries from 2 patients, each held out; 0.70-0.80 with the patients resampled)")
+
+
+def test_a_renamed_copy_of_the_training_folder_is_still_recognised():
+    from types import SimpleNamespace
+    card = ModelCard("m64", "dch", BITS, 64, split={
+        "protocol": "hatdh", "seed": 0, "data_root": "kather",
+        "train": ["01_TUMOR/a.tif", "flat.png"], "test": []})
+    paths = ["/data/kather/01_TUMOR/a.tif", "/home/me/my copy/01_TUMOR/a.tif",
+             "/home/me/my copy/01_TUMOR/b.tif", "/home/me/other/flat.png",
+             "/data/kather/flat.png"]
+    sources = [SimpleNamespace(id=i, path=p) for i, p in enumerate(paths)]
+    # the class folder and file name identify a training tile; a bare file name does not
+    assert self_check.trained_sources(sources, card) == {0, 1, 4}

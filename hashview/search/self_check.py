@@ -314,11 +314,16 @@ def _model_card(name: str, sha256: Optional[str]):
 
 def trained_sources(sources, card) -> Optional[set[int]]:
     """Ids of the sources whose file the model (or an ancestor) trained on: their path ends in
-    a "DATA_ROOT/relative path" its card records. None without a card."""
+    a "DATA_ROOT/relative path" its card records, or in the relative path alone where that
+    names a subfolder too (a copied or renamed data folder: "01_TUMOR/x.tif" is the same
+    training tile whatever the folder above it; a bare "1.png" is not). None without a card."""
     if card is None:
         return None
     from hashview.models.lineage import trained_files
-    files = trained_files(card)
+    files = set()
+    for path in trained_files(card):
+        relative = path.partition("/")[2]
+        files.add(relative if "/" in relative else path)
     depths = {path.count("/") + 1 for path in files}
     seen = set()
     for source in sources:
