@@ -5,7 +5,7 @@ seconds and is scored as ``hashview train``'s report scores (database = training
 queries = held-out part, packed codes through ``score_splits``).
 
     python benchmarks/head_fit_variants.py --variants default "neg=0.0" "epochs=30" \\
-        "epochs=300" "keep=1.0" "ce=1.0" "views=1" "quant=0.0"
+        "epochs=300" "keep=1.0" "ce=1.0" "views=1" "quant=0.0" "balance=1"
     python benchmarks/head_fit_variants.py --cv                  # choose by 5-fold CV
     python benchmarks/head_fit_variants.py --folders idc-new --archs mth --start mth-64-idc \\
         --variants start default "keep=1.0" "keep=3.0" "keep=10.0"
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from own_folder import build_folders  # noqa: E402  (a benchmark beside this one)
 
 BITS = 64
-VOTE, MAP = "vote_accuracy@10", "map"
+VOTE, MAP, BALANCED = "vote_accuracy@10", "map", "balanced_accuracy@10"
 
 
 def features(name, folder, protocol, arch, seed, cache: Path, start_name=None):
@@ -69,16 +69,19 @@ def codes_of(plain, weight, bias) -> np.ndarray:
 
 
 def fit(found, train_idx, seed, epochs=100, keep=0.3, quant=0.1, lr=1e-3, wd=1e-4, neg=-1.0,
-        views=None, batch=256, ce=0.0):
+        views=None, batch=256, ce=0.0, balance=0):
     """``head_fit.fit_hash_head``'s fit on cached features, with its settings as keywords
     (``neg``: the target of different-label pairs; ``ce``: the weight of an added class
-    head's cross-entropy; ``views``: how many of the cached views to use)."""
+    head's cross-entropy; ``views``: how many of the cached views to use; ``balance=1``:
+    each pair weighted by the inverse of its two labels' counts, so that every label weighs
+    the same in the pair term whatever its share of the folder)."""
     import torch
 
     feats = found["feats"][:views] if views else found["feats"]
     index = torch.as_tensor(np.asarray(train_idx))
     flat = feats[:, index].reshape(-1, feats.shape[-1])
     y = found["labels"][index].repeat(feats.shape[0])
+    weight = (1.0 / torch.bincount(y).float())[y] if balance else torch.ones(len(y))
     mean, std = flat.mean(0), flat.std(0) + 1e-6
     x = (flat - mean) / std
     torch.manual_seed(seed)
@@ -99,7 +102,9 @@ def fit(found, train_idx, seed, epochs=100, keep=0.3, quant=0.1, lr=1e-3, wd=1e-
             idx = order[start:start + batch]
             u = torch.tanh(layer(x[idx]))
             same = (y[idx][:, None] == y[idx][None, :]).float()
-            loss = ((u @ u.T / BITS - (same + (1 - same) * neg)) ** 2).mean() \
+            pair = weight[idx][:, None] * weight[idx][None, :]
+            error = (u @ u.T / BITS - (same + (1 - same) * neg)) ** 2
+            loss = (error * pair).sum() / pair.sum() \
                 + quant * ((u.abs() - 1) ** 2).mean() \
                 + keep * ((u - start_codes[idx]) ** 2).mean()
             if classes is not None:
@@ -117,15 +122,16 @@ def head_of(found, train_idx, seed, options):
                                                                   **options)
 
 
-def held_out(data, split, found, head) -> tuple[float, float, int, bool]:
-    """Held-out vote@10 and mAP, the distinct codes over the whole folder and whether the
-    report's collapse check (``report.is_collapsed``) flags them."""
+def held_out(data, split, found, head) -> tuple[float, float, int, bool, float]:
+    """Held-out vote@10 and mAP, the distinct codes over the whole folder, whether the
+    report's collapse check (``report.is_collapsed``) flags them, and balanced vote@10."""
     from hashview.evaluation import score_splits
     from hashview.training.report import code_stats, is_collapsed
     codes = codes_of(found["feats"][0], *head)
     scored = score_splits(codes, data, [split], BITS, {"k_list": (10,)}, None)["splits"][0]
     stats = code_stats(codes, BITS, len(np.unique(found["labels"].numpy())))
-    return scored[VOTE], scored[MAP], stats["distinct"], is_collapsed(stats)
+    return (scored[VOTE], scored[MAP], stats["distinct"], is_collapsed(stats),
+            scored[BALANCED])
 
 
 def cv_folds(train_idx, labels, groups, k, seed):
@@ -192,9 +198,9 @@ def main(argv=None) -> int:
     folders = build_folders(args.root)
     variants = {text: parse_variant(text) for text in args.variants}
     candidates = {"keep 0.3": {}, "keep 1": {"keep": 1.0}, "start": None}
-    print("| folder | arch | variant | vote@10 | mAP | vote@10 per seed | distinct codes per seed "
-          "(patches) | collapsed runs |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| folder | arch | variant | vote@10 | balanced@10 | mAP | vote@10 per seed | distinct "
+          "codes per seed (patches) | collapsed runs |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.folders:
         folder, protocol = folders[name]
         for arch in args.archs:
@@ -213,7 +219,7 @@ def main(argv=None) -> int:
             for text, scores in rows.items():
                 scores = np.array(scores)
                 print(f"| {name} | {arch} | {text} | {scores[:, 0].mean():.3f} | "
-                      f"{scores[:, 1].mean():.3f} | "
+                      f"{scores[:, 4].mean():.3f} | {scores[:, 1].mean():.3f} | "
                       f"{' '.join(f'{v:.3f}' for v in scores[:, 0])} | "
                       f"{' '.join(str(int(v)) for v in scores[:, 2])} ({len(data.paths)}) | "
                       f"{int(scores[:, 3].sum())} |", flush=True)

@@ -127,6 +127,10 @@ RECIPES["mth-64-from-idc-96"] = dict(data=KATHER, arch="mth", bits=64, protocol=
 RECIPES["mth-64-from-idc-head"] = dict(data=KATHER, arch="mth", bits=64, protocol="hatdh",
                                        options={**_MTH_KATHER_LONG, "init_from": "mth-64-idc"},
                                        tiling=KATHER_TILING, head_refit=True, bundled=False)
+# mth-64-idc, then its hash layer refitted on the same patients' patches (as above).
+RECIPES["mth-64-idc-head"] = dict(data=IDC, arch="mth", bits=64, protocol="patient",
+                                  options=RECIPES["mth-64-idc"]["options"], tiling=IDC_TILING,
+                                  splits=(0,), head_refit=True, bundled=False)
 ARCH_TEXT = {"hatdh": "HATDH (MobileNetV1-0.5 + HCAM)", "dch": "DCH (4-conv + FC2048, 4x4 pooled)",
              "dafh": "DAFH (EfficientNet-B0 + CBAM + layer fusion + Ptanh)",
              "mth": "MTH (multi-scale dense blocks + self-attention, reconstructed)"}
