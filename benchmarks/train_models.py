@@ -127,7 +127,8 @@ RECIPES["mth-64-from-idc-96"] = dict(data=KATHER, arch="mth", bits=64, protocol=
 RECIPES["mth-64-from-idc-head"] = dict(data=KATHER, arch="mth", bits=64, protocol="hatdh",
                                        options={**_MTH_KATHER_LONG, "init_from": "mth-64-idc"},
                                        tiling=KATHER_TILING, head_refit=True, bundled=False)
-# mth-64-idc, then its hash layer refitted on the same patients' patches (as above).
+# mth-64-idc, then its hash layer refitted on the same patients' patches (as above): splits
+# 0-2 mAP 0.849 against 0.820, balanced vote@10 0.811 against 0.820; not bundled.
 RECIPES["mth-64-idc-head"] = dict(data=IDC, arch="mth", bits=64, protocol="patient",
                                   options=RECIPES["mth-64-idc"]["options"], tiling=IDC_TILING,
                                   splits=(0,), head_refit=True, bundled=False)
