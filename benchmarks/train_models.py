@@ -123,7 +123,8 @@ RECIPES["mth-64-from-idc-96"] = dict(data=KATHER, arch="mth", bits=64, protocol=
 # The same, then only its hash layer refitted on the same split's training tiles (head_fit.py,
 # the own-folder default from a start): mAP 0.882 +- 0.020 over 5 splits against 0.868 for the
 # network stage alone (mth-64-from-idc; split 0 0.889 -> 0.903), vote@10 the same (0.858);
-# short of 0.90 and a second Kather-only model, so not bundled (docs/benchmarks.md).
+# short of 0.90 and a second Kather-only model, so not bundled (docs/benchmarks.md). From the
+# pretrain_ssl.py encoder (--set init_from=S2/mth-64-ssl.safetensors): 0.905 +- 0.021.
 RECIPES["mth-64-from-idc-head"] = dict(data=KATHER, arch="mth", bits=64, protocol="hatdh",
                                        options={**_MTH_KATHER_LONG, "init_from": "mth-64-idc"},
                                        tiling=KATHER_TILING, head_refit=True, bundled=False)
