@@ -201,3 +201,16 @@ def test_cli_stain_target_and_queries(capsys, target_png, tmp_path):
                           tmp_path / "nowhere.png")
     assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
     assert "nowhere.png" in err
+
+
+def test_a_start_with_the_models_own_name_still_counts(tmp_path):
+    """A hash layer refitted on an earlier stage of the same model (same name, other weights):
+    the stage's training data are the model's too."""
+    from hashview.models.cards import ModelCard
+    stage = ModelCard("m", "mth", 64, 64, sha256="a" * 64, training={
+        "config": {"dataset": "idc_breast"}})
+    (tmp_path / "m.json").write_text(stage.to_json())
+    refit = ModelCard("m", "mth", 64, 64, sha256="b" * 64, trained=True, training={
+        "config": {"dataset": "kather2016_subset", "init_from": str(tmp_path / "m.safetensors")}})
+    assert seen_datasets(refit) == {"kather2016_subset", "idc_breast"}
+    assert exposure(refit, "idc_breast", "patient") == "new patients"

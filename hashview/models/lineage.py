@@ -52,16 +52,23 @@ def _init_from(card) -> Optional[str]:
 def lineage(card) -> tuple[list, Optional[str]]:
     """The card and its ``init_from`` ancestors, nearest first, and the reference of an
     ancestor that cannot be found (None when the chain is complete)."""
-    cards, names = [card], {card.name}
+    cards, seen = [card], {_identity(card)}
     while (reference := _init_from(cards[-1])) is not None:
         parent = _ancestor_card(reference)
         if parent is None:
             return cards, reference
-        if parent.name in names:  # a loop in hand-edited cards: stop, it adds nothing new
+        if _identity(parent) in seen:  # a loop in hand-edited cards: stop, it adds nothing new
             break
         cards.append(parent)
-        names.add(parent.name)
+        seen.add(_identity(parent))
     return cards, None
+
+
+def _identity(card) -> tuple:
+    """Name and checksum: a model refitted from an earlier stage of itself keeps its name
+    (a recipe's hash-layer refit, a retrain from the last version), and that stage's data
+    still count."""
+    return card.name, getattr(card, "sha256", None)
 
 
 def _trained_on(card) -> set[str]:
