@@ -68,7 +68,7 @@ def _identity(card) -> tuple:
     """Name and checksum: a model refitted from an earlier stage of itself keeps its name
     (a recipe's hash-layer refit, a retrain from the last version), and that stage's data
     still count."""
-    return card.name, getattr(card, "sha256", None)
+    return card.name, card.sha256
 
 
 def _trained_on(card) -> set[str]:
